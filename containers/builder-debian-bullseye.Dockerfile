@@ -1,0 +1,8 @@
+# Builder for QEMU trees of the Debian bullseye era. The base is a build argument so users can pick another.
+ARG BASE=debian:bullseye
+FROM ${BASE}
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      build-essential git ca-certificates ninja-build meson pkg-config python3 python3-venv flex bison ccache \
+      libglib2.0-dev libpixman-1-dev libseccomp-dev libcap-ng-dev zlib1g-dev libfdt-dev bzip2 \
+ && rm -rf /var/lib/apt/lists/*

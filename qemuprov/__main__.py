@@ -1,0 +1,3 @@
+from qemuprov.cli import main
+
+raise SystemExit(main())

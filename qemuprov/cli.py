@@ -1,0 +1,117 @@
+"""Command line: parse, call, render, choose the exit code. The only place that ends the process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from qemuprov import __version__, render
+from qemuprov.errors import QemuprovError, UserError
+from qemuprov.recipe import Recipe, RecipeBook, default_layers
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _book(args: argparse.Namespace) -> RecipeBook:
+    return RecipeBook(default_layers(args.recipes or ()))
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    recipes, errors = _book(args).load_all()
+    if args.json:
+        render.print_json([r.to_dict() for r in recipes])
+    else:
+        rows = [(r.name, r.qemu.source.ref or "tarball", ",".join(r.qemu.arches), r.virtiofsd.source.value,
+                 render.yes_no(r.expect.dax), r.origin, r.description) for r in recipes]
+        print(render.table(("NAME", "REF", "ARCHES", "VIRTIOFSD", "DAX", "FROM", "DESCRIPTION"), rows))
+    for error in errors:
+        print(f"qemuprov: error: {error.message}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
+    expect = recipe.expect
+    promised = [f"dax={render.yes_no(expect.dax)}"]
+    if expect.arches:
+        promised.append("arches=" + ",".join(expect.arches))
+    if expect.virtiofsd:
+        promised.append(f"virtiofsd={expect.virtiofsd.value}")
+    if expect.version:
+        promised.append(f"version={expect.version}")
+    rows = [
+        ("name", recipe.name),
+        ("description", recipe.description),
+        ("file", str(recipe.path) + (f" (extends {recipe.extends})" if recipe.extends else "")),
+        ("builder", recipe.builder),
+        ("qemu source", recipe.qemu.source.describe()),
+        ("arches", ", ".join(recipe.qemu.arches)),
+        ("extra configure", " ".join(recipe.qemu.configure) or "-"),
+        ("virtiofsd", recipe.virtiofsd.source.value
+         + (f" from {recipe.virtiofsd.tree.describe()}" if recipe.virtiofsd.tree else "")),
+        ("expect", " ".join(promised)),
+    ]
+    return rows
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    recipe = _book(args).load(args.recipe)
+    if args.json:
+        render.print_json({"recipe": recipe.to_dict()})
+        return 0
+    width = max(len(key) for key, _ in describe_recipe(recipe))
+    for key, value in describe_recipe(recipe):
+        print(f"{key.ljust(width)}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qemuprov",
+        description="Build, install, probe and verify QEMU + virtiofsd for virtio-fs (with DAX where the "
+                    "tree has it).",
+        epilog="Exit codes: 0 ok, 1 build or infrastructure failure, 2 bad input. "
+               "`qemuprov COMMAND --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"qemuprov {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    parser.add_argument("--recipes", action="append", metavar="DIR",
+                        help="an extra recipe directory (repeatable; also QEMUPROV_RECIPES)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("recipes", help="list the recipes qemuprov can build")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("show", help="the resolved recipe and, once fetched, its build plan")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except QemuprovError as exc:
+        print(f"qemuprov: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("qemuprov: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line, the traceback only on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"qemuprov: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+__all__ = ["main", "UserError"]

@@ -1,0 +1,45 @@
+"""Where qemuprov keeps things: shipped data, the user's recipes, installs, caches (XDG through platformdirs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def shipped_dir(kind: str) -> Path:
+    """`recipes` or `containers`: inside the wheel when installed, at the top of the checkout otherwise."""
+    inside = _PACKAGE / "_data" / kind
+    return inside if inside.is_dir() else _PACKAGE.parent / kind
+
+
+def user_recipes_dir() -> Path:
+    return Path(platformdirs.user_config_dir("qemuprov")) / "recipes"
+
+
+def user_containers_dir() -> Path:
+    return Path(platformdirs.user_config_dir("qemuprov")) / "containers"
+
+
+def builder_names() -> tuple[str, ...]:
+    """Builder images: `containers/builder-<name>.Dockerfile`, shipped or the user's own."""
+    names = set()
+    for directory in (shipped_dir("containers"), user_containers_dir()):
+        if directory.is_dir():
+            names.update(p.name[len("builder-"):-len(".Dockerfile")]
+                         for p in directory.glob("builder-*.Dockerfile"))
+    return tuple(sorted(names))
+
+
+def install_root() -> Path:
+    """Where `qemuprov build NAME` installs `<root>/NAME`; QEMUPROV_ROOT overrides."""
+    override = os.environ.get("QEMUPROV_ROOT")
+    return Path(override) if override else Path(platformdirs.user_data_dir("qemuprov")) / "installs"
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("QEMUPROV_CACHE")
+    return Path(override) if override else Path(platformdirs.user_cache_dir("qemuprov"))

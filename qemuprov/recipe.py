@@ -1,0 +1,394 @@
+"""Recipes: TOML files that describe a QEMU tree and its virtiofsd, parsed into frozen dataclasses.
+
+Validation is strict and happens before anything slow: every problem is reported as one line that names
+the file and the key, raised as a UserError (exit 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from qemuprov import paths
+from qemuprov.errors import UserError
+
+FORMAT = 1
+ARCHES = ("x86_64", "aarch64")
+
+
+class VirtiofsdSource(StrEnum):
+    QEMU = "qemu"  # the C daemon in the QEMU tree (QEMU 5.0 - 7.2)
+    RUST = "rust"  # the separate Rust daemon (required from QEMU 8.0)
+    NONE = "none"  # no virtiofsd: the user brings their own
+
+
+class VirtiofsdFlavour(StrEnum):
+    C = "c"
+    RUST = "rust"
+    NONE = "none"
+
+
+# The schema: a key maps to its type, or to a nested table. `list` means a list of strings.
+_SOURCE_KEYS: dict[str, Any] = {"git": str, "ref": str, "commit": str, "tarball": str, "sha256": str}
+SCHEMA: dict[str, Any] = {
+    "format": int,
+    "name": str,
+    "description": str,
+    "builder": str,
+    "extends": str,
+    "qemu": {**_SOURCE_KEYS, "arches": list, "configure": list},
+    "virtiofsd": {"source": str, **_SOURCE_KEYS},
+    "expect": {"dax": bool, "arches": list, "virtiofsd": str, "version": str},
+}
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list of strings"}
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_GIT_URL_RE = re.compile(r"^(https?|git|ssh|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
+_TARBALL_URL_RE = re.compile(r"^(https?|file)://\S+$")
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a tree comes from: git + ref (optionally pinned to a commit), or a tarball + sha256."""
+
+    git: str | None = None
+    ref: str | None = None
+    commit: str | None = None
+    tarball: str | None = None
+    sha256: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "git" if self.git else "tarball"
+
+    @property
+    def url(self) -> str:
+        return self.git or self.tarball or ""
+
+    def describe(self) -> str:
+        if self.git:
+            pin = f" @ {self.commit}" if self.commit else ""
+            return f"{self.git} ({self.ref}{pin})"
+        return f"{self.tarball} (sha256 {self.sha256})"
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    source: Source
+    arches: tuple[str, ...]
+    configure: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VirtiofsdSpec:
+    source: VirtiofsdSource
+    tree: Source | None = None  # only for source = "rust"
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Promises checked against the probe of the installed result; a miss fails the build."""
+
+    dax: bool | None = None
+    arches: tuple[str, ...] = ()
+    virtiofsd: VirtiofsdFlavour | None = None
+    version: str | None = None  # a QEMU version prefix, e.g. "7.2"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    builder: str
+    qemu: QemuSpec
+    virtiofsd: VirtiofsdSpec
+    expect: Expect
+    path: Path
+    origin: str
+    extends: str | None = None
+    chain: tuple[str, ...] = field(default=())  # files merged to make this recipe, base first
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["chain"] = list(self.chain)
+        return data
+
+
+@dataclass(frozen=True)
+class Layer:
+    origin: str  # "shipped", "user", or the directory given
+    directory: Path
+
+
+def _fail(path: Path, key: str | None, problem: str) -> UserError:
+    where = f"{path}: {key}: " if key else f"{path}: "
+    return UserError(where + problem)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
+def _check_shape(path: Path, data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise _fail(path, dotted, f"unknown key{_did_you_mean(key, schema)} (known here: {known})")
+        expected = schema[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise _fail(path, dotted, f"must be a table ([{dotted}]), not {type(value).__name__}")
+            _check_shape(path, value, expected, prefix=f"{dotted}.")
+            continue
+        # bool is an int in Python; keep them apart so `format = true` is rejected.
+        wrong = not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+        if expected is list and not wrong:
+            wrong = not all(isinstance(item, str) for item in value)
+        if wrong:
+            raise _fail(path, dotted, f"must be {_TYPE_NAMES[expected]}, got {value!r}")
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """Read one recipe file and check its keys and types (not yet its meaning)."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(path, None, f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise _fail(path, None, f"cannot read: {exc.strerror}") from None
+    _check_shape(path, data, SCHEMA)
+    if "format" not in data:
+        raise _fail(path, "format", f"missing; add `format = {FORMAT}` at the top")
+    if data["format"] != FORMAT:
+        raise _fail(path, "format", f"unsupported format {data['format']} (this qemuprov reads {FORMAT})")
+    name = data.get("name")
+    if name is None:
+        raise _fail(path, "name", f'missing; add `name = "{path.stem}"`')
+    if not NAME_RE.match(name):
+        raise _fail(path, "name", f'"{name}" is not a valid name (lowercase letters, digits, ".", "_", "-")')
+    if name != path.stem:
+        raise _fail(path, "name", f'"{name}" does not match the file name; rename the file to {name}.toml')
+    return data
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items() if k != "extends"}
+    for key, value in child.items():
+        if not isinstance(value, dict):
+            merged[key] = value
+            continue
+        table = merged.setdefault(key, {})
+        # A child that names a new source replaces the parent's kind of source; a mirror URL keeps the ref
+        # and the commit pin (same history), a new ref drops the parent's pin.
+        if "tarball" in value:
+            for stale in ("git", "ref", "commit", "sha256"):
+                table.pop(stale, None)
+        if "git" in value:
+            table.pop("tarball", None)
+            table.pop("sha256", None)
+        if "ref" in value and "commit" not in value:
+            table.pop("commit", None)
+        table.update(value)
+    return merged
+
+
+def valid_ref(ref: str) -> bool:
+    """git check-ref-format's rules, for a branch, a tag, or a commit id."""
+    if not ref or ref.startswith(("-", "/")) or ref.endswith(("/", ".", ".lock")):
+        return False
+    if ".." in ref or "@{" in ref or "//" in ref or ref == "@" or _BAD_REF_CHARS.search(ref):
+        return False
+    return not any(part.startswith(".") for part in ref.split("/"))
+
+
+def _source(path: Path, table: Mapping[str, Any], section: str) -> Source:
+    git, tarball = table.get("git"), table.get("tarball")
+    if git and tarball:
+        raise _fail(path, f"{section}.tarball", "give either git (+ ref) or tarball (+ sha256), not both")
+    if git:
+        if not (_GIT_URL_RE.match(git) or git.startswith("/")):
+            raise _fail(path, f"{section}.git", f'"{git}" is not a git URL '
+                        "(https://, ssh://, git://, file://, user@host:path or an absolute path)")
+        ref, commit = table.get("ref"), table.get("commit")
+        if ref is None and commit is None:
+            raise _fail(path, f"{section}.ref", "missing; name a branch, a tag or a commit")
+        if ref is not None and not valid_ref(ref):
+            raise _fail(path, f"{section}.ref", f'"{ref}" is not a valid branch, tag or commit name')
+        if commit is not None and not COMMIT_RE.match(commit):
+            raise _fail(path, f"{section}.commit", f'"{commit}" is not a full 40-character hex commit id')
+        for stray in ("sha256",):
+            if stray in table:
+                raise _fail(path, f"{section}.{stray}", "only for tarball sources; remove it")
+        return Source(git=git, ref=ref or commit, commit=commit)
+    if tarball:
+        if not _TARBALL_URL_RE.match(tarball):
+            raise _fail(path, f"{section}.tarball", f'"{tarball}" is not an http(s):// or file:// URL')
+        sha256 = table.get("sha256")
+        if sha256 is None:
+            raise _fail(path, f"{section}.sha256", "missing; a tarball needs its sha256 (sha256sum FILE)")
+        if not SHA256_RE.match(sha256):
+            raise _fail(path, f"{section}.sha256", f'"{sha256}" is not 64 lowercase hex characters')
+        for stray in ("ref", "commit"):
+            if stray in table:
+                raise _fail(path, f"{section}.{stray}", "only for git sources; remove it")
+        return Source(tarball=tarball, sha256=sha256)
+    raise _fail(path, f"{section}.git", "missing; give a git URL (with ref) or a tarball URL (with sha256)")
+
+
+def _arches(path: Path, key: str, values: list[str]) -> tuple[str, ...]:
+    for arch in values:
+        if arch not in ARCHES:
+            raise _fail(path, key, f'unknown arch "{arch}"{_did_you_mean(arch, ARCHES)} '
+                        f"(supported: {', '.join(ARCHES)})")
+    if len(set(values)) != len(values):
+        raise _fail(path, key, "lists an arch twice")
+    return tuple(values)
+
+
+def _choice(path: Path, key: str, value: str, enum: type[StrEnum]) -> Any:
+    choices = [member.value for member in enum]  # type: ignore[attr-defined]
+    if value not in choices:
+        raise _fail(path, key, f'"{value}" is not one of {", ".join(choices)}{_did_you_mean(value, choices)}')
+    return enum(value)
+
+
+def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str, ...],
+                 builders: Iterable[str]) -> Recipe:
+    """Turn a merged, shape-checked table into a Recipe, checking what the values mean."""
+    builder = data.get("builder")
+    if builder is None:
+        raise _fail(path, "builder", "missing; name a builder image under containers/ (e.g. debian-bookworm)")
+    known_builders = sorted(builders)
+    if builder not in known_builders:
+        raise _fail(path, "builder", f'unknown builder "{builder}"{_did_you_mean(builder, known_builders)} '
+                    f"(available: {', '.join(known_builders)})")
+    qemu_table = data.get("qemu")
+    if qemu_table is None:
+        raise _fail(path, "qemu", "missing; add a [qemu] table with git + ref (or tarball + sha256)")
+    if "arches" not in qemu_table or not qemu_table["arches"]:
+        raise _fail(path, "qemu.arches", f"missing; list the arches to build, e.g. {list(ARCHES)}")
+    qemu = QemuSpec(
+        source=_source(path, qemu_table, "qemu"),
+        arches=_arches(path, "qemu.arches", qemu_table["arches"]),
+        configure=tuple(qemu_table.get("configure", ())),
+    )
+    vfs_table = data.get("virtiofsd", {"source": "qemu"})
+    vfs_source = _choice(path, "virtiofsd.source", vfs_table.get("source", "qemu"), VirtiofsdSource)
+    tree = None
+    if vfs_source is VirtiofsdSource.RUST:
+        tree = _source(path, vfs_table, "virtiofsd")
+    else:
+        for stray in _SOURCE_KEYS:
+            if stray in vfs_table:
+                raise _fail(path, f"virtiofsd.{stray}", f'only for source = "rust"; remove it')
+    expect_table = data.get("expect", {})
+    expect_arches = _arches(path, "expect.arches", expect_table.get("arches", []))
+    missing = [arch for arch in expect_arches if arch not in qemu.arches]
+    if missing:
+        raise _fail(path, "expect.arches", f"expects {', '.join(missing)} but qemu.arches does not build it")
+    flavour = expect_table.get("virtiofsd")
+    expect = Expect(
+        dax=expect_table.get("dax"),
+        arches=expect_arches,
+        virtiofsd=_choice(path, "expect.virtiofsd", flavour, VirtiofsdFlavour) if flavour else None,
+        version=expect_table.get("version"),
+    )
+    return Recipe(
+        name=data["name"],
+        description=data.get("description", ""),
+        builder=builder,
+        qemu=qemu,
+        virtiofsd=VirtiofsdSpec(source=vfs_source, tree=tree),
+        expect=expect,
+        path=path,
+        origin=origin,
+        extends=data.get("extends"),
+        chain=chain,
+    )
+
+
+def default_layers(extra_dirs: Iterable[str] = ()) -> list[Layer]:
+    """Shipped recipes, then the user's config dir, then QEMUPROV_RECIPES, then --recipes: later wins."""
+    layers = [Layer("shipped", paths.shipped_dir("recipes")), Layer("user", paths.user_recipes_dir())]
+    env_value = os.environ.get("QEMUPROV_RECIPES", "")
+    for entry in filter(None, env_value.split(os.pathsep)):
+        if not Path(entry).is_dir():
+            raise UserError(f"QEMUPROV_RECIPES: {entry} is not a directory",
+                            hint="point QEMUPROV_RECIPES at a directory of *.toml recipes, or unset it")
+        layers.append(Layer(entry, Path(entry)))
+    for entry in extra_dirs:
+        if not Path(entry).is_dir():
+            raise UserError(f"--recipes: {entry} is not a directory",
+                            hint="give a directory that holds *.toml recipes")
+        layers.append(Layer(entry, Path(entry)))
+    return layers
+
+
+class RecipeBook:
+    """All recipes visible through a stack of layers; a name in a later layer hides the same name below."""
+
+    def __init__(self, layers: list[Layer], builders: Iterable[str] | None = None) -> None:
+        self.layers = layers
+        self.builders = tuple(builders) if builders is not None else paths.builder_names()
+
+    def _files(self, name: str) -> list[tuple[Layer, Path]]:
+        """Every file for `name`, lowest layer first."""
+        return [(layer, layer.directory / f"{name}.toml") for layer in self.layers
+                if (layer.directory / f"{name}.toml").is_file()]
+
+    def names(self) -> list[str]:
+        found = {p.stem for layer in self.layers if layer.directory.is_dir()
+                 for p in layer.directory.glob("*.toml")}
+        return sorted(found)
+
+    def load(self, name: str) -> Recipe:
+        files = self._files(name)
+        if not files:
+            names = self.names()
+            raise UserError(f'no recipe named "{name}"{_did_you_mean(name, names)}',
+                            hint="`qemuprov recipes` lists them; add your own to "
+                                 f"{paths.user_recipes_dir()} or pass --recipes DIR")
+        layer, path = files[-1]
+        data, chain = self._resolve(name, len(files) - 1, ())
+        return build_recipe(path, data, layer.origin, chain, self.builders)
+
+    def _resolve(self, name: str, index: int, seen: tuple[str, ...]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        files = self._files(name)
+        _, path = files[index]
+        if str(path) in seen:
+            raise _fail(path, "extends", "forms a cycle: " + " -> ".join([*seen, str(path)]))
+        data = read_recipe_file(path)
+        parent = data.get("extends")
+        if parent is None:
+            return data, (str(path),)
+        parent_files = self._files(parent)
+        # `extends` naming the recipe itself means: the one this file hides, in a lower layer.
+        parent_index = index - 1 if parent == name else len(parent_files) - 1
+        if parent_index < 0:
+            raise _fail(path, "extends", f'no recipe named "{parent}" to extend'
+                        f"{_did_you_mean(parent, self.names())}")
+        parent_data, chain = self._resolve(parent, parent_index, (*seen, str(path)))
+        return _merge(parent_data, data), (*chain, str(path))
+
+    def load_all(self) -> tuple[list[Recipe], list[UserError]]:
+        recipes, errors = [], []
+        for name in self.names():
+            try:
+                recipes.append(self.load(name))
+            except UserError as exc:
+                errors.append(exc)
+        return recipes, errors
