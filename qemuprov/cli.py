@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from dataclasses import asdict
 from collections.abc import Callable, Sequence
 
-from qemuprov import __version__, render
-from qemuprov.errors import QemuprovError, UserError
+from qemuprov import __version__, probe, render
+from qemuprov.errors import InfraError, QemuprovError, UserError
 from qemuprov.recipe import Recipe, RecipeBook, default_layers
 
 Command = Callable[[argparse.Namespace], int]
@@ -66,6 +67,45 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def probe_rows(probes: list[probe.Probe]) -> list[tuple[str, ...]]:
+    rows = []
+    for item in probes:
+        if item.error:
+            rows.append((item.path, item.kind, "-", "-", "-", "-", f"error: {item.error}"))
+        elif isinstance(item, probe.QemuProbe):
+            notes = [f"accel={','.join(item.accels) or '?'}",
+                     "shared-mem=" + ("memfd" if "memory-backend-memfd" in item.memory_backends
+                                      else "file" if item.shared_memory else "none")]
+            rows.append((item.path, "qemu", item.version or "?", item.arch or "?",
+                         render.yes_no(item.vhost_user_fs), render.yes_no(item.dax), " ".join(notes)))
+        else:
+            notes = [f"shared-dir={item.source_option}", f"sandbox={'|'.join(item.sandboxes)}",
+                     "needs-root" if item.needs_root else "unprivileged-ok"]
+            if item.rseq_wrapper:
+                notes.append("rseq-wrapper")
+            if item.rseq_risk:
+                notes.append("RSEQ-KILL-RISK (run with GLIBC_TUNABLES=glibc.pthread.rseq=0)")
+            rows.append((item.path, "virtiofsd", item.version or "?", item.flavour or "?", "-", "-",
+                         " ".join(notes)))
+    return rows
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    targets = probe.expand_targets(args.paths) if args.paths else probe.default_binaries()
+    if not targets:
+        raise InfraError("no QEMU or virtiofsd found on PATH or in the usual distro places",
+                         hint="give paths: qemuprov probe /path/to/qemu-system-x86_64 /path/to/virtiofsd")
+    cache = probe.ProbeCache()
+    results = [probe.probe_binary(path, cache) for path in targets]
+    cache.save()
+    if args.json:
+        render.print_json([asdict(r) for r in results])
+    else:
+        print(render.table(("PATH", "KIND", "VERSION", "ARCH/FLAVOUR", "VHOST-USER-FS", "DAX", "NOTES"),
+                           probe_rows(results)))
+    return 2 if any(r.error for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qemuprov",
@@ -89,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("probe", help="what a QEMU or virtiofsd can do: version, arch, vhost-user-fs, DAX",
+                       description="Probe QEMU system emulators, virtiofsd binaries, or install prefixes. "
+                                   "With no PATH: what is on PATH and in the usual distro places.")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_probe)
     return parser
 
 

@@ -1,0 +1,287 @@
+"""Probe QEMU system emulators and virtiofsd binaries for what virtio-fs needs. Cached by binary identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import stat
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemuprov import paths, procs
+from qemuprov.probe_parse import (
+    PROBE_COMMANDS,
+    c_virtiofsd_lacks_rseq,
+    devices_from_help,
+    properties_from_help,
+    qemu_facts_from_qmp,
+    qemu_version_from_text,
+    qmp_replies,
+    qmp_script,
+    virtiofsd_facts,
+)
+
+PROBE_TIMEOUT = 15.0
+CACHE_VERSION = 3
+RSEQ_TUNABLE = "glibc.pthread.rseq=0"
+
+# Where distributions put virtiofsd instead of PATH.
+DISTRO_VIRTIOFSD = (
+    "/usr/lib/qemu/virtiofsd",  # Debian, Ubuntu (C, QEMU <= 7.2)
+    "/usr/libexec/virtiofsd",  # Fedora, RHEL, Debian 13 (Rust)
+    "/usr/lib/virtiofsd",  # Arch
+    "/usr/libexec/qemu/virtiofsd",
+    "/usr/lib64/qemu/virtiofsd",
+)
+
+
+@dataclass
+class QemuProbe:
+    path: str
+    kind: str = "qemu"
+    version: str | None = None
+    package: str = ""
+    arch: str | None = None
+    vhost_user_fs: bool = False
+    devices: dict[str, bool] = field(default_factory=dict)
+    dax: bool = False
+    accels: list[str] = field(default_factory=list)
+    memory_backends: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def shared_memory(self) -> bool:
+        return "memory-backend-memfd" in self.memory_backends or "memory-backend-file" in self.memory_backends
+
+
+@dataclass
+class VirtiofsdProbe:
+    path: str
+    kind: str = "virtiofsd"
+    flavour: str | None = None
+    version: str | None = None
+    source_option: str | None = None
+    sandboxes: list[str] = field(default_factory=list)
+    needs_root: bool = True
+    rseq_wrapper: bool = False  # a wrapper that sets GLIBC_TUNABLES=glibc.pthread.rseq=0
+    rseq_risk: bool = False  # C virtiofsd < 7.0 without the wrapper, on glibc >= 2.35
+    error: str | None = None
+
+
+Probe = QemuProbe | VirtiofsdProbe
+
+
+def glibc_version() -> tuple[int, int] | None:
+    name, version = platform.libc_ver()
+    if name != "glibc" or not version:
+        return None
+    major, _, minor = version.partition(".")
+    return int(major), int(minor or 0)
+
+
+def glibc_has_rseq() -> bool:
+    """glibc registers rseq for every thread from 2.35 on."""
+    version = glibc_version()
+    return version is not None and version >= (2, 35)
+
+
+def sets_rseq_tunable(path: Path) -> bool:
+    """Is this a (shell) wrapper that exports the rseq tunable? Only small text files can be."""
+    try:
+        if path.stat().st_size > 65536:
+            return False
+        return RSEQ_TUNABLE in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def probe_qemu(path: Path) -> QemuProbe:
+    result = QemuProbe(path=str(path))
+    argv = [path, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
+    run = procs.run(argv, timeout=PROBE_TIMEOUT, input=qmp_script())
+    replies = qmp_replies(run.stdout, list(PROBE_COMMANDS))
+    if "version" not in replies:
+        return _probe_qemu_from_help(path, result, run)
+    facts = qemu_facts_from_qmp(replies)
+    result.version, result.package, result.arch = facts.version, facts.package, facts.arch
+    result.devices, result.dax = facts.devices, facts.dax
+    result.accels, result.memory_backends = facts.accels, facts.memory_backends
+    result.vhost_user_fs = facts.devices.get("vhost-user-fs-pci", False)
+    return result
+
+
+def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) -> QemuProbe:
+    """Where QMP gave nothing (an odd build), fall back to `--version` and `-device help`."""
+    version_run = procs.run([path, "--version"], timeout=PROBE_TIMEOUT)
+    parsed = qemu_version_from_text(version_run.stdout)
+    if parsed is None:
+        detail = (qmp_run.stderr or version_run.stderr).strip().splitlines()
+        tail = f": {detail[-1]}" if detail else ""
+        result.error = f"not a QEMU system emulator (it {qmp_run.why()} without answering QMP{tail})"
+        return result
+    result.version, result.package = parsed
+    result.arch = path.name.removeprefix("qemu-system-")
+    devices = devices_from_help(procs.run([path, "-device", "help"], timeout=PROBE_TIMEOUT).stdout)
+    result.devices = {dev: dev in devices for dev in ("vhost-user-fs-pci", "vhost-user-fs-device")}
+    result.vhost_user_fs = result.devices["vhost-user-fs-pci"]
+    if result.vhost_user_fs:
+        props = procs.run([path, "-device", "vhost-user-fs-pci,help"], timeout=PROBE_TIMEOUT).stdout
+        result.dax = "cache-size" in properties_from_help(props)
+    return result
+
+
+def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
+    result = VirtiofsdProbe(path=str(path))
+    help_run = procs.run([path, "--help"], timeout=PROBE_TIMEOUT)
+    version_run = procs.run([path, "--version"], timeout=PROBE_TIMEOUT)
+    facts = virtiofsd_facts(help_run.stdout + help_run.stderr, version_run.stdout + version_run.stderr)
+    if facts.flavour is None:
+        result.error = f"not a virtiofsd (--help {help_run.why() if not help_run.ok else 'printed no virtiofsd options'})"
+        return result
+    result.flavour, result.version = facts.flavour, facts.version
+    result.source_option, result.sandboxes = facts.source_option, facts.sandboxes
+    result.needs_root = facts.flavour == "c"
+    result.rseq_wrapper = sets_rseq_tunable(path)
+    result.rseq_risk = (facts.flavour == "c" and c_virtiofsd_lacks_rseq(facts.version)
+                        and glibc_has_rseq() and not result.rseq_wrapper)
+    return result
+
+
+def classify(path: Path) -> str | None:
+    """qemu, virtiofsd, or None when the name says neither (then the probes decide)."""
+    name = path.name
+    if name.startswith("qemu-system-"):
+        return "qemu"
+    if "virtiofsd" in name:
+        return "virtiofsd"
+    return None
+
+
+def identity(path: Path) -> str:
+    real = path.resolve()
+    st = real.stat()
+    return f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+class ProbeCache:
+    """Probe results on disk, keyed by (realpath, size, mtime, ctime): a changed binary is probed again."""
+
+    def __init__(self, file: Path | None = None) -> None:
+        self.file = file or paths.cache_dir() / "probes.json"
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        try:
+            data = json.loads(self.file.read_text())
+            if data.get("version") == CACHE_VERSION:
+                self._entries = data["entries"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            self._entries = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self._entries[key] = value
+        self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self._entries}))
+        os.replace(tmp, self.file)
+        self._dirty = False
+
+
+def _from_dict(data: dict[str, Any]) -> Probe:
+    cls = QemuProbe if data.get("kind") == "qemu" else VirtiofsdProbe
+    return cls(**data)
+
+
+def probe_binary(path: Path, cache: ProbeCache | None = None) -> Probe:
+    """Probe one file. A file that is missing, not executable or neither kind gets an error, not an exception."""
+    kind = classify(path)
+    placeholder: Probe = VirtiofsdProbe(path=str(path)) if kind == "virtiofsd" else QemuProbe(path=str(path))
+    try:
+        st = path.stat()
+    except OSError as exc:
+        placeholder.error = f"cannot read: {exc.strerror}"
+        return placeholder
+    if kind is None:
+        placeholder.kind = "unknown"
+    if stat.S_ISDIR(st.st_mode):
+        placeholder.error = "is a directory (give a binary, or a prefix that has bin/)"
+        return placeholder
+    if not os.access(path, os.X_OK):
+        placeholder.error = "is not executable"
+        return placeholder
+    key = identity(path)
+    if cache is not None and (cached := cache.get(key)) is not None:
+        return _from_dict(cached)
+    probe: Probe
+    if kind == "virtiofsd":
+        probe = probe_virtiofsd(path)
+    elif kind == "qemu":
+        probe = probe_qemu(path)
+    else:
+        probe = probe_qemu(path)
+        if probe.error:
+            as_virtiofsd = probe_virtiofsd(path)
+            probe = as_virtiofsd if not as_virtiofsd.error else probe
+            if probe.error:
+                probe.error = "neither a QEMU system emulator nor a virtiofsd"
+                probe.kind = "unknown"
+    # Failures are not cached: the next run should look again.
+    if cache is not None and not probe.error:
+        cache.put(key, asdict(probe))
+    return probe
+
+
+def binaries_in_prefix(prefix: Path) -> list[Path]:
+    bin_dir = prefix / "bin"
+    found = sorted(bin_dir.glob("qemu-system-*")) if bin_dir.is_dir() else []
+    for candidate in (bin_dir / "virtiofsd", prefix / "libexec" / "virtiofsd"):
+        if candidate.exists():
+            found.append(candidate)
+            break
+    return found
+
+
+def default_binaries() -> list[Path]:
+    """What a user would run: qemu-system-* and virtiofsd on PATH, then virtiofsd in distro places."""
+    found: dict[str, Path] = {}
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not directory or not os.path.isdir(directory):
+            continue
+        for entry in sorted(Path(directory).glob("qemu-system-*")):
+            found.setdefault(entry.name, entry)
+    on_path = shutil.which("virtiofsd")
+    if on_path:
+        found["virtiofsd"] = Path(on_path)
+    result = list(found.values())
+    result.extend(Path(p) for p in DISTRO_VIRTIOFSD if Path(p).exists() and Path(p) not in result)
+    return result
+
+
+def expand_targets(targets: list[str]) -> list[Path]:
+    """Command-line targets: binaries as they are, prefixes expanded to their binaries."""
+    paths_out: list[Path] = []
+    for target in targets:
+        path = Path(target)
+        if path.is_dir() and (path / "bin").is_dir():
+            inside = binaries_in_prefix(path)
+            paths_out.extend(inside or [path])
+        else:
+            paths_out.append(path)
+    return paths_out

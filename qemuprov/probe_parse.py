@@ -1,0 +1,180 @@
+"""Parsers for what QEMU and virtiofsd print. Pure functions, tested against text captured from real binaries."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+VIRTIO_FS_DEVICES = ("vhost-user-fs-pci", "vhost-user-fs-device")
+DAX_PROPERTY = "cache-size"
+
+
+@dataclass(frozen=True)
+class QmpCommand:
+    execute: str
+    arguments: dict[str, Any] | None = None
+
+    def line(self, ident: str) -> str:
+        message: dict[str, Any] = {"execute": self.execute, "id": ident}
+        if self.arguments is not None:
+            message["arguments"] = self.arguments
+        return json.dumps(message)
+
+
+# One batch, sent at once on stdin to `qemu -machine none -qmp stdio`; QEMU answers in order.
+PROBE_COMMANDS: dict[str, QmpCommand] = {
+    "caps": QmpCommand("qmp_capabilities"),
+    "version": QmpCommand("query-version"),
+    "target": QmpCommand("query-target"),
+    "backends": QmpCommand("qom-list-types", {"implements": "memory-backend", "abstract": False}),
+    "accels": QmpCommand("qom-list-types", {"implements": "accel", "abstract": False}),
+    **{dev: QmpCommand("device-list-properties", {"typename": dev}) for dev in VIRTIO_FS_DEVICES},
+    "quit": QmpCommand("quit"),
+}
+
+
+def qmp_script(commands: dict[str, QmpCommand] = PROBE_COMMANDS) -> str:
+    return "".join(cmd.line(ident) + "\n" for ident, cmd in commands.items())
+
+
+def qmp_replies(transcript: str, order: list[str]) -> dict[str, dict[str, Any]]:
+    """Pair QEMU's replies with the commands: by "id" where QEMU echoes it, else by position."""
+    replies: dict[str, dict[str, Any]] = {}
+    position = 0
+    for line in transcript.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "QMP" in message or "event" in message:
+            continue
+        ident = message.get("id")
+        if ident is None and position < len(order):
+            ident = order[position]
+        position += 1
+        if ident is not None:
+            replies[str(ident)] = message
+    return replies
+
+
+def _returned(replies: dict[str, dict[str, Any]], ident: str) -> Any:
+    reply = replies.get(ident)
+    return None if reply is None or "error" in reply else reply.get("return")
+
+
+@dataclass
+class QemuFacts:
+    version: str | None = None
+    package: str = ""
+    arch: str | None = None
+    devices: dict[str, bool] = field(default_factory=dict)
+    dax: bool = False
+    memory_backends: list[str] = field(default_factory=list)
+    accels: list[str] = field(default_factory=list)
+
+
+def qemu_facts_from_qmp(replies: dict[str, dict[str, Any]]) -> QemuFacts:
+    facts = QemuFacts()
+    version = _returned(replies, "version")
+    if version:
+        q = version["qemu"]
+        facts.version = f"{q['major']}.{q['minor']}.{q['micro']}"
+        facts.package = version.get("package", "").strip()
+    target = _returned(replies, "target")
+    if target:
+        facts.arch = target.get("arch")
+    for dev in VIRTIO_FS_DEVICES:
+        props = _returned(replies, dev)
+        facts.devices[dev] = props is not None
+        if dev == "vhost-user-fs-pci" and props:
+            facts.dax = any(p.get("name") == DAX_PROPERTY for p in props)
+    backends = _returned(replies, "backends") or []
+    facts.memory_backends = sorted(t["name"] for t in backends if t["name"] != "memory-backend")
+    accels = _returned(replies, "accels") or []
+    facts.accels = sorted(t["name"].removesuffix("-accel") for t in accels if t["name"] != "accel")
+    return facts
+
+
+_VERSION_LINE = re.compile(r"QEMU emulator version (\d+\.\d+\.\d+)(?:\s*\((.*)\))?")
+
+
+def qemu_version_from_text(text: str) -> tuple[str, str] | None:
+    """`qemu-system-x86_64 --version` -> (version, package)."""
+    match = _VERSION_LINE.search(text)
+    return (match.group(1), (match.group(2) or "").strip()) if match else None
+
+
+def devices_from_help(text: str) -> set[str]:
+    """`-device help` lines look like: name "vhost-user-fs-pci", bus PCI."""
+    return set(re.findall(r'^name "([^"]+)"', text, flags=re.MULTILINE))
+
+
+def properties_from_help(text: str) -> set[str]:
+    """`-device NAME,help` lines look like:   cache-size=<size>  - ..."""
+    return set(re.findall(r"^\s+([\w.-]+)=<", text, flags=re.MULTILINE))
+
+
+@dataclass
+class VirtiofsdFacts:
+    flavour: str | None = None  # "c" or "rust"
+    version: str | None = None
+    source_option: str | None = None  # how the shared directory is given
+    sandboxes: list[str] = field(default_factory=list)
+    caps_json: bool = False  # --print-capabilities (vhost-user.json)
+
+
+_C_VERSION = re.compile(r"virtiofsd version (\d+\.\d+\.\d+)")
+_RUST_VERSION = re.compile(r"virtiofsd (?:backend )?v?(\d+\.\d+\.\d+)")
+
+
+def virtiofsd_facts(help_text: str, version_text: str) -> VirtiofsdFacts:
+    facts = VirtiofsdFacts()
+    c_match = _C_VERSION.search(version_text)
+    if "--shared-dir" in help_text:
+        facts.flavour = "rust"
+        facts.source_option = "--shared-dir"
+        rust = _RUST_VERSION.search(version_text)
+        facts.version = rust.group(1) if rust else None
+        sandbox = re.search(r"--sandbox[^\n]*(?:\n(?!\s*-).*)*", help_text)
+        block = sandbox.group(0) if sandbox else ""
+        facts.sandboxes = [mode for mode in ("namespace", "chroot", "none") if mode in block] or ["namespace"]
+    elif "-o source=" in help_text or c_match:
+        facts.flavour = "c"
+        facts.source_option = "-o source="
+        facts.version = c_match.group(1) if c_match else None
+        sandbox = re.search(r"-o sandbox=([\w|]+)", help_text)
+        facts.sandboxes = sandbox.group(1).split("|") if sandbox else ["namespace"]
+    facts.caps_json = "--print-capabilities" in help_text
+    return facts
+
+
+def version_tuple(version: str | None) -> Version | None:
+    if not version:
+        return None
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return None
+
+
+def c_virtiofsd_lacks_rseq(version: str | None) -> bool:
+    """The C virtiofsd of QEMU before 7.0 has no rseq in its seccomp allowlist."""
+    parsed = version_tuple(version)
+    return parsed is not None and parsed < Version("7.0")
+
+
+_AUDIT_SECCOMP = re.compile(r'type=1326 .*comm="virtiofsd".*\bsig=31\b.*\barch=(\w+) .*\bsyscall=(\d+)')
+# rseq's syscall number per audit arch (AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64).
+RSEQ_SYSCALLS = {"c000003e": 334, "c00000b7": 293}
+
+
+def rseq_kill_in_audit(text: str) -> bool:
+    """Does a kernel audit log show virtiofsd killed by seccomp (SIGSYS) on the rseq syscall?"""
+    return any(RSEQ_SYSCALLS.get(m.group(1)) == int(m.group(2)) for m in _AUDIT_SECCOMP.finditer(text))
