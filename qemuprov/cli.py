@@ -106,6 +106,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 2 if any(r.error for r in results) else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from qemuprov import doctor
+
+    checks = doctor.run_checks()
+    if args.json:
+        render.print_json([asdict(c) for c in checks])
+    else:
+        print(render.checks(checks))
+    return 1 if any(c.status == doctor.Status.FAIL for c in checks) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qemuprov",
@@ -136,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("doctor", help="is this host ready for virtio-fs, and for building QEMU?",
+                       description="One line per check: PASS, WARN or FAIL, with a hint for each problem. "
+                                   "Exit 1 when any check fails.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

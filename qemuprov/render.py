@@ -23,3 +23,23 @@ def print_json(data: Any) -> None:
 
 def yes_no(value: bool | None) -> str:
     return "?" if value is None else ("yes" if value else "no")
+
+
+_COLOURS = {"PASS": "\033[32m", "WARN": "\033[33m", "FAIL": "\033[31m"}
+
+
+def checks(items: Sequence[Any], colour: bool | None = None) -> str:
+    """virt-host-validate style: `AREA: what ... : STATUS`, then the detail and the hint, indented."""
+    if colour is None:
+        colour = sys.stdout.isatty()
+    width = max((len(f"{c.area}: {c.what}") for c in items), default=0)
+    lines = []
+    for check in items:
+        status = str(check.status)
+        shown = f"{_COLOURS[status]}{status}\033[0m" if colour else status
+        lines.append(f"{f'{check.area}: {check.what}'.ljust(width)} : {shown}")
+        if check.detail:
+            lines.append(f"    {check.detail}")
+        if check.hint and status != "PASS":
+            lines.append(f"    hint: {check.hint}")
+    return "\n".join(lines)

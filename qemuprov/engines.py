@@ -1,0 +1,86 @@
+"""Find a reachable container engine: Docker, or Podman through its Docker-compatible API socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Engine:
+    url: str | None
+    reachable: bool
+    name: str = ""
+    version: str = ""
+    detail: str = ""
+
+
+def candidate_urls() -> list[str]:
+    urls = []
+    if os.environ.get("DOCKER_HOST"):
+        urls.append(os.environ["DOCKER_HOST"])
+    runtime = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
+    for sock in ("/var/run/docker.sock", f"{runtime}/podman/podman.sock", "/run/podman/podman.sock",
+                 f"{runtime}/docker.sock"):
+        url = f"unix://{sock}"
+        if url not in urls and Path(sock).exists():
+            urls.append(url)
+    return urls
+
+
+def _unix_get(path: str, request: str, timeout: float) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        conn.sendall(f"GET {request} HTTP/1.0\r\nHost: engine\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def ping(url: str, timeout: float = 2.0) -> Engine:
+    if not url.startswith("unix://"):
+        return _ping_with_sdk(url, timeout)
+    sock = url.removeprefix("unix://")
+    try:
+        answer = _unix_get(sock, "/version", timeout)
+    except OSError as exc:
+        return Engine(url, False, detail=f"{url}: {exc.strerror or exc}")
+    head, _, body = answer.partition("\r\n\r\n")
+    if " 200 " not in head.splitlines()[0] if head else True:
+        return Engine(url, False, detail=f"{url}: answered {head.splitlines()[0] if head else 'nothing'}")
+    try:
+        info = json.loads(body)
+    except ValueError:
+        info = {}
+    components = [c.get("Name", "") for c in info.get("Components", [])]
+    name = "Podman" if any("Podman" in c for c in components) else "Docker"
+    version = str(info.get("Version", "?"))
+    return Engine(url, True, name, version, f"{name} {version} at {url}")
+
+
+def _ping_with_sdk(url: str, timeout: float) -> Engine:
+    import docker  # only for non-unix engines (tcp://, ssh://): a slow import
+
+    try:
+        client = docker.DockerClient(base_url=url, timeout=int(max(1, timeout)))
+        version = client.version()
+    except Exception as exc:  # the SDK raises many kinds for an unreachable engine
+        return Engine(url, False, detail=f"{url}: {exc}")
+    return Engine(url, True, "Docker", str(version.get("Version", "?")), f"Docker {version.get('Version')} at {url}")
+
+
+def find_engine() -> Engine:
+    urls = candidate_urls()
+    failures = []
+    for url in urls:
+        engine = ping(url)
+        if engine.reachable:
+            return engine
+        failures.append(engine.detail)
+    detail = "; ".join(failures) if failures else "no Docker or Podman socket found (and DOCKER_HOST is unset)"
+    return Engine(None, False, detail=detail)

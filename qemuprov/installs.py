@@ -1,0 +1,115 @@
+"""Installed builds: each is a prefix `<root>/<name>` (or a --prefix DIR) holding qemuprov.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qemuprov import paths
+from qemuprov.errors import UserError
+
+MANIFEST = "qemuprov.json"
+REGISTRY = "prefixes.json"  # installs made with --prefix DIR, outside the root
+
+
+@dataclass(frozen=True)
+class Install:
+    name: str
+    prefix: Path
+    manifest: dict[str, Any]
+
+    @property
+    def recipe(self) -> str:
+        return str(self.manifest.get("recipe", {}).get("name", self.name))
+
+    @property
+    def qemu_probes(self) -> list[dict[str, Any]]:
+        return [p for p in self.manifest.get("probe", []) if p.get("kind") == "qemu" and not p.get("error")]
+
+    @property
+    def virtiofsd_probe(self) -> dict[str, Any] | None:
+        found = [p for p in self.manifest.get("probe", []) if p.get("kind") == "virtiofsd"]
+        return found[0] if found else None
+
+    @property
+    def dax(self) -> bool:
+        return any(p.get("dax") for p in self.qemu_probes)
+
+    @property
+    def firmware_dirs(self) -> list[str]:
+        return list(self.manifest.get("firmware", []))
+
+    def missing_binaries(self) -> list[str]:
+        return [name for name in self.manifest.get("binaries", []) if not (self.prefix / "bin" / name).exists()]
+
+    def summary(self) -> str:
+        qemus = self.qemu_probes
+        version = qemus[0].get("version") if qemus else "?"
+        arches = ",".join(sorted(str(p.get("arch")) for p in qemus)) or "?"
+        vfs = self.virtiofsd_probe
+        daemon = f"{'C' if vfs.get('flavour') == 'c' else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
+        return f"QEMU {version} ({arches}), {daemon}, DAX {'yes' if self.dax else 'no'}"
+
+
+def read_manifest(prefix: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((prefix / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _registered_prefixes() -> list[Path]:
+    try:
+        return [Path(p) for p in json.loads((paths.install_root() / REGISTRY).read_text())]
+    except (OSError, ValueError):
+        return []
+
+
+def register_prefix(prefix: Path) -> None:
+    """Remember an install made outside the root so `list`, `env` and `doctor` find it."""
+    root = paths.install_root()
+    if prefix.parent == root:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    known = {str(p) for p in _registered_prefixes() if (p / MANIFEST).exists()} | {str(prefix)}
+    write_json_atomic(root / REGISTRY, sorted(known))
+
+
+def list_installs() -> list[Install]:
+    root = paths.install_root()
+    prefixes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
+    prefixes += _registered_prefixes()
+    found = []
+    for prefix in prefixes:
+        manifest = read_manifest(prefix)
+        if manifest is not None:
+            found.append(Install(str(manifest.get("name", prefix.name)), prefix, manifest))
+    return found
+
+
+def find_install(name_or_prefix: str) -> Install:
+    """An install by name, or any directory holding a qemuprov.json."""
+    path = Path(name_or_prefix)
+    if "/" in name_or_prefix or path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise UserError(f"{name_or_prefix}: no {MANIFEST} here, so it is not a qemuprov install",
+                            hint="give an install name from `qemuprov list`, or a prefix qemuprov built")
+        return Install(str(manifest.get("name", path.name)), path.resolve(), manifest)
+    for entry in list_installs():
+        if entry.name == name_or_prefix:
+            return entry
+    names = ", ".join(e.name for e in list_installs()) or "none yet"
+    raise UserError(f'no install named "{name_or_prefix}" (installed: {names})',
+                    hint=f"qemuprov build {name_or_prefix}")
