@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import traceback
 from dataclasses import asdict
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
-from qemuprov import __version__, probe, render
+from qemuprov import __version__, installs, probe, render
 from qemuprov.errors import InfraError, QemuprovError, UserError
 from qemuprov.recipe import Recipe, RecipeBook, default_layers
 
@@ -117,6 +119,74 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(c.status == doctor.Status.FAIL for c in checks) else 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    import os
+
+    from qemuprov import build, paths
+    from qemuprov.runners import get_runner
+
+    recipe = _book(args).load(args.recipe)
+    arches = build.validate_arches(recipe, args.arch)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError("-j: give a number of parallel jobs of 1 or more")
+    prefix = Path(args.prefix).resolve() if args.prefix else paths.install_root() / recipe.name
+    runner = get_runner(args.runner)
+    if args.runner == "auto":
+        print("qemuprov: note: building on the host (container builds are not available yet)", file=sys.stderr)
+    opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
+                         force=args.force, argv=sys.argv[1:])
+    outcome = build.Build(recipe, opts, build.Reporter()).run()
+    if outcome.up_to_date:
+        print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
+    else:
+        entry = installs.Install(prefix.name, prefix, outcome.manifest)
+        print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
+              f"({outcome.timings['total']:.0f} s; log {outcome.log})")
+    print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    found = installs.list_installs()
+    if args.json:
+        render.print_json([{"name": e.name, "prefix": str(e.prefix), "recipe": e.recipe,
+                            "commit": e.manifest.get("source", {}).get("commit"), "summary": e.summary(),
+                            "probe": e.manifest.get("probe", [])} for e in found])
+        return 0
+    if not found:
+        print("no installs yet: qemuprov build qemu-7.2 (or virtio-fs-dev for DAX)")
+        return 0
+    rows = [(e.name, e.summary(), (e.manifest.get("source", {}).get("commit") or "")[:12], str(e.prefix))
+            for e in found]
+    print(render.table(("NAME", "BUILD", "COMMIT", "PREFIX"), rows))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    entry = installs.find_install(args.name)
+    bin_dir = entry.prefix / "bin"
+    if not args.osv:
+        print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
+        return 0
+    arch_qemu = bin_dir / "qemu-system-x86_64"
+    options = [f"--qemu-path {shlex.quote(str(arch_qemu))}", "--virtio-fs-dir ${SHARE_DIR:-$PWD/share}"]
+    if entry.dax:
+        options.append("--virtio-fs-dax")
+    print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
+    print(f"# OSv: virtiofsd is {bin_dir / 'virtiofsd'}; firmware: {' '.join(entry.firmware_dirs)}")
+    print("./scripts/run.py " + " ".join(options))
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    import shutil
+
+    entry = installs.find_install(args.name)
+    shutil.rmtree(entry.prefix)
+    print(f"removed {entry.name} ({entry.prefix})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qemuprov",
@@ -153,6 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Exit 1 when any check fails.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("build", help="fetch, configure, build, install and probe a recipe",
+                       description="Build RECIPE and install QEMU + virtiofsd into a prefix for PATH. An unchanged "
+                                   "rebuild is a no-op; a failed build leaves the previous install untouched.")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--arch", metavar="A,B", help="build only these of the recipe's arches")
+    p.add_argument("--runner", choices=("auto", "docker", "podman", "host"), default="auto",
+                   help="where to build (default: auto)")
+    p.add_argument("--prefix", metavar="DIR", help="install into DIR itself (default: <data dir>/installs/RECIPE)")
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel build jobs (default: all cores)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the install is up to date")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("list", help="installed builds with their probe summary")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("env", help="shell lines that put a build on PATH (eval them)")
+    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("--osv", action="store_true", help="also the OSv scripts/run.py command line")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("remove", help="delete an installed build")
+    p.add_argument("name", metavar="NAME|PREFIX")
+    p.set_defaults(func=cmd_remove)
     return parser
 
 

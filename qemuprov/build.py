@@ -1,0 +1,360 @@
+"""From recipe to installed prefix: fetch, plan, configure, build, stage, check, then swap into place."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from qemuprov import __version__, installs, paths, plan, probe, source
+from qemuprov.doctor import HOST_HEADERS, HOST_LIBS
+from qemuprov.errors import BuildError, InfraError, UserError
+from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.recipe import Recipe
+from qemuprov.runners import Runner
+
+LOG_TAIL = 25
+NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+@dataclass
+class Options:
+    arches: tuple[str, ...]
+    prefix: Path
+    runner: Runner
+    jobs: int
+    force: bool = False
+    argv: list[str] = field(default_factory=list)  # the command line, for the manifest
+
+
+@dataclass
+class Outcome:
+    prefix: Path
+    up_to_date: bool
+    timings: dict[str, float]
+    log: Path | None
+    manifest: dict[str, Any]
+
+
+class Reporter:
+    """Step headers and a progress line driven by ninja's [N/M]; a rich bar on a terminal."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._last_decile = -1
+
+    def step(self, name: str, detail: str = "") -> None:
+        self.finish_progress()
+        print(f"==> {name}{': ' + detail if detail else ''}", file=self.stream, flush=True)
+
+    def line(self, text: str) -> None:
+        match = NINJA_PROGRESS.match(text)
+        if not match:
+            return
+        done, total = int(match.group(1)), int(match.group(2))
+        if self.tty:
+            if self._bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+                self._bar = Progress("    ", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("build", total=total)
+            self._bar.update(self._task, completed=done, total=total)
+            return
+        decile = done * 10 // total
+        if decile != self._last_decile:
+            self._last_decile = decile
+            print(f"    {done}/{total} ({decile * 10}%)", file=self.stream, flush=True)
+
+    def finish_progress(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        self._last_decile = -1
+
+
+def _inputs_key(recipe: Recipe, identity: str, opts: Options) -> str:
+    recipe_data = recipe.to_dict()
+    for volatile in ("path", "origin", "chain", "description"):
+        recipe_data.pop(volatile, None)
+    blob = json.dumps({"recipe": recipe_data, "source": identity, "arches": opts.arches, "runner": opts.runner.name,
+                       "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _source_identity(recipe: Recipe) -> str:
+    src = recipe.qemu.source
+    if src.git:
+        assert src.ref is not None
+        commit, _ = source.resolve_ref(src.git, src.ref, "qemu")
+        return commit
+    return f"sha256:{src.sha256}"
+
+
+def _up_to_date(prefix: Path, key: str) -> dict[str, Any] | None:
+    manifest = installs.read_manifest(prefix)
+    if manifest is None or manifest.get("inputs") != key:
+        return None
+    entry = installs.Install(str(manifest.get("name")), prefix, manifest)
+    return None if entry.missing_binaries() else manifest
+
+
+@contextmanager
+def _lock(name: str) -> Iterator[None]:
+    lock_file = paths.cache_dir() / "locks" / f"{name}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(lock_file))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise InfraError(f"another qemuprov build of {name} is running (lock {lock_file})",
+                         hint="wait for it to finish; builds of other recipes can run meanwhile") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def missing_dependency_hint(log_tail: str) -> str:
+    packages = {**HOST_LIBS, "seccomp": "libseccomp-dev", "cap-ng": "libcap-ng-dev", "cap_ng": "libcap-ng-dev",
+                **HOST_HEADERS, "fdt": "libfdt-dev", "ninja": "ninja-build"}
+    for name, package in packages.items():
+        if re.search(rf"(Dependency|header|library|Program)\W+\S*{re.escape(name)}\S*\W+not found", log_tail,
+                     re.IGNORECASE) or (name in ("seccomp", "cap-ng") and "requires libcap-ng-devel" in log_tail):
+            return f"a build dependency is missing: install {package} (Debian/Ubuntu), or build with --runner docker"
+    return "read the log above; `qemuprov doctor` lists missing build dependencies"
+
+
+class Build:
+    def __init__(self, recipe: Recipe, opts: Options, reporter: Reporter) -> None:
+        self.recipe, self.opts, self.report = recipe, opts, reporter
+        self.work = paths.cache_dir() / "work" / recipe.name
+        self.timings: dict[str, float] = {}
+        self.log_path: Path | None = None
+
+    def _timed(self, name: str, func: Callable[[], Any]) -> Any:
+        start = time.monotonic()
+        try:
+            return func()
+        finally:
+            self.timings[name] = round(time.monotonic() - start, 2)
+
+    def run(self) -> Outcome:
+        with _lock(self.recipe.name):
+            return self._run_locked()
+
+    def _run_locked(self) -> Outcome:
+        started = time.monotonic()
+        stale_staging_cleanup(self.opts.prefix)
+        self.report.step("resolve", self.recipe.qemu.source.describe())
+        identity = self._timed("resolve", lambda: _source_identity(self.recipe))
+        key = _inputs_key(self.recipe, identity, self.opts)
+        if not self.opts.force and (manifest := _up_to_date(self.opts.prefix, key)) is not None:
+            self.timings["total"] = round(time.monotonic() - started, 2)
+            return Outcome(self.opts.prefix, True, self.timings, None, manifest)
+        self.work.mkdir(parents=True, exist_ok=True)
+        logs = self.work / "logs"
+        logs.mkdir(exist_ok=True)
+        self.log_path = logs / f"build-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.log"
+        with self.log_path.open("w") as log:
+            latest = self.work / "build.log"
+            latest.unlink(missing_ok=True)
+            latest.symlink_to(self.log_path)
+            return self._build(identity, key, log, started)
+
+    def _fetch(self, identity: str) -> Path:
+        src = self.work / "src"
+        stamp = self.work / "src.stamp"
+        if src.is_dir() and stamp.exists() and stamp.read_text() == identity:
+            return src
+        stamp.unlink(missing_ok=True)
+        source.fetch(self.recipe.qemu.source, src)
+        stamp.write_text(identity)
+        return src
+
+    def _build(self, identity: str, key: str, log: Any, started: float) -> Outcome:
+        self.report.step("fetch", str(self.work / "src"))
+        src = self._timed("fetch", lambda: self._fetch(identity))
+        tree = plan.inspect(src)
+        the_plan = plan.make_plan(self.recipe, tree, self.opts.prefix, self.opts.arches)
+        build_dir = self.work / "build"
+        env = self._env()
+        stamp = build_dir / "qemuprov-configure.json"
+        configure_id = json.dumps({"source": identity, "argv": the_plan.argv})
+        if not (stamp.exists() and stamp.read_text() == configure_id):
+            self.report.step("configure", f"QEMU {tree.version}, " + " ".join(the_plan.argv[1:]))
+            if build_dir.exists():
+                shutil.rmtree(build_dir)
+            build_dir.mkdir(parents=True)
+            self._timed("configure", lambda: self._step("configure", [str(src / "configure"), *the_plan.argv],
+                                                        build_dir, env, log))
+            stamp.write_text(configure_id)
+        targets = self._existing_targets(build_dir, the_plan.targets, env)
+        self.report.step("build", f"{len(targets) or 'all'} targets, -j{self.opts.jobs}")
+        build_argv = ["ninja", "-j", str(self.opts.jobs), *targets] if tree.has_meson_build \
+            else ["make", f"-j{self.opts.jobs}"]
+        self._timed("build", lambda: self._step("build", build_argv, build_dir, env, log))
+        staging = self.opts.prefix.parent / f".qemuprov-stage-{self.opts.prefix.name}-{os.getpid()}"
+        try:
+            self.report.step("install", f"staging in {staging}")
+            self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
+            staged = staging / self.opts.prefix.relative_to("/")
+            finishing = finish_tree(staged, self.opts.prefix, the_plan)
+            self.report.step("probe", "checking the build against the recipe's [expect]")
+            probes = self._timed("probe", lambda: self._probe_and_check(staged))
+            manifest = self._manifest(identity, key, the_plan, probes, finishing, started)
+            installs.write_json_atomic(staged / installs.MANIFEST, manifest)
+            self.report.step("commit", str(self.opts.prefix))
+            commit_prefix(staged, self.opts.prefix)
+            installs.register_prefix(self.opts.prefix)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return Outcome(self.opts.prefix, False, self.timings, self.log_path, manifest)
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "TMPDIR", "TERM")}
+        env["LC_ALL"] = "C"
+        ccache_dir = Path("/usr/lib/ccache")
+        if shutil.which("ccache") and ccache_dir.is_dir():
+            # QEMU's configure names the compiler itself; ccache's masquerade directory first on PATH wraps it.
+            env["PATH"] = f"{ccache_dir}:{env.get('PATH', '/usr/bin:/bin')}"
+            env["CCACHE_DIR"] = str(paths.cache_dir() / "ccache")
+            env["CCACHE_BASEDIR"] = str(self.work)
+        return env
+
+    def _existing_targets(self, build_dir: Path, wanted: tuple[str, ...], env: dict[str, str]) -> list[str]:
+        if not wanted:
+            return []
+        listing = _capture(["ninja", "-t", "targets", "all"], build_dir, env)
+        known = {line.split(":", 1)[0] for line in listing.splitlines()}
+        return [t for t in wanted if t in known]
+
+    def _step(self, name: str, argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> None:
+        self.report.finish_progress()
+        status = self.opts.runner.run(argv, cwd=cwd, env=env, log=log, on_line=self.report.line)
+        self.report.finish_progress()
+        if status != 0:
+            log.flush()
+            tail = _tail(self.log_path, LOG_TAIL) if self.log_path else ""
+            raise BuildError(f"{name} failed (exit status {status}): {shlex.join(argv)}\n"
+                             f"--- last {LOG_TAIL} lines of {self.log_path} ---\n{tail}\n--- full log: {self.log_path}",
+                             hint=missing_dependency_hint(tail) + "; the previous install, if any, is untouched")
+
+    def _install(self, tree: plan.Tree, build_dir: Path, staging: Path, env: dict[str, str], log: Any) -> None:
+        if staging.exists():
+            shutil.rmtree(staging)
+        if tree.has_meson_build:
+            meson = [sys.executable, str(tree.root / "meson" / "meson.py")] if tree.has_meson_submodule \
+                else ["meson"]
+            argv = [*meson, "install", "--no-rebuild", "--destdir", str(staging)]
+        else:
+            argv = ["make", "install", f"DESTDIR={staging}"]
+        self._step("install", argv, build_dir, env, log)
+
+    def _probe_and_check(self, staged: Path) -> list[dict[str, Any]]:
+        results = [probe.probe_binary(p) for p in probe.binaries_in_prefix(staged)]
+        problems = check_expectations(self.recipe, self.opts.arches, results)
+        if problems:
+            raise BuildError(f"the build of {self.recipe.name} does not deliver what its recipe promises: "
+                             + "; ".join(problems),
+                             hint=f"see {self.log_path}; fix the recipe's [expect] or its configure arguments "
+                                  "(the previous install is untouched)")
+        data = [asdict(r) for r in results]
+        for entry in data:  # record final paths, not staging paths
+            entry["path"] = str(self.opts.prefix / Path(entry["path"]).relative_to(staged))
+        return data
+
+    def _manifest(self, identity: str, key: str, the_plan: plan.Plan, probes: list[dict[str, Any]],
+                  finishing: dict[str, Any], started: float) -> dict[str, Any]:
+        self.timings["total"] = round(time.monotonic() - started, 2)
+        return {
+            "format": 1,
+            "name": self.opts.prefix.name,
+            "prefix": str(self.opts.prefix),
+            "recipe": self.recipe.to_dict(),
+            "source": {"url": self.recipe.qemu.source.url, "ref": self.recipe.qemu.source.ref,
+                       "commit": identity if not identity.startswith("sha256:") else None,
+                       "sha256": identity.removeprefix("sha256:") if identity.startswith("sha256:") else None},
+            "inputs": key,
+            "plan": the_plan.to_dict(),
+            "runner": self.opts.runner.name,
+            "builder_image": None,
+            "tools": {"qemuprov": __version__, "python": sys.version.split()[0]},
+            "binaries": [Path(p["path"]).name for p in probes],
+            "probe": probes,
+            **finishing,
+            "timings": self.timings,
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "log": str(self.log_path),
+            "reproduce": shlex.join(["qemuprov", *self.opts.argv]),
+        }
+
+
+def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[probe.Probe]) -> list[str]:
+    problems = [f"{r.path}: {r.error}" for r in results if r.error]
+    qemus = [r for r in results if isinstance(r, probe.QemuProbe) and not r.error]
+    daemons = [r for r in results if isinstance(r, probe.VirtiofsdProbe) and not r.error]
+    expect = recipe.expect
+    built = {q.arch for q in qemus}
+    for arch in arches:
+        if arch not in built:
+            problems.append(f"no working qemu-system-{arch}")
+    for q in qemus:
+        if not q.vhost_user_fs:
+            problems.append(f"qemu-system-{q.arch} has no vhost-user-fs-pci")
+        if expect.dax is not None and q.dax != expect.dax:
+            problems.append(f"qemu-system-{q.arch} DAX window (cache-size): expected {expect.dax}, got {q.dax}")
+        if expect.version and not _version_matches(q.version, expect.version):
+            problems.append(f"qemu-system-{q.arch} is QEMU {q.version}, expected {expect.version}")
+    if expect.virtiofsd is not None:
+        flavours = [d.flavour for d in daemons] or ["none"]
+        if expect.virtiofsd.value not in flavours:
+            problems.append(f"virtiofsd: expected {expect.virtiofsd.value}, got {', '.join(map(str, flavours))}")
+    return problems
+
+
+def _version_matches(actual: str | None, prefix: str) -> bool:
+    if actual is None:
+        return False
+    return actual.split(".")[: len(prefix.split("."))] == prefix.split(".")
+
+
+def _tail(path: Path, count: int) -> str:
+    with path.open(errors="replace") as handle:
+        return "".join(handle.readlines()[-count:]).rstrip()
+
+
+def _capture(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+    from qemuprov import procs
+
+    result = procs.run(argv, timeout=120, env=env, cwd=cwd)
+    if not result.ok:
+        raise InfraError(f"{shlex.join(argv)} {result.why()}: {result.stderr.strip()[-300:]}")
+    return result.stdout
+
+
+def validate_arches(recipe: Recipe, requested: str | None) -> tuple[str, ...]:
+    if not requested:
+        return recipe.qemu.arches
+    arches = tuple(a.strip() for a in requested.split(",") if a.strip())
+    for arch in arches:
+        if arch not in recipe.qemu.arches:
+            raise UserError(f'--arch: "{arch}" is not built by {recipe.name} (it builds {", ".join(recipe.qemu.arches)})',
+                            hint="pick from the recipe's qemu.arches, or extend the recipe")
+    return arches

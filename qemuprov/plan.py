@@ -1,0 +1,117 @@
+"""Inspect a QEMU tree and decide how to configure and build it. Features are read off the tree itself."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.version import Version
+
+from qemuprov.errors import UserError
+from qemuprov.recipe import Recipe, VirtiofsdSource
+
+
+@dataclass(frozen=True)
+class Tree:
+    root: Path
+    version: str
+    meson_options: frozenset[str]
+    has_meson_build: bool
+    has_meson_submodule: bool
+    has_blobs: bool
+    virtiofsd_dir: bool
+    virtiofsd_survives_disable_tools: bool
+    virtiofsd_allows_rseq: bool
+
+
+def inspect(root: Path) -> Tree:
+    version_file = root / "VERSION"
+    if not version_file.is_file() or not (root / "configure").is_file():
+        raise UserError(f"{root}: not a QEMU source tree (no VERSION or configure)",
+                        hint="check the recipe's qemu.git / qemu.tarball")
+    options_file = root / "meson_options.txt"
+    options = frozenset(re.findall(r"option\('([\w-]+)'", options_file.read_text())) \
+        if options_file.exists() else frozenset()
+    tools_meson = root / "tools" / "meson.build"
+    tools_text = tools_meson.read_text() if tools_meson.exists() else ""
+    seccomp_c = root / "tools" / "virtiofsd" / "passthrough_seccomp.c"
+    return Tree(
+        root=root,
+        version=version_file.read_text().strip(),
+        meson_options=options,
+        has_meson_build=(root / "meson.build").exists(),
+        has_meson_submodule=(root / "meson" / "meson.py").exists(),
+        has_blobs=(root / "pc-bios" / "bios-256k.bin").exists(),
+        virtiofsd_dir=(root / "tools" / "virtiofsd").is_dir(),
+        # 7.x: virtiofsd stays on with --disable-tools as long as system emulators are built.
+        virtiofsd_survives_disable_tools="not have_tools and not have_system" in tools_text,
+        virtiofsd_allows_rseq=seccomp_c.exists() and "SCMP_SYS(rseq)" in seccomp_c.read_text(),
+    )
+
+
+@dataclass(frozen=True)
+class Arg:
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    tree: Tree
+    arches: tuple[str, ...]
+    configure: tuple[Arg, ...]
+    targets: tuple[str, ...]  # ninja targets; empty means `make`
+    virtiofsd: str  # "in-tree", "rust", "none"
+    rseq_wrapper: bool
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def argv(self) -> list[str]:
+        return [arg.value for arg in self.configure]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"version": self.tree.version, "arches": list(self.arches),
+                "configure": [{"arg": a.value, "reason": a.reason} for a in self.configure],
+                "targets": list(self.targets), "virtiofsd": self.virtiofsd, "rseq_wrapper": self.rseq_wrapper,
+                "notes": list(self.notes)}
+
+
+def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...]) -> Plan:
+    version = Version(tree.version.split("-")[0]) if re.match(r"^\d+\.\d+", tree.version) else Version("0")
+    args = [Arg(f"--prefix={prefix}", "where the build is installed"),
+            Arg("--target-list=" + ",".join(f"{a}-softmmu" for a in arches), "only the system emulators asked for")]
+    notes: list[str] = []
+    wants_c = recipe.virtiofsd.source is VirtiofsdSource.QEMU
+    if wants_c and not tree.virtiofsd_dir:
+        raise UserError(f"{recipe.path}: virtiofsd.source: QEMU {tree.version} has no in-tree virtiofsd "
+                        "(removed in 8.0)", hint='set [virtiofsd] source = "rust" with its own git and ref')
+    in_tree = wants_c and tree.virtiofsd_dir
+    if in_tree and "virtiofsd" in tree.meson_options:
+        args.append(Arg("--enable-virtiofsd", "build the in-tree C virtiofsd (a missing dependency fails loudly)"))
+    if in_tree:
+        args += [Arg("--enable-seccomp", "virtiofsd sandboxes itself with seccomp"),
+                 Arg("--enable-cap-ng", "virtiofsd drops capabilities with libcap-ng")]
+    args.append(Arg("--enable-vhost-user", "vhost-user-fs-pci talks to virtiofsd over vhost-user"))
+    if "docs" in tree.meson_options or version < Version("5.2"):
+        args.append(Arg("--disable-docs", "documentation is not needed to run virtio-fs"))
+    if "guest_agent" in tree.meson_options or version < Version("5.2"):
+        args.append(Arg("--disable-guest-agent", "the guest agent is not needed"))
+    if "tools" in tree.meson_options and (not in_tree or tree.virtiofsd_survives_disable_tools):
+        args.append(Arg("--disable-tools", "qemu-img and friends are not needed; virtiofsd still builds"))
+    if not tree.has_blobs and "install_blobs" in tree.meson_options:
+        args.append(Arg("--disable-install-blobs", "the tree has no firmware blobs (a distribution source tree)"))
+        notes.append("no firmware blobs in the tree: the install uses the distribution's firmware directories")
+    if tree.has_meson_build and not tree.has_meson_submodule:
+        args.append(Arg("--meson=meson", "the tree has no meson submodule: use the system meson"))
+    args += [Arg(extra, "from the recipe") for extra in recipe.qemu.configure]
+    targets: tuple[str, ...] = ()
+    if tree.has_meson_build:
+        targets = tuple(f"qemu-system-{a}" for a in arches) + ("trace/trace-events-all",)
+        if in_tree:
+            targets += ("tools/virtiofsd/virtiofsd",)
+    rseq = in_tree and not tree.virtiofsd_allows_rseq
+    if rseq:
+        notes.append("this virtiofsd's seccomp filter lacks rseq: bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
+    kind = "in-tree" if in_tree else recipe.virtiofsd.source.value
+    return Plan(tree, arches, tuple(args), targets, kind, rseq, tuple(notes))

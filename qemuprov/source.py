@@ -1,0 +1,169 @@
+"""Fetch source trees: git through a bare cache per URL (GitPython), or a tarball checked against its sha256."""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import git
+import requests
+
+from qemuprov import paths
+from qemuprov.errors import UserError
+from qemuprov.recipe import Source
+
+MIRROR_HINT = ("check the URL and your network; offline, point the URL at a local mirror with "
+               "`git config --global url.<mirror>.insteadOf <url>` or a recipe that extends this one")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    tree: Path
+    commit: str | None  # for git sources
+    sha256: str | None  # for tarballs
+
+
+def _mirror_dir(url: str) -> Path:
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    name = Path(urlparse(url).path).name.removesuffix(".git") or "repo"
+    return paths.cache_dir() / "git" / f"{name}-{digest}.git"
+
+
+def _git_failure(section: str, url: str, exc: git.GitCommandError) -> UserError:
+    lines = [line.strip() for line in str(exc.stderr or "").splitlines() if line.strip()]
+    return UserError(f"{section}.git: cannot fetch {url}: {lines[-1] if lines else exc}", hint=MIRROR_HINT)
+
+
+def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
+    """(commit, refspec) for a branch or tag; a full commit id is taken as it is."""
+    try:
+        listing = git.cmd.Git().ls_remote(url, ref, f"{ref}^{{}}")
+    except git.GitCommandError as exc:
+        raise _git_failure(section, url, exc) from None
+    refs = dict(reversed(line.split("\t", 1)) for line in listing.splitlines() if "\t" in line)
+    for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
+        if name in refs:
+            target = name.removesuffix("^{}")
+            return refs[name], f"+{target}:{target}"
+    if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
+        return ref, ref
+    raise UserError(f'{section}.ref: "{ref}" is neither a branch, a tag nor a commit of {url}',
+                    hint=f"git ls-remote {url} lists what is there")
+
+
+def _fetch_into_mirror(url: str, refspec: str, section: str) -> git.Repo:
+    mirror = _mirror_dir(url)
+    if not (mirror / "HEAD").exists():
+        # Initialise in a temporary directory, then rename: a half-made cache never looks like a good one.
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=mirror.parent))
+        git.Repo.init(tmp, bare=True)
+        tmp.rename(mirror)
+    repo = git.Repo(mirror)
+    try:
+        repo.git.fetch("--depth=1", "--no-tags", url, refspec)
+    except git.GitCommandError as exc:
+        raise _git_failure(section, url, exc) from None
+    return repo
+
+
+def _export(repo: git.Repo, commit: str, dest: Path) -> None:
+    """Write the tree of `commit` into dest (no .git: the build never changes the cache)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as archive:
+        repo.archive(archive, commit, format="tar")
+        archive.seek(0)
+        with tarfile.open(fileobj=archive) as tar:
+            tar.extractall(dest, filter="tar")
+
+
+def _submodules(repo: git.Repo, commit: str, url: str) -> list[tuple[str, str, str]]:
+    """(path, url, commit) of the submodules a build needs: all but the firmware sources under roms/."""
+    try:
+        text = repo.git.show(f"{commit}:.gitmodules")
+    except git.GitCommandError:
+        return []
+    config = configparser.ConfigParser()
+    config.read_string(text)
+    wanted = []
+    for section in config.sections():
+        path, sub_url = config[section].get("path"), config[section].get("url")
+        if not path or not sub_url or path.startswith("roms/"):
+            continue
+        if sub_url.startswith("../"):
+            sub_url = url.rstrip("/").rsplit("/", 1)[0] + "/" + sub_url[3:]
+        entry = repo.git.ls_tree(commit, path).split()
+        if len(entry) >= 3 and entry[1] == "commit":
+            wanted.append((path, sub_url, entry[2]))
+    return wanted
+
+
+def fetch_git(source: Source, dest: Path, section: str = "qemu") -> Fetched:
+    assert source.git is not None and source.ref is not None
+    commit, refspec = resolve_ref(source.git, source.ref, section)
+    if source.commit and source.commit != commit:
+        raise UserError(f"{section}.commit: {source.ref} is now {commit}, but the recipe pins {source.commit}",
+                        hint="update the pin, or set ref to the pinned commit")
+    repo = _fetch_into_mirror(source.git, refspec, section)
+    if dest.exists():
+        shutil.rmtree(dest)
+    _export(repo, commit, dest)
+    for path, sub_url, sub_commit in _submodules(repo, commit, source.git):
+        if any((dest / path).iterdir()) if (dest / path).is_dir() else False:
+            continue
+        sub_repo = _fetch_into_mirror(sub_url, sub_commit, f"{section} submodule {path}")
+        _export(sub_repo, sub_commit, dest / path)
+    return Fetched(dest, commit, None)
+
+
+def fetch_tarball(source: Source, dest: Path, section: str = "qemu") -> Fetched:
+    assert source.tarball is not None and source.sha256 is not None
+    store = paths.cache_dir() / "tarballs" / f"{source.sha256}-{Path(urlparse(source.tarball).path).name}"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        partial = store.with_suffix(store.suffix + ".part")
+        digest = hashlib.sha256()
+        try:
+            with partial.open("wb") as out:
+                for chunk in _download(source.tarball):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (OSError, requests.RequestException) as exc:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"{section}.tarball: cannot download {source.tarball}: {exc}", hint=MIRROR_HINT) from None
+        if digest.hexdigest() != source.sha256:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"{section}.sha256: {source.tarball} has sha256 {digest.hexdigest()}, "
+                            f"the recipe says {source.sha256}", hint="check the URL, or update the checksum")
+        partial.rename(store)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+    with tarfile.open(store) as tar:
+        tar.extractall(tmp, filter="tar")
+    entries = list(tmp.iterdir())
+    (entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp).rename(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return Fetched(dest, None, source.sha256)
+
+
+def _download(url: str):  # type: ignore[no-untyped-def]
+    if url.startswith("file://"):
+        with open(urlparse(url).path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+        return
+    with requests.get(url, stream=True, timeout=60) as response:
+        response.raise_for_status()
+        yield from response.iter_content(1 << 20)
+
+
+def fetch(source: Source, dest: Path, section: str = "qemu") -> Fetched:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return fetch_git(source, dest, section) if source.git else fetch_tarball(source, dest, section)

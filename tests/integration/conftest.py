@@ -1,0 +1,63 @@
+"""Real programs: the fixture QEMU tree is built once per test session and shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(os.environ.get("QEMUPROV_TEST_FIXTURES", "/var/cache/qemuprov-test"))
+TREE = FIXTURES / "qemu-7.2"
+TAG = "v7.2-debian"
+
+
+@dataclass
+class Env:
+    home: Path
+    root: Path
+    recipes: Path
+    vars: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 1800, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), *args],
+                              env=self.vars, capture_output=True, text=True, timeout=timeout, check=False,
+                              **kwargs)  # type: ignore[call-overload]
+
+    def write_recipe(self, name: str, body: str) -> None:
+        (self.recipes / f"{name}.toml").write_text(f'format = 1\nname = "{name}"\n{body}')
+
+
+@pytest.fixture(scope="session")
+def qenv(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    if not (TREE / ".git").is_dir():
+        pytest.fail(f"the fixture QEMU tree {TREE} is missing: run scripts/test, which prepares it")
+    base = tmp_path_factory.mktemp("qemuprov")
+    home, root, recipes = base / "home", base / "root", base / "recipes"
+    for d in (home, recipes):
+        d.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QEMUPROV_", "XDG_"))}
+    # The cache (git mirrors, work trees, ccache) lives with the fixtures so later runs reuse it.
+    env.update(HOME=str(home), QEMUPROV_ROOT=str(root), QEMUPROV_CACHE=str(FIXTURES / "cache"))
+    qenv = Env(home, root, recipes, env)
+    qenv.write_recipe("fixture-7.2", f'extends = "qemu-7.2"\n[qemu]\ngit = "file://{TREE}"\nref = "{TAG}"\n')
+    return qenv
+
+
+@dataclass
+class Built:
+    prefix: Path
+    manifest: dict[str, object]
+    result: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def built(qenv: Env) -> Built:
+    result = qenv.run("build", "fixture-7.2", "--runner", "host", "--force")
+    assert result.returncode == 0, result.stdout + result.stderr
+    prefix = qenv.root / "fixture-7.2"
+    return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)

@@ -1,0 +1,124 @@
+"""A real QEMU 7.2 tree, built with the host runner, installed, probed; then the fault cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import filelock
+
+from tests.integration.conftest import TAG, TREE, Built, Env
+
+
+def test_build_installs_qemu_and_virtiofsd_on_path(built: Built) -> None:
+    bin_dir = built.prefix / "bin"
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["qemu-system-aarch64", "qemu-system-x86_64", "virtiofsd"]
+    version = subprocess.run([bin_dir / "qemu-system-x86_64", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "QEMU emulator version 7.2" in version.stdout
+    daemon = subprocess.run([bin_dir / "virtiofsd", "--help"], capture_output=True, text=True)
+    assert daemon.returncode == 0 and "-o source=PATH" in daemon.stdout
+    assert not any(built.prefix.parent.glob(".qemuprov-*")), "staging directories were left behind"
+
+
+def test_manifest_records_the_build(built: Built) -> None:
+    m = built.manifest
+    commit = subprocess.run(["git", "-C", str(TREE), "rev-parse", f"{TAG}^{{commit}}"], capture_output=True,
+                            text=True).stdout.strip()
+    assert m["source"]["commit"] == commit  # type: ignore[index]
+    argv = [a["arg"] for a in m["plan"]["configure"]]  # type: ignore[index]
+    assert "--target-list=x86_64-softmmu,aarch64-softmmu" in argv and "--enable-virtiofsd" in argv
+    assert argv[-1] == "--disable-werror"  # the recipe's extra arguments come last
+    assert m["reproduce"].startswith("qemuprov ") and "fixture-7.2" in m["reproduce"]  # type: ignore[union-attr]
+    assert {"configure", "build", "install", "probe"} <= set(m["timings"])  # type: ignore[arg-type]
+    assert m["virtiofsd"] == {"kind": "in-tree", "wrapper": False}
+    # Debian's tree has no firmware blobs: the install points at the distribution's firmware.
+    assert "/usr/share/seabios" in m["firmware"]  # type: ignore[operator]
+
+
+def test_probe_of_the_install(qenv: Env, built: Built) -> None:
+    result = qenv.run("probe", str(built.prefix), "--json")
+    assert result.returncode == 0, result.stderr
+    by_name = {Path(p["path"]).name: p for p in json.loads(result.stdout)}
+    for arch in ("x86_64", "aarch64"):
+        q = by_name[f"qemu-system-{arch}"]
+        assert q["version"].startswith("7.2.") and q["arch"] == arch
+        assert q["vhost_user_fs"] is True and q["dax"] is False
+    assert by_name["virtiofsd"]["flavour"] == "c"
+
+
+def test_list_and_env(qenv: Env, built: Built) -> None:
+    listing = qenv.run("list", "--json")
+    assert [e["name"] for e in json.loads(listing.stdout)] == ["fixture-7.2"]
+    env = qenv.run("env", "fixture-7.2")
+    assert env.stdout.strip() == f'export PATH={built.prefix / "bin"}:"$PATH"'
+    shell = subprocess.run(["bash", "-c", env.stdout + "command -v virtiofsd qemu-system-aarch64"],
+                           capture_output=True, text=True)
+    assert shell.stdout.split() == [str(built.prefix / "bin" / "virtiofsd"),
+                                    str(built.prefix / "bin" / "qemu-system-aarch64")]
+    osv = qenv.run("env", "fixture-7.2", "--osv")
+    assert "--qemu-path" in osv.stdout and "--virtio-fs-dax" not in osv.stdout
+
+
+def test_unchanged_rebuild_is_up_to_date(qenv: Env, built: Built) -> None:
+    result = qenv.run("build", "fixture-7.2", "--runner", "host")
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+    assert json.loads((built.prefix / "qemuprov.json").read_text())["built_at"] == built.manifest["built_at"]
+
+
+def test_failed_build_leaves_the_previous_install_working(qenv: Env, built: Built) -> None:
+    qenv.write_recipe("broken-configure", 'extends = "fixture-7.2"\n[qemu]\nconfigure = ["--enable-no-such-feature"]\n')
+    result = qenv.run("build", "broken-configure", "--runner", "host", "--prefix", str(built.prefix))
+    assert result.returncode == 1
+    assert "configure failed" in result.stderr and "full log:" in result.stderr and "hint:" in result.stderr
+    assert "Traceback" not in result.stderr
+    after = json.loads((built.prefix / "qemuprov.json").read_text())
+    assert after["built_at"] == built.manifest["built_at"]
+    version = subprocess.run([built.prefix / "bin" / "qemu-system-x86_64", "--version"], capture_output=True)
+    assert version.returncode == 0
+
+
+def test_interrupted_build_leaves_nothing_half_done(qenv: Env, built: Built) -> None:
+    qenv.write_recipe("interrupted", 'extends = "fixture-7.2"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "qemuprov", "--recipes", str(qenv.recipes), "build",
+                             "interrupted", "--runner", "host"], env=qenv.vars, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the configure step is under way, then press Ctrl-C
+        if line.startswith("==> configure"):
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert not (qenv.root / "interrupted").exists()
+    ps = subprocess.run(["pgrep", "-f", "work/interrupted/"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "build processes outlived the interrupted build"
+
+
+def test_second_build_while_one_runs_is_refused(qenv: Env, built: Built) -> None:
+    lock = filelock.FileLock(str(Path(qenv.vars["QEMUPROV_CACHE"]) / "locks" / "fixture-7.2.lock"))
+    with lock.acquire(timeout=5):
+        result = qenv.run("build", "fixture-7.2", "--runner", "host")
+    assert result.returncode == 1
+    assert "another qemuprov build of fixture-7.2 is running" in result.stderr
+
+
+def test_missing_ref_is_one_line_exit_2(qenv: Env) -> None:
+    qenv.write_recipe("no-such-tag", f'extends = "qemu-7.2"\n[qemu]\ngit = "file://{TREE}"\nref = "v9.9.9"\n')
+    result = qenv.run("build", "no-such-tag", "--runner", "host")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (f'qemuprov: error: qemu.ref: "v9.9.9" is neither a branch, a tag '
+                                             f"nor a commit of file://{TREE}")
+
+
+def test_unreachable_url_is_exit_2(qenv: Env) -> None:
+    qenv.write_recipe("nowhere", 'extends = "qemu-7.2"\n[qemu]\ngit = "file:///nonexistent/qemu.git"\n')
+    result = qenv.run("build", "nowhere", "--runner", "host")
+    assert result.returncode == 2 and "qemu.git: cannot fetch file:///nonexistent/qemu.git" in result.stderr
+    assert "insteadOf" in result.stderr
