@@ -355,6 +355,7 @@ def validate_arches(recipe: Recipe, requested: str | None) -> tuple[str, ...]:
     arches = tuple(a.strip() for a in requested.split(",") if a.strip())
     for arch in arches:
         if arch not in recipe.qemu.arches:
-            raise UserError(f'--arch: "{arch}" is not built by {recipe.name} (it builds {", ".join(recipe.qemu.arches)})',
+            built = ", ".join(recipe.qemu.arches)
+            raise UserError(f'--arch: "{arch}" is not built by {recipe.name} (it builds {built})',
                             hint="pick from the recipe's qemu.arches, or extend the recipe")
     return arches

@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 from qemuprov import __version__, installs, probe, render
 from qemuprov.errors import InfraError, QemuprovError, UserError
@@ -58,19 +58,40 @@ def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
     return rows
 
 
+def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:
+    """The build plan, when the recipe's source has been fetched by an earlier build."""
+    from qemuprov import paths, plan
+
+    src = paths.cache_dir() / "work" / recipe.name / "src"
+    if not (src / "VERSION").exists():
+        return None
+    prefix = paths.install_root() / recipe.name
+    return plan.make_plan(recipe, plan.inspect(src), prefix, recipe.qemu.arches).to_dict()
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     recipe = _book(args).load(args.recipe)
+    the_plan = _fetched_plan(recipe)
     if args.json:
-        render.print_json({"recipe": recipe.to_dict()})
+        render.print_json({"recipe": recipe.to_dict(), "plan": the_plan})
         return 0
     width = max(len(key) for key, _ in describe_recipe(recipe))
     for key, value in describe_recipe(recipe):
         print(f"{key.ljust(width)}  {value}")
+    if the_plan is None:
+        print(f"\nplan: not fetched yet (`qemuprov build {recipe.name}` fetches it)")
+        return 0
+    print(f"\nplan for QEMU {the_plan['version']} (virtiofsd: {the_plan['virtiofsd']}):")
+    for arg in the_plan["configure"]:  # type: ignore[attr-defined]
+        print(f"  {arg['arg']:<40}  {arg['reason']}")
+    print("  targets: " + (" ".join(the_plan["targets"]) or "make (all)"))  # type: ignore[arg-type]
+    for note in the_plan["notes"]:  # type: ignore[attr-defined]
+        print(f"  note: {note}")
     return 0
 
 
 def probe_rows(probes: list[probe.Probe]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for item in probes:
         if item.error:
             rows.append((item.path, item.kind, "-", "-", "-", "-", f"error: {item.error}"))

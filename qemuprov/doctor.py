@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ from qemuprov.probe_parse import rseq_kill_in_audit, version_tuple
 
 MIN_QEMU = "5.0"
 SHM_MIN_BYTES = 256 * 1024 * 1024
+DEBIAN_QEMU_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 
 
 class Status(StrEnum):
@@ -65,9 +67,9 @@ def check_kvm(ctx: Context) -> Iterator[Check]:
         return
     run = _cached_kvm_run(ctx, Path(qemu))
     if run["usable"]:
-        yield Check("KVM", "a guest runs under KVM", Status.PASS, run["detail"])
+        yield Check("KVM", "a guest runs under KVM", Status.PASS, str(run["detail"]))
     else:
-        yield Check("KVM", "a guest runs under KVM", Status.WARN, "KVM is present but unusable: " + run["detail"],
+        yield Check("KVM", "a guest runs under KVM", Status.WARN, "KVM is present but unusable: " + str(run["detail"]),
                     "boot guests with TCG: qemuprov verify --accel tcg, or QEMU's -accel tcg; "
                     "for a VM host, check its nested virtualization")
 
@@ -121,7 +123,7 @@ def check_qemu(ctx: Context) -> Iterator[Check]:
             else:
                 yield Check("QEMU", f"{name} on PATH", Status.FAIL, f"no {name} found",
                             f"qemuprov build qemu-7.2 --arch {arch}, or your distribution's QEMU "
-                            f"(Debian/Ubuntu: apt-get install {'qemu-system-x86' if arch == 'x86_64' else 'qemu-system-arm'})")
+                            f"(Debian/Ubuntu: apt-get install {DEBIAN_QEMU_PACKAGE[arch]})")
                 continue
         result = ctx.probe(Path(found))
         if result.error or not isinstance(result, probe.QemuProbe):
@@ -243,10 +245,8 @@ def seen_rseq_kill() -> bool:
     """Look for the kernel's seccomp audit line where it can be read without privileges we lack."""
     audit = Path("/var/log/audit/audit.log")
     texts = []
-    try:
+    with contextlib.suppress(OSError):
         texts.append(audit.read_text(errors="replace")[-1_000_000:])
-    except OSError:
-        pass
     dmesg = shutil.which("dmesg")
     if dmesg:
         texts.append(procs.run([dmesg], timeout=3).stdout)

@@ -23,7 +23,7 @@ WRAPPER = """#!/bin/sh
 GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}%s"
 export GLIBC_TUNABLES
 exec "$(dirname "$(readlink -f "$0")")/../libexec/virtiofsd" "$@"
-""" % RSEQ_TUNABLE
+""".replace("%s", RSEQ_TUNABLE)
 
 
 def finish_tree(staged: Path, prefix: Path, plan: Plan) -> dict[str, Any]:

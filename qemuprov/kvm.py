@@ -65,7 +65,7 @@ def test_run(qemu_x86_64: Path, accel: str = "kvm", limit: float = TIME_LIMIT) -
     with tempfile.TemporaryDirectory(prefix="qemuprov-kvm-") as tmp:
         image = Path(tmp) / "probe.bin"
         image.write_bytes(guest_image())
-        argv = [qemu_x86_64, "-accel", accel, "-machine", "pc", "-bios", image, "-nodefaults",
+        argv: list[str | Path] = [qemu_x86_64, "-accel", accel, "-machine", "pc", "-bios", image, "-nodefaults",
                 "-display", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
         start = time.monotonic()
         result = procs.run(argv, timeout=limit)

@@ -26,7 +26,7 @@ def user_containers_dir() -> Path:
 
 def builder_names() -> tuple[str, ...]:
     """Builder images: `containers/builder-<name>.Dockerfile`, shipped or the user's own."""
-    names = set()
+    names: set[str] = set()
     for directory in (shipped_dir("containers"), user_containers_dir()):
         if directory.is_dir():
             names.update(p.name[len("builder-"):-len(".Dockerfile")]

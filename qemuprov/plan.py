@@ -112,6 +112,7 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...])
             targets += ("tools/virtiofsd/virtiofsd",)
     rseq = in_tree and not tree.virtiofsd_allows_rseq
     if rseq:
-        notes.append("this virtiofsd's seccomp filter lacks rseq: bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
+        notes.append("this virtiofsd's seccomp filter lacks rseq: "
+                     "bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
     kind = "in-tree" if in_tree else recipe.virtiofsd.source.value
     return Plan(tree, arches, tuple(args), targets, kind, rseq, tuple(notes))

@@ -100,7 +100,7 @@ def sets_rseq_tunable(path: Path) -> bool:
 
 def probe_qemu(path: Path) -> QemuProbe:
     result = QemuProbe(path=str(path))
-    argv = [path, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
+    argv: list[str | Path] = [path, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
     run = procs.run(argv, timeout=PROBE_TIMEOUT, input=qmp_script())
     replies = qmp_replies(run.stdout, list(PROBE_COMMANDS))
     if "version" not in replies:
@@ -139,7 +139,8 @@ def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
     version_run = procs.run([path, "--version"], timeout=PROBE_TIMEOUT)
     facts = virtiofsd_facts(help_run.stdout + help_run.stderr, version_run.stdout + version_run.stderr)
     if facts.flavour is None:
-        result.error = f"not a virtiofsd (--help {help_run.why() if not help_run.ok else 'printed no virtiofsd options'})"
+        said = help_run.why() if not help_run.ok else "printed no virtiofsd options"
+        result.error = f"not a virtiofsd (--help {said})"
         return result
     result.flavour, result.version = facts.flavour, facts.version
     result.source_option, result.sandboxes = facts.source_option, facts.sandboxes

@@ -294,7 +294,7 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
     else:
         for stray in _SOURCE_KEYS:
             if stray in vfs_table:
-                raise _fail(path, f"virtiofsd.{stray}", f'only for source = "rust"; remove it')
+                raise _fail(path, f"virtiofsd.{stray}", 'only for source = "rust"; remove it')
     expect_table = data.get("expect", {})
     expect_arches = _arches(path, "expect.arches", expect_table.get("arches", []))
     missing = [arch for arch in expect_arches if arch not in qemu.arches]

@@ -43,10 +43,13 @@ def _git_failure(section: str, url: str, exc: git.GitCommandError) -> UserError:
 def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
     """(commit, refspec) for a branch or tag; a full commit id is taken as it is."""
     try:
-        listing = git.cmd.Git().ls_remote(url, ref, f"{ref}^{{}}")
+        listing = str(git.cmd.Git().ls_remote(url, ref, f"{ref}^{{}}"))
     except git.GitCommandError as exc:
         raise _git_failure(section, url, exc) from None
-    refs = dict(reversed(line.split("\t", 1)) for line in listing.splitlines() if "\t" in line)
+    refs = {}
+    for line in listing.splitlines():
+        sha, _, name = line.partition("\t")
+        refs[name] = sha
     for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
         if name in refs:
             target = name.removesuffix("^{}")
