@@ -1,0 +1,150 @@
+"""Plan logic per QEMU era (on minimal trees shaped like the real ones), expectations, and install helpers."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qemuprov import plan
+from qemuprov.build import check_expectations, missing_dependency_hint
+from qemuprov.errors import UserError
+from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.recipe import Layer, RecipeBook, default_layers
+
+SHIPPED = RecipeBook(default_layers())
+
+
+def make_tree(root: Path, version: str, options: list[str], virtiofsd: bool, rseq: bool = True,
+              blobs: bool = True, meson_submodule: bool = True, meson: bool = True) -> Path:
+    root.mkdir(parents=True)
+    (root / "VERSION").write_text(version + "\n")
+    (root / "configure").write_text("#!/bin/sh\n")
+    if meson:
+        (root / "meson.build").write_text("project('qemu')\n")
+        (root / "meson_options.txt").write_text("".join(f"option('{o}', type: 'feature')\n" for o in options))
+    if meson_submodule:
+        (root / "meson").mkdir()
+        (root / "meson" / "meson.py").write_text("")
+    if blobs:
+        (root / "pc-bios").mkdir()
+        (root / "pc-bios" / "bios-256k.bin").write_bytes(b"\0")
+    if virtiofsd:
+        (root / "tools" / "virtiofsd").mkdir(parents=True)
+        (root / "tools" / "meson.build").write_text(
+            ".disable_auto_if(not have_tools and not have_system)\n" if version >= "7" else "have_tools\n")
+        (root / "tools" / "virtiofsd" / "passthrough_seccomp.c").write_text(
+            "SCMP_SYS(read),\n" + ("SCMP_SYS(rseq),\n" if rseq else ""))
+    return root
+
+
+OPTS_72 = ["virtiofsd", "docs", "tools", "guest_agent", "install_blobs"]
+
+
+def test_plan_72_distribution_tree(tmp_path: Path) -> None:
+    tree = plan.inspect(make_tree(tmp_path / "q", "7.2.22", OPTS_72, virtiofsd=True, blobs=False,
+                                  meson_submodule=False))
+    p = plan.make_plan(SHIPPED.load("qemu-7.2"), tree, Path("/opt/q"), ("x86_64", "aarch64"))
+    assert p.argv[:3] == ["--prefix=/opt/q", "--target-list=x86_64-softmmu,aarch64-softmmu", "--enable-virtiofsd"]
+    for arg in ("--disable-tools", "--disable-install-blobs", "--meson=meson", "--enable-seccomp"):
+        assert arg in p.argv
+    assert p.argv[-1] == "--disable-werror"
+    assert "tools/virtiofsd/virtiofsd" in p.targets and "qemu-system-aarch64" in p.targets
+    assert p.virtiofsd == "in-tree" and p.rseq_wrapper is False
+    assert all(arg.reason for arg in p.configure)
+
+
+def test_plan_52_keeps_tools_and_needs_the_rseq_wrapper(tmp_path: Path) -> None:
+    tree = plan.inspect(make_tree(tmp_path / "q", "5.2.0", ["virtiofsd", "docs", "tools"], virtiofsd=True,
+                                  rseq=False))
+    p = plan.make_plan(SHIPPED.load("qemu-5.2"), tree, Path("/opt/q"), ("x86_64",))
+    assert "--enable-virtiofsd" in p.argv
+    assert "--disable-tools" not in p.argv  # 5.2 builds virtiofsd only with the tools
+    assert "--disable-install-blobs" not in p.argv and "--meson=meson" not in p.argv
+    assert p.rseq_wrapper is True
+
+
+def test_plan_51_has_no_virtiofsd_switch(tmp_path: Path) -> None:
+    tree = plan.inspect(make_tree(tmp_path / "q", "5.1.0", [], virtiofsd=True, meson=False, meson_submodule=False))
+    p = plan.make_plan(SHIPPED.load("qemu-5.2"), tree, Path("/opt/q"), ("x86_64",))
+    assert "--enable-virtiofsd" not in p.argv and p.targets == ()  # make, not ninja
+
+
+def test_plan_10_refuses_an_in_tree_virtiofsd(tmp_path: Path) -> None:
+    tree = plan.inspect(make_tree(tmp_path / "q", "10.0.2", ["docs", "tools"], virtiofsd=False))
+    with pytest.raises(UserError, match="virtiofsd.source: QEMU 10.0.2 has no in-tree virtiofsd"):
+        plan.make_plan(SHIPPED.load("qemu-7.2"), tree, Path("/opt/q"), ("x86_64",))
+    p = plan.make_plan(SHIPPED.load("qemu-stable"), tree, Path("/opt/q"), ("x86_64",))
+    assert "--enable-virtiofsd" not in p.argv and p.virtiofsd == "rust"
+
+
+def test_not_a_qemu_tree(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a QEMU source tree"):
+        plan.inspect(tmp_path)
+
+
+def q(arch: str, dax: bool = False, version: str = "7.2.0") -> QemuProbe:
+    return QemuProbe(path=f"/p/bin/qemu-system-{arch}", version=version, arch=arch, vhost_user_fs=True, dax=dax)
+
+
+def test_expectations() -> None:
+    dev = SHIPPED.load("virtio-fs-dev")
+    vfs = VirtiofsdProbe(path="/p/bin/virtiofsd", flavour="c", version="7.0.50")
+    good = [q("x86_64", True, "7.0.50"), q("aarch64", True, "7.0.50"), vfs]
+    assert check_expectations(dev, ("x86_64", "aarch64"), good) == []
+    problems = check_expectations(dev, ("x86_64", "aarch64"), [q("x86_64", False, "7.2.0")])
+    assert any("DAX window" in p for p in problems)
+    assert any("no working qemu-system-aarch64" in p for p in problems)
+    assert any("virtiofsd: expected c, got none" in p for p in problems)
+    assert any("expected 7.0" in p for p in problems)
+
+
+def test_missing_dependency_hint() -> None:
+    tail = "meson.build:1234:2: ERROR: Dependency \"pixman-1\" not found, tried pkgconfig"
+    assert "libpixman-1-dev" in missing_dependency_hint(tail)
+    assert "doctor" in missing_dependency_hint("something else broke")
+
+
+def staged_prefix(tmp_path: Path, marker: str) -> Path:
+    staged = tmp_path / f"stage-{marker}"
+    (staged / "libexec").mkdir(parents=True)
+    (staged / "libexec" / "virtiofsd").write_text("#!/bin/sh\necho \"tunables=$GLIBC_TUNABLES args=$*\"\n")
+    (staged / "libexec" / "virtiofsd").chmod(0o755)
+    (staged / "marker").write_text(marker)
+    return staged
+
+
+def test_finish_tree_writes_a_working_rseq_wrapper(tmp_path: Path) -> None:
+    tree = plan.inspect(make_tree(tmp_path / "q", "5.2.0", ["virtiofsd"], virtiofsd=True, rseq=False))
+    p = plan.make_plan(SHIPPED.load("qemu-5.2"), tree, tmp_path / "prefix", ("x86_64",))
+    staged = staged_prefix(tmp_path, "a")
+    result = finish_tree(staged, tmp_path / "prefix", p)
+    assert result["virtiofsd"]["wrapper"] is True
+    out = subprocess.run([staged / "bin" / "virtiofsd", "--help"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "GLIBC_TUNABLES": "glibc.malloc.check=0"}).stdout
+    assert out.strip() == "tunables=glibc.malloc.check=0:glibc.pthread.rseq=0 args=--help"
+
+
+def test_commit_prefix_swaps_and_cleans(tmp_path: Path) -> None:
+    prefix = tmp_path / "root" / "build"
+    commit_prefix(staged_prefix(tmp_path, "first"), prefix)
+    assert (prefix / "marker").read_text() == "first"
+    commit_prefix(staged_prefix(tmp_path, "second"), prefix)
+    assert (prefix / "marker").read_text() == "second"
+    assert sorted(p.name for p in prefix.parent.iterdir()) == ["build"]
+
+
+def test_stale_staging_of_a_dead_build_is_removed(tmp_path: Path) -> None:
+    prefix = tmp_path / "build"
+    dead = tmp_path / ".qemuprov-stage-build-999999999"
+    alive = tmp_path / f".qemuprov-stage-build-{__import__('os').getpid()}"
+    dead.mkdir()
+    alive.mkdir()
+    stale_staging_cleanup(prefix)
+    assert not dead.exists() and alive.exists()
+
+
+def test_layer_dirs_may_be_missing(tmp_path: Path) -> None:
+    assert RecipeBook([Layer("x", tmp_path / "none")]).names() == []
