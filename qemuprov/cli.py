@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from qemuprov import __version__, installs, probe, render
 from qemuprov.errors import InfraError, QemuprovError, UserError
@@ -208,10 +209,22 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_adder(sub: Any) -> Callable[..., argparse.ArgumentParser]:
+    def add(name: str, func: Command, summary: str, json: bool = False,
+            description: str | None = None) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description or summary)
+        if json:
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=func)
+        return parser
+
+    return add
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qemuprov",
-        description="Build, install, probe and verify QEMU + virtiofsd for virtio-fs (with DAX where the "
+        description="Build, install and probe QEMU + virtiofsd for virtio-fs (with DAX where the "
                     "tree has it).",
         epilog="Exit codes: 0 ok, 1 build or infrastructure failure, 2 bad input. "
                "`qemuprov COMMAND --help` for each command.",
@@ -223,31 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("recipes", help="list the recipes qemuprov can build")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_recipes)
-
-    p = sub.add_parser("show", help="the resolved recipe and, once fetched, its build plan")
+    add = _command_adder(sub)
+    add("recipes", cmd_recipes, "list the recipes qemuprov can build", json=True)
+    p = add("show", cmd_show, "the resolved recipe and, once fetched, its build plan", json=True)
     p.add_argument("recipe", metavar="RECIPE")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_show)
-
-    p = sub.add_parser("probe", help="what a QEMU or virtiofsd can do: version, arch, vhost-user-fs, DAX",
-                       description="Probe QEMU system emulators, virtiofsd binaries, or install prefixes. "
-                                   "With no PATH: what is on PATH and in the usual distro places.")
+    p = add("probe", cmd_probe, "what a QEMU or virtiofsd can do: version, arch, vhost-user-fs, DAX", json=True,
+            description="Probe QEMU system emulators, virtiofsd binaries, or install prefixes. "
+                        "With no PATH: what is on PATH and in the usual distro places.")
     p.add_argument("paths", nargs="*", metavar="PATH")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_probe)
-
-    p = sub.add_parser("doctor", help="is this host ready for virtio-fs, and for building QEMU?",
-                       description="One line per check: PASS, WARN or FAIL, with a hint for each problem. "
-                                   "Exit 1 when any check fails.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_doctor)
-
-    p = sub.add_parser("build", help="fetch, configure, build, install and probe a recipe",
-                       description="Build RECIPE and install QEMU + virtiofsd into a prefix for PATH. An unchanged "
-                                   "rebuild is a no-op; a failed build leaves the previous install untouched.")
+    add("doctor", cmd_doctor, "is this host ready for virtio-fs, and for building QEMU?", json=True,
+        description="One line per check: PASS, WARN or FAIL, with a hint for each problem. "
+                    "Exit 1 when any check fails.")
+    p = add("build", cmd_build, "fetch, configure, build, install and probe a recipe",
+            description="Build RECIPE and install QEMU + virtiofsd into a prefix for PATH. An unchanged "
+                        "rebuild is a no-op; a failed build leaves the previous install untouched.")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--arch", metavar="A,B", help="build only these of the recipe's arches")
     p.add_argument("--runner", choices=("auto", "docker", "podman", "host"), default="auto",
@@ -255,20 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", metavar="DIR", help="install into DIR itself (default: <data dir>/installs/RECIPE)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel build jobs (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even when the install is up to date")
-    p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser("list", help="installed builds with their probe summary")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_list)
-
-    p = sub.add_parser("env", help="shell lines that put a build on PATH (eval them)")
+    add("list", cmd_list, "installed builds with their probe summary", json=True)
+    p = add("env", cmd_env, "shell lines that put a build on PATH (eval them)")
     p.add_argument("name", metavar="NAME|PREFIX")
     p.add_argument("--osv", action="store_true", help="also the OSv scripts/run.py command line")
-    p.set_defaults(func=cmd_env)
-
-    p = sub.add_parser("remove", help="delete an installed build")
+    p = add("remove", cmd_remove, "delete an installed build")
     p.add_argument("name", metavar="NAME|PREFIX")
-    p.set_defaults(func=cmd_remove)
     return parser
 
 
