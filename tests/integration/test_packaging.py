@@ -1,0 +1,26 @@
+"""A plain, non-editable `pip install .` into a fresh virtualenv carries the recipes and builder files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_wheel_install_in_a_fresh_venv(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([venv / "bin" / "pip", "install", "-q", "--disable-pip-version-check", str(REPO)],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    out = subprocess.run([venv / "bin" / "qemuprov", "recipes", "--json"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    recipes = json.loads(out.stdout)
+    assert [r["name"] for r in recipes] == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev"]
+    assert all("site-packages/qemuprov/_data/recipes" in r["path"] for r in recipes)
+    show = subprocess.run([venv / "bin" / "qemuprov", "show", "virtio-fs-dev"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert show.returncode == 0 and "dax=yes" in show.stdout
