@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -209,6 +210,75 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[str]]:
+    """QEMU binaries, the virtiofsd and firmware directories to verify, from an install or from paths."""
+    if args.target:
+        if args.qemu or args.virtiofsd:
+            raise UserError("verify: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
+        entry = installs.find_install(args.target)
+        qemus = sorted((entry.prefix / "bin").glob("qemu-system-*"))
+        return qemus, entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs
+    if not (args.qemu and args.virtiofsd):
+        raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
+    return [Path(q) for q in args.qemu], Path(args.virtiofsd), []
+
+
+def _accel(arch: str, requested: str) -> str:
+    import platform
+
+    from qemuprov import doctor, kvm, paths
+
+    if requested != "auto":
+        return requested
+    if arch != platform.machine() or not kvm.device().accessible:
+        return "tcg"
+    qemu = shutil.which("qemu-system-x86_64")
+    ctx = doctor.Context(probe.ProbeCache(), paths.cache_dir() / "kvm.json")
+    if qemu and doctor._cached_kvm_run(ctx, Path(qemu))["usable"]:
+        return "kvm"
+    print("qemuprov: note: KVM is present but unusable here (see `qemuprov doctor`): using TCG", file=sys.stderr)
+    return "tcg"
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from qemuprov import guestkit, verify
+
+    qemus, daemon_path, firmware = _verify_targets(args)
+    cache = probe.ProbeCache()
+    daemon = probe.probe_binary(daemon_path, cache)
+    if daemon.error or not isinstance(daemon, probe.VirtiofsdProbe):
+        raise UserError(f"virtiofsd {daemon_path}: {daemon.error}", hint="give a working virtiofsd")
+    wanted = tuple(a.strip() for a in args.arch.split(",")) if args.arch else None
+    outcomes = []
+    for path in qemus:
+        qemu = probe.probe_binary(path, cache)
+        if qemu.error or not isinstance(qemu, probe.QemuProbe):
+            raise UserError(f"QEMU {path}: {qemu.error}", hint="give a qemu-system-* binary")
+        if wanted and qemu.arch not in wanted:
+            continue
+        if qemu.arch not in guestkit.DEB_ARCH:
+            raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
+        if not qemu.vhost_user_fs:
+            outcomes.append(verify.Outcome(qemu.arch, False, 0.0, "-", failure="qemu",
+                                           message=f"{path} has no vhost-user-fs-pci device"))
+            continue
+        kit = guestkit.ensure_kit(qemu.arch)
+        outcomes.append(verify.run(qemu, daemon, kit, _accel(qemu.arch, args.accel), firmware))
+    cache.save()
+    if not outcomes:
+        raise UserError(f"--arch: none of {', '.join(wanted or ())} among the QEMU binaries given")
+    if args.json:
+        render.print_json([asdict(o) for o in outcomes])
+    else:
+        rows = [(o.arch, "PASS" if o.ok else f"FAIL ({o.failure})", f"{o.seconds:.1f} s", o.accel,
+                 render.yes_no(o.dax) if o.dax is not None else "-", o.message) for o in outcomes]
+        print(render.table(("ARCH", "RESULT", "TIME", "ACCEL", "DAX", "DETAIL"), rows))
+        for o in outcomes:
+            if not o.ok:
+                print("\n".join(f"    {o.arch}: {line}" for line in o.log))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
 def _command_adder(sub: Any) -> Callable[..., argparse.ArgumentParser]:
     def add(name: str, func: Command, summary: str, json: bool = False,
             description: str | None = None) -> argparse.ArgumentParser:
@@ -261,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("env", cmd_env, "shell lines that put a build on PATH (eval them)")
     p.add_argument("name", metavar="NAME|PREFIX")
     p.add_argument("--osv", action="store_true", help="also the OSv scripts/run.py command line")
+    p = add("verify", cmd_verify, "boot a guest and prove a file crosses the virtio-fs share", json=True,
+            description="For each arch: start virtiofsd on a temporary directory, boot a small Linux guest with "
+                        "shared memory and vhost-user-fs-pci; the guest reads the host's file and writes one back "
+                        "(and mounts with -o dax where the QEMU has the DAX window).")
+    p.add_argument("target", nargs="?", metavar="NAME|PREFIX")
+    p.add_argument("--qemu", action="append", metavar="PATH", help="a qemu-system-* binary (repeatable)")
+    p.add_argument("--virtiofsd", metavar="PATH", help="the virtiofsd to pair it with")
+    p.add_argument("--arch", metavar="A,B", help="only these arches")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto: KVM only where it really works (default)")
     p = add("remove", cmd_remove, "delete an installed build")
     p.add_argument("name", metavar="NAME|PREFIX")
     return parser

@@ -122,3 +122,11 @@ def test_unreachable_url_is_exit_2(qenv: Env) -> None:
     result = qenv.run("build", "nowhere", "--runner", "host")
     assert result.returncode == 2 and "qemu.git: cannot fetch file:///nonexistent/qemu.git" in result.stderr
     assert "insteadOf" in result.stderr
+
+
+def test_verify_the_built_install_with_distribution_firmware(qenv: Env, built: Built) -> None:
+    # The Debian tree has no firmware blobs: verify must boot with the firmware directories the install recorded.
+    result = qenv.run("verify", "fixture-7.2", "--arch", "x86_64", "--json", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (outcome,) = json.loads(result.stdout)
+    assert outcome["ok"] is True and outcome["arch"] == "x86_64"

@@ -1,0 +1,121 @@
+"""A tiny Linux guest per arch for `verify`: a distribution cloud kernel and a busybox initramfs whose init
+mounts the virtio-fs share, reads the host's file, writes one back, and powers off. Fetched once with apt."""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemuprov import paths, procs
+from qemuprov.errors import InfraError
+
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "fuse",
+           "virtiofs")
+TAG = "qemuprov"
+
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /mnt
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in %(modules)s; do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko; done
+say() { echo "QEMUPROV: $*"; }
+if mount -t virtiofs %(tag)s /mnt; then
+  say "mounted"
+  say "read $(cat /mnt/from-host.txt)"
+  cat /mnt/from-host.txt > /mnt/from-guest.txt && sync && say "wrote"
+  umount /mnt
+  if grep -q dax /proc/cmdline; then
+    if mount -t virtiofs -o dax %(tag)s /mnt; then
+      say "dax-mount $(grep ' /mnt ' /proc/mounts)"
+      dmesg | grep 'Cache len' | sed 's/^/QEMUPROV: dax-window /'
+      umount /mnt
+    else
+      say "dax-mount-failed"
+    fi
+  fi
+else
+  say "mount-failed"
+  dmesg | tail -n 15 | sed 's/^/QEMUPROV: dmesg /'
+fi
+say "done"
+poweroff -f
+"""
+
+
+@dataclass(frozen=True)
+class Kit:
+    arch: str
+    kernel: Path
+    initrd: Path
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc cpio archive (what the kernel unpacks as an initramfs) of (name, mode, data)."""
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
+        encoded = name.encode() + b"\0"
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
+        out += b"070701" + b"".join(f"{v:08x}".encode() for v in fields) + encoded
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def _download(packages: list[str], deb_arch: str, into: Path) -> None:
+    result = procs.run(["apt-get", "download", f"-oAPT::Architecture={deb_arch}", *packages], timeout=600, cwd=into)
+    if not result.ok:
+        raise InfraError(f"could not fetch the guest kit ({' '.join(packages)}): {result.stderr.strip()[-300:]}",
+                         hint="on Debian/Ubuntu with apt; or bring your own with --kernel and --initrd")
+
+
+def _kernel_package(deb_arch: str) -> str:
+    meta = f"linux-image-cloud-{deb_arch}"
+    result = procs.run(["apt-cache", f"-oAPT::Architecture={deb_arch}", "depends", meta], timeout=60)
+    for line in result.stdout.splitlines():
+        name = line.split(":", 1)[-1].strip()
+        if line.strip().startswith("Depends:") and name.startswith("linux-image-"):
+            return name.split(":")[0]
+    raise InfraError(f"apt knows no {meta}",
+                     hint=f"as root: dpkg --add-architecture {deb_arch} && apt-get update; "
+                          "or bring your own --kernel/--initrd")
+
+
+def ensure_kit(arch: str) -> Kit:
+    home = paths.cache_dir() / "guest" / arch
+    kit = Kit(arch, home / "vmlinuz", home / "initrd.cpio")
+    if kit.kernel.exists() and kit.initrd.exists():
+        return kit
+    if shutil.which("apt-get") is None:
+        raise InfraError("building the guest kit needs apt-get", hint="bring your own with --kernel and --initrd")
+    deb_arch = DEB_ARCH[arch]
+    with tempfile.TemporaryDirectory(prefix="qemuprov-kit-") as tmp:
+        work = Path(tmp)
+        _download([_kernel_package(deb_arch), "busybox-static"], deb_arch, work)
+        root = work / "root"
+        for deb in work.glob("*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        kernels = sorted((root / "boot").glob("vmlinuz-*"))
+        if not kernels:
+            raise InfraError(f"the kernel package for {arch} holds no /boot/vmlinuz-*")
+        entries: list[tuple[str, int, bytes]] = [
+            ("bin", 0o040755, b""), ("lib", 0o040755, b""), ("lib/modules", 0o040755, b""),
+            ("bin/busybox", 0o100755, (root / "bin" / "busybox").read_bytes()),
+            ("init", 0o100755, (INIT % {"modules": " ".join(MODULES), "tag": TAG}).encode()),
+        ]
+        for module in MODULES:
+            found = sorted(root.glob(f"lib/modules/*/kernel/**/{module}.ko*"))
+            if found:
+                data = found[0].read_bytes()
+                data = lzma.decompress(data) if found[0].suffix == ".xz" else data
+                entries.append((f"lib/modules/{module}.ko", 0o100644, data))
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kernels[-1], kit.kernel)
+        kit.initrd.write_bytes(_cpio_newc(entries))
+    return kit

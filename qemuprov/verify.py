@@ -1,0 +1,143 @@
+"""Boot a guest over virtio-fs: virtiofsd serves a temporary directory, QEMU boots the guest kit with shared
+memory and vhost-user-fs-pci, the guest reads the host's file and writes one back. Every process is bounded
+in time and stopped, and every temporary file removed, whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qemuprov.guestkit import TAG, Kit
+from qemuprov.probe import QemuProbe, VirtiofsdProbe
+
+GUEST_TIMEOUT = 120.0
+SOCKET_TIMEOUT = 10.0
+MEMORY_MB = 512
+DAX_WINDOW = "64M"
+
+
+@dataclass
+class Outcome:
+    arch: str
+    ok: bool
+    seconds: float
+    accel: str
+    dax: bool | None = None  # None: the QEMU has no DAX window to try
+    failure: str | None = None  # "virtiofsd", "qemu", "guest"
+    message: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[str]:
+    if daemon.flavour == "rust":
+        sandbox = "namespace" if os.geteuid() == 0 else "none"
+        return [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
+    return [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", "cache=auto"]
+
+
+def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
+              firmware: list[str]) -> list[str]:
+    console = "ttyS0" if qemu.arch == "x86_64" else "ttyAMA0"
+    append = f"console={console} panic=-1 quiet" + (" dax" if qemu.dax else "")
+    device = f"vhost-user-fs-pci,chardev=vfs,tag={TAG}" + (f",cache-size={DAX_WINDOW}" if qemu.dax else "")
+    argv = [qemu.path, "-accel", accel, "-m", str(MEMORY_MB), "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", f"file:{serial}", "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
+            "-object", f"memory-backend-memfd,id=mem,size={MEMORY_MB}M,share=on", "-numa", "node,memdev=mem",
+            "-chardev", f"socket,id=vfs,path={socket}", "-device", device]
+    if qemu.arch == "aarch64":
+        argv += ["-machine", "virt", "-cpu", "max"]
+    for directory in firmware:
+        argv += ["-L", directory]
+    return argv
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _died(proc: subprocess.Popen[bytes]) -> str:
+    code = proc.returncode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        if name == "SIGSYS":
+            return ("virtiofsd was killed by SIGSYS: its seccomp filter refused a system call. A C virtiofsd from "
+                    "before QEMU 7.0 lacks rseq, which glibc 2.35+ uses; run it with "
+                    "GLIBC_TUNABLES=glibc.pthread.rseq=0 (qemuprov installs wrap it)")
+        return f"virtiofsd was killed by {name}"
+    return f"virtiofsd exited with status {code}"
+
+
+def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str]) -> Outcome:
+    start = time.monotonic()
+    outcome = Outcome(str(qemu.arch), False, 0.0, accel)
+    vfs: subprocess.Popen[bytes] | None = None
+    vm: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryDirectory(prefix="qemuprov-verify-") as tmp:
+        work = Path(tmp)
+        share, socket, serial = work / "share", work / "vfs.sock", work / "serial.log"
+        share.mkdir()
+        token = secrets.token_hex(8)
+        (share / "from-host.txt").write_text(token + "\n")
+        vfs_log = (work / "virtiofsd.log").open("wb")
+        qemu_log = (work / "qemu.log").open("wb")
+        try:
+            vfs = subprocess.Popen(virtiofsd_argv(daemon, socket, share), stdout=vfs_log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+            deadline = time.monotonic() + SOCKET_TIMEOUT
+            while not socket.exists() and vfs.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not socket.exists():
+                outcome.failure = "virtiofsd"
+                outcome.message = _died(vfs) if vfs.poll() is not None else "virtiofsd made no socket in time"
+                outcome.log = (work / "virtiofsd.log").read_text(errors="replace").splitlines()[-10:]
+                return outcome
+            vm = subprocess.Popen(qemu_argv(qemu, kit, socket, serial, accel, firmware), stdout=qemu_log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                vm.wait(timeout=GUEST_TIMEOUT)
+            console = serial.read_text(errors="replace") if serial.exists() else ""
+            lines = [ln.strip() for ln in console.splitlines() if ln.startswith("QEMUPROV:")]
+            outcome.log = lines
+            qemu_out = (work / "qemu.log").read_text(errors="replace")
+            if vfs.poll() is not None and vfs.returncode != 0:
+                outcome.failure, outcome.message = "virtiofsd", _died(vfs)
+                outcome.log = [*lines, *qemu_out.splitlines()[-5:]]
+            elif not lines and vm.returncode not in (0, None):
+                outcome.failure = "qemu"
+                outcome.message = f"QEMU refused to run: {qemu_out.strip().splitlines()[-1:] or ['?']}"
+                outcome.log = qemu_out.splitlines()[-10:]
+            elif "QEMUPROV: mounted" not in lines:
+                outcome.failure = "guest"
+                outcome.message = "the guest could not mount the share" if lines else \
+                    f"the guest did not answer within {GUEST_TIMEOUT:.0f} s"
+            else:
+                written = share / "from-guest.txt"
+                got = written.read_text().strip() if written.exists() else None
+                if f"QEMUPROV: read {token}" not in lines or got != token:
+                    outcome.failure, outcome.message = "guest", f"file round trip failed (guest wrote {got!r})"
+                else:
+                    outcome.ok = True
+                    outcome.message = "the guest read the host's file and wrote one back"
+                if qemu.dax:
+                    outcome.dax = any("dax=always" in ln for ln in lines) and any("dax-window" in ln for ln in lines)
+        finally:
+            _stop(vm)
+            _stop(vfs)
+            vfs_log.close()
+            qemu_log.close()
+    outcome.seconds = round(time.monotonic() - start, 2)
+    return outcome
