@@ -46,3 +46,13 @@ def test_verify_explains_a_seccomp_kill(qenv: Env, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "FAIL (virtiofsd)" in result.stdout
     assert "SIGSYS" in result.stdout and "GLIBC_TUNABLES=glibc.pthread.rseq=0" in result.stdout
+
+
+def test_no_stray_processes_or_sockets_after_the_runs(qenv: Env) -> None:
+    import subprocess
+    import tempfile
+
+    leftovers = list(Path(tempfile.gettempdir()).glob("qemuprov-verify-*"))
+    assert leftovers == [], f"verify left {leftovers}"
+    ps = subprocess.run(["pgrep", "-af", "qemuprov-verify-"], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", f"processes outlived verify:\n{ps.stdout}"
