@@ -86,3 +86,16 @@ def test_rseq_audit_line() -> None:
     other = 'audit: type=1326 comm="virtiofsd" sig=31 arch=c000003e syscall=59 compat=0'
     assert rseq_kill_in_audit(other) is False
     assert rseq_kill_in_audit("nothing here") is False
+
+
+def test_rust_virtiofsd_debian_13() -> None:
+    rust = CAPTURES / "debian-13-rust-virtiofsd"
+    facts = virtiofsd_facts((rust / "virtiofsd-help.txt").read_text(), (rust / "virtiofsd-version.txt").read_text())
+    assert (facts.flavour, facts.version, facts.source_option) == ("rust", "1.13.2", "--shared-dir")
+    assert facts.sandboxes == ["namespace", "chroot", "none"]
+
+
+def test_rust_virtiofsd_old_backend_version_line() -> None:
+    facts = virtiofsd_facts("--shared-dir <SHARED_DIR>\n--sandbox <SANDBOX>  (namespace, chroot, none)",
+                            "virtiofsd backend 1.7.2")
+    assert (facts.flavour, facts.version) == ("rust", "1.7.2")
