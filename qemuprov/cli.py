@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -166,7 +165,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
               f"({outcome.timings['total']:.0f} s; log {outcome.log})")
     print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
-    return 0
+    if not args.verify:
+        return 0
+    from qemuprov import verify
+
+    entry = installs.find_install(str(prefix))
+    outcomes = verify.verify_all(sorted((prefix / "bin").glob("qemu-system-*")), prefix / "bin" / "virtiofsd",
+                                 entry.firmware_dirs, arches, "auto", None)
+    installs.write_json_atomic(prefix / installs.MANIFEST,
+                               {**entry.manifest, "verify": [asdict(o) for o in outcomes]})
+    return _render_verify(outcomes, False)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -223,51 +231,28 @@ def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[st
     return [Path(q) for q in args.qemu], Path(args.virtiofsd), []
 
 
-def _accel(arch: str, requested: str) -> str:
-    import platform
-
-    from qemuprov import doctor, kvm, paths
-
-    if requested != "auto":
-        return requested
-    if arch != platform.machine() or not kvm.device().accessible:
-        return "tcg"
-    qemu = shutil.which("qemu-system-x86_64")
-    ctx = doctor.Context(probe.ProbeCache(), paths.cache_dir() / "kvm.json")
-    if qemu and doctor._cached_kvm_run(ctx, Path(qemu))["usable"]:
-        return "kvm"
-    print("qemuprov: note: KVM is present but unusable here (see `qemuprov doctor`): using TCG", file=sys.stderr)
-    return "tcg"
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    from qemuprov import guestkit, verify
+    from qemuprov import verify
 
     qemus, daemon_path, firmware = _verify_targets(args)
-    cache = probe.ProbeCache()
-    daemon = probe.probe_binary(daemon_path, cache)
-    if daemon.error or not isinstance(daemon, probe.VirtiofsdProbe):
-        raise UserError(f"virtiofsd {daemon_path}: {daemon.error}", hint="give a working virtiofsd")
     wanted = tuple(a.strip() for a in args.arch.split(",")) if args.arch else None
-    outcomes = []
-    for path in qemus:
-        qemu = probe.probe_binary(path, cache)
-        if qemu.error or not isinstance(qemu, probe.QemuProbe):
-            raise UserError(f"QEMU {path}: {qemu.error}", hint="give a qemu-system-* binary")
-        if wanted and qemu.arch not in wanted:
-            continue
-        if qemu.arch not in guestkit.DEB_ARCH:
-            raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
-        if not qemu.vhost_user_fs:
-            outcomes.append(verify.Outcome(qemu.arch, False, 0.0, "-", failure="qemu",
-                                           message=f"{path} has no vhost-user-fs-pci device"))
-            continue
-        kit = guestkit.ensure_kit(qemu.arch)
-        outcomes.append(verify.run(qemu, daemon, kit, _accel(qemu.arch, args.accel), firmware))
-    cache.save()
-    if not outcomes:
-        raise UserError(f"--arch: none of {', '.join(wanted or ())} among the QEMU binaries given")
-    if args.json:
+    outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args))
+    return _render_verify(outcomes, args.json)
+
+
+def _own_kit(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    if bool(args.kernel) != bool(args.initrd):
+        raise UserError("verify: --kernel and --initrd go together")
+    if args.kernel:
+        for option, value in (("--kernel", args.kernel), ("--initrd", args.initrd)):
+            if not Path(value).is_file():
+                raise UserError(f"{option}: {value} is not a file")
+        return Path(args.kernel), Path(args.initrd)
+    return None
+
+
+def _render_verify(outcomes: list[Any], as_json: bool) -> int:
+    if as_json:
         render.print_json([asdict(o) for o in outcomes])
     else:
         rows = [(o.arch, "PASS" if o.ok else f"FAIL ({o.failure})", f"{o.seconds:.1f} s", o.accel,
@@ -327,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", metavar="DIR", help="install into DIR itself (default: <data dir>/installs/RECIPE)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel build jobs (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even when the install is up to date")
+    p.add_argument("--verify", action="store_true", help="boot a guest over virtio-fs after installing")
     add("list", cmd_list, "installed builds with their probe summary", json=True)
     p = add("env", cmd_env, "shell lines that put a build on PATH (eval them)")
     p.add_argument("name", metavar="NAME|PREFIX")
@@ -341,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="A,B", help="only these arches")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="auto: KVM only where it really works (default)")
+    p.add_argument("--kernel", metavar="FILE", help="your own guest kernel (with --initrd)")
+    p.add_argument("--initrd", metavar="FILE", help="your own initramfs; its init must mount tag qemuprov")
     p = add("remove", cmd_remove, "delete an installed build")
     p.add_argument("name", metavar="NAME|PREFIX")
     return parser

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qemuprov import guestkit, probe
+from qemuprov.errors import UserError
 from qemuprov.guestkit import TAG, Kit
 from qemuprov.probe import QemuProbe, VirtiofsdProbe
 
@@ -141,3 +143,50 @@ def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware:
             qemu_log.close()
     outcome.seconds = round(time.monotonic() - start, 2)
     return outcome
+
+
+def choose_accel(arch: str, requested: str) -> str:
+    """auto: KVM only where doctor's bounded test guest runs under it (the verdict is cached)."""
+    import platform
+    import shutil
+    import sys
+
+    from qemuprov import doctor, kvm, paths
+
+    if requested != "auto":
+        return requested
+    if arch != platform.machine() or not kvm.device().accessible:
+        return "tcg"
+    host_qemu = shutil.which("qemu-system-x86_64")
+    ctx = doctor.Context(probe.ProbeCache(), paths.cache_dir() / "kvm.json")
+    if host_qemu and doctor._cached_kvm_run(ctx, Path(host_qemu))["usable"]:
+        return "kvm"
+    print("qemuprov: note: KVM is present but unusable here (see `qemuprov doctor`): using TCG", file=sys.stderr)
+    return "tcg"
+
+
+def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
+               accel: str, own_kit: tuple[Path, Path] | None) -> list[Outcome]:
+    cache = probe.ProbeCache()
+    daemon = probe.probe_binary(daemon_path, cache)
+    if daemon.error or not isinstance(daemon, VirtiofsdProbe):
+        raise UserError(f"virtiofsd {daemon_path}: {daemon.error}", hint="give a working virtiofsd")
+    outcomes = []
+    for path in qemus:
+        qemu = probe.probe_binary(path, cache)
+        if qemu.error or not isinstance(qemu, QemuProbe):
+            raise UserError(f"QEMU {path}: {qemu.error}", hint="give a qemu-system-* binary")
+        if arches and qemu.arch not in arches:
+            continue
+        if qemu.arch not in guestkit.DEB_ARCH:
+            raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
+        if not qemu.vhost_user_fs:
+            outcomes.append(Outcome(str(qemu.arch), False, 0.0, "-", failure="qemu",
+                                    message=f"{path} has no vhost-user-fs-pci device"))
+            continue
+        kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
+        outcomes.append(run(qemu, daemon, kit, choose_accel(str(qemu.arch), accel), firmware))
+    cache.save()
+    if not outcomes:
+        raise UserError(f"--arch: none of {', '.join(arches or ())} among the QEMU binaries given")
+    return outcomes

@@ -130,3 +130,11 @@ def test_verify_the_built_install_with_distribution_firmware(qenv: Env, built: B
     assert result.returncode == 0, result.stdout + result.stderr
     (outcome,) = json.loads(result.stdout)
     assert outcome["ok"] is True and outcome["arch"] == "x86_64"
+
+
+def test_build_with_verify_records_the_result(qenv: Env, built: Built) -> None:
+    result = qenv.run("build", "fixture-7.2", "--runner", "host", "--verify", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to date" in result.stdout and "PASS" in result.stdout
+    manifest = json.loads((built.prefix / "qemuprov.json").read_text())
+    assert sorted((v["arch"], v["ok"]) for v in manifest["verify"]) == [("aarch64", True), ("x86_64", True)]
