@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -10,6 +11,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("qemuprov.procs")
 
@@ -62,6 +64,20 @@ def run(argv: Sequence[str | Path], *, timeout: float, input: str | None = None,
     except subprocess.TimeoutExpired as exc:
         return Result(args, None, _text(exc.stdout), _text(exc.stderr))
     return Result(args, proc.returncode, proc.stdout, proc.stderr)
+
+
+def stop_group(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
+    """Stop a child started with start_new_session=True and everything it started: TERM, then KILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _text(data: bytes | str | None) -> str:

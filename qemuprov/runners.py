@@ -3,13 +3,13 @@ a builder image. Each step streams its output into the build log and to a line c
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Protocol
+
+from qemuprov.procs import stop_group
 
 LineCallback = Callable[[str], None]
 
@@ -39,12 +39,7 @@ class HostRunner:
             return proc.wait()
         except BaseException:
             # Ctrl-C or any failure here: stop the whole process group (make/ninja and the compilers).
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, grace=10)
             raise
         finally:
             log.flush()

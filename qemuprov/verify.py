@@ -18,6 +18,7 @@ from qemuprov import guestkit, probe
 from qemuprov.errors import UserError
 from qemuprov.guestkit import TAG, Kit
 from qemuprov.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.procs import stop_group
 
 GUEST_TIMEOUT = 120.0
 SOCKET_TIMEOUT = 10.0
@@ -58,17 +59,6 @@ def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
     for directory in firmware:
         argv += ["-L", directory]
     return argv
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _died(proc: subprocess.Popen[bytes]) -> str:
@@ -137,8 +127,8 @@ def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware:
                 if qemu.dax:
                     outcome.dax = any("dax=always" in ln for ln in lines) and any("dax-window" in ln for ln in lines)
         finally:
-            _stop(vm)
-            _stop(vfs)
+            stop_group(vm)
+            stop_group(vfs)
             vfs_log.close()
             qemu_log.close()
     outcome.seconds = round(time.monotonic() - start, 2)
