@@ -3,6 +3,7 @@ mounts the virtio-fs share, reads the host's file, writes one back, and powers o
 
 from __future__ import annotations
 
+import hashlib
 import lzma
 import shutil
 import subprocess
@@ -88,7 +89,9 @@ def _kernel_package(deb_arch: str) -> str:
 
 
 def ensure_kit(arch: str) -> Kit:
-    home = paths.cache_dir() / "guest" / arch
+    # Keyed by what goes into the initramfs, so a changed init never meets a stale kit.
+    recipe = hashlib.sha256((INIT + " ".join(MODULES)).encode()).hexdigest()[:12]
+    home = paths.cache_dir() / "guest" / f"{arch}-{recipe}"
     kit = Kit(arch, home / "vmlinuz", home / "initrd.cpio")
     if kit.kernel.exists() and kit.initrd.exists():
         return kit
