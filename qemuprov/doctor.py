@@ -65,7 +65,7 @@ def check_kvm(ctx: Context) -> Iterator[Check]:
         yield Check("KVM", "a guest runs under KVM", Status.WARN, "no qemu-system-x86_64 to test KVM with",
                     "install QEMU (see the QEMU checks below), then run doctor again")
         return
-    run = _cached_kvm_run(ctx, Path(qemu))
+    run = kvm_verdict(ctx, Path(qemu))
     if run["usable"]:
         yield Check("KVM", "a guest runs under KVM", Status.PASS, str(run["detail"]))
     else:
@@ -81,7 +81,7 @@ def _boot_id() -> str:
         return ""
 
 
-def _cached_kvm_run(ctx: Context, qemu: Path) -> dict[str, object]:
+def kvm_verdict(ctx: Context, qemu: Path) -> dict[str, object]:
     """The verdict holds until the kernel, the boot, /dev/kvm or the QEMU binary changes."""
     key = "|".join([platform.release(), _boot_id(), str(os.stat("/dev/kvm").st_ctime_ns), probe.identity(qemu)])
     try:

@@ -51,8 +51,9 @@ def ping(url: str, timeout: float = 2.0) -> Engine:
     except OSError as exc:
         return Engine(url, False, detail=f"{url}: {exc.strerror or exc}")
     head, _, body = answer.partition("\r\n\r\n")
-    if " 200 " not in head.splitlines()[0] if head else True:
-        return Engine(url, False, detail=f"{url}: answered {head.splitlines()[0] if head else 'nothing'}")
+    status_line = head.splitlines()[0] if head else "nothing"
+    if " 200 " not in status_line:
+        return Engine(url, False, detail=f"{url}: answered {status_line}")
     try:
         info = json.loads(body)
     except ValueError:

@@ -149,7 +149,7 @@ def choose_accel(arch: str, requested: str) -> str:
         return "tcg"
     host_qemu = shutil.which("qemu-system-x86_64")
     ctx = doctor.Context(probe.ProbeCache(), paths.cache_dir() / "kvm.json")
-    if host_qemu and doctor._cached_kvm_run(ctx, Path(host_qemu))["usable"]:
+    if host_qemu and doctor.kvm_verdict(ctx, Path(host_qemu))["usable"]:
         return "kvm"
     print("qemuprov: note: KVM is present but unusable here (see `qemuprov doctor`): using TCG", file=sys.stderr)
     return "tcg"
