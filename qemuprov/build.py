@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -93,7 +94,7 @@ def _inputs_key(recipe: Recipe, identity: str, opts: Options) -> str:
     recipe_data = recipe.to_dict()
     for volatile in ("path", "origin", "chain", "description"):
         recipe_data.pop(volatile, None)
-    blob = json.dumps({"recipe": recipe_data, "source": identity, "arches": opts.arches, "runner": opts.runner.name,
+    blob = json.dumps({"recipe": recipe_data, "source": identity, "arches": opts.arches, "runner": opts.runner.identity,
                        "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -131,13 +132,15 @@ def _lock(name: str) -> Iterator[None]:
         lock.release()
 
 
-def missing_dependency_hint(log_tail: str) -> str:
+def missing_dependency_hint(log_tail: str, runner: Runner) -> str:
     packages = {**HOST_LIBS, "seccomp": "libseccomp-dev", "cap-ng": "libcap-ng-dev", "cap_ng": "libcap-ng-dev",
                 **HOST_HEADERS, "fdt": "libfdt-dev", "ninja": "ninja-build"}
     for name, package in packages.items():
         if re.search(rf"(Dependency|header|library|Program)\W+\S*{re.escape(name)}\S*\W+not found", log_tail,
                      re.IGNORECASE) or (name in ("seccomp", "cap-ng") and "requires libcap-ng-devel" in log_tail):
-            return f"a build dependency is missing: install {package} (Debian/Ubuntu), or build with --runner docker"
+            if runner.name == "host":
+                return f"a build dependency is missing: install {package} (Debian/Ubuntu), or use --runner docker"
+            return f"the builder image lacks {package}: add it to the recipe's builder Dockerfile under containers/"
     return "read the log above; `qemuprov doctor` lists missing build dependencies"
 
 
@@ -193,27 +196,17 @@ class Build:
         src = self._timed("fetch", lambda: self._fetch(identity))
         tree = plan.inspect(src)
         the_plan = plan.make_plan(self.recipe, tree, self.opts.prefix, self.opts.arches)
-        build_dir = self.work / "build"
-        env = self._env()
-        stamp = build_dir / "qemuprov-configure.json"
-        configure_id = json.dumps({"source": identity, "argv": the_plan.argv})
-        if not (stamp.exists() and stamp.read_text() == configure_id):
-            self.report.step("configure", f"QEMU {tree.version}, " + " ".join(the_plan.argv[1:]))
-            if build_dir.exists():
-                shutil.rmtree(build_dir)
-            build_dir.mkdir(parents=True)
-            self._timed("configure", lambda: self._step("configure", [str(src / "configure"), *the_plan.argv],
-                                                        build_dir, env, log))
-            stamp.write_text(configure_id)
-        targets = self._existing_targets(build_dir, the_plan.targets, env)
-        self.report.step("build", f"{len(targets) or 'all'} targets, -j{self.opts.jobs}")
-        build_argv = ["ninja", "-j", str(self.opts.jobs), *targets] if tree.has_meson_build \
-            else ["make", f"-j{self.opts.jobs}"]
-        self._timed("build", lambda: self._step("build", build_argv, build_dir, env, log))
+        runner = self.opts.runner
+        if runner.identity != "host":
+            self.report.step("builder", runner.identity)
+            self._timed("builder", lambda: runner.prepare(log, self.report.line))
+        ccache = paths.cache_dir() / "ccache"
         staging = self.opts.prefix.parent / f".qemuprov-stage-{self.opts.prefix.name}-{os.getpid()}"
+        for directory in (ccache, staging):
+            directory.mkdir(parents=True, exist_ok=True)
         try:
-            self.report.step("install", f"staging in {staging}")
-            self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
+            with runner.session([self.work, staging, ccache]):
+                self._configure_build_install(identity, tree, the_plan, staging, log)
             staged = staging / self.opts.prefix.relative_to("/")
             finishing = finish_tree(staged, self.opts.prefix, the_plan)
             self.report.step("probe", "checking the build against the recipe's [expect]")
@@ -227,22 +220,44 @@ class Build:
             shutil.rmtree(staging, ignore_errors=True)
         return Outcome(self.opts.prefix, False, self.timings, self.log_path, manifest)
 
+    def _configure_build_install(self, identity: str, tree: plan.Tree, the_plan: plan.Plan, staging: Path,
+                                 log: Any) -> None:
+        # One build tree per runner and builder, so host and container builds of a recipe don't undo each other.
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", self.opts.runner.identity.split(":")[0] + "-" + self.recipe.builder)
+        src, build_dir = tree.root, self.work / ("build" if slug.startswith("host-") else f"build-{slug}")
+        env = self._env()
+        stamp = build_dir / "qemuprov-configure.json"
+        configure_id = json.dumps({"source": identity, "argv": the_plan.argv, "runner": self.opts.runner.identity})
+        if not (stamp.exists() and stamp.read_text() == configure_id):
+            self.report.step("configure", f"QEMU {tree.version}, " + " ".join(the_plan.argv[1:]))
+            if build_dir.exists():
+                shutil.rmtree(build_dir)
+            build_dir.mkdir(parents=True)
+            self._timed("configure", lambda: self._step("configure", [str(src / "configure"), *the_plan.argv],
+                                                        build_dir, env, log))
+            stamp.write_text(configure_id)
+        targets = self._existing_targets(build_dir, the_plan.targets, env)
+        self.report.step("build", f"{len(targets) or 'all'} targets, -j{self.opts.jobs}")
+        build_argv = ["ninja", "-j", str(self.opts.jobs), *targets] if tree.has_meson_build \
+            else ["make", f"-j{self.opts.jobs}"]
+        self._timed("build", lambda: self._step("build", build_argv, build_dir, env, log))
+        self.report.step("install", f"staging in {staging}")
+        self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
+
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "TMPDIR", "TERM")}
-        env["LC_ALL"] = "C"
-        ccache_dir = Path("/usr/lib/ccache")
-        if shutil.which("ccache") and ccache_dir.is_dir():
-            # QEMU's configure names the compiler itself; ccache's masquerade directory first on PATH wraps it.
-            env["PATH"] = f"{ccache_dir}:{env.get('PATH', '/usr/bin:/bin')}"
-            env["CCACHE_DIR"] = str(paths.cache_dir() / "ccache")
-            env["CCACHE_BASEDIR"] = str(self.work)
-        return env
+        # The content check lets host and container builds with the same compiler share cache entries.
+        return self.opts.runner.env({"LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"),
+                                     "CCACHE_BASEDIR": str(self.work), "CCACHE_COMPILERCHECK": "content"})
 
     def _existing_targets(self, build_dir: Path, wanted: tuple[str, ...], env: dict[str, str]) -> list[str]:
         if not wanted:
             return []
-        listing = _capture(["ninja", "-t", "targets", "all"], build_dir, env)
-        known = {line.split(":", 1)[0] for line in listing.splitlines()}
+        listing = io.StringIO()
+        status = self.opts.runner.run(["ninja", "-t", "targets", "all"], cwd=build_dir, env=env, log=listing)
+        if status != 0:
+            raise InfraError(f"ninja -t targets all failed in {build_dir} (exit status {status}): "
+                             f"{listing.getvalue().strip()[-300:]}")
+        known = {line.split(":", 1)[0] for line in listing.getvalue().splitlines()}
         return [t for t in wanted if t in known]
 
     def _step(self, name: str, argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> None:
@@ -254,13 +269,12 @@ class Build:
             tail = _tail(self.log_path, LOG_TAIL) if self.log_path else ""
             raise BuildError(f"{name} failed (exit status {status}): {shlex.join(argv)}\n"
                              f"--- last {LOG_TAIL} lines of {self.log_path} ---\n{tail}\n--- full log: {self.log_path}",
-                             hint=missing_dependency_hint(tail) + "; the previous install, if any, is untouched")
+                             hint=missing_dependency_hint(tail, self.opts.runner)
+                             + "; the previous install, if any, is untouched")
 
     def _install(self, tree: plan.Tree, build_dir: Path, staging: Path, env: dict[str, str], log: Any) -> None:
-        if staging.exists():
-            shutil.rmtree(staging)
         if tree.has_meson_build:
-            meson = [sys.executable, str(tree.root / "meson" / "meson.py")] if tree.has_meson_submodule \
+            meson = [self.opts.runner.python, str(tree.root / "meson" / "meson.py")] if tree.has_meson_submodule \
                 else ["meson"]
             argv = [*meson, "install", "--no-rebuild", "--destdir", str(staging)]
         else:
@@ -280,6 +294,13 @@ class Build:
             entry["path"] = str(self.opts.prefix / Path(entry["path"]).relative_to(staged))
         return data
 
+    def _builder_image(self) -> dict[str, str] | None:
+        image = getattr(self.opts.runner, "image", None)
+        if image is None:
+            return None
+        return {"tag": image.tag, "id": str(getattr(self.opts.runner, "image_id", "")), "base": image.base,
+                "dockerfile": image.dockerfile.name}
+
     def _manifest(self, identity: str, key: str, the_plan: plan.Plan, probes: list[dict[str, Any]],
                   finishing: dict[str, Any], started: float) -> dict[str, Any]:
         self.timings["total"] = round(time.monotonic() - started, 2)
@@ -294,7 +315,7 @@ class Build:
             "inputs": key,
             "plan": the_plan.to_dict(),
             "runner": self.opts.runner.name,
-            "builder_image": None,
+            "builder_image": self._builder_image(),
             "tools": {"qemuprov": __version__, "python": sys.version.split()[0]},
             "binaries": [Path(p["path"]).name for p in probes],
             "probe": probes,
@@ -338,15 +359,6 @@ def _version_matches(actual: str | None, prefix: str) -> bool:
 def _tail(path: Path, count: int) -> str:
     with path.open(errors="replace") as handle:
         return "".join(handle.readlines()[-count:]).rstrip()
-
-
-def _capture(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
-    from qemuprov import procs
-
-    result = procs.run(argv, timeout=120, env=env, cwd=cwd)
-    if not result.ok:
-        raise InfraError(f"{shlex.join(argv)} {result.why()}: {result.stderr.strip()[-300:]}")
-    return result.stdout
 
 
 def validate_arches(recipe: Recipe, requested: str | None) -> tuple[str, ...]:

@@ -152,9 +152,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UserError("-j: give a number of parallel jobs of 1 or more")
     prefix = Path(args.prefix).resolve() if args.prefix else paths.install_root() / recipe.name
-    runner = get_runner(args.runner)
-    if args.runner == "auto":
-        print("qemuprov: note: building on the host (container builds are not available yet)", file=sys.stderr)
+    runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
+    if notice:
+        print(f"qemuprov: note: {notice}", file=sys.stderr)
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:])
     outcome = build.Build(recipe, opts, build.Reporter()).run()
@@ -215,6 +215,30 @@ def cmd_remove(args: argparse.Namespace) -> int:
     entry = installs.find_install(args.name)
     shutil.rmtree(entry.prefix)
     print(f"removed {entry.name} ({entry.prefix})")
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from qemuprov import image, paths
+
+    entry = installs.find_install(args.name)
+    if args.tar:
+        tarball = image.export_tarball(entry, Path(args.tar))
+        print(f"{entry.name}: {tarball} ({tarball.stat().st_size / 1e6:.1f} MB); unpack anywhere and put "
+              f"<dir>/{entry.name}/bin on PATH")
+        if not args.tag:
+            return 0
+    tag = args.tag or f"qemuprov/{entry.name}:latest"
+    logs = paths.cache_dir() / "work" / entry.name / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"image-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.log"
+    print(f"==> image {tag} from {entry.prefix} (log {log_path})", file=sys.stderr)
+    with log_path.open("w") as log:
+        image_id = image.build_runtime_image(entry, tag, args.base, log)
+    print(f"{tag}: {image_id[:19]} ({entry.summary()})")
+    print(f"try it: docker run --rm {tag} qemu-system-x86_64 --version")
     return 0
 
 
@@ -308,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--arch", metavar="A,B", help="build only these of the recipe's arches")
     p.add_argument("--runner", choices=("auto", "docker", "podman", "host"), default="auto",
-                   help="where to build (default: auto)")
+                   help="where to build: auto uses a reachable Docker/Podman engine, else the host (default: auto)")
+    p.add_argument("--builder-base", metavar="IMAGE",
+                   help="base image for the recipe's builder Dockerfile (default: its ARG BASE)")
     p.add_argument("--prefix", metavar="DIR", help="install into DIR itself (default: <data dir>/installs/RECIPE)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel build jobs (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even when the install is up to date")
@@ -329,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: KVM only where it really works (default)")
     p.add_argument("--kernel", metavar="FILE", help="your own guest kernel (with --initrd)")
     p.add_argument("--initrd", metavar="FILE", help="your own initramfs; its init must mount tag qemuprov")
+    p = add("image", cmd_image, "a runtime container image (or a tarball) of an install, for CI",
+            description="Build a container image holding the install on PATH with only the runtime libraries it "
+                        "needs, labelled with its manifest; or, with --tar, a relocatable tarball of the prefix.")
+    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("--tag", metavar="T", help="image tag (default: qemuprov/NAME:latest)")
+    p.add_argument("--base", metavar="IMAGE",
+                   help="base image (default: the builder's base, or this host's distribution for host builds)")
+    p.add_argument("--tar", metavar="FILE", help="write a relocatable .tar.gz of the prefix instead of an image")
     p = add("remove", cmd_remove, "delete an installed build")
     p.add_argument("name", metavar="NAME|PREFIX")
     return parser

@@ -7,6 +7,9 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from qemuprov.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,24 @@ def find_engine() -> Engine:
         failures.append(engine.detail)
     detail = "; ".join(failures) if failures else "no Docker or Podman socket found (and DOCKER_HOST is unset)"
     return Engine(None, False, detail=detail)
+
+
+def client(engine: Engine) -> Any:
+    import docker  # a slow import: only commands that talk to an engine pay for it
+
+    # No client-side timeout: a build step may print nothing for minutes (linking, LTO).
+    return docker.DockerClient(base_url=engine.url, timeout=None)  # type: ignore[arg-type]
+
+
+def require_engine(kind: str = "any") -> Engine:
+    """A reachable engine, or a UserError saying how to get one. kind: any | Docker | Podman."""
+    engine = find_engine()
+    if engine.reachable and kind in ("any", engine.name):
+        return engine
+    if kind == "Podman":
+        raise UserError(f"--runner podman: no reachable Podman API socket ({engine.detail})",
+                        hint="start one: podman system service --time=0 unix://$XDG_RUNTIME_DIR/podman/podman.sock "
+                             "and export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock")
+    raise UserError(f"no reachable container engine: {engine.detail}",
+                    hint="start Docker (or `podman system service`) and set DOCKER_HOST if its socket is not the "
+                         "default; or use --runner host")

@@ -1,33 +1,78 @@
-"""Where build steps run. The host runner runs them here; a container runner (same interface) runs them in
-a builder image. Each step streams its output into the build log and to a line callback (progress)."""
+"""Where build steps run. The host runner runs them here; the container runner runs them in a builder image
+(Docker, or Podman through its Docker-compatible API), with the work directories mounted at the same paths,
+so logs, build trees and ccache entries look the same either way. Each step streams its output into the
+build log and to a line callback (progress)."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
+from qemuprov import builders, engines
+from qemuprov.engines import Engine
+from qemuprov.errors import InfraError
 from qemuprov.procs import stop_group
 
 LineCallback = Callable[[str], None]
+CCACHE_MASQUERADE = "/usr/lib/ccache"
+CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONTAINER_LABEL = "org.qemuprov.build"
 
 
 class Runner(Protocol):
     name: str
+    python: str  # the interpreter that runs a tree's bundled meson.py
+
+    @property
+    def identity(self) -> str: ...
+
+    def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None: ...
+
+    def session(self, mounts: Sequence[Path]) -> Any: ...  # a context manager around the steps
+
+    def env(self, extra: Mapping[str, str]) -> dict[str, str]: ...
 
     def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
             on_line: LineCallback | None = None) -> int: ...
 
 
+def _log_command(log: IO[str], argv: Sequence[str], cwd: Path, where: str = "") -> None:
+    log.write(f"{where}$ cd {shlex.quote(str(cwd))} && {shlex.join(argv)}\n")
+    log.flush()
+
+
 class HostRunner:
     name = "host"
+    python = sys.executable
+    identity = "host"
+
+    def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
+        pass
+
+    @contextmanager
+    def session(self, mounts: Sequence[Path]) -> Iterator[None]:
+        yield
+
+    def env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "TMPDIR", "TERM")}
+        env.update(extra)
+        if shutil.which("ccache") and Path(CCACHE_MASQUERADE).is_dir():
+            # QEMU's configure names the compiler itself; ccache's masquerade directory first on PATH wraps it.
+            env["PATH"] = f"{CCACHE_MASQUERADE}:{env.get('PATH', '/usr/bin:/bin')}"
+        else:
+            env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
+        return env
 
     def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
             on_line: LineCallback | None = None) -> int:
-        log.write(f"$ cd {shlex.quote(str(cwd))} && {shlex.join(argv)}\n")
-        log.flush()
+        _log_command(log, argv, cwd)
         proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
         assert proc.stdout is not None
@@ -45,10 +90,96 @@ class HostRunner:
             log.flush()
 
 
-def get_runner(name: str) -> Runner:
-    if name in ("host", "auto"):
-        return HostRunner()
-    from qemuprov.errors import UserError
+class ContainerRunner:
+    """One container per build, started idle; every step is an exec in it, as the calling user.
+    The container is removed when the session ends, whether the build succeeded, failed or was interrupted."""
 
-    raise UserError(f"--runner: the {name} runner is not available in this version",
-                    hint="use --runner host")
+    python = "python3"
+
+    def __init__(self, engine: Engine, image: builders.BuilderImage, user: tuple[int, int] | None = None) -> None:
+        self.engine, self.image = engine, image
+        self.name = engine.name.lower() or "docker"
+        self.user = user or (os.getuid(), os.getgid())
+        self.image_id: str | None = None
+        self._client: Any = None
+        self._container: Any = None
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}:{self.image.tag}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = engines.client(self.engine)
+        return self._client
+
+    def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
+        self.image_id = builders.ensure_builder(self.client, self.image, log, on_line)
+
+    @contextmanager
+    def session(self, mounts: Sequence[Path]) -> Iterator[None]:
+        binds = {str(m): {"bind": str(m), "mode": "rw"} for m in mounts}
+        self._container = self.client.containers.run(
+            self.image.tag, ["sleep", "infinity"], detach=True, init=True, network_mode="none",
+            volumes=binds, labels={CONTAINER_LABEL: str(os.getpid())}, name=f"qemuprov-build-{os.getpid()}",
+            **self._engine_quirks())
+        try:
+            yield
+        finally:
+            container, self._container = self._container, None
+            try:
+                container.remove(force=True)
+            except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
+                print(f"qemuprov: warning: could not remove container {container.name}: {exc}", file=sys.stderr)
+
+    def _engine_quirks(self) -> dict[str, Any]:
+        if self.name != "podman":
+            return {}
+        import docker.types
+
+        # Rootless podman refuses the default ulimits of a root engine's clients.
+        return {"ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=1024),
+                            docker.types.Ulimit(name="nproc", soft=4096, hard=4096)]}
+
+    def env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        return {"PATH": CONTAINER_PATH, "HOME": "/tmp", "TERM": os.environ.get("TERM", "dumb"), **extra}
+
+    def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
+            on_line: LineCallback | None = None) -> int:
+        if self._container is None:
+            raise InfraError("internal: a container step ran outside a container session")
+        _log_command(log, argv, cwd, where=f"[{self.image.tag}] ")
+        api = self.client.api
+        exec_id = api.exec_create(self._container.id, list(argv), workdir=str(cwd), environment=dict(env),
+                                  user=f"{self.user[0]}:{self.user[1]}")["Id"]
+        pending = ""
+        try:
+            for chunk in api.exec_start(exec_id, stream=True):
+                pending += chunk.decode(errors="replace")
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    log.write(line + "\n")
+                    if on_line is not None:
+                        on_line(line + "\n")
+            if pending:
+                log.write(pending + "\n")
+        finally:
+            log.flush()
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        return int(code) if code is not None else 255
+
+
+def get_runner(name: str, builder: str, base: str | None = None) -> tuple[Runner, str | None]:
+    """The runner for --runner NAME, and a notice when `auto` had to fall back to the host."""
+    if name == "host":
+        return HostRunner(), None
+    if name == "auto":
+        from qemuprov.engines import find_engine
+
+        engine = find_engine()
+        if not engine.reachable:
+            return HostRunner(), f"no container engine reachable ({engine.detail}); building on the host"
+    else:
+        engine = engines.require_engine("Podman" if name == "podman" else "any")
+    return ContainerRunner(engine, builders.builder_image(builder, base)), None

@@ -9,10 +9,13 @@ import pytest
 
 from qemuprov import plan
 from qemuprov.build import check_expectations, missing_dependency_hint
+from qemuprov.builders import BuilderImage
+from qemuprov.engines import Engine
 from qemuprov.errors import UserError
 from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import Layer, RecipeBook, default_layers
+from qemuprov.runners import ContainerRunner, HostRunner
 
 SHIPPED = RecipeBook(default_layers())
 
@@ -103,8 +106,12 @@ def test_expectations() -> None:
 
 def test_missing_dependency_hint() -> None:
     tail = "meson.build:1234:2: ERROR: Dependency \"pixman-1\" not found, tried pkgconfig"
-    assert "libpixman-1-dev" in missing_dependency_hint(tail)
-    assert "doctor" in missing_dependency_hint("something else broke")
+    host = HostRunner()
+    assert "install libpixman-1-dev" in missing_dependency_hint(tail, host)
+    assert "doctor" in missing_dependency_hint("something else broke", host)
+    in_container = ContainerRunner(Engine("unix:///nowhere", True, "Docker"),
+                                   BuilderImage("debian-bookworm", Path("builder-debian-bookworm.Dockerfile"), "x"))
+    assert "builder image lacks libpixman-1-dev" in missing_dependency_hint(tail, in_container)
 
 
 def staged_prefix(tmp_path: Path, marker: str) -> Path:

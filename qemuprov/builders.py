@@ -1,0 +1,95 @@
+"""Builder images (one per QEMU era, from containers/builder-*.Dockerfile),
+tagged by a hash of what defines them so they are built once and reused until their Dockerfile changes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from qemuprov import paths
+from qemuprov.errors import InfraError, UserError
+
+BASE_ARG = re.compile(r"^ARG\s+BASE=(\S+)", re.MULTILINE)
+PULL_FAILURE = re.compile(r"pull access denied|manifest unknown|not found|no such host|dial tcp|lookup .*registry"
+                          r"|failed to resolve|connection refused", re.IGNORECASE)
+
+
+def dockerfile(builder: str) -> Path:
+    for directory in (paths.user_containers_dir(), paths.shipped_dir("containers")):
+        candidate = directory / f"builder-{builder}.Dockerfile"
+        if candidate.is_file():
+            return candidate
+    raise UserError(f'builder "{builder}": no containers/builder-{builder}.Dockerfile',
+                    hint=f"available builders: {', '.join(paths.builder_names())}")
+
+
+@dataclass(frozen=True)
+class BuilderImage:
+    builder: str
+    dockerfile: Path
+    base: str
+
+    @property
+    def tag(self) -> str:
+        digest = hashlib.sha256(self.dockerfile.read_bytes() + b"\0" + self.base.encode()).hexdigest()
+        return f"qemuprov-builder-{self.builder}:{digest[:16]}"
+
+
+def builder_image(builder: str, base: str | None = None) -> BuilderImage:
+    path = dockerfile(builder)
+    default = BASE_ARG.search(path.read_text())
+    chosen = base or (default.group(1) if default else None)
+    if not chosen:
+        raise UserError(f"{path}: no `ARG BASE=IMAGE` line", hint="builder Dockerfiles start with ARG BASE=IMAGE")
+    return BuilderImage(builder, path, chosen)
+
+
+def ensure_builder(docker_client: Any, image: BuilderImage, log: IO[str],
+                   on_line: Callable[[str], None] | None = None) -> str:
+    """The id of the builder image, building it first if this engine does not have it yet."""
+    if has_image(docker_client, image.tag):
+        return str(docker_client.images.get(image.tag).id)
+    return build_image(docker_client, image.dockerfile.parent, image.dockerfile.name, image.tag,
+                       {"BASE": image.base}, {"org.qemuprov.builder": image.builder}, log, on_line)
+
+
+def build_image(docker_client: Any, context: Path, dockerfile: str, tag: str, buildargs: dict[str, str],
+                labels: dict[str, str], log: IO[str], on_line: Callable[[str], None] | None = None) -> str:
+    """`docker build` through the engine's API, streaming its output; the new image's id."""
+    args = " ".join(f"--build-arg {k}={v}" for k, v in buildargs.items() if "\n" not in v)
+    log.write(f"$ docker build {args} -t {tag} -f {dockerfile} {context}\n")
+    failure = ""
+    # Host networking: images install packages, and engines without a bridge have no other network.
+    chunks = docker_client.api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs,
+                                     labels=labels, network_mode="host", rm=True, forcerm=True, decode=True)
+    for chunk in chunks:
+        line = str(chunk["stream"]) if "stream" in chunk else f"ERROR: {chunk['error']}\n" if "error" in chunk else ""
+        log.write(line)
+        if on_line is not None and line:
+            on_line(line)
+        if line.startswith("ERROR: "):
+            failure = line[len("ERROR: "):].strip()
+    log.flush()
+    base = buildargs.get("BASE", "")
+    if failure and base and PULL_FAILURE.search(failure) and not has_image(docker_client, base):
+        raise InfraError(f"{tag}: the base image {base} is not in the engine and could not be pulled: {failure}",
+                         hint=f"import one made locally: debootstrap --variant=minbase <suite> DIR && "
+                              f"tar -C DIR -c . | docker import - {base}; or pick another base image")
+    if failure:
+        raise InfraError(f"image {tag} did not build: {failure}",
+                         hint=f"see {getattr(log, 'name', 'the log')}; the Dockerfile is {context / dockerfile}")
+    return str(docker_client.images.get(tag).id)
+
+
+def has_image(docker_client: Any, name: str) -> bool:
+    import docker.errors
+
+    try:
+        docker_client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True

@@ -1,0 +1,157 @@
+"""Ship an install to CI: a runtime container image (the install on PATH, only the libraries it needs), or a
+relocatable tarball of the prefix."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from qemuprov import builders, engines, paths
+from qemuprov.errors import InfraError, UserError
+from qemuprov.installs import MANIFEST, Install
+from qemuprov.runners import ContainerRunner, HostRunner, Runner
+
+IMAGE_PREFIX = "/opt/qemuprov"
+DISTRO_FIRMWARE_SKIP = re.compile(r"^qemu-system-(?!data$)")  # Debian's own emulators own some firmware links
+# Prints `ldd` of every binary, then `dpkg -S` owner lines; run where the install was built, so the owners
+# are the packages of the distribution the binaries were linked against.
+RUNTIME_DEPS_SCRIPT = r"""
+cd "$1"; shift
+for f in $(find bin libexec -type f 2>/dev/null); do ldd "$f" 2>/dev/null; done \
+  | awk '$2 == "=>" { print ($3 == "not" ? "MISSING " $1 : $3) }' | sort -u \
+  | while read -r lib rest; do
+      case "$lib" in
+        MISSING) echo "MISSING $rest" ;;
+        *) dpkg -S "$lib" 2>/dev/null || dpkg -S "$(readlink -f "$lib")" 2>/dev/null || echo "UNOWNED $lib" ;;
+      esac
+    done
+for dir in "$@"; do dpkg -S "$dir"/* 2>/dev/null | sed 's/^/FIRMWARE /'; done
+"""
+
+
+def export_tarball(entry: Install, dest: Path) -> Path:
+    """A .tar.gz of the prefix under a top directory named after the install; relocatable (QEMU finds its
+    data relative to its binary, the virtiofsd wrapper finds its daemon relative to itself)."""
+    dest = dest.resolve()
+    if dest.is_dir():
+        raise UserError(f"--tar {dest}: is a directory", hint="give a file name such as qemu.tar.gz")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    try:
+        mode = "w:gz" if dest.name.endswith((".tar.gz", ".tgz")) else "w"
+        with tarfile.open(partial, mode) as tar:  # type: ignore[call-overload]
+            tar.add(entry.prefix, arcname=entry.name, filter=_owned_by_root)
+        partial.rename(dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest
+
+
+def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def default_base(entry: Install) -> str:
+    builder = entry.manifest.get("builder_image") or {}
+    if builder.get("base"):
+        return str(builder["base"])
+    release = _os_release()
+    if release.get("ID") and release.get("VERSION_CODENAME"):
+        return f"{release['ID']}:{release['VERSION_CODENAME']}"
+    raise UserError(f"{entry.name} was built on the host and this host's distribution is unknown",
+                    hint="pass --base IMAGE (the distribution the install was built on)")
+
+
+def _os_release() -> dict[str, str]:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return {}
+    return {k: v.strip('"') for k, _, v in (line.partition("=") for line in text.splitlines()) if k}
+
+
+def _build_environment(entry: Install) -> Runner:
+    """Where the install was built: the host, or its builder image (rebuilt if the engine lost it)."""
+    builder = entry.manifest.get("builder_image")
+    if not builder:
+        return HostRunner()
+    recipe_builder = str(entry.manifest.get("recipe", {}).get("builder", ""))
+    return ContainerRunner(engines.require_engine(), builders.builder_image(recipe_builder, builder.get("base")))
+
+
+def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list[str], list[str]]:
+    """(packages, firmware dirs): the distribution packages the install's binaries and firmware come from."""
+    firmware = [d for d in entry.firmware_dirs if not d.startswith(str(entry.prefix))]
+    output = io.StringIO()
+    runner.prepare(log)
+    with runner.session([entry.prefix]):
+        status = runner.run(["sh", "-c", RUNTIME_DEPS_SCRIPT, "sh", str(entry.prefix), *firmware],
+                            cwd=entry.prefix, env=runner.env({}), log=output)
+    log.write(output.getvalue())
+    if status != 0:
+        raise InfraError(f"could not list the runtime libraries of {entry.prefix} (exit status {status})",
+                         hint=f"see {getattr(log, 'name', 'the log')}")
+    packages: set[str] = set()
+    problems: list[str] = []
+    for line in output.getvalue().splitlines():
+        if line.startswith(("MISSING ", "UNOWNED ")):
+            problems.append(line)
+        elif ": " in line and not line.startswith(("$", "diversion")):
+            firmware_line = line.startswith("FIRMWARE ")
+            owners = line.removeprefix("FIRMWARE ").split(": ", 1)[0]
+            for owner in owners.split(", "):
+                name = owner.split(":", 1)[0]
+                if not (firmware_line and DISTRO_FIRMWARE_SKIP.match(name)):
+                    packages.add(name)
+    if problems:
+        raise InfraError(f"{entry.name}: libraries the runtime image could not get from a package: "
+                         + "; ".join(problems[:5]),
+                         hint="the install links against files no package owns; rebuild it in a container")
+    return sorted(packages), firmware
+
+
+def build_runtime_image(entry: Install, tag: str, base: str | None, log: IO[str]) -> str:
+    runner = _build_environment(entry)
+    packages, firmware = runtime_packages(entry, runner, log)
+    engine = engines.require_engine()
+    docker_client = engines.client(engine)
+    manifest = {**entry.manifest, "prefix": f"{IMAGE_PREFIX}/{entry.name}"}
+    with tempfile.TemporaryDirectory(prefix="qemuprov-image-", dir=paths.cache_dir()) as tmp:
+        context = Path(tmp)
+        shutil.copy2(paths.shipped_dir("containers") / "runtime.Dockerfile", context / "Dockerfile")
+        shutil.copytree(entry.prefix, context / "prefix", symlinks=True, copy_function=_link_or_copy)
+        (context / "prefix" / MANIFEST).unlink(missing_ok=True)
+        (context / "prefix" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        labels = _labels(entry, manifest)
+        buildargs = {"BASE": base or default_base(entry), "PACKAGES": " ".join(packages), "NAME": entry.name,
+                     "FIRMWARE": " ".join(firmware)}
+        return builders.build_image(docker_client, context, "Dockerfile", tag, buildargs, labels, log)
+
+
+def _link_or_copy(src: str, dst: str) -> Any:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _labels(entry: Install, manifest: dict[str, Any]) -> dict[str, str]:
+    source = manifest.get("source", {})
+    return {
+        "org.qemuprov.manifest": json.dumps(manifest, separators=(",", ":"), default=str),
+        "org.qemuprov.summary": entry.summary(),
+        "org.opencontainers.image.title": f"qemuprov {entry.name}",
+        "org.opencontainers.image.description": entry.summary(),
+        "org.opencontainers.image.source": str(source.get("url") or ""),
+        "org.opencontainers.image.revision": str(source.get("commit") or source.get("sha256") or ""),
+    }
