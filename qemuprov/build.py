@@ -236,7 +236,7 @@ class Build:
             self._timed("configure", lambda: self._step("configure", [str(src / "configure"), *the_plan.argv],
                                                         build_dir, env, log))
             stamp.write_text(configure_id)
-        targets = self._existing_targets(build_dir, the_plan.targets, env)
+        targets = self._build_targets(tree, build_dir, the_plan.targets, env)
         self.report.step("build", f"{len(targets) or 'all'} targets, -j{self.opts.jobs}")
         build_argv = ["ninja", "-j", str(self.opts.jobs), *targets] if tree.has_meson_build \
             else ["make", f"-j{self.opts.jobs}"]
@@ -244,21 +244,45 @@ class Build:
         self.report.step("install", f"staging in {staging}")
         self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
 
+    @property
+    def _ccache_log(self) -> Path | None:
+        return self.log_path.with_suffix(".ccache") if self.log_path else None
+
     def _env(self) -> dict[str, str]:
         # The content check lets host and container builds with the same compiler share cache entries.
-        return self.opts.runner.env({"LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"),
-                                     "CCACHE_BASEDIR": str(self.work), "CCACHE_COMPILERCHECK": "content"})
+        env = {"LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"), "CCACHE_BASEDIR": str(self.work),
+               "CCACHE_COMPILERCHECK": "content"}
+        if self._ccache_log:
+            env["CCACHE_STATSLOG"] = str(self._ccache_log)
+        return self.opts.runner.env(env)
 
-    def _existing_targets(self, build_dir: Path, wanted: tuple[str, ...], env: dict[str, str]) -> list[str]:
+    def _build_targets(self, tree: plan.Tree, build_dir: Path, wanted: tuple[str, ...],
+                       env: dict[str, str]) -> list[str]:
+        """The plan's targets plus whatever `meson install` will copy out of the build tree (5.x trees install
+        qemu-img and friends next to virtiofsd), limited to what this tree's ninja knows."""
         if not wanted:
             return []
-        listing = io.StringIO()
-        status = self.opts.runner.run(["ninja", "-t", "targets", "all"], cwd=build_dir, env=env, log=listing)
+        known = {line.split(":", 1)[0] for line in self._capture(["ninja", "-t", "targets", "all"], build_dir, env)
+                 .splitlines()}
+        installed = json.loads(self._capture([*self._meson(tree), "introspect", "--installed"], build_dir, env)
+                               or "{}")
+        inside = str(build_dir) + "/"
+        extra = sorted(path.removeprefix(inside) for path in installed if path.startswith(inside))
+        return [t for t in dict.fromkeys([*wanted, *extra]) if t in known]
+
+    def _meson(self, tree: plan.Tree) -> list[str]:
+        if tree.has_meson_submodule:
+            return [self.opts.runner.python, str(tree.root / "meson" / "meson.py")]
+        return ["meson"]
+
+    def _capture(self, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+        """A short command's output, through the runner (the log's first line is the command itself)."""
+        output = io.StringIO()
+        status = self.opts.runner.run(argv, cwd=cwd, env=env, log=output)
+        text = output.getvalue().partition("\n")[2]
         if status != 0:
-            raise InfraError(f"ninja -t targets all failed in {build_dir} (exit status {status}): "
-                             f"{listing.getvalue().strip()[-300:]}")
-        known = {line.split(":", 1)[0] for line in listing.getvalue().splitlines()}
-        return [t for t in wanted if t in known]
+            raise InfraError(f"{shlex.join(argv)} failed in {cwd} (exit status {status}): {text.strip()[-300:]}")
+        return text
 
     def _step(self, name: str, argv: list[str], cwd: Path, env: dict[str, str], log: Any) -> None:
         self.report.finish_progress()
@@ -274,9 +298,7 @@ class Build:
 
     def _install(self, tree: plan.Tree, build_dir: Path, staging: Path, env: dict[str, str], log: Any) -> None:
         if tree.has_meson_build:
-            meson = [self.opts.runner.python, str(tree.root / "meson" / "meson.py")] if tree.has_meson_submodule \
-                else ["meson"]
-            argv = [*meson, "install", "--no-rebuild", "--destdir", str(staging)]
+            argv = [*self._meson(tree), "install", "--no-rebuild", "--destdir", str(staging)]
         else:
             argv = ["make", "install", f"DESTDIR={staging}"]
         self._step("install", argv, build_dir, env, log)
@@ -321,10 +343,28 @@ class Build:
             "probe": probes,
             **finishing,
             "timings": self.timings,
+            "ccache": ccache_stats(self._ccache_log) if self._ccache_log else None,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "log": str(self.log_path),
             "reproduce": shlex.join(["qemuprov", *self.opts.argv]),
         }
+
+
+def ccache_stats(stats_log: Path) -> dict[str, Any] | None:
+    """Hits and misses of this build's compilations, from ccache's per-call stats log (None: ccache unused)."""
+    try:
+        text = stats_log.read_text(errors="replace")
+    except OSError:
+        return None
+    hits = misses = 0
+    for record in text.split("# ")[1:]:
+        outcomes = set(record.splitlines()[1:])
+        if outcomes & {"direct_cache_hit", "preprocessed_cache_hit"}:
+            hits += 1
+        elif "cache_miss" in outcomes:
+            misses += 1
+    total = hits + misses
+    return {"hits": hits, "misses": misses, "hit_rate": round(hits / total, 3) if total else None}
 
 
 def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[probe.Probe]) -> list[str]:

@@ -162,8 +162,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
     else:
         entry = installs.Install(prefix.name, prefix, outcome.manifest)
+        cache = outcome.manifest.get("ccache") or {}
+        cached = f", ccache {cache['hits']}/{cache['hits'] + cache['misses']} hits" if cache.get("hit_rate") else ""
         print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
-              f"({outcome.timings['total']:.0f} s; log {outcome.log})")
+              f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
     if not args.verify:
         return 0

@@ -30,7 +30,11 @@ say() { echo "QEMUPROV: $*"; }
 if mount -t virtiofs %(tag)s /mnt; then
   say "mounted"
   say "read $(cat /mnt/from-host.txt)"
-  cat /mnt/from-host.txt > /mnt/from-guest.txt && sync && say "wrote"
+  if { cat /mnt/from-host.txt > /mnt/from-guest.txt; } 2>/write.err && sync; then
+    say "wrote"
+  else
+    say "write-failed $(cat /write.err)"
+  fi
   umount /mnt
   if grep -q dax /proc/cmdline; then
     if mount -t virtiofs -o dax %(tag)s /mnt; then

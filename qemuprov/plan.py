@@ -23,6 +23,7 @@ class Tree:
     virtiofsd_dir: bool
     virtiofsd_survives_disable_tools: bool
     virtiofsd_allows_rseq: bool
+    blobs_switch: str | None = None  # how configure spells "do not install firmware blobs"
 
 
 def inspect(root: Path) -> Tree:
@@ -36,6 +37,10 @@ def inspect(root: Path) -> Tree:
     tools_meson = root / "tools" / "meson.build"
     tools_text = tools_meson.read_text() if tools_meson.exists() else ""
     seccomp_c = root / "tools" / "virtiofsd" / "passthrough_seccomp.c"
+    configure_text = (root / "configure").read_text(errors="replace")
+    # 5.x knows only --disable-blobs; later trees map it too, and newer ones may know only the meson name.
+    blobs_switch = "--disable-blobs" if "--disable-blobs)" in configure_text \
+        else "--disable-install-blobs" if "install_blobs" in options else None
     return Tree(
         root=root,
         version=version_file.read_text().strip(),
@@ -47,6 +52,7 @@ def inspect(root: Path) -> Tree:
         # 7.x: virtiofsd stays on with --disable-tools as long as system emulators are built.
         virtiofsd_survives_disable_tools="not have_tools and not have_system" in tools_text,
         virtiofsd_allows_rseq=seccomp_c.exists() and "SCMP_SYS(rseq)" in seccomp_c.read_text(),
+        blobs_switch=blobs_switch,
     )
 
 
@@ -99,8 +105,8 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...])
         args.append(Arg("--disable-guest-agent", "the guest agent is not needed"))
     if "tools" in tree.meson_options and (not in_tree or tree.virtiofsd_survives_disable_tools):
         args.append(Arg("--disable-tools", "qemu-img and friends are not needed; virtiofsd still builds"))
-    if not tree.has_blobs and "install_blobs" in tree.meson_options:
-        args.append(Arg("--disable-install-blobs", "the tree has no firmware blobs (a distribution source tree)"))
+    if not tree.has_blobs and tree.blobs_switch:
+        args.append(Arg(tree.blobs_switch, "the tree has no firmware blobs (a distribution source tree)"))
         notes.append("no firmware blobs in the tree: the install uses the distribution's firmware directories")
     if tree.has_meson_build and not tree.has_meson_submodule:
         args.append(Arg("--meson=meson", "the tree has no meson submodule: use the system meson"))

@@ -73,6 +73,14 @@ def _died(proc: subprocess.Popen[bytes]) -> str:
     return f"virtiofsd exited with status {code}"
 
 
+def _write_failed(error: str) -> str:
+    message = f"the guest mounted the share and read the host's file but could not write back ({error or '?'})"
+    if "read-only" in error.lower():
+        message += ("; the share is read-only: virtiofsd was started with --readonly (or -o readonly) or serves "
+                    "a read-only directory or mount; verify needs a writable share")
+    return message
+
+
 def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str]) -> Outcome:
     start = time.monotonic()
     outcome = Outcome(str(qemu.arch), False, 0.0, accel)
@@ -119,7 +127,11 @@ def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware:
             else:
                 written = share / "from-guest.txt"
                 got = written.read_text().strip() if written.exists() else None
-                if f"QEMUPROV: read {token}" not in lines or got != token:
+                write_failure = next((ln.split("write-failed", 1)[1].strip() for ln in lines
+                                      if ln.startswith("QEMUPROV: write-failed")), None)
+                if write_failure is not None:
+                    outcome.failure, outcome.message = "virtiofsd", _write_failed(write_failure)
+                elif f"QEMUPROV: read {token}" not in lines or got != token:
                     outcome.failure, outcome.message = "guest", f"file round trip failed (guest wrote {got!r})"
                 else:
                     outcome.ok = True

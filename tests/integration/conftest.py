@@ -23,9 +23,10 @@ class Env:
     recipes: Path
     vars: dict[str, str]
 
-    def run(self, *args: str, timeout: float = 1800, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 1800, env: dict[str, str] | None = None,
+            **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), *args],
-                              env=self.vars, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=env or self.vars, capture_output=True, text=True, timeout=timeout, check=False,
                               **kwargs)  # type: ignore[call-overload]
 
     def write_recipe(self, name: str, body: str) -> None:
@@ -61,3 +62,14 @@ def built(qenv: Env) -> Built:
     assert result.returncode == 0, result.stdout + result.stderr
     prefix = qenv.root / "fixture-7.2"
     return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)
+
+
+@pytest.fixture(scope="session")
+def engine() -> str:
+    """The Docker engine scripts/test started (DOCKER_HOST); a missing engine fails, it never skips."""
+    host = os.environ.get("DOCKER_HOST", "")
+    probe = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.fail(f"no Docker engine at DOCKER_HOST={host!r}: run scripts/test, which starts one "
+                    f"({probe.stderr.strip()[:200]})")
+    return host

@@ -48,6 +48,23 @@ def test_verify_explains_a_seccomp_kill(qenv: Env, tmp_path: Path) -> None:
     assert "SIGSYS" in result.stdout and "GLIBC_TUNABLES=glibc.pthread.rseq=0" in result.stdout
 
 
+def test_verify_says_when_the_share_is_read_only(qenv: Env, tmp_path: Path) -> None:
+    # A real read-only share: the daemon serves its directory through a read-only bind mount of its own.
+    wrapper = tmp_path / "virtiofsd"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --help|--version) exec {DEBIAN_VIRTIOFSD} "$1";; esac\n'
+        'for a in "$@"; do case "$a" in source=*) src=${a#source=};; esac; done\n'
+        'exec unshare -m sh -c \'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && '
+        f'exec {DEBIAN_VIRTIOFSD} "$@"\' "$src" "$@"\n')
+    wrapper.chmod(0o755)
+    result = qenv.run("verify", "--qemu", "/usr/bin/qemu-system-x86_64", "--virtiofsd", str(wrapper), timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL (virtiofsd)" in result.stdout
+    assert "could not write back (" in result.stdout and "Read-only file system" in result.stdout
+    assert "the share is read-only" in result.stdout
+
+
 def test_no_stray_processes_or_sockets_after_the_runs(qenv: Env) -> None:
     import subprocess
     import tempfile

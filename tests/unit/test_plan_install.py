@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qemuprov import plan
-from qemuprov.build import check_expectations, missing_dependency_hint
+from qemuprov.build import ccache_stats, check_expectations, missing_dependency_hint
 from qemuprov.builders import BuilderImage
 from qemuprov.engines import Engine
 from qemuprov.errors import UserError
@@ -21,10 +21,11 @@ SHIPPED = RecipeBook(default_layers())
 
 
 def make_tree(root: Path, version: str, options: list[str], virtiofsd: bool, rseq: bool = True,
-              blobs: bool = True, meson_submodule: bool = True, meson: bool = True) -> Path:
+              blobs: bool = True, meson_submodule: bool = True, meson: bool = True,
+              configure: str = "  --disable-blobs) blobs=false\n") -> Path:
     root.mkdir(parents=True)
     (root / "VERSION").write_text(version + "\n")
-    (root / "configure").write_text("#!/bin/sh\n")
+    (root / "configure").write_text("#!/bin/sh\n" + configure)
     if meson:
         (root / "meson.build").write_text("project('qemu')\n")
         (root / "meson_options.txt").write_text("".join(f"option('{o}', type: 'feature')\n" for o in options))
@@ -51,7 +52,7 @@ def test_plan_72_distribution_tree(tmp_path: Path) -> None:
                                   meson_submodule=False))
     p = plan.make_plan(SHIPPED.load("qemu-7.2"), tree, Path("/opt/q"), ("x86_64", "aarch64"))
     assert p.argv[:3] == ["--prefix=/opt/q", "--target-list=x86_64-softmmu,aarch64-softmmu", "--enable-virtiofsd"]
-    for arg in ("--disable-tools", "--disable-install-blobs", "--meson=meson", "--enable-seccomp"):
+    for arg in ("--disable-tools", "--disable-blobs", "--meson=meson", "--enable-seccomp"):
         assert arg in p.argv
     assert p.argv[-1] == "--disable-werror"
     assert "tools/virtiofsd/virtiofsd" in p.targets and "qemu-system-aarch64" in p.targets
@@ -65,8 +66,20 @@ def test_plan_52_keeps_tools_and_needs_the_rseq_wrapper(tmp_path: Path) -> None:
     p = plan.make_plan(SHIPPED.load("qemu-5.2"), tree, Path("/opt/q"), ("x86_64",))
     assert "--enable-virtiofsd" in p.argv
     assert "--disable-tools" not in p.argv  # 5.2 builds virtiofsd only with the tools
-    assert "--disable-install-blobs" not in p.argv and "--meson=meson" not in p.argv
+    assert "--disable-blobs" not in p.argv and "--meson=meson" not in p.argv
     assert p.rseq_wrapper is True
+
+
+def test_plan_blob_switch_follows_configure(tmp_path: Path) -> None:
+    # Debian's 5.2 tree: blobs stripped, configure knows only --disable-blobs (no --disable-install-blobs).
+    tree_52 = plan.inspect(make_tree(tmp_path / "a", "5.2.0", ["virtiofsd", "install_blobs"], virtiofsd=True,
+                                     blobs=False))
+    assert "--disable-blobs" in plan.make_plan(SHIPPED.load("qemu-5.2"), tree_52, Path("/q"), ("x86_64",)).argv
+    # A tree whose configure passes meson options through without the old spelling.
+    newer = plan.inspect(make_tree(tmp_path / "b", "10.0.0", ["install_blobs"], virtiofsd=False, blobs=False,
+                                   configure=""))
+    argv = plan.make_plan(SHIPPED.load("qemu-stable"), newer, Path("/q"), ("x86_64",)).argv
+    assert "--disable-install-blobs" in argv and "--disable-blobs" not in argv
 
 
 def test_plan_51_has_no_virtiofsd_switch(tmp_path: Path) -> None:
@@ -155,3 +168,13 @@ def test_stale_staging_of_a_dead_build_is_removed(tmp_path: Path) -> None:
 
 def test_layer_dirs_may_be_missing(tmp_path: Path) -> None:
     assert RecipeBook([Layer("x", tmp_path / "none")]).names() == []
+
+
+def test_ccache_stats_counts_hits_and_misses(tmp_path: Path) -> None:
+    # The shape of ccache 4.7's stats_log: one record per compilation.
+    log = tmp_path / "build.ccache"
+    log.write_text("# /t/a.c\ncache_miss\ndirect_cache_miss\npreprocessed_cache_miss\n"
+                   "# /t/a.c\ndirect_cache_hit\nlocal_storage_hit\n"
+                   "# /t/b.c\npreprocessed_cache_hit\n# /t/c.c\nuncacheable\n")
+    assert ccache_stats(log) == {"hits": 2, "misses": 1, "hit_rate": 0.667}
+    assert ccache_stats(tmp_path / "absent") is None
