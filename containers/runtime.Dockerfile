@@ -14,6 +14,7 @@ COPY prefix/ /opt/qemuprov/${NAME}/
 ARG FIRMWARE=""
 RUN for dir in $FIRMWARE; do \
       for file in "$dir"/*; do \
+        [ -e "$file" ] || continue; \
         target="/opt/qemuprov/${NAME}/share/qemu/${file##*/}"; \
         [ -e "$target" ] || ln -s "$file" "$target"; \
       done; \

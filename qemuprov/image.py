@@ -29,11 +29,14 @@ for f in $(find bin libexec -type f 2>/dev/null); do ldd "$f" 2>/dev/null; done 
   | while read -r lib rest; do
       case "$lib" in
         MISSING) echo "MISSING $rest" ;;
-        *) dpkg -S "$lib" 2>/dev/null || dpkg -S "$(readlink -f "$lib")" 2>/dev/null || echo "UNOWNED $lib" ;;
+        *) { dpkg -S "$lib" 2>/dev/null || dpkg -S "$(readlink -f "$lib")" 2>/dev/null || echo "UNOWNED $lib"; } \
+             | sed 's/^\([^U]\)/OWNER \1/' ;;
       esac
     done
-for dir in "$@"; do dpkg -S "$dir"/* 2>/dev/null | sed 's/^/FIRMWARE /'; done
 """
+# The distribution firmware an install uses is the host's: its owners are looked up here, on the host.
+FIRMWARE_OWNERS_SCRIPT = r"""for dir in "$@"; do dpkg -S "$dir"/* 2>/dev/null | sed 's/^/FIRMWARE /'; done"""
+TAGS = ("OWNER ", "FIRMWARE ", "MISSING ", "UNOWNED ")
 
 
 def export_tarball(entry: Install, dest: Path) -> Path:
@@ -94,8 +97,12 @@ def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list
     output = io.StringIO()
     runner.prepare(log)
     with runner.session([entry.prefix]):
-        status = runner.run(["sh", "-c", RUNTIME_DEPS_SCRIPT, "sh", str(entry.prefix), *firmware],
-                            cwd=entry.prefix, env=runner.env({}), log=output)
+        status = runner.run(["sh", "-c", RUNTIME_DEPS_SCRIPT, "sh", str(entry.prefix)], cwd=entry.prefix,
+                            env=runner.env({}), log=output)
+    if firmware:
+        host = HostRunner()
+        host.run(["sh", "-c", FIRMWARE_OWNERS_SCRIPT, "sh", *firmware], cwd=entry.prefix, env=host.env({}),
+                 log=output)
     log.write(output.getvalue())
     if status != 0:
         raise InfraError(f"could not list the runtime libraries of {entry.prefix} (exit status {status})",
@@ -103,14 +110,14 @@ def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list
     packages: set[str] = set()
     problems: list[str] = []
     for line in output.getvalue().splitlines():
-        if line.startswith(("MISSING ", "UNOWNED ")):
+        tag = next((t for t in TAGS if line.startswith(t)), None)
+        if tag in ("MISSING ", "UNOWNED "):
             problems.append(line)
-        elif ": " in line and not line.startswith(("$", "diversion")):
-            firmware_line = line.startswith("FIRMWARE ")
-            owners = line.removeprefix("FIRMWARE ").split(": ", 1)[0]
+        elif tag and ": " in line and "diversion by" not in line:
+            owners = line[len(tag):].split(": ", 1)[0]
             for owner in owners.split(", "):
                 name = owner.split(":", 1)[0]
-                if not (firmware_line and DISTRO_FIRMWARE_SKIP.match(name)):
+                if not (tag == "FIRMWARE " and DISTRO_FIRMWARE_SKIP.match(name)):
                     packages.add(name)
     if problems:
         raise InfraError(f"{entry.name}: libraries the runtime image could not get from a package: "
