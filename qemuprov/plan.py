@@ -24,6 +24,7 @@ class Tree:
     virtiofsd_survives_disable_tools: bool
     virtiofsd_allows_rseq: bool
     blobs_switch: str | None = None  # how configure spells "do not install firmware blobs"
+    minimal_devices: frozenset[str] = frozenset()  # arches with configs/devices/<arch>-softmmu/minimal.mak
 
 
 def inspect(root: Path) -> Tree:
@@ -53,6 +54,9 @@ def inspect(root: Path) -> Tree:
         virtiofsd_survives_disable_tools="not have_tools and not have_system" in tools_text,
         virtiofsd_allows_rseq=seccomp_c.exists() and "SCMP_SYS(rseq)" in seccomp_c.read_text(),
         blobs_switch=blobs_switch,
+        minimal_devices=frozenset(
+            p.parent.name.removesuffix("-softmmu") for p in root.glob("configs/devices/*-softmmu/minimal.mak")
+        ) if "--with-devices-" in configure_text else frozenset(),
     )
 
 
@@ -108,6 +112,10 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...])
     if not tree.has_blobs and tree.blobs_switch:
         args.append(Arg(tree.blobs_switch, "the tree has no firmware blobs (a distribution source tree)"))
         notes.append("no firmware blobs in the tree: the install uses the distribution's firmware directories")
+    for arch in sorted(set(arches) & tree.minimal_devices):
+        args.append(Arg(f"--with-devices-{arch}=minimal",
+                        "only the virt machines that virtio-fs guests use (a recipe can pass "
+                        f"--with-devices-{arch}=default to get every board back)"))
     if tree.has_meson_build and not tree.has_meson_submodule:
         args.append(Arg("--meson=meson", "the tree has no meson submodule: use the system meson"))
     args += [Arg(extra, "from the recipe") for extra in recipe.qemu.configure]

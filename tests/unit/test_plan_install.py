@@ -178,3 +178,20 @@ def test_ccache_stats_counts_hits_and_misses(tmp_path: Path) -> None:
                    "# /t/b.c\npreprocessed_cache_hit\n# /t/c.c\nuncacheable\n")
     assert ccache_stats(log) == {"hits": 2, "misses": 1, "hit_rate": 0.667}
     assert ccache_stats(tmp_path / "absent") is None
+
+
+def test_plan_minimal_aarch64_devices_where_the_tree_offers_them(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "q", "7.2.0", OPTS_72, virtiofsd=True,
+                     configure="  --disable-blobs) x\n  --with-devices-*) device_arch=x\n")
+    (root / "configs" / "devices" / "aarch64-softmmu").mkdir(parents=True)
+    (root / "configs" / "devices" / "aarch64-softmmu" / "minimal.mak").write_text("CONFIG_ARM_VIRT=y\n")
+    tree = plan.inspect(root)
+    both = plan.make_plan(SHIPPED.load("qemu-7.2"), tree, Path("/q"), ("x86_64", "aarch64")).argv
+    assert "--with-devices-aarch64=minimal" in both and not any("devices-x86_64" in a for a in both)
+    assert "--with-devices-aarch64=minimal" not in plan.make_plan(SHIPPED.load("qemu-7.2"), tree, Path("/q"),
+                                                                  ("x86_64",)).argv
+    # 5.2's configure has no --with-devices-ARCH: nothing is added even if such a file existed.
+    older = make_tree(tmp_path / "o", "5.2.0", ["virtiofsd"], virtiofsd=True)
+    (older / "configs" / "devices" / "aarch64-softmmu").mkdir(parents=True)
+    (older / "configs" / "devices" / "aarch64-softmmu" / "minimal.mak").write_text("")
+    assert plan.inspect(older).minimal_devices == frozenset()
