@@ -20,11 +20,11 @@ from typing import Any
 
 import filelock
 
-from qemuprov import __version__, installs, paths, plan, probe, source
+from qemuprov import __version__, installs, paths, plan, probe, rust_virtiofsd, source
 from qemuprov.doctor import HOST_HEADERS, HOST_LIBS
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
-from qemuprov.recipe import Recipe
+from qemuprov.recipe import Crates, Recipe, Source
 from qemuprov.runners import Runner
 
 LOG_TAIL = 25
@@ -90,22 +90,29 @@ class Reporter:
         self._last_decile = -1
 
 
-def _inputs_key(recipe: Recipe, identity: str, opts: Options) -> str:
+def _inputs_key(recipe: Recipe, identity: str, opts: Options, vfs_identity: str | None = None) -> str:
     recipe_data = recipe.to_dict()
     for volatile in ("path", "origin", "chain", "description"):
         recipe_data.pop(volatile, None)
-    blob = json.dumps({"recipe": recipe_data, "source": identity, "arches": opts.arches, "runner": opts.runner.identity,
+    blob = json.dumps({"recipe": recipe_data, "source": identity, "virtiofsd": vfs_identity, "arches": opts.arches,
+                       "runner": opts.runner.identity,
                        "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _source_identity(recipe: Recipe) -> str:
-    src = recipe.qemu.source
+def _source_identity(src: Source, what: str) -> str:
+    """The commit a git source resolves to, or the tarball's checksum."""
     if src.git:
         assert src.ref is not None
-        commit, _ = source.resolve_ref(src.git, src.ref, "qemu")
+        commit, _ = source.resolve_ref(src.git, src.ref, what)
         return commit
     return f"sha256:{src.sha256}"
+
+
+def _source_record(src: Source, identity: str) -> dict[str, Any]:
+    return {"url": src.url, "ref": src.ref,
+            "commit": identity if not identity.startswith("sha256:") else None,
+            "sha256": identity.removeprefix("sha256:") if identity.startswith("sha256:") else None}
 
 
 def _up_to_date(prefix: Path, key: str) -> dict[str, Any] | None:
@@ -150,6 +157,8 @@ class Build:
         self.work = paths.cache_dir() / "work" / recipe.name
         self.timings: dict[str, float] = {}
         self.log_path: Path | None = None
+        self.vfs_identity: str | None = None
+        self.vfs_builder_image: dict[str, str] | None = None
 
     def _timed(self, name: str, func: Callable[[], Any]) -> Any:
         start = time.monotonic()
@@ -166,8 +175,12 @@ class Build:
         started = time.monotonic()
         stale_staging_cleanup(self.opts.prefix)
         self.report.step("resolve", self.recipe.qemu.source.describe())
-        identity = self._timed("resolve", lambda: _source_identity(self.recipe))
-        key = _inputs_key(self.recipe, identity, self.opts)
+        identity = self._timed("resolve", lambda: _source_identity(self.recipe.qemu.source, "qemu"))
+        vfs_tree = self.recipe.virtiofsd.tree
+        if vfs_tree is not None:
+            self.report.step("resolve", f"virtiofsd {vfs_tree.describe()}")
+            self.vfs_identity = _source_identity(vfs_tree, "virtiofsd")
+        key = _inputs_key(self.recipe, identity, self.opts, self.vfs_identity)
         if not self.opts.force and (manifest := _up_to_date(self.opts.prefix, key)) is not None:
             self.timings["total"] = round(time.monotonic() - started, 2)
             return Outcome(self.opts.prefix, True, self.timings, None, manifest)
@@ -181,21 +194,21 @@ class Build:
             latest.symlink_to(self.log_path)
             return self._build(identity, key, log, started)
 
-    def _fetch(self, identity: str) -> Path:
-        src = self.work / "src"
-        stamp = self.work / "src.stamp"
+    def _fetch(self, tree: Source, identity: str, name: str = "src") -> Path:
+        src = self.work / name
+        stamp = self.work / f"{name}.stamp"
         if src.is_dir() and stamp.exists() and stamp.read_text() == identity:
             return src
         stamp.unlink(missing_ok=True)
-        source.fetch(self.recipe.qemu.source, src)
+        source.fetch(tree, src)
         stamp.write_text(identity)
         return src
 
     def _build(self, identity: str, key: str, log: Any, started: float) -> Outcome:
         self.report.step("fetch", str(self.work / "src"))
-        src = self._timed("fetch", lambda: self._fetch(identity))
+        src = self._timed("fetch", lambda: self._fetch(self.recipe.qemu.source, identity))
         tree = plan.inspect(src)
-        the_plan = plan.make_plan(self.recipe, tree, self.opts.prefix, self.opts.arches)
+        the_plan = plan.make_plan(self.recipe, tree, self.opts.prefix, self.opts.arches, self.opts.runner.tree_python)
         runner = self.opts.runner
         if runner.identity != "host":
             self.report.step("builder", runner.identity)
@@ -208,6 +221,8 @@ class Build:
             with runner.session([self.work, staging, ccache]):
                 self._configure_build_install(identity, tree, the_plan, staging, log)
             staged = staging / self.opts.prefix.relative_to("/")
+            if self.recipe.virtiofsd.tree is not None and self.vfs_identity is not None:
+                self._build_rust_virtiofsd(self.recipe.virtiofsd.tree, self.vfs_identity, staging, staged, log)
             finishing = finish_tree(staged, self.opts.prefix, the_plan)
             self.report.step("probe", "checking the build against the recipe's [expect]")
             probes = self._timed("probe", lambda: self._probe_and_check(staged))
@@ -219,6 +234,28 @@ class Build:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return Outcome(self.opts.prefix, False, self.timings, self.log_path, manifest)
+
+    def _build_rust_virtiofsd(self, tree: Source, identity: str, staging: Path, staged: Path, log: Any) -> None:
+        spec = self.recipe.virtiofsd
+        self.report.step("fetch", f"virtiofsd {tree.describe()}")
+        src = self._timed("virtiofsd-fetch", lambda: self._fetch(tree, identity, "virtiofsd-src"))
+        runner = self.opts.runner.for_builder(spec.builder or self.recipe.builder)
+        if runner.identity != "host":
+            self.report.step("builder", f"virtiofsd: {runner.identity}")
+            self._timed("virtiofsd-builder", lambda: runner.prepare(log, self.report.line))
+            self.vfs_builder_image = builder_image_record(runner)
+        cargo_home = paths.cache_dir() / "cargo"
+        cargo_home.mkdir(parents=True, exist_ok=True)
+        online = spec.crates is Crates.REGISTRY
+        self.report.step("virtiofsd", f"cargo build ({spec.crates.value} crates{', static' if spec.static else ''})")
+        with runner.session([self.work, staging, cargo_home], network=online):
+            status = self._timed("virtiofsd-build", lambda: rust_virtiofsd.build(
+                spec, src, self.work / "virtiofsd-target", cargo_home, staged, runner, log, self.report.line))
+        if status != 0:
+            self._fail_step("virtiofsd build", ["cargo", "build"], status,
+                            "the builder lacks a crate or a library; with crates = \"debian\" use the "
+                            "debian-trixie-crates builder" if not online else
+                            "cargo could not fetch or compile a crate")
 
     def _configure_build_install(self, identity: str, tree: plan.Tree, the_plan: plan.Plan, staging: Path,
                                  log: Any) -> None:
@@ -290,11 +327,14 @@ class Build:
         self.report.finish_progress()
         if status != 0:
             log.flush()
-            tail = _tail(self.log_path, LOG_TAIL) if self.log_path else ""
-            raise BuildError(f"{name} failed (exit status {status}): {shlex.join(argv)}\n"
-                             f"--- last {LOG_TAIL} lines of {self.log_path} ---\n{tail}\n--- full log: {self.log_path}",
-                             hint=missing_dependency_hint(tail, self.opts.runner)
-                             + "; the previous install, if any, is untouched")
+            self._fail_step(name, argv, status, None)
+
+    def _fail_step(self, name: str, argv: list[str], status: int, hint: str | None) -> None:
+        tail = _tail(self.log_path, LOG_TAIL) if self.log_path else ""
+        raise BuildError(f"{name} failed (exit status {status}): {shlex.join(argv)}\n"
+                         f"--- last {LOG_TAIL} lines of {self.log_path} ---\n{tail}\n--- full log: {self.log_path}",
+                         hint=(hint or missing_dependency_hint(tail, self.opts.runner))
+                         + "; the previous install, if any, is untouched")
 
     def _install(self, tree: plan.Tree, build_dir: Path, staging: Path, env: dict[str, str], log: Any) -> None:
         if tree.has_meson_build:
@@ -316,13 +356,6 @@ class Build:
             entry["path"] = str(self.opts.prefix / Path(entry["path"]).relative_to(staged))
         return data
 
-    def _builder_image(self) -> dict[str, str] | None:
-        image = getattr(self.opts.runner, "image", None)
-        if image is None:
-            return None
-        return {"tag": image.tag, "id": str(getattr(self.opts.runner, "image_id", "")), "base": image.base,
-                "dockerfile": image.dockerfile.name}
-
     def _manifest(self, identity: str, key: str, the_plan: plan.Plan, probes: list[dict[str, Any]],
                   finishing: dict[str, Any], started: float) -> dict[str, Any]:
         self.timings["total"] = round(time.monotonic() - started, 2)
@@ -331,13 +364,14 @@ class Build:
             "name": self.opts.prefix.name,
             "prefix": str(self.opts.prefix),
             "recipe": self.recipe.to_dict(),
-            "source": {"url": self.recipe.qemu.source.url, "ref": self.recipe.qemu.source.ref,
-                       "commit": identity if not identity.startswith("sha256:") else None,
-                       "sha256": identity.removeprefix("sha256:") if identity.startswith("sha256:") else None},
+            "source": _source_record(self.recipe.qemu.source, identity),
+            "virtiofsd_source": _source_record(self.recipe.virtiofsd.tree, self.vfs_identity)
+            if self.recipe.virtiofsd.tree and self.vfs_identity else None,
+            "virtiofsd_builder_image": self.vfs_builder_image,
             "inputs": key,
             "plan": the_plan.to_dict(),
             "runner": self.opts.runner.name,
-            "builder_image": self._builder_image(),
+            "builder_image": builder_image_record(self.opts.runner),
             "tools": {"qemuprov": __version__, "python": sys.version.split()[0]},
             "binaries": [Path(p["path"]).name for p in probes],
             "probe": probes,
@@ -348,6 +382,14 @@ class Build:
             "log": str(self.log_path),
             "reproduce": shlex.join(["qemuprov", *self.opts.argv]),
         }
+
+
+def builder_image_record(runner: Runner) -> dict[str, str] | None:
+    image = getattr(runner, "image", None)
+    if image is None:
+        return None
+    return {"tag": image.tag, "id": str(getattr(runner, "image_id", "")), "base": image.base,
+            "dockerfile": image.dockerfile.name}
 
 
 def ccache_stats(stats_log: Path) -> dict[str, Any] | None:

@@ -287,6 +287,8 @@ def _render_verify(outcomes: list[Any], as_json: bool) -> int:
         for o in outcomes:
             if not o.ok:
                 print("\n".join(f"    {o.arch}: {line}" for line in o.log))
+            for warning in o.warnings:
+                print(f"warning: {o.arch}: {warning}")
     return 0 if all(o.ok for o in outcomes) else 1
 
 

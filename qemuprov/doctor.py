@@ -331,8 +331,31 @@ def check_installs(ctx: Context) -> Iterator[Check]:
             yield Check("qemuprov", f"install {entry.name}", Status.PASS, f"{entry.prefix}: {entry.summary()}")
 
 
+def check_pairing(ctx: Context) -> Iterator[Check]:
+    """The QEMU and virtiofsd a user would run together: the first of each on PATH."""
+    daemon_path = shutil.which("virtiofsd")
+    qemus = [q for q in (shutil.which(f"qemu-system-{arch}") for arch in ("x86_64", "aarch64")) if q]
+    if daemon_path is None or not qemus:
+        return
+    daemon = ctx.probe(Path(daemon_path))
+    if not isinstance(daemon, probe.VirtiofsdProbe) or daemon.error:
+        return
+    warnings = []
+    for path in qemus:
+        qemu = ctx.probe(Path(path))
+        if isinstance(qemu, probe.QemuProbe) and not qemu.error:
+            warnings += [w for w in probe.pairing_warnings(qemu, daemon) if w not in warnings]
+    for warning in warnings:
+        yield Check("virtiofsd", "QEMU and virtiofsd pair well", Status.WARN, warning,
+                    "see the detail; `qemuprov build` installs matching pairs")
+    if not warnings:
+        yield Check("virtiofsd", "QEMU and virtiofsd pair well", Status.PASS,
+                    f"{daemon_path} with {', '.join(qemus)}")
+
+
 CHECKS: tuple[Callable[[Context], Iterator[Check]], ...] = (
-    check_kvm, check_qemu, check_virtiofsd, check_shared_memory, check_container_engine, check_build_deps,
+    check_kvm, check_qemu, check_virtiofsd, check_pairing, check_shared_memory, check_container_engine,
+    check_build_deps,
     check_installs,
 )
 

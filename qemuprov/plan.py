@@ -25,6 +25,8 @@ class Tree:
     virtiofsd_allows_rseq: bool
     blobs_switch: str | None = None  # how configure spells "do not install firmware blobs"
     minimal_devices: frozenset[str] = frozenset()  # arches with configs/devices/<arch>-softmmu/minimal.mak
+    meson_requirement: str | None = None  # 8.1+: pythondeps.toml says which meson configure's venv needs
+    has_meson_wheel: bool = False  # 8.1+ release trees bundle meson as a wheel under python/wheels
 
 
 def inspect(root: Path) -> Tree:
@@ -54,10 +56,19 @@ def inspect(root: Path) -> Tree:
         virtiofsd_survives_disable_tools="not have_tools and not have_system" in tools_text,
         virtiofsd_allows_rseq=seccomp_c.exists() and "SCMP_SYS(rseq)" in seccomp_c.read_text(),
         blobs_switch=blobs_switch,
+        meson_requirement=_meson_requirement(root / "pythondeps.toml"),
+        has_meson_wheel=any(root.glob("python/wheels/meson-*.whl")),
         minimal_devices=frozenset(
             p.parent.name.removesuffix("-softmmu") for p in root.glob("configs/devices/*-softmmu/minimal.mak")
         ) if "--with-devices-" in configure_text else frozenset(),
     )
+
+
+def _meson_requirement(pythondeps: Path) -> str | None:
+    if not pythondeps.is_file():
+        return None
+    match = re.search(r'^meson\s*=\s*\{[^}]*accepted\s*=\s*"([^"]+)"', pythondeps.read_text(), re.MULTILINE)
+    return match.group(1) if match else "any"
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,8 @@ class Plan:
                 "notes": list(self.notes)}
 
 
-def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...]) -> Plan:
+def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...], python: str | None = None) -> Plan:
+    """python: an interpreter that has a recent meson, for 8.1+ trees that bundle none (distribution trees)."""
     version = Version(tree.version.split("-")[0]) if re.match(r"^\d+\.\d+", tree.version) else Version("0")
     args = [Arg(f"--prefix={prefix}", "where the build is installed"),
             Arg("--target-list=" + ",".join(f"{a}-softmmu" for a in arches), "only the system emulators asked for")]
@@ -116,7 +128,14 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...])
         args.append(Arg(f"--with-devices-{arch}=minimal",
                         "only the virt machines that virtio-fs guests use (a recipe can pass "
                         f"--with-devices-{arch}=default to get every board back)"))
-    if tree.has_meson_build and not tree.has_meson_submodule:
+    if tree.meson_requirement and not tree.has_meson_wheel:
+        if python is None:
+            raise UserError(f"QEMU {tree.version} needs meson {tree.meson_requirement} and the tree bundles none",
+                            hint="build in a container (--runner docker), or `pip install 'meson"
+                                 f"{tree.meson_requirement}'` into a venv and put its bin directory first on PATH")
+        args.append(Arg(f"--python={python}", f"this interpreter has meson {tree.meson_requirement}, which "
+                                              "configure's venv uses (the tree bundles no meson wheel)"))
+    elif tree.has_meson_build and not tree.has_meson_submodule and not tree.meson_requirement:
         args.append(Arg("--meson=meson", "the tree has no meson submodule: use the system meson"))
     args += [Arg(extra, "from the recipe") for extra in recipe.qemu.configure]
     targets: tuple[str, ...] = ()

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 from qemuprov import paths, procs
 from qemuprov.probe_parse import (
     PROBE_COMMANDS,
@@ -21,6 +23,7 @@ from qemuprov.probe_parse import (
     qemu_version_from_text,
     qmp_replies,
     qmp_script,
+    version_tuple,
     virtiofsd_facts,
 )
 
@@ -286,3 +289,20 @@ def expand_targets(targets: list[str]) -> list[Path]:
         else:
             paths_out.append(path)
     return paths_out
+
+
+def pairing_warnings(qemu: QemuProbe, daemon: VirtiofsdProbe) -> list[str]:
+    """Combinations of QEMU and virtiofsd known to break, in words a user can act on."""
+    warnings = []
+    if qemu.dax and daemon.flavour == "rust":
+        warnings.append(f"QEMU {qemu.version} has the DAX window, but the Rust virtiofsd does not serve DAX mappings "
+                        "(FUSE_SETUPMAPPING): mount -o dax fails; pair it with the C virtiofsd built from the same "
+                        "virtio-fs-dev tree")
+    elif qemu.dax and daemon.flavour == "c" and daemon.version != qemu.version:
+        warnings.append(f"the DAX QEMU {qemu.version} and C virtiofsd {daemon.version} come from different trees: "
+                        "only the virtio-fs-dev tree's own virtiofsd serves DAX mappings")
+    version = version_tuple(qemu.version)
+    if daemon.flavour == "rust" and version is not None and Version("7.1") <= version < Version("8.1"):
+        warnings.append(f"start this virtiofsd without --tag: QEMU {qemu.version} (7.1 to 8.0) cannot take the tag "
+                        "from the daemon; give tag= to vhost-user-fs-pci instead")
+    return warnings

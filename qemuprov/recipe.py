@@ -29,6 +29,11 @@ class VirtiofsdSource(StrEnum):
     NONE = "none"  # no virtiofsd: the user brings their own
 
 
+class Crates(StrEnum):
+    REGISTRY = "registry"  # cargo fetches the locked crates from its registry (needs the network)
+    DEBIAN = "debian"  # offline, from the librust-*-dev packages in the builder (/usr/share/cargo/registry)
+
+
 class VirtiofsdFlavour(StrEnum):
     C = "c"
     RUST = "rust"
@@ -44,7 +49,7 @@ SCHEMA: dict[str, Any] = {
     "builder": str,
     "extends": str,
     "qemu": {**_SOURCE_KEYS, "arches": list, "configure": list},
-    "virtiofsd": {"source": str, **_SOURCE_KEYS},
+    "virtiofsd": {"source": str, **_SOURCE_KEYS, "builder": str, "static": bool, "crates": str},
     "expect": {"dax": bool, "arches": list, "virtiofsd": str, "version": str},
 }
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list of strings"}
@@ -92,7 +97,10 @@ class QemuSpec:
 @dataclass(frozen=True)
 class VirtiofsdSpec:
     source: VirtiofsdSource
-    tree: Source | None = None  # only for source = "rust"
+    tree: Source | None = None  # the rest only for source = "rust"
+    builder: str | None = None  # None: the recipe's builder
+    static: bool = False  # a static binary runs on hosts older than its builder
+    crates: Crates = Crates.REGISTRY
 
 
 @dataclass(frozen=True)
@@ -288,11 +296,17 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
     )
     vfs_table = data.get("virtiofsd", {"source": "qemu"})
     vfs_source = _choice(path, "virtiofsd.source", vfs_table.get("source", "qemu"), VirtiofsdSource)
-    tree = None
+    virtiofsd = VirtiofsdSpec(source=vfs_source)
     if vfs_source is VirtiofsdSource.RUST:
-        tree = _source(path, vfs_table, "virtiofsd")
+        vfs_builder = vfs_table.get("builder")
+        if vfs_builder is not None and vfs_builder not in known_builders:
+            raise _fail(path, "virtiofsd.builder", f'unknown builder "{vfs_builder}"'
+                        f"{_did_you_mean(vfs_builder, known_builders)} (available: {', '.join(known_builders)})")
+        virtiofsd = VirtiofsdSpec(source=vfs_source, tree=_source(path, vfs_table, "virtiofsd"), builder=vfs_builder,
+                                  static=vfs_table.get("static", False),
+                                  crates=_choice(path, "virtiofsd.crates", vfs_table.get("crates", "registry"), Crates))
     else:
-        for stray in _SOURCE_KEYS:
+        for stray in (*_SOURCE_KEYS, "builder", "static", "crates"):
             if stray in vfs_table:
                 raise _fail(path, f"virtiofsd.{stray}", 'only for source = "rust"; remove it')
     expect_table = data.get("expect", {})
@@ -312,7 +326,7 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
         description=data.get("description", ""),
         builder=builder,
         qemu=qemu,
-        virtiofsd=VirtiofsdSpec(source=vfs_source, tree=tree),
+        virtiofsd=virtiofsd,
         expect=expect,
         path=path,
         origin=origin,

@@ -24,6 +24,7 @@ LineCallback = Callable[[str], None]
 CCACHE_MASQUERADE = "/usr/lib/ccache"
 CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_LABEL = "org.qemuprov.build"
+BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv with a recent meson
 
 
 class Runner(Protocol):
@@ -31,11 +32,16 @@ class Runner(Protocol):
     python: str  # the interpreter that runs a tree's bundled meson.py
 
     @property
+    def tree_python(self) -> str | None: ...  # an interpreter with a recent meson, for 8.1+ trees without one
+
+    @property
     def identity(self) -> str: ...
 
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None: ...
 
-    def session(self, mounts: Sequence[Path]) -> Any: ...  # a context manager around the steps
+    def session(self, mounts: Sequence[Path], network: bool = False) -> Any: ...  # a context manager
+
+    def for_builder(self, builder: str) -> Runner: ...  # the same kind of runner, for another builder image
 
     def env(self, extra: Mapping[str, str]) -> dict[str, str]: ...
 
@@ -53,12 +59,25 @@ class HostRunner:
     python = sys.executable
     identity = "host"
 
+    @property
+    def tree_python(self) -> str | None:
+        """The interpreter of the meson on PATH (pip-installed meson runs from the venv it lives in)."""
+        meson = shutil.which("meson")
+        if meson is None:
+            return None
+        with open(meson, "rb") as script:
+            first = script.readline().decode(errors="replace")
+        return first[2:].strip().split()[0] if first.startswith("#!") and "python" in first else None
+
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
         pass
 
     @contextmanager
-    def session(self, mounts: Sequence[Path]) -> Iterator[None]:
+    def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
         yield
+
+    def for_builder(self, builder: str) -> Runner:
+        return self
 
     def env(self, extra: Mapping[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "TMPDIR", "TERM")}
@@ -96,6 +115,10 @@ class ContainerRunner:
 
     python = "python3"
 
+    @property
+    def tree_python(self) -> str | None:
+        return BUILDER_PYTHON
+
     def __init__(self, engine: Engine, image: builders.BuilderImage, user: tuple[int, int] | None = None) -> None:
         self.engine, self.image = engine, image
         self.name = engine.name.lower() or "docker"
@@ -117,11 +140,18 @@ class ContainerRunner:
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
         self.image_id = builders.ensure_builder(self.client, self.image, log, on_line)
 
+    def for_builder(self, builder: str) -> Runner:
+        if builder == self.image.builder:
+            return self
+        return ContainerRunner(self.engine, builders.builder_image(builder), self.user)
+
     @contextmanager
-    def session(self, mounts: Sequence[Path]) -> Iterator[None]:
+    def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
+        """network: host networking for steps that download (cargo's registry); builds run without one."""
         binds = {str(m): {"bind": str(m), "mode": "rw"} for m in mounts}
         self._container = self.client.containers.run(
-            self.image.tag, ["sleep", "infinity"], detach=True, init=True, network_mode="none",
+            self.image.tag, ["sleep", "infinity"], detach=True, init=True,
+            network_mode="host" if network else "none",
             volumes=binds, labels={CONTAINER_LABEL: str(os.getpid())}, name=f"qemuprov-build-{os.getpid()}",
             **self._engine_quirks())
         try:

@@ -36,6 +36,7 @@ class Outcome:
     failure: str | None = None  # "virtiofsd", "qemu", "guest"
     message: str = ""
     log: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # combinations known to break (probe.pairing_warnings)
 
 
 def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[str]:
@@ -187,7 +188,9 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches
                                     message=f"{path} has no vhost-user-fs-pci device"))
             continue
         kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
-        outcomes.append(run(qemu, daemon, kit, choose_accel(str(qemu.arch), accel), firmware))
+        outcome = run(qemu, daemon, kit, choose_accel(str(qemu.arch), accel), firmware)
+        outcome.warnings = probe.pairing_warnings(qemu, daemon)
+        outcomes.append(outcome)
     cache.save()
     if not outcomes:
         raise UserError(f"--arch: none of {', '.join(arches or ())} among the QEMU binaries given")
