@@ -338,7 +338,9 @@ class Build:
 
     def _install(self, tree: plan.Tree, build_dir: Path, staging: Path, env: dict[str, str], log: Any) -> None:
         if tree.has_meson_build:
-            argv = [*self._meson(tree), "install", "--no-rebuild", "--destdir", str(staging)]
+            # DESTDIR rather than --destdir: the meson of 5.x-era distributions (0.56) lacks the option.
+            argv = [*self._meson(tree), "install", "--no-rebuild"]
+            env = {**env, "DESTDIR": str(staging)}
         else:
             argv = ["make", "install", f"DESTDIR={staging}"]
         self._step("install", argv, build_dir, env, log)

@@ -254,7 +254,11 @@ def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[st
         return qemus, entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs
     if not (args.qemu and args.virtiofsd):
         raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
-    return [Path(q) for q in args.qemu], Path(args.virtiofsd), []
+    qemus = [Path(q) for q in args.qemu]
+    # A QEMU from a qemuprov install brings the firmware directories that install recorded.
+    manifests = [installs.read_manifest(q.resolve().parent.parent) for q in qemus]
+    firmware = [d for m in manifests if m for d in m.get("firmware", [])]
+    return qemus, Path(args.virtiofsd), list(dict.fromkeys(firmware))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from qemuprov.probe_parse import (
 )
 
 PROBE_TIMEOUT = 15.0
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # bump when what a probe records or concludes changes
 RSEQ_TUNABLE = "glibc.pthread.rseq=0"
 
 # Where distributions put virtiofsd instead of PATH.

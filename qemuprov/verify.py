@@ -62,15 +62,24 @@ def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
     return argv
 
 
-def _died(proc: subprocess.Popen[bytes]) -> str:
+RSEQ_EXPLANATION = ("a C virtiofsd from before QEMU 7.0 lacks rseq in its seccomp filter, and glibc 2.35+ uses "
+                    "rseq, so the filter kills it (SIGSYS) as the guest mounts; run it with "
+                    "GLIBC_TUNABLES=glibc.pthread.rseq=0 (qemuprov installs wrap it)")
+
+
+def _died(proc: subprocess.Popen[bytes], daemon: VirtiofsdProbe) -> str:
     code = proc.returncode
     if code is not None and code < 0:
         name = signal.Signals(-code).name
         if name == "SIGSYS":
-            return ("virtiofsd was killed by SIGSYS: its seccomp filter refused a system call. A C virtiofsd from "
-                    "before QEMU 7.0 lacks rseq, which glibc 2.35+ uses; run it with "
-                    "GLIBC_TUNABLES=glibc.pthread.rseq=0 (qemuprov installs wrap it)")
+            return f"virtiofsd was killed by SIGSYS: its seccomp filter refused a system call; {RSEQ_EXPLANATION}"
         return f"virtiofsd was killed by {name}"
+    if daemon.rseq_risk:
+        # The sandboxed C daemon runs in a child process; the parent only reports failure.
+        from qemuprov.doctor import seen_rseq_kill
+
+        seen = " (the kernel log shows the seccomp kill on rseq)" if seen_rseq_kill() else ""
+        return f"virtiofsd exited with status {code} while the guest mounted{seen}: {RSEQ_EXPLANATION}"
     return f"virtiofsd exited with status {code}"
 
 
@@ -80,6 +89,19 @@ def _write_failed(error: str) -> str:
         message += ("; the share is read-only: virtiofsd was started with --readonly (or -o readonly) or serves "
                     "a read-only directory or mount; verify needs a writable share")
     return message
+
+
+def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> None:
+    """Until the guest powers off, GUEST_TIMEOUT passes, or virtiofsd dies (the guest would only hang then)."""
+    deadline = time.monotonic() + GUEST_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            vm.wait(timeout=0.2)
+            return
+        if vfs.poll() is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                vm.wait(timeout=2)  # let the guest's last lines reach the serial file
+            return
 
 
 def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str]) -> Outcome:
@@ -103,19 +125,18 @@ def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware:
                 time.sleep(0.02)
             if not socket.exists():
                 outcome.failure = "virtiofsd"
-                outcome.message = _died(vfs) if vfs.poll() is not None else "virtiofsd made no socket in time"
+                outcome.message = _died(vfs, daemon) if vfs.poll() is not None else "virtiofsd made no socket in time"
                 outcome.log = (work / "virtiofsd.log").read_text(errors="replace").splitlines()[-10:]
                 return outcome
             vm = subprocess.Popen(qemu_argv(qemu, kit, socket, serial, accel, firmware), stdout=qemu_log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                vm.wait(timeout=GUEST_TIMEOUT)
+            _wait_for_guest(vm, vfs)
             console = serial.read_text(errors="replace") if serial.exists() else ""
             lines = [ln.strip() for ln in console.splitlines() if ln.startswith("QEMUPROV:")]
             outcome.log = lines
             qemu_out = (work / "qemu.log").read_text(errors="replace")
             if vfs.poll() is not None and vfs.returncode != 0:
-                outcome.failure, outcome.message = "virtiofsd", _died(vfs)
+                outcome.failure, outcome.message = "virtiofsd", _died(vfs, daemon)
                 outcome.log = [*lines, *qemu_out.splitlines()[-5:]]
             elif not lines and vm.returncode not in (0, None):
                 outcome.failure = "qemu"

@@ -99,3 +99,11 @@ def test_rust_virtiofsd_old_backend_version_line() -> None:
     facts = virtiofsd_facts("--shared-dir <SHARED_DIR>\n--sandbox <SANDBOX>  (namespace, chroot, none)",
                             "virtiofsd backend 1.7.2")
     assert (facts.flavour, facts.version) == ("rust", "1.7.2")
+
+
+def test_c_virtiofsd_of_52_prints_no_version_and_lacks_rseq() -> None:
+    captured = CAPTURES / "debian-11-qemu-5.2"
+    facts = virtiofsd_facts((captured / "virtiofsd-help.txt").read_text(),
+                            (captured / "virtiofsd-version.txt").read_text())
+    assert (facts.flavour, facts.version) == ("c", None)
+    assert c_virtiofsd_lacks_rseq(facts.version) is True  # no version line: older than 6.1
