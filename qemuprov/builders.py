@@ -3,6 +3,7 @@ tagged by a hash of what defines them so they are built once and reused until th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable
@@ -33,10 +34,21 @@ class BuilderImage:
     dockerfile: Path
     base: str
 
+    base_id: str = ""  # the base image's id where the engine has it: a re-made base means a new builder
+
     @property
     def tag(self) -> str:
-        digest = hashlib.sha256(self.dockerfile.read_bytes() + b"\0" + self.base.encode()).hexdigest()
-        return f"qemuprov-builder-{self.builder}:{digest[:16]}"
+        digest = hashlib.sha256(b"\0".join((self.dockerfile.read_bytes(), self.base.encode(), self.base_id.encode())))
+        return f"qemuprov-builder-{self.builder}:{digest.hexdigest()[:16]}"
+
+    def with_base_id(self, docker_client: Any) -> BuilderImage:
+        import docker.errors
+        import requests
+
+        try:
+            return dataclasses.replace(self, base_id=str(docker_client.images.get(self.base).id))
+        except (docker.errors.DockerException, requests.RequestException):
+            return self  # not here (a registry may have it), or the engine is down: the build will say
 
 
 def builder_image(builder: str, base: str | None = None) -> BuilderImage:

@@ -5,6 +5,7 @@ build log and to a line callback (progress)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -126,6 +127,9 @@ class ContainerRunner:
         self.image_id: str | None = None
         self._client: Any = None
         self._container: Any = None
+        self.image = image
+        with contextlib.suppress(Exception):  # an engine that went away is reported by the first real step
+            self.image = image.with_base_id(self.client)
 
     @property
     def identity(self) -> str:
