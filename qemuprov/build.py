@@ -218,7 +218,7 @@ class Build:
         for directory in (ccache, staging):
             directory.mkdir(parents=True, exist_ok=True)
         try:
-            with runner.session([self.work, staging, ccache]):
+            with runner.session([self.work, staging, ccache], network=bool(tree.missing_subprojects)):
                 self._configure_build_install(identity, tree, the_plan, staging, log)
             staged = staging / self.opts.prefix.relative_to("/")
             if self.recipe.virtiofsd.tree is not None and self.vfs_identity is not None:

@@ -27,6 +27,7 @@ class Tree:
     minimal_devices: frozenset[str] = frozenset()  # arches with configs/devices/<arch>-softmmu/minimal.mak
     meson_requirement: str | None = None  # 8.1+: pythondeps.toml says which meson configure's venv needs
     has_meson_wheel: bool = False  # 8.1+ release trees bundle meson as a wheel under python/wheels
+    missing_subprojects: tuple[str, ...] = ()  # wraps a git checkout lacks: configure downloads them
 
 
 def inspect(root: Path) -> Tree:
@@ -58,10 +59,29 @@ def inspect(root: Path) -> Tree:
         blobs_switch=blobs_switch,
         meson_requirement=_meson_requirement(root / "pythondeps.toml"),
         has_meson_wheel=any(root.glob("python/wheels/meson-*.whl")),
+        missing_subprojects=_missing_subprojects(root / "subprojects"),
         minimal_devices=frozenset(
             p.parent.name.removesuffix("-softmmu") for p in root.glob("configs/devices/*-softmmu/minimal.mak")
         ) if "--with-devices-" in configure_text else frozenset(),
     )
+
+
+# Subprojects every 8.1+ build needs (the others are optional and only fetched when enabled).
+REQUIRED_SUBPROJECTS = ("keycodemapdb", "berkeley-softfloat-3", "berkeley-testfloat-3")
+
+
+def _missing_subprojects(directory: Path) -> tuple[str, ...]:
+    """Required wraps whose source is absent: a git checkout has only the .wrap files (release tarballs and
+    distribution trees ship the sources), so configure must download them."""
+    missing = []
+    for wrap in sorted(directory / f"{name}.wrap" for name in REQUIRED_SUBPROJECTS):
+        if not wrap.exists():
+            continue
+        match = re.search(r"^directory\s*=\s*(\S+)", wrap.read_text(), re.MULTILINE)
+        source = directory / (match.group(1) if match else wrap.stem)
+        if not (source / "meson.build").exists() and not (source / "Cargo.toml").exists():
+            missing.append(wrap.stem)
+    return tuple(missing)
 
 
 def _meson_requirement(pythondeps: Path) -> str | None:
@@ -128,6 +148,9 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
         args.append(Arg(f"--with-devices-{arch}=minimal",
                         "only the virt machines that virtio-fs guests use (a recipe can pass "
                         f"--with-devices-{arch}=default to get every board back)"))
+    if tree.missing_subprojects:
+        notes.append(f"configure downloads the subprojects {', '.join(tree.missing_subprojects)} "
+                     "(it runs with network access)")
     if tree.meson_requirement and not tree.has_meson_wheel:
         if python is None:
             raise UserError(f"QEMU {tree.version} needs meson {tree.meson_requirement} and the tree bundles none",

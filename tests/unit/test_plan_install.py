@@ -209,3 +209,16 @@ def test_pairing_warnings_name_the_combinations_known_to_break() -> None:
     for version, warned in (("7.0.0", False), ("7.1.0", True), ("8.0.5", True), ("8.1.0", False)):
         plain = QemuProbe("/q", version=version, vhost_user_fs=True)
         assert any("--tag" in w for w in pairing_warnings(plain, rust)) is warned, version
+
+
+def test_plan_notes_subprojects_a_git_checkout_lacks(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "q", "10.0.0", ["install_blobs"], virtiofsd=False)
+    (root / "subprojects").mkdir()
+    for name in ("keycodemapdb", "berkeley-softfloat-3", "slirp"):
+        (root / "subprojects" / f"{name}.wrap").write_text("[wrap-git]\nurl = x\n")
+    (root / "subprojects" / "berkeley-softfloat-3").mkdir()
+    (root / "subprojects" / "berkeley-softfloat-3" / "meson.build").write_text("")
+    tree = plan.inspect(root)
+    assert tree.missing_subprojects == ("keycodemapdb",)  # slirp is optional, softfloat is there
+    p = plan.make_plan(SHIPPED.load("qemu-stable"), tree, Path("/q"), ("x86_64",))
+    assert any("downloads the subprojects keycodemapdb" in note for note in p.notes)
