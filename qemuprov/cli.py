@@ -52,11 +52,18 @@ def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
         ("qemu source", recipe.qemu.source.describe()),
         ("arches", ", ".join(recipe.qemu.arches)),
         ("extra configure", " ".join(recipe.qemu.configure) or "-"),
-        ("virtiofsd", recipe.virtiofsd.source.value
-         + (f" from {recipe.virtiofsd.tree.describe()}" if recipe.virtiofsd.tree else "")),
+        ("virtiofsd", _virtiofsd_line(recipe)),
         ("expect", " ".join(promised)),
     ]
     return rows
+
+
+def _virtiofsd_line(recipe: Recipe) -> str:
+    spec = recipe.virtiofsd
+    if spec.tree is None:
+        return spec.source.value
+    how = [f"builder {spec.builder or recipe.builder}", f"{spec.crates.value} crates", *(["static"] * spec.static)]
+    return f"{spec.source.value} from {spec.tree.describe()} ({', '.join(how)})"
 
 
 def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:

@@ -78,14 +78,15 @@ def _ping_with_sdk(url: str, timeout: float) -> Engine:
     return Engine(url, True, "Docker", str(version.get("Version", "?")), f"Docker {version.get('Version')} at {url}")
 
 
-def find_engine() -> Engine:
+def find_engine(kind: str = "any") -> Engine:
+    """The first reachable engine of this kind (any, Docker or Podman) among the candidate sockets."""
     urls = candidate_urls()
     failures = []
     for url in urls:
         engine = ping(url)
-        if engine.reachable:
+        if engine.reachable and kind in ("any", engine.name):
             return engine
-        failures.append(engine.detail)
+        failures.append(engine.detail if not engine.reachable else f"{engine.detail} is not {kind}")
     detail = "; ".join(failures) if failures else "no Docker or Podman socket found (and DOCKER_HOST is unset)"
     return Engine(None, False, detail=detail)
 
@@ -99,8 +100,8 @@ def client(engine: Engine) -> Any:
 
 def require_engine(kind: str = "any") -> Engine:
     """A reachable engine, or a UserError saying how to get one. kind: any | Docker | Podman."""
-    engine = find_engine()
-    if engine.reachable and kind in ("any", engine.name):
+    engine = find_engine(kind)
+    if engine.reachable:
         return engine
     if kind == "Podman":
         raise UserError(f"--runner podman: no reachable Podman API socket ({engine.detail})",
