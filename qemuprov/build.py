@@ -301,13 +301,17 @@ class Build:
             return []
         known = {line.split(":", 1)[0] for line in self._capture(["ninja", "-t", "targets", "all"], build_dir, env)
                  .splitlines()}
-        installed = json.loads(self._capture([*self._meson(tree), "introspect", "--installed"], build_dir, env)
-                               or "{}")
+        introspect = [*self._meson(tree, build_dir), "introspect", "--installed"]
+        installed = json.loads(self._capture(introspect, build_dir, env) or "{}")
         inside = str(build_dir) + "/"
         extra = sorted(path.removeprefix(inside) for path in installed if path.startswith(inside))
         return [t for t in dict.fromkeys([*wanted, *extra]) if t in known]
 
-    def _meson(self, tree: plan.Tree) -> list[str]:
+    def _meson(self, tree: plan.Tree, build_dir: Path) -> list[str]:
+        """The meson that configured the build dir: 8.1+ configure's venv, the tree's submodule, or the system's."""
+        venv_meson = build_dir / "pyvenv" / "bin" / "meson"
+        if venv_meson.exists():
+            return [str(venv_meson)]
         if tree.has_meson_submodule:
             return [self.opts.runner.python, str(tree.root / "meson" / "meson.py")]
         return ["meson"]
@@ -339,7 +343,7 @@ class Build:
     def _install(self, tree: plan.Tree, build_dir: Path, staging: Path, env: dict[str, str], log: Any) -> None:
         if tree.has_meson_build:
             # DESTDIR rather than --destdir: the meson of 5.x-era distributions (0.56) lacks the option.
-            argv = [*self._meson(tree), "install", "--no-rebuild"]
+            argv = [*self._meson(tree, build_dir), "install", "--no-rebuild"]
             env = {**env, "DESTDIR": str(staging)}
         else:
             argv = ["make", "install", f"DESTDIR={staging}"]

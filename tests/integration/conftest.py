@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,22 @@ class Env:
         return subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), *args],
                               env=env or self.vars, capture_output=True, text=True, timeout=timeout, check=False,
                               **kwargs)  # type: ignore[call-overload]
+
+    def interrupt_build(self, recipe: str, runner: str, while_running: Callable[[], None] = lambda: None) -> str:
+        """Start a build, press Ctrl-C three seconds into its configure step; its output (exit 130 checked)."""
+        proc = subprocess.Popen([sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), "build", recipe,
+                                 "--runner", runner], env=self.vars, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("==> configure"):
+                time.sleep(3)
+                while_running()
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        output = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 130, output
+        return output
 
     def write_recipe(self, name: str, body: str) -> None:
         (self.recipes / f"{name}.toml").write_text(f'format = 1\nname = "{name}"\n{body}')

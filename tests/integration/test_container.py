@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -160,17 +159,10 @@ def test_failure_inside_the_container_shows_the_log_and_removes_it(qenv: Env, in
 
 def test_ctrl_c_removes_the_container(qenv: Env, in_docker: ContainerBuild) -> None:
     qenv.write_recipe("interrupted-docker", 'extends = "fixture-7.2"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "qemuprov", "--recipes", str(qenv.recipes), "build",
-                             "interrupted-docker", "--runner", "docker"], env=qenv.vars, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("==> configure"):
-            time.sleep(3)
-            assert build_containers(), "no build container while configure runs"
-            os.killpg(proc.pid, signal.SIGINT)
-            break
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output
+
+    def container_exists() -> None:
+        assert build_containers(), "no build container while configure runs"
+
+    qenv.interrupt_build("interrupted-docker", "docker", container_exists)
     assert build_containers() == []
     assert not (qenv.root / "interrupted-docker").exists()
