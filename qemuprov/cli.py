@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -383,10 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Command = args.func
+    # `kill`, a CI timeout or a closing terminal: clean up (containers, staging, child processes) as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return func(args)
     except QemuprovError as exc:

@@ -9,6 +9,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -152,11 +153,13 @@ class ContainerRunner:
     @contextmanager
     def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
         """network: host networking for steps that download (cargo's registry); builds run without one."""
+        self._remove_orphans()
         binds = {str(m): {"bind": str(m), "mode": "rw"} for m in mounts}
         self._container = self.client.containers.run(
             self.image.tag, ["sleep", "infinity"], detach=True, init=True,
             network_mode="host" if network else "none",
-            volumes=binds, labels={CONTAINER_LABEL: str(os.getpid())}, name=f"qemuprov-build-{os.getpid()}",
+            volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
+            name=f"qemuprov-build-{os.getpid()}",
             **self._engine_quirks())
         try:
             yield
@@ -166,6 +169,16 @@ class ContainerRunner:
                 container.remove(force=True)
             except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
                 print(f"qemuprov: warning: could not remove container {container.name}: {exc}", file=sys.stderr)
+
+    def _remove_orphans(self) -> None:
+        """Build containers of qemuprov processes that died without cleaning up (SIGKILL, a crash)."""
+        host = socket.gethostname()
+        for container in self.client.containers.list(all=True, filters={"label": CONTAINER_LABEL}):
+            owner = container.labels.get(CONTAINER_LABEL, "")
+            pid, _, owner_host = owner.partition("@")
+            if owner_host == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
 
     def _engine_quirks(self) -> dict[str, Any]:
         if self.name != "podman":
