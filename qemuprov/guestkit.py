@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import os
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov import paths, procs
-from qemuprov.errors import InfraError
+from qemuprov.errors import InfraError, QemuprovError
 
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "fuse",
@@ -92,6 +93,35 @@ def _kernel_package(deb_arch: str) -> str:
                           "or bring your own --kernel/--initrd")
 
 
+# Run in a Debian container where the host has no apt: the same packages, unpacked into /out/root.
+CONTAINER_UNPACK = r"""set -e
+dpkg --add-architecture "$1" && apt-get update -q >/dev/null
+kernel=$(apt-cache depends "linux-image-cloud-$1:$1" | sed -n 's/.*Depends: \(linux-image-[^: ]*\).*/\1/p' | head -1)
+cd /out && apt-get download -q "$kernel:$1" "busybox-static:$1" >/dev/null 2>&1
+for deb in /out/*.deb; do dpkg-deb -x "$deb" /out/root; done
+rm -f /out/*.deb && chown -R "$2" /out/root
+"""
+KIT_IMAGE = "debian:bookworm"
+
+
+def _unpack_in_container(deb_arch: str, work: Path) -> None:
+    from qemuprov import engines
+
+    try:
+        engine = engines.require_engine()
+    except QemuprovError as exc:
+        raise InfraError("this host has no apt to fetch the guest kit with, and " + exc.message,
+                         hint="start Docker or Podman, or bring your own guest with --kernel and --initrd") from None
+    client = engines.client(engine)
+    owner = f"{os.getuid()}:{os.getgid()}"
+    try:
+        client.containers.run(KIT_IMAGE, ["sh", "-c", CONTAINER_UNPACK, "sh", deb_arch, owner], remove=True,
+                              network_mode="host", volumes={str(work): {"bind": "/out", "mode": "rw"}})
+    except Exception as exc:  # the SDK's ContainerError, ImageNotFound, APIError: all mean no kit
+        raise InfraError(f"could not fetch the guest kit in a {KIT_IMAGE} container: {exc}",
+                         hint="bring your own guest with --kernel and --initrd") from None
+
+
 def ensure_kit(arch: str) -> Kit:
     # Keyed by what goes into the initramfs, so a changed init never meets a stale kit.
     recipe = hashlib.sha256((INIT + " ".join(MODULES)).encode()).hexdigest()[:12]
@@ -99,15 +129,17 @@ def ensure_kit(arch: str) -> Kit:
     kit = Kit(arch, home / "vmlinuz", home / "initrd.cpio")
     if kit.kernel.exists() and kit.initrd.exists():
         return kit
-    if shutil.which("apt-get") is None:
-        raise InfraError("building the guest kit needs apt-get", hint="bring your own with --kernel and --initrd")
     deb_arch = DEB_ARCH[arch]
-    with tempfile.TemporaryDirectory(prefix="qemuprov-kit-") as tmp:
+    paths.cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="qemuprov-kit-", dir=paths.cache_dir()) as tmp:
         work = Path(tmp)
-        _download([_kernel_package(deb_arch), "busybox-static"], deb_arch, work)
         root = work / "root"
-        for deb in work.glob("*.deb"):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        if shutil.which("apt-get") and shutil.which("dpkg-deb"):
+            _download([_kernel_package(deb_arch), "busybox-static"], deb_arch, work)
+            for deb in work.glob("*.deb"):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        else:
+            _unpack_in_container(deb_arch, work)
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         if not kernels:
             raise InfraError(f"the kernel package for {arch} holds no /boot/vmlinuz-*")

@@ -65,6 +65,17 @@ def test_verify_says_when_the_share_is_read_only(qenv: Env, tmp_path: Path) -> N
     assert "the share is read-only" in result.stdout
 
 
+def test_guest_kit_comes_through_a_container_where_the_host_has_no_apt(
+        qenv: Env, engine: str, tmp_path: Path) -> None:
+    # No apt-get or dpkg-deb on PATH (nothing at all, in fact): the kit is fetched in a Debian container.
+    env = {**qenv.vars, "PATH": str(tmp_path / "empty-bin"), "QEMUPROV_CACHE": str(tmp_path / "cache")}
+    result = qenv.run("verify", "--qemu", "/usr/bin/qemu-system-x86_64", "--virtiofsd", DEBIAN_VIRTIOFSD,
+                      "--accel", "tcg", "--json", env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)[0]["ok"] is True
+    assert list((tmp_path / "cache" / "guest").glob("x86_64-*/vmlinuz"))
+
+
 def test_no_stray_processes_or_sockets_after_the_runs(qenv: Env) -> None:
     import subprocess
     import tempfile
