@@ -286,9 +286,11 @@ class Build:
         return self.log_path.with_suffix(".ccache") if self.log_path else None
 
     def _env(self) -> dict[str, str]:
-        # The content check lets host and container builds with the same compiler share cache entries.
+        # Host and container builds with the same compiler share entries: the compiler is checked by content,
+        # paths under the work dir are made relative, and the build dir's own name is left out of the hash
+        # (debug info may then name the other build dir; nothing else differs).
         env = {"LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"), "CCACHE_BASEDIR": str(self.work),
-               "CCACHE_COMPILERCHECK": "content"}
+               "CCACHE_COMPILERCHECK": "content", "CCACHE_NOHASHDIR": "1"}
         if self._ccache_log:
             env["CCACHE_STATSLOG"] = str(self._ccache_log)
         return self.opts.runner.env(env)
