@@ -52,6 +52,11 @@ def osv_flow(tree: Path, ref: str, scratch: Path, jobs: int) -> float:
     return time.perf_counter() - start
 
 
+def note(results: dict[str, object], key: str, seconds: float) -> None:
+    results[key] = seconds
+    print(f"    {key} = {seconds:.2f} s", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, default=Path("/var/cache/qemuprov-test/qemu-7.2"))
@@ -75,17 +80,16 @@ def main() -> int:
                                   "runner": args.runner, "scratch": str(scratch)}
     try:
         print(f"(a) OSv flow (clone, configure, make -j{args.jobs}) ...", flush=True)
-        results["a_osv_flow_s"] = args.skip_osv if args.skip_osv else osv_flow(args.tree, args.ref, scratch,
-                                                                                args.jobs)
+        note(results, "a_osv_flow_s", args.skip_osv or osv_flow(args.tree, args.ref, scratch, args.jobs))
         results["a_reused"] = bool(args.skip_osv)
         print("(b) cold qemuprov build ...", flush=True)
-        results["b_cold_build_s"] = timed(build, env, log=log)
+        note(results, "b_cold_build_s", timed(build, env, log=log))
         print("(c) unchanged rebuild ...", flush=True)
-        results["c_unchanged_s"] = timed(build, env, log=log)
+        note(results, "c_unchanged_s", timed(build, env, log=log))
         print("(d) rebuild with the build tree deleted, ccache warm ...", flush=True)
         for tree in (scratch / "cache" / "work" / "bench").glob("build*"):
             shutil.rmtree(tree)
-        results["d_warm_ccache_s"] = timed([*build, "--force"], env, log=log)
+        note(results, "d_warm_ccache_s", timed([*build, "--force"], env, log=log))
         manifest = json.loads((scratch / "root" / "bench" / "qemuprov.json").read_text())
         results["d_ccache"] = manifest.get("ccache")
         results["steps"] = {k: v for k, v in manifest.get("timings", {}).items()}
@@ -93,7 +97,7 @@ def main() -> int:
         prefix = str(scratch / "root" / "bench")
         for name, argv in (("doctor", [*cli, "doctor"]), ("probe", [*cli, "probe", prefix])):
             subprocess.run(argv, env=env, capture_output=True, check=False)
-            results[f"e_{name}_warm_s"] = min(timed(argv, env) for _ in range(3))
+            note(results, f"e_{name}_warm_s", min(timed(argv, env) for _ in range(3)))
     finally:
         shutil.rmtree(scratch / "osv-qemu", ignore_errors=True)
     base = float(results["a_osv_flow_s"])  # type: ignore[arg-type]
