@@ -88,7 +88,8 @@ def main() -> int:
         note(results, "c_unchanged_s", timed(build, env, log=log))
         print("(d) rebuild with the build tree deleted, ccache warm ...", flush=True)
         for tree in (scratch / "cache" / "work" / "bench").glob("build*"):
-            shutil.rmtree(tree)
+            if tree.is_dir() and not tree.is_symlink():  # build.log is a link to the latest log
+                shutil.rmtree(tree)
         note(results, "d_warm_ccache_s", timed([*build, "--force"], env, log=log))
         manifest = json.loads((scratch / "root" / "bench" / "qemuprov.json").read_text())
         results["d_ccache"] = manifest.get("ccache")
