@@ -4,6 +4,7 @@ tagged by a hash of what defines them so they are built once and reused until th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from collections.abc import Callable
@@ -36,7 +37,7 @@ class BuilderImage:
 
     base_id: str = ""  # the base image's id where the engine has it: a re-made base means a new builder
 
-    @property
+    @functools.cached_property
     def tag(self) -> str:
         digest = hashlib.sha256(b"\0".join((self.dockerfile.read_bytes(), self.base.encode(), self.base_id.encode())))
         return f"qemuprov-builder-{self.builder}:{digest.hexdigest()[:16]}"
@@ -63,8 +64,12 @@ def builder_image(builder: str, base: str | None = None) -> BuilderImage:
 def ensure_builder(docker_client: Any, image: BuilderImage, log: IO[str],
                    on_line: Callable[[str], None] | None = None) -> str:
     """The id of the builder image, building it first if this engine does not have it yet."""
-    if has_image(docker_client, image.tag):
+    import docker.errors
+
+    try:
         return str(docker_client.images.get(image.tag).id)
+    except docker.errors.ImageNotFound:
+        pass
     return build_image(docker_client, image.dockerfile.parent, image.dockerfile.name, image.tag,
                        {"BASE": image.base}, {"org.qemuprov.builder": image.builder}, log, on_line)
 

@@ -234,6 +234,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     from qemuprov import image, paths
 
     entry = installs.find_install(args.name)
+    if args.tag:
+        image.check_tag(args.tag)
     if args.tar:
         tarball = image.export_tarball(entry, Path(args.tar))
         print(f"{entry.name}: {tarball} ({tarball.stat().st_size / 1e6:.1f} MB); unpack anywhere and put "

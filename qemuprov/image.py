@@ -19,6 +19,9 @@ from qemuprov.installs import MANIFEST, Install
 from qemuprov.runners import ContainerRunner, HostRunner, Runner
 
 IMAGE_PREFIX = "/opt/qemuprov"
+# [registry[:port]/]name[/name...][:tag], as the engines accept it
+IMAGE_REFERENCE = re.compile(r"^([A-Za-z0-9.-]+(:\d+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+                             r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 DISTRO_FIRMWARE_SKIP = re.compile(r"^qemu-system-(?!data$)")  # Debian's own emulators own some firmware links
 # Prints `ldd` of every binary, then `dpkg -S` owner lines; run where the install was built, so the owners
 # are the packages of the distribution the binaries were linked against.
@@ -124,6 +127,12 @@ def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list
                          + "; ".join(problems[:5]),
                          hint="the install links against files no package owns; rebuild it in a container")
     return sorted(packages), firmware
+
+
+def check_tag(tag: str) -> None:
+    if not IMAGE_REFERENCE.match(tag):
+        raise UserError(f'--tag: "{tag}" is not an image reference',
+                        hint="lower-case name components with an optional :tag, e.g. ci/qemu-virtiofs:7.2")
 
 
 def build_runtime_image(entry: Install, tag: str, base: str | None, log: IO[str]) -> str:

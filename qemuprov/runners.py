@@ -122,7 +122,7 @@ class ContainerRunner:
         return BUILDER_PYTHON
 
     def __init__(self, engine: Engine, image: builders.BuilderImage, user: tuple[int, int] | None = None) -> None:
-        self.engine, self.image = engine, image
+        self.engine = engine
         self.name = engine.name.lower() or "docker"
         self.user = user or (os.getuid(), os.getgid())
         self.image_id: str | None = None
@@ -222,9 +222,7 @@ def get_runner(name: str, builder: str, base: str | None = None) -> tuple[Runner
     if name == "host":
         return HostRunner(), None
     if name == "auto":
-        from qemuprov.engines import find_engine
-
-        engine = find_engine()
+        engine = engines.find_engine()
         if not engine.reachable:
             return HostRunner(), f"no container engine reachable ({engine.detail}); building on the host"
     else:

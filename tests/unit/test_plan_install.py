@@ -222,3 +222,13 @@ def test_plan_notes_subprojects_a_git_checkout_lacks(tmp_path: Path) -> None:
     assert tree.missing_subprojects == ("keycodemapdb",)  # slirp is optional, softfloat is there
     p = plan.make_plan(SHIPPED.load("qemu-stable"), tree, Path("/q"), ("x86_64",))
     assert any("downloads the subprojects keycodemapdb" in note for note in p.notes)
+
+
+def test_image_tag_is_checked_before_any_work() -> None:
+    from qemuprov.image import check_tag
+
+    for good in ("qemuprov/x:latest", "registry.example.com:5000/ci/qemu-virtiofs:7.2"):
+        check_tag(good)
+    for bad in ("Bad Tag!", "UPPER/case", "a:b:c"):
+        with pytest.raises(UserError, match="--tag"):
+            check_tag(bad)
