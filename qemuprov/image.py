@@ -20,8 +20,10 @@ from qemuprov.runners import ContainerRunner, HostRunner, Runner
 
 IMAGE_PREFIX = "/opt/qemuprov"
 # [registry[:port]/]name[/name...][:tag], as the engines accept it
-IMAGE_REFERENCE = re.compile(r"^([A-Za-z0-9.-]+(:\d+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
-                             r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+IMAGE_REFERENCE = re.compile(
+    r"^((([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|localhost)(:\d+)?|[A-Za-z0-9-]+:\d+)/)?"  # a registry: a dot, a port
+    r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 DISTRO_FIRMWARE_SKIP = re.compile(r"^qemu-system-(?!data$)")  # Debian's own emulators own some firmware links
 # Prints `ldd` of every binary, then `dpkg -S` owner lines; run where the install was built, so the owners
 # are the packages of the distribution the binaries were linked against.
