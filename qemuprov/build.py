@@ -252,16 +252,16 @@ class Build:
             status = self._timed("virtiofsd-build", lambda: rust_virtiofsd.build(
                 spec, src, self.work / "virtiofsd-target", cargo_home, staged, runner, log, self.report.line))
         if status != 0:
-            self._fail_step("virtiofsd build", ["cargo", "build"], status,
-                            "the builder lacks a crate or a library; with crates = \"debian\" use the "
-                            "debian-trixie-crates builder" if not online else
-                            "cargo could not fetch or compile a crate")
+            hint = "cargo could not fetch or compile a crate" if online else \
+                'the builder lacks a crate or a library; with crates = "debian" use the debian-trixie-crates builder'
+            self._fail_step("virtiofsd build", ["cargo", "build"], status, hint)
 
     def _configure_build_install(self, identity: str, tree: plan.Tree, the_plan: plan.Plan, staging: Path,
                                  log: Any) -> None:
         # One build tree per runner and builder, so host and container builds of a recipe don't undo each other.
-        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", self.opts.runner.identity.split(":")[0] + "-" + self.recipe.builder)
-        src, build_dir = tree.root, self.work / ("build" if slug.startswith("host-") else f"build-{slug}")
+        runner = self.opts.runner
+        build_dir = self.work / ("build" if runner.identity == "host" else f"build-{runner.name}-{self.recipe.builder}")
+        src = tree.root
         env = self._env()
         stamp = build_dir / "qemuprov-configure.json"
         configure_id = json.dumps({"source": identity, "argv": the_plan.argv, "runner": self.opts.runner.identity})
