@@ -68,25 +68,37 @@ def _virtiofsd_line(recipe: Recipe) -> str:
 
 
 def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:
-    """The build plan, when the recipe's source has been fetched by an earlier build."""
+    """The plan the last install of this recipe recorded; else, once an earlier build fetched the source, the
+    plan a default build (--runner auto) would follow."""
     from qemuprov import paths, plan
+    from qemuprov.runners import get_runner
 
+    for entry in installs.list_installs():
+        if entry.recipe == recipe.name and entry.manifest.get("plan"):
+            return dict(entry.manifest["plan"])
     src = paths.cache_dir() / "work" / recipe.name / "src"
     if not (src / "VERSION").exists():
         return None
+    runner, _ = get_runner("auto", recipe.builder)
     prefix = paths.install_root() / recipe.name
-    return plan.make_plan(recipe, plan.inspect(src), prefix, recipe.qemu.arches).to_dict()
+    return plan.make_plan(recipe, plan.inspect(src), prefix, recipe.qemu.arches, runner.tree_python).to_dict()
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     recipe = _book(args).load(args.recipe)
-    the_plan = _fetched_plan(recipe)
+    try:
+        the_plan, problem = _fetched_plan(recipe), None
+    except UserError as exc:  # the recipe is fine; this host cannot build the fetched tree as it is
+        the_plan, problem = None, f"{exc.message}; {exc.hint}"
     if args.json:
-        render.print_json({"recipe": recipe.to_dict(), "plan": the_plan})
+        render.print_json({"recipe": recipe.to_dict(), "plan": the_plan, "plan_problem": problem})
         return 0
     width = max(len(key) for key, _ in describe_recipe(recipe))
     for key, value in describe_recipe(recipe):
         print(f"{key.ljust(width)}  {value}")
+    if problem:
+        print(f"\nplan: {problem}")
+        return 0
     if the_plan is None:
         print(f"\nplan: not fetched yet (`qemuprov build {recipe.name}` fetches it)")
         return 0

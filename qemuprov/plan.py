@@ -140,7 +140,8 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
     if "guest_agent" in tree.meson_options or version < Version("5.2"):
         args.append(Arg("--disable-guest-agent", "the guest agent is not needed"))
     if "tools" in tree.meson_options and (not in_tree or tree.virtiofsd_survives_disable_tools):
-        args.append(Arg("--disable-tools", "qemu-img and friends are not needed; virtiofsd still builds"))
+        args.append(Arg("--disable-tools", "qemu-img and friends are not needed"
+                        + ("; virtiofsd still builds" if in_tree else "")))
     if not tree.has_blobs and tree.blobs_switch:
         args.append(Arg(tree.blobs_switch, "the tree has no firmware blobs (a distribution source tree)"))
         notes.append("no firmware blobs in the tree: the install uses the distribution's firmware directories")

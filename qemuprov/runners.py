@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from qemuprov import builders, engines
+from packaging.version import InvalidVersion, Version
+
+from qemuprov import builders, engines, procs
 from qemuprov.engines import Engine
 from qemuprov.errors import InfraError
 from qemuprov.procs import stop_group
@@ -27,6 +29,7 @@ CCACHE_MASQUERADE = "/usr/lib/ccache"
 CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_LABEL = "org.qemuprov.build"
 BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv with a recent meson
+MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
 
 
 class Runner(Protocol):
@@ -63,9 +66,15 @@ class HostRunner:
 
     @property
     def tree_python(self) -> str | None:
-        """The interpreter of the meson on PATH (pip-installed meson runs from the venv it lives in)."""
+        """The interpreter of the meson on PATH (pip-installed meson runs from the venv it lives in), if that
+        meson is recent enough for 8.1+ trees."""
         meson = shutil.which("meson")
         if meson is None:
+            return None
+        try:
+            if Version(procs.run([meson, "--version"], timeout=30).stdout.strip()) < MODERN_MESON:
+                return None
+        except InvalidVersion:
             return None
         with open(meson, "rb") as script:
             first = script.readline().decode(errors="replace")

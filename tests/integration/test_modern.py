@@ -83,3 +83,9 @@ def test_10_verifies_a_round_trip_with_the_rust_daemon(qenv: Env, built_10: Buil
 def test_10_unchanged_rebuild_is_up_to_date(qenv: Env, built_10: Built) -> None:
     result = qenv.run("build", "fixture-10.0", "--runner", "docker")
     assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+
+
+def test_10_show_prints_the_plan_the_install_recorded(qenv: Env, built_10: Built) -> None:
+    result = qenv.run("show", "fixture-10.0")
+    assert result.returncode == 0, result.stderr
+    assert "--python=/opt/qemuprov/python/bin/python3" in result.stdout and "plan for QEMU 10.0" in result.stdout
