@@ -174,8 +174,10 @@ class Build:
     def _run_locked(self) -> Outcome:
         started = time.monotonic()
         stale_staging_cleanup(self.opts.prefix)
-        self.report.step("resolve", self.recipe.qemu.source.describe())
-        identity = self._timed("resolve", lambda: _source_identity(self.recipe.qemu.source, "qemu"))
+        identity = ""  # a recipe for the daemon alone has no QEMU source
+        if (qemu := self.recipe.qemu) is not None:
+            self.report.step("resolve", qemu.source.describe())
+            identity = self._timed("resolve", lambda: _source_identity(qemu.source, "qemu"))
         vfs_tree = self.recipe.virtiofsd.tree
         if vfs_tree is not None:
             self.report.step("resolve", f"virtiofsd {vfs_tree.describe()}")
@@ -205,22 +207,12 @@ class Build:
         return src
 
     def _build(self, identity: str, key: str, log: Any, started: float) -> Outcome:
-        self.report.step("fetch", str(self.work / "src"))
-        src = self._timed("fetch", lambda: self._fetch(self.recipe.qemu.source, identity))
-        tree = plan.inspect(src)
-        the_plan = plan.make_plan(self.recipe, tree, self.opts.prefix, self.opts.arches, self.opts.runner.tree_python)
-        runner = self.opts.runner
-        if runner.identity != "host":
-            self.report.step("builder", runner.identity)
-            self._timed("builder", lambda: runner.prepare(log, self.report.line))
-        ccache = paths.cache_dir() / "ccache"
         staging = self.opts.prefix.parent / f".qemuprov-stage-{self.opts.prefix.name}-{os.getpid()}"
-        for directory in (ccache, staging):
-            directory.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(parents=True, exist_ok=True)
         try:
-            with runner.session([self.work, staging, ccache], network=bool(tree.missing_subprojects)):
-                self._configure_build_install(identity, tree, the_plan, staging, log)
             staged = staging / self.opts.prefix.relative_to("/")
+            qemu = self.recipe.qemu
+            the_plan = self._build_qemu(qemu.source, identity, staging, log) if qemu is not None else None
             if self.recipe.virtiofsd.tree is not None and self.vfs_identity is not None:
                 self._build_rust_virtiofsd(self.recipe.virtiofsd.tree, self.vfs_identity, staging, staged, log)
             finishing = finish_tree(staged, self.opts.prefix, the_plan)
@@ -234,6 +226,21 @@ class Build:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return Outcome(self.opts.prefix, False, self.timings, self.log_path, manifest)
+
+    def _build_qemu(self, qemu_source: Source, identity: str, staging: Path, log: Any) -> plan.Plan:
+        self.report.step("fetch", str(self.work / "src"))
+        src = self._timed("fetch", lambda: self._fetch(qemu_source, identity))
+        tree = plan.inspect(src)
+        the_plan = plan.make_plan(self.recipe, tree, self.opts.prefix, self.opts.arches, self.opts.runner.tree_python)
+        runner = self.opts.runner
+        if runner.identity != "host":
+            self.report.step("builder", runner.identity)
+            self._timed("builder", lambda: runner.prepare(log, self.report.line))
+        ccache = paths.cache_dir() / "ccache"
+        ccache.mkdir(parents=True, exist_ok=True)
+        with runner.session([self.work, staging, ccache], network=bool(tree.missing_subprojects)):
+            self._configure_build_install(identity, tree, the_plan, staging, log)
+        return the_plan
 
     def _build_rust_virtiofsd(self, tree: Source, identity: str, staging: Path, staged: Path, log: Any) -> None:
         spec = self.recipe.virtiofsd
@@ -364,7 +371,7 @@ class Build:
             entry["path"] = str(self.opts.prefix / Path(entry["path"]).relative_to(staged))
         return data
 
-    def _manifest(self, identity: str, key: str, the_plan: plan.Plan, probes: list[dict[str, Any]],
+    def _manifest(self, identity: str, key: str, the_plan: plan.Plan | None, probes: list[dict[str, Any]],
                   finishing: dict[str, Any], started: float) -> dict[str, Any]:
         self.timings["total"] = round(time.monotonic() - started, 2)
         return {
@@ -372,14 +379,14 @@ class Build:
             "name": self.opts.prefix.name,
             "prefix": str(self.opts.prefix),
             "recipe": self.recipe.to_dict(),
-            "source": _source_record(self.recipe.qemu.source, identity),
+            "source": _source_record(self.recipe.qemu.source, identity) if self.recipe.qemu else None,
             "virtiofsd_source": _source_record(self.recipe.virtiofsd.tree, self.vfs_identity)
             if self.recipe.virtiofsd.tree and self.vfs_identity else None,
             "virtiofsd_builder_image": self.vfs_builder_image,
             "inputs": key,
-            "plan": the_plan.to_dict(),
+            "plan": the_plan.to_dict() if the_plan else None,
             "runner": self.opts.runner.name,
-            "builder_image": builder_image_record(self.opts.runner),
+            "builder_image": builder_image_record(self.opts.runner) if the_plan else self.vfs_builder_image,
             "tools": {"qemuprov": __version__, "python": sys.version.split()[0]},
             "binaries": [Path(p["path"]).name for p in probes],
             "probe": probes,
@@ -453,7 +460,10 @@ def _tail(path: Path, count: int) -> str:
 
 def validate_arches(recipe: Recipe, requested: str | None) -> tuple[str, ...]:
     if not requested:
-        return recipe.qemu.arches
+        return recipe.arches
+    if recipe.qemu is None:
+        raise UserError(f"--arch: {recipe.name} builds no QEMU, only virtiofsd (which serves guests of any arch)",
+                        hint="leave out --arch")
     arches = tuple(a.strip() for a in requested.split(",") if a.strip())
     for arch in arches:
         if arch not in recipe.qemu.arches:

@@ -28,8 +28,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json([r.to_dict() for r in recipes])
     else:
-        rows = [(r.name, r.qemu.source.ref or "tarball", ",".join(r.qemu.arches), r.virtiofsd.source.value,
-                 render.yes_no(r.expect.dax), r.origin, r.description) for r in recipes]
+        rows = [(r.name, (r.qemu.source.ref or "tarball") if r.qemu else "-", ",".join(r.arches) or "-",
+                 r.virtiofsd.source.value,
+                 render.yes_no(r.expect.dax) if r.qemu else "-", r.origin, r.description) for r in recipes]
         print(render.table(("NAME", "REF", "ARCHES", "VIRTIOFSD", "DAX", "FROM", "DESCRIPTION"), rows))
     for error in errors:
         print(f"qemuprov: error: {error.message}", file=sys.stderr)
@@ -38,7 +39,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
     expect = recipe.expect
-    promised = [f"dax={render.yes_no(expect.dax)}"]
+    promised = [f"dax={render.yes_no(expect.dax)}"] if recipe.qemu else []
     if expect.arches:
         promised.append("arches=" + ",".join(expect.arches))
     if expect.virtiofsd:
@@ -50,13 +51,13 @@ def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
         ("description", recipe.description),
         ("file", str(recipe.path) + (f" (extends {recipe.extends})" if recipe.extends else "")),
         ("builder", recipe.builder),
-        ("qemu source", recipe.qemu.source.describe()),
-        ("arches", ", ".join(recipe.qemu.arches)),
-        ("extra configure", " ".join(recipe.qemu.configure) or "-"),
-        ("virtiofsd", _virtiofsd_line(recipe)),
-        ("expect", " ".join(promised)),
     ]
-    return rows
+    if recipe.qemu:
+        rows += [("qemu source", recipe.qemu.source.describe()), ("arches", ", ".join(recipe.qemu.arches)),
+                 ("extra configure", " ".join(recipe.qemu.configure) or "-")]
+    else:
+        rows.append(("qemu source", "none: this recipe builds virtiofsd alone"))
+    return [*rows, ("virtiofsd", _virtiofsd_line(recipe)), ("expect", " ".join(promised))]
 
 
 def _virtiofsd_line(recipe: Recipe) -> str:
@@ -73,6 +74,8 @@ def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:
     from qemuprov import paths, plan
     from qemuprov.runners import get_runner
 
+    if recipe.qemu is None:
+        return None
     for entry in installs.list_installs():
         if entry.recipe == recipe.name and entry.manifest.get("plan"):
             return dict(entry.manifest["plan"])
@@ -81,7 +84,7 @@ def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:
         return None
     runner, _ = get_runner("auto", recipe.builder)
     prefix = paths.install_root() / recipe.name
-    return plan.make_plan(recipe, plan.inspect(src), prefix, recipe.qemu.arches, runner.tree_python).to_dict()
+    return plan.make_plan(recipe, plan.inspect(src), prefix, recipe.arches, runner.tree_python).to_dict()
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -98,6 +101,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"{key.ljust(width)}  {value}")
     if problem:
         print(f"\nplan: {problem}")
+        return 0
+    if recipe.qemu is None:
+        print("\nplan: cargo build of virtiofsd, installed as bin/virtiofsd")
         return 0
     if the_plan is None:
         print(f"\nplan: not fetched yet (`qemuprov build {recipe.name}` fetches it)")
@@ -192,8 +198,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from qemuprov import verify
 
     entry = installs.find_install(str(prefix))
-    outcomes = verify.verify_all(sorted((prefix / "bin").glob("qemu-system-*")), prefix / "bin" / "virtiofsd",
-                                 entry.firmware_dirs, arches, "auto", None)
+    outcomes = verify.verify_all(_install_qemus(entry), prefix / "bin" / "virtiofsd", entry.firmware_dirs,
+                                 arches or None, "auto", None)
     installs.write_json_atomic(prefix / installs.MANIFEST,
                                {**entry.manifest, "verify": [asdict(o) for o in outcomes]})
     return _render_verify(outcomes, False)
@@ -203,13 +209,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     found = installs.list_installs()
     if args.json:
         render.print_json([{"name": e.name, "prefix": str(e.prefix), "recipe": e.recipe,
-                            "commit": e.manifest.get("source", {}).get("commit"), "summary": e.summary(),
+                            "commit": e.commit, "summary": e.summary(),
                             "probe": e.manifest.get("probe", [])} for e in found])
         return 0
     if not found:
         print("no installs yet: qemuprov build qemu-7.2 (or virtio-fs-dev for DAX)")
         return 0
-    rows = [(e.name, e.summary(), (e.manifest.get("source", {}).get("commit") or "")[:12], str(e.prefix))
+    rows = [(e.name, e.summary(), (e.commit or "")[:12], str(e.prefix))
             for e in found]
     print(render.table(("NAME", "BUILD", "COMMIT", "PREFIX"), rows))
     return 0
@@ -222,7 +228,8 @@ def cmd_env(args: argparse.Namespace) -> int:
         print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
         return 0
     arch_qemu = bin_dir / "qemu-system-x86_64"
-    options = [f"--qemu-path {shlex.quote(str(arch_qemu))}", "--virtio-fs-dir ${SHARE_DIR:-$PWD/share}"]
+    options = [f"--qemu-path {shlex.quote(str(arch_qemu))}"] if arch_qemu.exists() else []
+    options.append("--virtio-fs-dir ${SHARE_DIR:-$PWD/share}")
     if entry.dax:
         options.append("--virtio-fs-dax")
     print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
@@ -272,8 +279,7 @@ def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[st
         if args.qemu or args.virtiofsd:
             raise UserError("verify: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
         entry = installs.find_install(args.target)
-        qemus = sorted((entry.prefix / "bin").glob("qemu-system-*"))
-        return qemus, entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs
+        return _install_qemus(entry), entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs
     if not (args.qemu and args.virtiofsd):
         raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
     qemus = [Path(q) for q in args.qemu]
@@ -281,6 +287,20 @@ def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[st
     manifests = [installs.read_manifest(q.resolve().parent.parent) for q in qemus]
     firmware = [d for m in manifests if m for d in m.get("firmware", [])]
     return qemus, Path(args.virtiofsd), list(dict.fromkeys(firmware))
+
+
+def _install_qemus(entry: installs.Install) -> list[Path]:
+    """The install's QEMU binaries; for an install of virtiofsd alone, the QEMUs on PATH it will serve."""
+    import shutil
+
+    own = sorted((entry.prefix / "bin").glob("qemu-system-*"))
+    if own:
+        return own
+    on_path = [Path(found) for arch in ("x86_64", "aarch64") if (found := shutil.which(f"qemu-system-{arch}"))]
+    if not on_path:
+        raise UserError(f"{entry.name} holds no QEMU and there is no qemu-system-x86_64 or -aarch64 on PATH",
+                        hint=f"qemuprov verify --qemu PATH --virtiofsd {entry.prefix / 'bin' / 'virtiofsd'}")
+    return on_path
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

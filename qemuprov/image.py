@@ -164,7 +164,7 @@ def _link_or_copy(src: str, dst: str) -> Any:
 
 
 def _labels(entry: Install, manifest: dict[str, Any]) -> dict[str, str]:
-    source = manifest.get("source", {})
+    source = entry.source_record
     return {
         "org.qemuprov.manifest": json.dumps(manifest, separators=(",", ":"), default=str),
         "org.qemuprov.summary": entry.summary(),

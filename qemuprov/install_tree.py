@@ -26,10 +26,16 @@ exec "$(dirname "$(readlink -f "$0")")/../libexec/virtiofsd" "$@"
 """.replace("%s", RSEQ_TUNABLE)
 
 
-def finish_tree(staged: Path, prefix: Path, plan: Plan) -> dict[str, Any]:
-    """bin/virtiofsd on PATH (a wrapper where rseq must be off); firmware directories recorded."""
+def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]:
+    """bin/virtiofsd on PATH (a wrapper where rseq must be off); firmware directories recorded.
+    No plan: the recipe built the Rust daemon alone."""
     bin_dir, daemon = staged / "bin", staged / "libexec" / "virtiofsd"
-    virtiofsd: dict[str, Any] = {"kind": plan.virtiofsd, "wrapper": False}
+    virtiofsd: dict[str, Any] = {"kind": plan.virtiofsd if plan else "rust", "wrapper": False}
+    if plan is None:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        daemon.rename(bin_dir / "virtiofsd")
+        daemon.parent.rmdir()
+        return {"virtiofsd": virtiofsd, "firmware": []}
     if daemon.exists():
         bin_dir.mkdir(exist_ok=True)
         if plan.rseq_wrapper:

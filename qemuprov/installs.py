@@ -42,6 +42,15 @@ class Install:
     def firmware_dirs(self) -> list[str]:
         return list(self.manifest.get("firmware", []))
 
+    @property
+    def source_record(self) -> dict[str, Any]:
+        """Where the QEMU came from; for an install of virtiofsd alone, the daemon."""
+        return dict(self.manifest.get("source") or self.manifest.get("virtiofsd_source") or {})
+
+    @property
+    def commit(self) -> str | None:
+        return self.source_record.get("commit")
+
     def missing_binaries(self) -> list[str]:
         return [name for name in self.manifest.get("binaries", []) if not (self.prefix / "bin" / name).exists()]
 
@@ -51,6 +60,8 @@ class Install:
         arches = ",".join(sorted(str(p.get("arch")) for p in qemus)) or "?"
         vfs = self.virtiofsd_probe
         daemon = f"{'C' if vfs.get('flavour') == 'c' else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
+        if vfs and not qemus and self.manifest.get("source") is None:
+            return f"{daemon} {vfs.get('version') or '?'} alone (no QEMU)"
         return f"QEMU {version} ({arches}), {daemon}, DAX {'yes' if self.dax else 'no'}"
 
 

@@ -161,7 +161,7 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
                                               "configure's venv uses (the tree bundles no meson wheel)"))
     elif tree.has_meson_build and not tree.has_meson_submodule and not tree.meson_requirement:
         args.append(Arg("--meson=meson", "the tree has no meson submodule: use the system meson"))
-    args += [Arg(extra, "from the recipe") for extra in recipe.qemu.configure]
+    args += [Arg(extra, "from the recipe") for extra in (recipe.qemu.configure if recipe.qemu else ())]
     targets: tuple[str, ...] = ()
     if tree.has_meson_build:
         targets = tuple(f"qemu-system-{a}" for a in arches) + ("trace/trace-events-all",)

@@ -118,13 +118,17 @@ class Recipe:
     name: str
     description: str
     builder: str
-    qemu: QemuSpec
+    qemu: QemuSpec | None  # None: a recipe for the Rust virtiofsd alone
     virtiofsd: VirtiofsdSpec
     expect: Expect
     path: Path
     origin: str
     extends: str | None = None
     chain: tuple[str, ...] = field(default=())  # files merged to make this recipe, base first
+
+    @property
+    def arches(self) -> tuple[str, ...]:
+        return self.qemu.arches if self.qemu else ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -274,6 +278,29 @@ def _choice(path: Path, key: str, value: str, enum: type[StrEnum]) -> Any:
     return enum(value)
 
 
+def _qemu(path: Path, table: Mapping[str, Any]) -> QemuSpec:
+    if "arches" not in table or not table["arches"]:
+        raise _fail(path, "qemu.arches", f"missing; list the arches to build, e.g. {list(ARCHES)}")
+    return QemuSpec(source=_source(path, table, "qemu"), arches=_arches(path, "qemu.arches", table["arches"]),
+                    configure=tuple(table.get("configure", ())))
+
+
+def _virtiofsd(path: Path, table: Mapping[str, Any], known_builders: list[str]) -> VirtiofsdSpec:
+    source = _choice(path, "virtiofsd.source", table.get("source", "qemu"), VirtiofsdSource)
+    if source is not VirtiofsdSource.RUST:
+        for stray in (*_SOURCE_KEYS, "builder", "static", "crates"):
+            if stray in table:
+                raise _fail(path, f"virtiofsd.{stray}", 'only for source = "rust"; remove it')
+        return VirtiofsdSpec(source=source)
+    builder = table.get("builder")
+    if builder is not None and builder not in known_builders:
+        raise _fail(path, "virtiofsd.builder", f'unknown builder "{builder}"{_did_you_mean(builder, known_builders)} '
+                    f"(available: {', '.join(known_builders)})")
+    return VirtiofsdSpec(source=source, tree=_source(path, table, "virtiofsd"), builder=builder,
+                         static=table.get("static", False),
+                         crates=_choice(path, "virtiofsd.crates", table.get("crates", "registry"), Crates))
+
+
 def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str, ...],
                  builders: Iterable[str]) -> Recipe:
     """Turn a merged, shape-checked table into a Recipe, checking what the values mean."""
@@ -284,34 +311,19 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
     if builder not in known_builders:
         raise _fail(path, "builder", f'unknown builder "{builder}"{_did_you_mean(builder, known_builders)} '
                     f"(available: {', '.join(known_builders)})")
-    qemu_table = data.get("qemu")
-    if qemu_table is None:
-        raise _fail(path, "qemu", "missing; add a [qemu] table with git + ref (or tarball + sha256)")
-    if "arches" not in qemu_table or not qemu_table["arches"]:
-        raise _fail(path, "qemu.arches", f"missing; list the arches to build, e.g. {list(ARCHES)}")
-    qemu = QemuSpec(
-        source=_source(path, qemu_table, "qemu"),
-        arches=_arches(path, "qemu.arches", qemu_table["arches"]),
-        configure=tuple(qemu_table.get("configure", ())),
-    )
-    vfs_table = data.get("virtiofsd", {"source": "qemu"})
-    vfs_source = _choice(path, "virtiofsd.source", vfs_table.get("source", "qemu"), VirtiofsdSource)
-    virtiofsd = VirtiofsdSpec(source=vfs_source)
-    if vfs_source is VirtiofsdSource.RUST:
-        vfs_builder = vfs_table.get("builder")
-        if vfs_builder is not None and vfs_builder not in known_builders:
-            raise _fail(path, "virtiofsd.builder", f'unknown builder "{vfs_builder}"'
-                        f"{_did_you_mean(vfs_builder, known_builders)} (available: {', '.join(known_builders)})")
-        virtiofsd = VirtiofsdSpec(source=vfs_source, tree=_source(path, vfs_table, "virtiofsd"), builder=vfs_builder,
-                                  static=vfs_table.get("static", False),
-                                  crates=_choice(path, "virtiofsd.crates", vfs_table.get("crates", "registry"), Crates))
-    else:
-        for stray in (*_SOURCE_KEYS, "builder", "static", "crates"):
-            if stray in vfs_table:
-                raise _fail(path, f"virtiofsd.{stray}", 'only for source = "rust"; remove it')
+    qemu = _qemu(path, data["qemu"]) if "qemu" in data else None
+    virtiofsd = _virtiofsd(path, data.get("virtiofsd", {}), known_builders)
+    if qemu is None and virtiofsd.source is not VirtiofsdSource.RUST:
+        raise _fail(path, "qemu", 'missing; add a [qemu] table with git + ref (or tarball + sha256), or, for the '
+                    'daemon alone, set [virtiofsd] source = "rust" with its git + ref')
     expect_table = data.get("expect", {})
+    if qemu is None:
+        for qemu_only in ("dax", "arches", "version"):
+            if qemu_only in expect_table:
+                raise _fail(path, f"expect.{qemu_only}", "promises something about QEMU, which this recipe "
+                            "does not build (no [qemu]); remove it")
     expect_arches = _arches(path, "expect.arches", expect_table.get("arches", []))
-    missing = [arch for arch in expect_arches if arch not in qemu.arches]
+    missing = [arch for arch in expect_arches if qemu and arch not in qemu.arches]
     if missing:
         raise _fail(path, "expect.arches", f"expects {', '.join(missing)} but qemu.arches does not build it")
     flavour = expect_table.get("virtiofsd")

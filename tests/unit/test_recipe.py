@@ -35,7 +35,7 @@ def test_shipped_recipes_load() -> None:
     recipes, errors = book_with().load_all()
     assert errors == []
     by_name = {r.name: r for r in recipes}
-    assert sorted(by_name) == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev"]
+    assert sorted(by_name) == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev", "virtiofsd"]
     dev = by_name["virtio-fs-dev"]
     assert dev.expect.dax is True
     assert dev.qemu.source.ref == "virtio-fs-dev"
@@ -43,9 +43,13 @@ def test_shipped_recipes_load() -> None:
     stable = by_name["qemu-stable"]
     assert stable.virtiofsd.source is VirtiofsdSource.RUST
     assert stable.virtiofsd.tree is not None and stable.virtiofsd.tree.ref == "v1.14.0"
+    daemon = by_name["virtiofsd"]
+    assert daemon.qemu is None and daemon.arches == () and daemon.expect.virtiofsd is VirtiofsdFlavour.RUST
+    assert daemon.virtiofsd.tree == stable.virtiofsd.tree
     for recipe in recipes:
-        assert recipe.qemu.arches == ("x86_64", "aarch64")
         assert recipe.origin == "shipped"
+        if recipe.qemu:
+            assert recipe.qemu.arches == ("x86_64", "aarch64")
 
 
 @pytest.mark.parametrize("path", sorted(BROKEN.glob("*.toml")), ids=lambda p: p.stem)
@@ -139,7 +143,7 @@ def test_cli_recipes_json_parses() -> None:
     result = run_cli("recipes", "--json")
     assert result.returncode == 0, result.stderr
     names = [entry["name"] for entry in json.loads(result.stdout)]
-    assert names == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev"]
+    assert names == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev", "virtiofsd"]
 
 
 def test_cli_show_virtio_fs_dev() -> None:
@@ -149,3 +153,18 @@ def test_cli_show_virtio_fs_dev() -> None:
     for needle in ("https://gitlab.com/virtio-fs/qemu.git", "virtio-fs-dev", "x86_64, aarch64",
                    "dax=yes", "virtiofsd=c"):
         assert needle in out
+
+
+def test_cli_show_daemon_only_recipe() -> None:
+    result = run_cli("show", "virtiofsd")
+    assert result.returncode == 0, result.stderr
+    assert "none: this recipe builds virtiofsd alone" in result.stdout
+    assert "rust from https://gitlab.com/virtio-fs/virtiofsd.git (v1.14.0)" in result.stdout
+    assert "plan: cargo build of virtiofsd" in result.stdout
+
+
+def test_cli_build_daemon_only_rejects_arch() -> None:
+    result = run_cli("build", "virtiofsd", "--arch", "x86_64")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0] == ("qemuprov: error: --arch: virtiofsd builds no QEMU, only virtiofsd "
+                                             "(which serves guests of any arch)")

@@ -1,0 +1,73 @@
+"""The `virtiofsd` recipe: the Rust daemon alone, for users who keep their own QEMU. Built offline by cargo against
+Debian 13's crates in the trixie-crates builder, installed as bin/virtiofsd, probed, and verified with the
+distribution's QEMU on PATH."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.integration.conftest import FIXTURES, Built, Env
+
+VIRTIOFSD_TREE = FIXTURES / "virtiofsd-1.13"
+
+RECIPE = f'''extends = "virtiofsd"
+[virtiofsd]
+git = "file://{VIRTIOFSD_TREE}"
+ref = "v1.13.2-debian"
+builder = "debian-trixie-crates"
+crates = "debian"
+'''
+
+
+@pytest.fixture(scope="module")
+def daemon_only(qenv: Env, engine: str) -> Built:
+    if not (VIRTIOFSD_TREE / ".git").is_dir():
+        pytest.fail(f"the fixture tree {VIRTIOFSD_TREE} is missing: run scripts/test, which prepares it")
+    qenv.write_recipe("fixture-virtiofsd", RECIPE)
+    result = qenv.run("build", "fixture-virtiofsd", "--runner", "docker", "--force")
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    prefix = qenv.root / "fixture-virtiofsd"
+    return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)
+
+
+def test_installs_only_the_daemon_on_path(daemon_only: Built) -> None:
+    assert sorted(p.name for p in (daemon_only.prefix / "bin").iterdir()) == ["virtiofsd"]
+    assert not (daemon_only.prefix / "libexec").exists()
+    ldd = subprocess.run(["ldd", str(daemon_only.prefix / "bin" / "virtiofsd")], capture_output=True, text=True)
+    assert "not a dynamic executable" in ldd.stdout + ldd.stderr or "statically linked" in ldd.stdout, ldd.stdout
+    assert "Rust virtiofsd 1.13" in daemon_only.result.stdout and "alone (no QEMU)" in daemon_only.result.stdout
+
+
+def test_manifest_records_the_daemon_source_and_no_qemu(daemon_only: Built) -> None:
+    m = daemon_only.manifest
+    commit = subprocess.run(["git", "-C", str(VIRTIOFSD_TREE), "rev-parse", "v1.13.2-debian^{commit}"],
+                            capture_output=True, text=True).stdout.strip()
+    assert m["source"] is None and m["plan"] is None
+    assert m["virtiofsd_source"]["commit"] == commit  # type: ignore[index]
+    assert m["builder_image"]["tag"].startswith("qemuprov-builder-debian-trixie-crates:")  # type: ignore[index]
+    (entry,) = m["probe"]  # type: ignore[misc]
+    assert entry["kind"] == "virtiofsd" and entry["flavour"] == "rust" and entry["version"].startswith("1.13")
+
+
+def test_probe_and_list_show_the_rust_daemon(qenv: Env, daemon_only: Built) -> None:
+    (daemon,) = json.loads(qenv.run("probe", str(daemon_only.prefix), "--json").stdout)
+    assert daemon["flavour"] == "rust" and daemon["source_option"] == "--shared-dir"
+    listing = qenv.run("list").stdout
+    line = next(ln for ln in listing.splitlines() if ln.startswith("fixture-virtiofsd "))
+    commit = str(daemon_only.manifest["virtiofsd_source"]["commit"])  # type: ignore[index]
+    assert "Rust virtiofsd 1.13" in line and commit[:12] in line
+
+
+def test_verifies_with_the_qemu_on_path(qenv: Env, daemon_only: Built) -> None:
+    result = qenv.run("verify", "fixture-virtiofsd", "--arch", "x86_64", "--json", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (outcome,) = json.loads(result.stdout)
+    assert outcome["ok"] is True and outcome["arch"] == "x86_64"
+
+
+def test_unchanged_rebuild_is_up_to_date(qenv: Env, daemon_only: Built) -> None:
+    result = qenv.run("build", "fixture-virtiofsd", "--runner", "docker")
+    assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
