@@ -296,8 +296,10 @@ class Build:
         # Host and container builds with the same compiler share entries: the compiler is checked by content,
         # paths under the work dir are made relative, and the build dir's own name is left out of the hash
         # (debug info may then name the other build dir; nothing else differs).
+        # Depend mode: a miss costs no extra preprocessor run (plain ccache made a cold build 29% slower, depend
+        # mode 9%); the compiler's own -MD output names the headers, which every meson build of QEMU asks for.
         env = {"LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"), "CCACHE_BASEDIR": str(self.work),
-               "CCACHE_COMPILERCHECK": "content", "CCACHE_NOHASHDIR": "1"}
+               "CCACHE_COMPILERCHECK": "content", "CCACHE_NOHASHDIR": "1", "CCACHE_DEPEND": "1"}
         if self._ccache_log:
             env["CCACHE_STATSLOG"] = str(self._ccache_log)
         return self.opts.runner.env(env)

@@ -28,6 +28,7 @@ class Tree:
     meson_requirement: str | None = None  # 8.1+: pythondeps.toml says which meson configure's venv needs
     has_meson_wheel: bool = False  # 8.1+ release trees bundle meson as a wheel under python/wheels
     missing_subprojects: tuple[str, ...] = ()  # wraps a git checkout lacks: configure downloads them
+    has_debug_info_switch: bool = False  # configure knows --disable-debug-info (every tree since 2.x)
 
 
 def inspect(root: Path) -> Tree:
@@ -42,6 +43,8 @@ def inspect(root: Path) -> Tree:
     tools_text = tools_meson.read_text() if tools_meson.exists() else ""
     seccomp_c = root / "tools" / "virtiofsd" / "passthrough_seccomp.c"
     configure_text = (root / "configure").read_text(errors="replace")
+    buildoptions = root / "scripts" / "meson-buildoptions.sh"  # 7.0+: where configure's meson switches live
+    switches_text = configure_text + (buildoptions.read_text(errors="replace") if buildoptions.exists() else "")
     # 5.x knows only --disable-blobs; later trees map it too, and newer ones may know only the meson name.
     blobs_switch = "--disable-blobs" if "--disable-blobs)" in configure_text \
         else "--disable-install-blobs" if "install_blobs" in options else None
@@ -60,6 +63,7 @@ def inspect(root: Path) -> Tree:
         meson_requirement=_meson_requirement(root / "pythondeps.toml"),
         has_meson_wheel=any(root.glob("python/wheels/meson-*.whl")),
         missing_subprojects=_missing_subprojects(root / "subprojects"),
+        has_debug_info_switch="--disable-debug-info" in switches_text,
         minimal_devices=frozenset(
             p.parent.name.removesuffix("-softmmu") for p in root.glob("configs/devices/*-softmmu/minimal.mak")
         ) if "--with-devices-" in configure_text else frozenset(),
@@ -142,6 +146,10 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
     if "tools" in tree.meson_options and (not in_tree or tree.virtiofsd_survives_disable_tools):
         args.append(Arg("--disable-tools", "qemu-img and friends are not needed"
                         + ("; virtiofsd still builds" if in_tree else "")))
+    recipe_args = recipe.qemu.configure if recipe.qemu else ()
+    if tree.has_debug_info_switch and not any("debug" in extra for extra in recipe_args):
+        args.append(Arg("--disable-debug-info", "no -g: compiling and linking take a fifth less time (a recipe can "
+                                                "add --enable-debug-info for gdb)"))
     if not tree.has_blobs and tree.blobs_switch:
         args.append(Arg(tree.blobs_switch, "the tree has no firmware blobs (a distribution source tree)"))
         notes.append("no firmware blobs in the tree: the install uses the distribution's firmware directories")
@@ -161,7 +169,7 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
                                               "configure's venv uses (the tree bundles no meson wheel)"))
     elif tree.has_meson_build and not tree.has_meson_submodule and not tree.meson_requirement:
         args.append(Arg("--meson=meson", "the tree has no meson submodule: use the system meson"))
-    args += [Arg(extra, "from the recipe") for extra in (recipe.qemu.configure if recipe.qemu else ())]
+    args += [Arg(extra, "from the recipe") for extra in recipe_args]
     targets: tuple[str, ...] = ()
     if tree.has_meson_build:
         targets = tuple(f"qemu-system-{a}" for a in arches) + ("trace/trace-events-all",)

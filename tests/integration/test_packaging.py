@@ -19,7 +19,7 @@ def test_wheel_install_in_a_fresh_venv(tmp_path: Path) -> None:
     out = subprocess.run([venv / "bin" / "qemuprov", "recipes", "--json"], capture_output=True, text=True,
                          cwd=tmp_path)
     recipes = json.loads(out.stdout)
-    assert [r["name"] for r in recipes] == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev"]
+    assert [r["name"] for r in recipes] == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev", "virtiofsd"]
     assert all("site-packages/qemuprov/_data/recipes" in r["path"] for r in recipes)
     show = subprocess.run([venv / "bin" / "qemuprov", "show", "virtio-fs-dev"], capture_output=True, text=True,
                           cwd=tmp_path)

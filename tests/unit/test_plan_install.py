@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,22 @@ def test_image_tag_is_checked_before_any_work() -> None:
     for bad in ("Bad Tag!", "UPPER/case", "a:b:c"):
         with pytest.raises(UserError, match="--tag"):
             check_tag(bad)
+
+
+def test_plan_leaves_out_debug_info_unless_the_recipe_asks(tmp_path: Path) -> None:
+    # 7.0+ trees spell the switch in scripts/meson-buildoptions.sh, older ones in configure itself.
+    newer = make_tree(tmp_path / "n", "10.0.2", ["docs"], virtiofsd=False)
+    (newer / "scripts").mkdir()
+    (newer / "scripts" / "meson-buildoptions.sh").write_text("    --disable-debug-info) printf x ;;\n")
+    older = make_tree(tmp_path / "o", "5.2.0", ["virtiofsd"], virtiofsd=True,
+                      configure="  --disable-debug-info) debug_info=no\n")
+    bare = make_tree(tmp_path / "b", "5.0.0", [], virtiofsd=True, configure="")
+    stable = SHIPPED.load("qemu-stable")
+    assert "--disable-debug-info" in plan.make_plan(stable, plan.inspect(newer), Path("/q"), ("x86_64",)).argv
+    assert "--disable-debug-info" in plan.make_plan(SHIPPED.load("qemu-5.2"), plan.inspect(older), Path("/q"),
+                                                    ("x86_64",)).argv
+    assert "--disable-debug-info" not in plan.make_plan(SHIPPED.load("qemu-5.2"), plan.inspect(bare), Path("/q"),
+                                                        ("x86_64",)).argv
+    wants_gdb = replace(stable, qemu=replace(stable.qemu, configure=("--enable-debug-info",)))
+    argv = plan.make_plan(wants_gdb, plan.inspect(newer), Path("/q"), ("x86_64",)).argv
+    assert "--disable-debug-info" not in argv and argv[-1] == "--enable-debug-info"
