@@ -77,13 +77,18 @@ def main() -> int:
     build = [*cli, "build", "bench", "--runner", args.runner, "-j", str(args.jobs)]
     log = scratch / "qemuprov.log"
     results: dict[str, object] = {"tree": str(args.tree), "ref": args.ref, "jobs": args.jobs,
-                                  "runner": args.runner, "scratch": str(scratch)}
+                                  "runner": args.runner, "scratch": str(scratch), "cpus": os.cpu_count(),
+                                  "date": time.strftime("%Y-%m-%d %H:%M")}
     try:
         print(f"(a) OSv flow (clone, configure, make -j{args.jobs}) ...", flush=True)
         note(results, "a_osv_flow_s", args.skip_osv or osv_flow(args.tree, args.ref, scratch, args.jobs))
         results["a_reused"] = bool(args.skip_osv)
         print("(b) cold qemuprov build ...", flush=True)
         note(results, "b_cold_build_s", timed(build, env, log=log))
+        manifest_path = scratch / "root" / "bench" / "qemuprov.json"
+        cold = json.loads(manifest_path.read_text())
+        results["b_timings"] = cold.get("timings")
+        results["b_configure"] = [arg["arg"] for arg in cold["plan"]["configure"]]
         print("(c) unchanged rebuild ...", flush=True)
         note(results, "c_unchanged_s", timed(build, env, log=log))
         print("(d) rebuild with the build tree deleted, ccache warm ...", flush=True)
@@ -91,9 +96,9 @@ def main() -> int:
             if tree.is_dir() and not tree.is_symlink():  # build.log is a link to the latest log
                 shutil.rmtree(tree)
         note(results, "d_warm_ccache_s", timed([*build, "--force"], env, log=log))
-        manifest = json.loads((scratch / "root" / "bench" / "qemuprov.json").read_text())
-        results["d_ccache"] = manifest.get("ccache")
-        results["steps"] = {k: v for k, v in manifest.get("timings", {}).items()}
+        warm = json.loads(manifest_path.read_text())
+        results["d_ccache"] = warm.get("ccache")
+        results["d_timings"] = warm.get("timings")
         print("(e) warm doctor and probe ...", flush=True)
         prefix = str(scratch / "root" / "bench")
         for name, argv in (("doctor", [*cli, "doctor"]), ("probe", [*cli, "probe", prefix])):

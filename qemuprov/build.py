@@ -406,7 +406,7 @@ def builder_image_record(runner: Runner) -> dict[str, str] | None:
     if image is None:
         return None
     return {"tag": image.tag, "id": str(getattr(runner, "image_id", "")), "base": image.base,
-            "dockerfile": image.dockerfile.name}
+            "dockerfile": image.dockerfile.name, "builder": image.builder}
 
 
 def ccache_stats(stats_log: Path) -> dict[str, Any] | None:

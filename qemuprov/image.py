@@ -92,8 +92,9 @@ def _build_environment(entry: Install) -> Runner:
     builder = entry.manifest.get("builder_image")
     if not builder:
         return HostRunner()
-    recipe_builder = str(entry.manifest.get("recipe", {}).get("builder", ""))
-    return ContainerRunner(engines.require_engine(), builders.builder_image(recipe_builder, builder.get("base")))
+    # The image the binaries came from: the recipe's builder, or for virtiofsd alone the daemon's own builder.
+    name = str(builder.get("builder") or entry.manifest.get("recipe", {}).get("builder", ""))
+    return ContainerRunner(engines.require_engine(), builders.builder_image(name, builder.get("base")))
 
 
 def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list[str], list[str]]:

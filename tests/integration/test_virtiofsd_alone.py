@@ -71,3 +71,17 @@ def test_verifies_with_the_qemu_on_path(qenv: Env, daemon_only: Built) -> None:
 def test_unchanged_rebuild_is_up_to_date(qenv: Env, daemon_only: Built) -> None:
     result = qenv.run("build", "fixture-virtiofsd", "--runner", "docker")
     assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+
+
+def test_runtime_image_of_the_daemon_alone(qenv: Env, daemon_only: Built) -> None:
+    tag = "qemuprov-test/virtiofsd-alone:latest"
+    result = qenv.run("image", "fixture-virtiofsd", "--tag", tag)
+    assert result.returncode == 0, result.stdout + result.stderr
+    version = subprocess.run(["docker", "run", "--rm", "--network", "none", tag, "virtiofsd", "--version"],
+                             capture_output=True, text=True)
+    assert version.returncode == 0 and "1.13" in version.stdout, version.stdout + version.stderr
+    labels = json.loads(subprocess.run(["docker", "image", "inspect", tag, "--format", "{{json .Config.Labels}}"],
+                                       capture_output=True, text=True).stdout)
+    commit = daemon_only.manifest["virtiofsd_source"]["commit"]  # type: ignore[index]
+    assert labels["org.opencontainers.image.revision"] == commit
+    assert "alone (no QEMU)" in labels["org.qemuprov.summary"]
