@@ -48,6 +48,29 @@ class Env:
         output = proc.communicate(timeout=120)[0]
         return proc.returncode, output
 
+    def verify_x86_64(self, target: str, *extra: str) -> None:
+        """`qemuprov verify TARGET` boots the x86_64 guest and the file round trip succeeds."""
+        result = self.run("verify", target, *extra, "--json", timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (outcome,) = json.loads(result.stdout)
+        assert outcome["ok"] is True and outcome["arch"] == "x86_64"
+
+    def assert_up_to_date(self, recipe: str, runner: str) -> None:
+        result = self.run("build", recipe, "--runner", runner)
+        assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+
+    def build_fresh(self, name: str, runner: str, body: str | None = None, trees: tuple[Path, ...] = ()) -> Built:
+        """Write the recipe (when a body is given) and build it with --force, from the fixture trees it names."""
+        for tree in trees:
+            if not (tree / ".git").is_dir():
+                pytest.fail(f"the fixture tree {tree} is missing: run scripts/test, which prepares it")
+        if body is not None:
+            self.write_recipe(name, body)
+        result = self.run("build", name, "--runner", runner, "--force")
+        assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+        prefix = self.root / name
+        return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)
+
     def write_recipe(self, name: str, body: str) -> None:
         (self.recipes / f"{name}.toml").write_text(f'format = 1\nname = "{name}"\n{body}')
 
@@ -77,10 +100,7 @@ class Built:
 
 @pytest.fixture(scope="session")
 def built(qenv: Env) -> Built:
-    result = qenv.run("build", "fixture-7.2", "--runner", "host", "--force")
-    assert result.returncode == 0, result.stdout + result.stderr
-    prefix = qenv.root / "fixture-7.2"
-    return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)
+    return qenv.build_fresh("fixture-7.2", "host")
 
 
 @pytest.fixture(scope="session")

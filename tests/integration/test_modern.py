@@ -36,14 +36,7 @@ version = "10.0"
 
 @pytest.fixture(scope="module")
 def built_10(qenv: Env, engine: str) -> Built:
-    for tree in (TREE_10, VIRTIOFSD_TREE):
-        if not (tree / ".git").is_dir():
-            pytest.fail(f"the fixture tree {tree} is missing: run scripts/test, which prepares it")
-    qenv.write_recipe("fixture-10.0", RECIPE)
-    result = qenv.run("build", "fixture-10.0", "--runner", "docker", "--force")
-    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    prefix = qenv.root / "fixture-10.0"
-    return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)
+    return qenv.build_fresh("fixture-10.0", "docker", RECIPE, (TREE_10, VIRTIOFSD_TREE))
 
 
 def test_10_probes_as_qemu_10_with_the_rust_daemon(qenv: Env, built_10: Built) -> None:
@@ -74,15 +67,11 @@ def test_10_rust_virtiofsd_is_static_and_on_path(built_10: Built) -> None:
 
 
 def test_10_verifies_a_round_trip_with_the_rust_daemon(qenv: Env, built_10: Built) -> None:
-    result = qenv.run("verify", "fixture-10.0", "--json", timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (outcome,) = json.loads(result.stdout)
-    assert outcome["ok"] is True and outcome["arch"] == "x86_64"
+    qenv.verify_x86_64("fixture-10.0")
 
 
 def test_10_unchanged_rebuild_is_up_to_date(qenv: Env, built_10: Built) -> None:
-    result = qenv.run("build", "fixture-10.0", "--runner", "docker")
-    assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+    qenv.assert_up_to_date("fixture-10.0", "docker")
 
 
 def test_10_show_prints_the_plan_the_install_recorded(qenv: Env, built_10: Built) -> None:

@@ -24,13 +24,7 @@ crates = "debian"
 
 @pytest.fixture(scope="module")
 def daemon_only(qenv: Env, engine: str) -> Built:
-    if not (VIRTIOFSD_TREE / ".git").is_dir():
-        pytest.fail(f"the fixture tree {VIRTIOFSD_TREE} is missing: run scripts/test, which prepares it")
-    qenv.write_recipe("fixture-virtiofsd", RECIPE)
-    result = qenv.run("build", "fixture-virtiofsd", "--runner", "docker", "--force")
-    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    prefix = qenv.root / "fixture-virtiofsd"
-    return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)
+    return qenv.build_fresh("fixture-virtiofsd", "docker", RECIPE, (VIRTIOFSD_TREE,))
 
 
 def test_installs_only_the_daemon_on_path(daemon_only: Built) -> None:
@@ -62,15 +56,11 @@ def test_probe_and_list_show_the_rust_daemon(qenv: Env, daemon_only: Built) -> N
 
 
 def test_verifies_with_the_qemu_on_path(qenv: Env, daemon_only: Built) -> None:
-    result = qenv.run("verify", "fixture-virtiofsd", "--arch", "x86_64", "--json", timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (outcome,) = json.loads(result.stdout)
-    assert outcome["ok"] is True and outcome["arch"] == "x86_64"
+    qenv.verify_x86_64("fixture-virtiofsd", "--arch", "x86_64")
 
 
 def test_unchanged_rebuild_is_up_to_date(qenv: Env, daemon_only: Built) -> None:
-    result = qenv.run("build", "fixture-virtiofsd", "--runner", "docker")
-    assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
+    qenv.assert_up_to_date("fixture-virtiofsd", "docker")
 
 
 def test_runtime_image_of_the_daemon_alone(qenv: Env, daemon_only: Built) -> None:
