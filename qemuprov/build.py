@@ -210,9 +210,9 @@ class Build:
         staging = self.opts.prefix.parent / f".qemuprov-stage-{self.opts.prefix.name}-{os.getpid()}"
         staging.mkdir(parents=True, exist_ok=True)
         try:
-            staged = staging / self.opts.prefix.relative_to("/")
             qemu = self.recipe.qemu
             the_plan = self._build_qemu(qemu.source, identity, staging, log) if qemu is not None else None
+            staged = staging / (the_plan.prefix if the_plan else self.opts.prefix).relative_to("/")
             if self.recipe.virtiofsd.tree is not None and self.vfs_identity is not None:
                 self._build_rust_virtiofsd(self.recipe.virtiofsd.tree, self.vfs_identity, staging, staged, log)
             finishing = finish_tree(staged, self.opts.prefix, the_plan)

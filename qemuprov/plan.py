@@ -29,6 +29,7 @@ class Tree:
     has_meson_wheel: bool = False  # 8.1+ release trees bundle meson as a wheel under python/wheels
     missing_subprojects: tuple[str, ...] = ()  # wraps a git checkout lacks: configure downloads them
     has_debug_info_switch: bool = False  # configure knows --disable-debug-info (every tree since 2.x)
+    relocatable: bool = False  # 5.2+: the binaries find their data relative to where they are, not via --prefix
 
 
 def inspect(root: Path) -> Tree:
@@ -64,10 +65,15 @@ def inspect(root: Path) -> Tree:
         has_meson_wheel=any(root.glob("python/wheels/meson-*.whl")),
         missing_subprojects=_missing_subprojects(root / "subprojects"),
         has_debug_info_switch="--disable-debug-info" in switches_text,
+        relocatable=_mentions(root / "util" / "cutils.c", "get_relocated_path"),
         minimal_devices=frozenset(
             p.parent.name.removesuffix("-softmmu") for p in root.glob("configs/devices/*-softmmu/minimal.mak")
         ) if "--with-devices-" in configure_text else frozenset(),
     )
+
+
+def _mentions(path: Path, word: str) -> bool:
+    return path.is_file() and word in path.read_text(errors="replace")
 
 
 # Subprojects every 8.1+ build needs (the others are optional and only fetched when enabled).
@@ -95,6 +101,9 @@ def _meson_requirement(pythondeps: Path) -> str | None:
     return match.group(1) if match else "any"
 
 
+RELOCATABLE_PREFIX = Path("/opt/qemuprov/prefix")
+
+
 @dataclass(frozen=True)
 class Arg:
     value: str
@@ -109,6 +118,7 @@ class Plan:
     targets: tuple[str, ...]  # ninja targets; empty means `make`
     virtiofsd: str  # "in-tree", "rust", "none"
     rseq_wrapper: bool
+    prefix: Path  # what configure is told; the install is staged under it, then moved to the real prefix
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -119,13 +129,17 @@ class Plan:
         return {"version": self.tree.version, "arches": list(self.arches),
                 "configure": [{"arg": a.value, "reason": a.reason} for a in self.configure],
                 "targets": list(self.targets), "virtiofsd": self.virtiofsd, "rseq_wrapper": self.rseq_wrapper,
-                "notes": list(self.notes)}
+                "configure_prefix": str(self.prefix), "notes": list(self.notes)}
 
 
 def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...], python: str | None = None) -> Plan:
     """python: an interpreter that has a recent meson, for 8.1+ trees that bundle none (distribution trees)."""
     version = Version(tree.version.split("-")[0]) if re.match(r"^\d+\.\d+", tree.version) else Version("0")
-    args = [Arg(f"--prefix={prefix}", "where the build is installed"),
+    configure_prefix = RELOCATABLE_PREFIX if tree.relocatable else prefix
+    args = [Arg(f"--prefix={configure_prefix}",
+                "one fixed prefix: the tree is relocatable, and the prefix is in config-host.h, which every file "
+                "includes, so builds for any install prefix share their ccache entries" if tree.relocatable
+                else "where the build is installed (this tree is not relocatable)"),
             Arg("--target-list=" + ",".join(f"{a}-softmmu" for a in arches), "only the system emulators asked for")]
     notes: list[str] = []
     wants_c = recipe.virtiofsd.source is VirtiofsdSource.QEMU
@@ -180,4 +194,4 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
         notes.append("this virtiofsd's seccomp filter lacks rseq: "
                      "bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
     kind = "in-tree" if in_tree else recipe.virtiofsd.source.value
-    return Plan(tree, arches, tuple(args), targets, kind, rseq, tuple(notes))
+    return Plan(tree, arches, tuple(args), targets, kind, rseq, configure_prefix, tuple(notes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Env
+from tests.integration.conftest import FIXTURES, Env
 
 LABEL = "org.qemuprov.build"
 
@@ -77,15 +78,22 @@ def test_container_build_verifies_on_this_host(qenv: Env, in_docker: ContainerBu
     assert json.loads(result.stdout)[0]["ok"] is True
 
 
-def test_second_container_build_reuses_image_and_ccache(qenv: Env, in_docker: ContainerBuild) -> None:
-    second = container_build(qenv, qenv.root / "fixture-7.2-docker-again", "--force")
-    assert second.manifest["builder_image"] == in_docker.manifest["builder_image"]
-    log = Path(str(second.manifest["log"])).read_text()
+def test_second_container_build_reuses_image_build_tree_and_ccache(qenv: Env, in_docker: ContainerBuild) -> None:
+    # Another prefix: the tree is relocatable and configured with one fixed prefix, so the build tree serves as it is.
+    again = container_build(qenv, qenv.root / "fixture-7.2-docker-again", "--force")
+    assert again.manifest["builder_image"] == in_docker.manifest["builder_image"]
+    log = Path(str(again.manifest["log"])).read_text()
     assert "$ docker build" not in log, "the builder image was rebuilt although its Dockerfile did not change"
-    cache = second.manifest["ccache"]
+    assert "configure" not in again.manifest["timings"]  # type: ignore[operator]
+    assert again.manifest["ccache"] == {"hits": 0, "misses": 0, "hit_rate": None}
+    # With the build tree gone, every object comes from ccache.
+    for build_dir in (FIXTURES / "cache" / "work" / "fixture-7.2").glob("build-docker-*"):
+        shutil.rmtree(build_dir)
+    rebuilt = container_build(qenv, qenv.root / "fixture-7.2-docker-again", "--force")
+    cache = rebuilt.manifest["ccache"]
     assert isinstance(cache, dict) and cache["hit_rate"] >= 0.95, cache
-    print(f"\nsecond container build: {second.seconds:.0f} s vs first {in_docker.seconds:.0f} s "
-          f"(ratio {second.seconds / in_docker.seconds:.2f}), ccache {cache}")
+    print(f"\nother prefix: {again.seconds:.0f} s; build tree deleted: {rebuilt.seconds:.0f} s; "
+          f"first {in_docker.seconds:.0f} s; ccache {cache}")
 
 
 def test_runtime_image_runs_qemu_and_virtiofsd(qenv: Env, in_docker: ContainerBuild) -> None:

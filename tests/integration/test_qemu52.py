@@ -16,13 +16,8 @@ TREE_52 = FIXTURES / "qemu-5.2"
 
 @pytest.fixture(scope="module")
 def built_52(qenv: Env, engine: str) -> Built:
-    if not (TREE_52 / ".git").is_dir():
-        pytest.fail(f"the QEMU 5.2 fixture tree {TREE_52} is missing: run scripts/test, which prepares it")
-    qenv.write_recipe("fixture-5.2", f'extends = "qemu-5.2"\n[qemu]\ngit = "file://{TREE_52}"\nref = "v5.2-debian"\n')
-    result = qenv.run("build", "fixture-5.2", "--runner", "docker", "--force")
-    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    prefix = qenv.root / "fixture-5.2"
-    return Built(prefix, json.loads((prefix / "qemuprov.json").read_text()), result)
+    recipe = f'extends = "qemu-5.2"\n[qemu]\ngit = "file://{TREE_52}"\nref = "v5.2-debian"\n'
+    return qenv.build_fresh("fixture-5.2", "docker", recipe, (TREE_52,))
 
 
 def test_52_builds_in_bullseye_and_probes(qenv: Env, built_52: Built) -> None:

@@ -252,3 +252,17 @@ def test_plan_leaves_out_debug_info_unless_the_recipe_asks(tmp_path: Path) -> No
     wants_gdb = replace(stable, qemu=replace(stable.qemu, configure=("--enable-debug-info",)))
     argv = plan.make_plan(wants_gdb, plan.inspect(newer), Path("/q"), ("x86_64",)).argv
     assert "--disable-debug-info" not in argv and argv[-1] == "--enable-debug-info"
+
+
+def test_plan_configures_relocatable_trees_with_one_fixed_prefix(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "q", "7.2.0", OPTS_72, virtiofsd=True)
+    (root / "util").mkdir()
+    (root / "util" / "cutils.c").write_text("char *get_relocated_path(const char *dir)\n")
+    recipe = SHIPPED.load("qemu-7.2")
+    plans = [plan.make_plan(recipe, plan.inspect(root), Path(p), ("x86_64",)) for p in ("/a", "/b/c")]
+    assert plans[0].argv == plans[1].argv and plans[0].argv[0] == f"--prefix={plan.RELOCATABLE_PREFIX}"
+    assert plans[0].prefix == plan.RELOCATABLE_PREFIX
+    # 5.0 and 5.1 have no relocation: they are configured for the prefix they are installed in.
+    older = plan.make_plan(recipe, plan.inspect(make_tree(tmp_path / "o", "5.1.0", [], virtiofsd=True)),
+                           Path("/a"), ("x86_64",))
+    assert older.argv[0] == "--prefix=/a" and older.prefix == Path("/a")
