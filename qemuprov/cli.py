@@ -291,12 +291,10 @@ def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[st
 
 def _install_qemus(entry: installs.Install) -> list[Path]:
     """The install's QEMU binaries; for an install of virtiofsd alone, the QEMUs on PATH it will serve."""
-    import shutil
-
     own = sorted((entry.prefix / "bin").glob("qemu-system-*"))
     if own:
         return own
-    on_path = [Path(found) for arch in ("x86_64", "aarch64") if (found := shutil.which(f"qemu-system-{arch}"))]
+    on_path = probe.qemus_on_path()
     if not on_path:
         raise UserError(f"{entry.name} holds no QEMU and there is no qemu-system-x86_64 or -aarch64 on PATH",
                         hint=f"qemuprov verify --qemu PATH --virtiofsd {entry.prefix / 'bin' / 'virtiofsd'}")

@@ -337,7 +337,7 @@ def check_installs(ctx: Context) -> Iterator[Check]:
 def check_pairing(ctx: Context) -> Iterator[Check]:
     """The QEMU and virtiofsd a user would run together: the first of each on PATH."""
     daemon_path = shutil.which("virtiofsd")
-    qemus = [q for q in (shutil.which(f"qemu-system-{arch}") for arch in ("x86_64", "aarch64")) if q]
+    qemus = probe.qemus_on_path()
     if daemon_path is None or not qemus:
         return
     daemon = ctx.probe(Path(daemon_path))
@@ -345,7 +345,7 @@ def check_pairing(ctx: Context) -> Iterator[Check]:
         return
     warnings = []
     for path in qemus:
-        qemu = ctx.probe(Path(path))
+        qemu = ctx.probe(path)
         if isinstance(qemu, probe.QemuProbe) and not qemu.error:
             warnings += [w for w in probe.pairing_warnings(qemu, daemon) if w not in warnings]
     for warning in warnings:
@@ -353,7 +353,7 @@ def check_pairing(ctx: Context) -> Iterator[Check]:
                     "see the detail; `qemuprov build` installs matching pairs")
     if not warnings:
         yield Check("virtiofsd", "QEMU and virtiofsd pair well", Status.PASS,
-                    f"{daemon_path} with {', '.join(qemus)}")
+                    f"{daemon_path} with {', '.join(map(str, qemus))}")
 
 
 CHECKS: tuple[Callable[[Context], Iterator[Check]], ...] = (

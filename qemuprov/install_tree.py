@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -31,20 +32,19 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]
     No plan: the recipe built the Rust daemon alone."""
     bin_dir, daemon = staged / "bin", staged / "libexec" / "virtiofsd"
     virtiofsd: dict[str, Any] = {"kind": plan.virtiofsd if plan else "rust", "wrapper": False}
-    if plan is None:
-        bin_dir.mkdir(parents=True, exist_ok=True)
-        daemon.rename(bin_dir / "virtiofsd")
-        daemon.parent.rmdir()
-        return {"virtiofsd": virtiofsd, "firmware": []}
     if daemon.exists():
-        bin_dir.mkdir(exist_ok=True)
-        if plan.rseq_wrapper:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        if plan and plan.rseq_wrapper:
             wrapper = bin_dir / "virtiofsd"
             wrapper.write_text(WRAPPER)
             wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | 0o644)
             virtiofsd.update(wrapper=True, binary=str(prefix / "libexec" / "virtiofsd"))
         else:
             daemon.rename(bin_dir / "virtiofsd")
+            with contextlib.suppress(OSError):  # libexec held only the daemon
+                daemon.parent.rmdir()
+    if plan is None:
+        return {"virtiofsd": virtiofsd, "firmware": []}
     firmware = [str(prefix / "share" / "qemu")]
     if not plan.tree.has_blobs:
         firmware += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]

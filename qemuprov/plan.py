@@ -138,7 +138,8 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
     configure_prefix = RELOCATABLE_PREFIX if tree.relocatable else prefix
     args = [Arg(f"--prefix={configure_prefix}",
                 "one fixed prefix: the tree is relocatable, and the prefix is in config-host.h, which every file "
-                "includes, so builds for any install prefix share their ccache entries" if tree.relocatable
+                "includes, so builds for any install prefix share one build tree and its ccache entries"
+                if tree.relocatable
                 else "where the build is installed (this tree is not relocatable)"),
             Arg("--target-list=" + ",".join(f"{a}-softmmu" for a in arches), "only the system emulators asked for")]
     notes: list[str] = []
@@ -161,7 +162,8 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
         args.append(Arg("--disable-tools", "qemu-img and friends are not needed"
                         + ("; virtiofsd still builds" if in_tree else "")))
     recipe_args = recipe.qemu.configure if recipe.qemu else ()
-    if tree.has_debug_info_switch and not any("debug" in extra for extra in recipe_args):
+    if tree.has_debug_info_switch and not set(recipe_args) & {"--enable-debug", "--enable-debug-info",
+                                                               "--disable-debug-info"}:
         args.append(Arg("--disable-debug-info", "no -g: compiling and linking take a fifth less time (a recipe can "
                                                 "add --enable-debug-info for gdb)"))
     if not tree.has_blobs and tree.blobs_switch:

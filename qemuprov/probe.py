@@ -278,6 +278,11 @@ def default_binaries() -> list[Path]:
     return result
 
 
+def qemus_on_path() -> list[Path]:
+    """The first qemu-system-x86_64 and -aarch64 on PATH: what a user's command line would start."""
+    return [Path(found) for arch in ("x86_64", "aarch64") if (found := shutil.which(f"qemu-system-{arch}"))]
+
+
 def expand_targets(targets: list[str]) -> list[Path]:
     """Command-line targets: binaries as they are, prefixes expanded to their binaries."""
     paths_out: list[Path] = []

@@ -148,6 +148,13 @@ def test_finish_tree_writes_a_working_rseq_wrapper(tmp_path: Path) -> None:
     assert out.strip() == "tunables=glibc.malloc.check=0:glibc.pthread.rseq=0 args=--help"
 
 
+
+def test_finish_tree_of_the_daemon_alone_puts_it_on_path(tmp_path: Path) -> None:
+    staged = staged_prefix(tmp_path, "d")
+    result = finish_tree(staged, tmp_path / "prefix", None)
+    assert result == {"virtiofsd": {"kind": "rust", "wrapper": False}, "firmware": []}
+    assert (staged / "bin" / "virtiofsd").is_file() and not (staged / "libexec").exists()
+
 def test_commit_prefix_swaps_and_cleans(tmp_path: Path) -> None:
     prefix = tmp_path / "root" / "build"
     commit_prefix(staged_prefix(tmp_path, "first"), prefix)
