@@ -233,7 +233,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     if entry.dax:
         options.append("--virtio-fs-dax")
     print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
-    print(f"# OSv: virtiofsd is {bin_dir / 'virtiofsd'}; firmware: {' '.join(entry.firmware_dirs)}")
+    firmware = f"; firmware: {' '.join(entry.firmware_dirs)}" if entry.firmware_dirs else " (with your own QEMU)"
+    print(f"# OSv: virtiofsd is {bin_dir / 'virtiofsd'}{firmware}")
     print("./scripts/run.py " + " ".join(options))
     return 0
 
