@@ -5,12 +5,12 @@
 #
 # Usage: benchmarks/build_levers.sh NAME none|plain|depend [CONFIGURE-ARG…]
 #   TREE (default /var/cache/qemuprov-test/qemu-7.2), REF (v7.2-debian), WORK (/var/tmp/qemuprov-levers),
-#   JOBS (nproc) in the environment.
+#   JOBS (nproc), CC (gcc) in the environment.
 set -euo pipefail
 name=$1 mode=$2
 shift 2
 tree=${TREE:-/var/cache/qemuprov-test/qemu-7.2} ref=${REF:-v7.2-debian} work=${WORK:-/var/tmp/qemuprov-levers}
-jobs=${JOBS:-$(nproc)}
+jobs=${JOBS:-$(nproc)} compiler=${CC:-gcc}
 mkdir -p "$work"
 [ -d "$work/src" ] || git clone -q --depth 1 --branch "$ref" "file://$tree" "$work/src"
 build=$work/build-$name
@@ -18,9 +18,9 @@ rm -rf "$build" "$work/ccache-$name"
 mkdir "$build"
 export LC_ALL=C
 case $mode in
-  none) export CCACHE_DISABLE=1 cc=gcc ;;
-  plain) export CCACHE_DIR=$work/ccache-$name cc="ccache gcc" ;;
-  depend) export CCACHE_DIR=$work/ccache-$name CCACHE_DEPEND=1 cc="ccache gcc" ;;
+  none) export CCACHE_DISABLE=1 cc=$compiler ;;
+  plain) export CCACHE_DIR=$work/ccache-$name cc="ccache $compiler" ;;
+  depend) export CCACHE_DIR=$work/ccache-$name CCACHE_DEPEND=1 cc="ccache $compiler" ;;
   *) echo "mode: none, plain or depend" >&2; exit 2 ;;
 esac
 start=$(date +%s.%N)

@@ -83,12 +83,15 @@ def main() -> int:
         print(f"(a) OSv flow (clone, configure, make -j{args.jobs}) ...", flush=True)
         note(results, "a_osv_flow_s", args.skip_osv or osv_flow(args.tree, args.ref, scratch, args.jobs))
         results["a_reused"] = bool(args.skip_osv)
+        results["a_compiler"] = subprocess.run(["cc", "--version"], capture_output=True, text=True,
+                                               check=False).stdout.partition("\n")[0]
         print("(b) cold qemuprov build ...", flush=True)
         note(results, "b_cold_build_s", timed(build, env, log=log))
         manifest_path = scratch / "root" / "bench" / "qemuprov.json"
         cold = json.loads(manifest_path.read_text())
         results["b_timings"] = cold.get("timings")
         results["b_configure"] = [arg["arg"] for arg in cold["plan"]["configure"]]
+        results["b_compiler"] = cold["tools"].get("cc")  # (a) uses configure's default, cc
         print("(c) unchanged rebuild ...", flush=True)
         note(results, "c_unchanged_s", timed(build, env, log=log))
         print("(d) rebuild with the build tree deleted, ccache warm ...", flush=True)

@@ -95,7 +95,7 @@ def _inputs_key(recipe: Recipe, identity: str, opts: Options, vfs_identity: str 
     for volatile in ("path", "origin", "chain", "description"):
         recipe_data.pop(volatile, None)
     blob = json.dumps({"recipe": recipe_data, "source": identity, "virtiofsd": vfs_identity, "arches": opts.arches,
-                       "runner": opts.runner.identity,
+                       "runner": opts.runner.identity, "compilers": opts.runner.compilers,
                        "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -159,6 +159,7 @@ class Build:
         self.log_path: Path | None = None
         self.vfs_identity: str | None = None
         self.vfs_builder_image: dict[str, str] | None = None
+        self.compiler: str | None = None  # QEMU's C compiler, as `--version` names it
 
     def _timed(self, name: str, func: Callable[[], Any]) -> Any:
         start = time.monotonic()
@@ -270,10 +271,13 @@ class Build:
         build_dir = self.work / ("build" if runner.identity == "host" else f"build-{runner.name}-{self.recipe.builder}")
         src = tree.root
         env = self._env()
+        self.compiler = self._compiler_version(the_plan, env)
         stamp = build_dir / "qemuprov-configure.json"
-        configure_id = json.dumps({"source": identity, "argv": the_plan.argv, "runner": self.opts.runner.identity})
+        configure_id = json.dumps({"source": identity, "argv": the_plan.argv, "runner": self.opts.runner.identity,
+                                   "compilers": runner.compilers})
         if not (stamp.exists() and stamp.read_text() == configure_id):
-            self.report.step("configure", f"QEMU {tree.version}, " + " ".join(the_plan.argv[1:]))
+            self.report.step("configure", f"QEMU {tree.version} with {self.compiler or 'cc'}, "
+                             + " ".join(the_plan.argv[1:]))
             if build_dir.exists():
                 shutil.rmtree(build_dir)
             build_dir.mkdir(parents=True)
@@ -287,6 +291,16 @@ class Build:
         self._timed("build", lambda: self._step("build", build_argv, build_dir, env, log))
         self.report.step("install", f"staging in {staging}")
         self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
+
+    def _compiler_version(self, the_plan: plan.Plan, env: dict[str, str]) -> str | None:
+        """The first line of `CC --version` for the C compiler configure will use: the recipe's --cc, the
+        runner's CC, or cc."""
+        chosen = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), '"${CC:-cc}"')
+        try:
+            lines = self._capture(["sh", "-c", f"exec {chosen} --version"], self.work, env).splitlines()
+        except InfraError:
+            return None  # configure will name the missing compiler itself
+        return lines[0].strip() if lines else None
 
     @property
     def _ccache_log(self) -> Path | None:
@@ -389,7 +403,7 @@ class Build:
             "plan": the_plan.to_dict() if the_plan else None,
             "runner": self.opts.runner.name,
             "builder_image": builder_image_record(self.opts.runner) if the_plan else self.vfs_builder_image,
-            "tools": {"qemuprov": __version__, "python": sys.version.split()[0]},
+            "tools": {"qemuprov": __version__, "python": sys.version.split()[0], "cc": self.compiler},
             "binaries": [Path(p["path"]).name for p in probes],
             "probe": probes,
             **finishing,

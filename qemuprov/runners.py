@@ -6,6 +6,7 @@ build log and to a line callback (progress)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -30,6 +31,7 @@ CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:
 CONTAINER_LABEL = "org.qemuprov.build"
 BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv with a recent meson
 MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
+CLANG = {"CC": "clang", "CXX": "clang++"}  # builder images set the same in their ENV
 
 
 class Runner(Protocol):
@@ -41,6 +43,9 @@ class Runner(Protocol):
 
     @property
     def identity(self) -> str: ...
+
+    @property
+    def compilers(self) -> dict[str, str]: ...  # CC and CXX the steps get; empty: the environment's own
 
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None: ...
 
@@ -57,6 +62,10 @@ class Runner(Protocol):
 def _log_command(log: IO[str], argv: Sequence[str], cwd: Path, where: str = "") -> None:
     log.write(f"{where}$ cd {shlex.quote(str(cwd))} && {shlex.join(argv)}\n")
     log.flush()
+
+
+def _host_ccache() -> bool:
+    return shutil.which("ccache") is not None and Path(CCACHE_MASQUERADE).is_dir()
 
 
 class HostRunner:
@@ -80,6 +89,18 @@ class HostRunner:
             first = script.readline().decode(errors="replace")
         return first[2:].strip().split()[0] if first.startswith("#!") and "python" in first else None
 
+    @functools.cached_property
+    def compilers(self) -> dict[str, str]:
+        """The user's CC and CXX; else clang where it is installed (and wrapped by ccache, when ccache is used),
+        which compiles QEMU in 13% less time than gcc (benchmarks/results/build_levers.txt); else configure's
+        default, gcc."""
+        own = {name: os.environ[name] for name in CLANG if os.environ.get(name)}
+        if own:
+            return own
+        installed = all(shutil.which(program) for program in CLANG.values())
+        wrapped = not _host_ccache() or all((Path(CCACHE_MASQUERADE) / program).exists() for program in CLANG.values())
+        return dict(CLANG) if installed and wrapped else {}
+
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
         pass
 
@@ -92,8 +113,9 @@ class HostRunner:
 
     def env(self, extra: Mapping[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "TMPDIR", "TERM")}
+        env.update(self.compilers)
         env.update(extra)
-        if shutil.which("ccache") and Path(CCACHE_MASQUERADE).is_dir():
+        if _host_ccache():
             # QEMU's configure names the compiler itself; ccache's masquerade directory first on PATH wraps it.
             env["PATH"] = f"{CCACHE_MASQUERADE}:{env.get('PATH', '/usr/bin:/bin')}"
         else:
@@ -144,6 +166,10 @@ class ContainerRunner:
     @property
     def identity(self) -> str:
         return f"{self.name}:{self.image.tag}"
+
+    @property
+    def compilers(self) -> dict[str, str]:
+        return {}  # the builder image's ENV names them, and its tag covers any change
 
     @property
     def client(self) -> Any:
