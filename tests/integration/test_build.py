@@ -21,7 +21,7 @@ def test_build_installs_qemu_and_virtiofsd_on_path(built: Built) -> None:
     assert not any(built.prefix.parent.glob(".qemuprov-*")), "staging directories were left behind"
 
 
-def test_manifest_records_the_build(built: Built) -> None:
+def test_manifest_records_the_build(qenv: Env, built: Built) -> None:
     m = built.manifest
     commit = subprocess.run(["git", "-C", str(TREE), "rev-parse", f"{TAG}^{{commit}}"], capture_output=True,
                             text=True).stdout.strip()
@@ -35,6 +35,9 @@ def test_manifest_records_the_build(built: Built) -> None:
     assert m["virtiofsd"] == {"kind": "in-tree", "wrapper": False}
     # Debian's tree has no firmware blobs: the install points at the distribution's firmware.
     assert "/usr/share/seabios" in m["firmware"]  # type: ignore[operator]
+    # scripts/test installs clang, so the host build compiles with it, through ccache's masquerade link.
+    assert "clang" in m["tools"]["cc"]  # type: ignore[index]
+    assert compilers_used(qenv, "fixture-7.2") == {"clang"}
 
 
 def test_probe_of_the_install(qenv: Env, built: Built) -> None:
@@ -123,3 +126,21 @@ def test_build_with_verify_records_the_result(qenv: Env, built: Built) -> None:
     assert "up to date" in result.stdout and "PASS" in result.stdout
     manifest = json.loads((built.prefix / "qemuprov.json").read_text())
     assert sorted((v["arch"], v["ok"]) for v in manifest["verify"]) == [("aarch64", True), ("x86_64", True)]
+
+
+def test_cc_from_the_environment_chooses_the_compiler(qenv: Env, built: Built) -> None:
+    gcc = {**qenv.vars, "CC": "gcc", "CXX": "g++"}
+    qenv.write_recipe("fixture-gcc", 'extends = "fixture-7.2"\n')
+    result = qenv.run("build", "fixture-gcc", "--runner", "host", "--arch", "x86_64", env=gcc)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    manifest = json.loads((qenv.root / "fixture-gcc" / "qemuprov.json").read_text())
+    assert manifest["tools"]["cc"].startswith("gcc ")
+    assert compilers_used(qenv, "fixture-gcc") == {"gcc"}
+    assert "up to date" in qenv.run("build", "fixture-gcc", "--runner", "host", "--arch", "x86_64", env=gcc).stdout
+
+
+def compilers_used(qenv: Env, recipe: str) -> set[str]:
+    """The compiler programs in the build tree's compile commands (ccache's masquerade links keep their names)."""
+    build_dir = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / recipe / "build"
+    commands = json.loads((build_dir / "compile_commands.json").read_text())
+    return {Path(entry["command"].split()[0]).name for entry in commands if entry["file"].endswith(".c")}
