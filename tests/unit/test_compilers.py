@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import runners
+from qemuprov import doctor, runners
 from qemuprov.runners import CLANG, HostRunner
 
 
@@ -57,3 +57,12 @@ def test_the_users_cc_wins(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = HostRunner()
     assert runner.compilers == {"CC": "gcc-12"}
     assert runner.env({})["CC"] == "gcc-12" and "CXX" not in runner.env({})
+
+
+def test_doctor_names_the_host_compiler(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(programs(host / "bin", "gcc")))
+    assert doctor.host_compiler().startswith("gcc (install clang")
+    programs(host / "bin", "clang", "clang++")
+    assert doctor.host_compiler() == "clang"
+    monkeypatch.setenv("CC", "gcc-12")
+    assert doctor.host_compiler() == "CC=gcc-12 (from the environment)"

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""The two caches in front of a build, cold against warm, in one run:
+
+  git:   `git clone --depth 1` of the tree (what download_and_build_qemu.sh does) against qemuprov's fetch
+         with an empty mirror (shallow fetch into a bare mirror, then `git archive | tar` export) and with a
+         warm mirror (export only); an unchanged rebuild skips the fetch altogether.
+  image: building a builder image with Docker's layer cache off against finding the tagged image again.
+
+Usage: benchmarks/cache_levers.py [--tree DIR] [--ref REF] [--builder NAME] [--no-image] [--json FILE]
+The image half needs a Docker engine (DOCKER_HOST) that can install packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def seconds(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return round(time.perf_counter() - start, 2)
+
+
+def git_levers(tree: Path, ref: str, scratch: Path) -> dict[str, float]:
+    os.environ["QEMUPROV_CACHE"] = str(scratch / "cache")
+    from qemuprov import source
+    from qemuprov.recipe import Source
+
+    url = f"file://{tree}"
+    clone = scratch / "clone"
+    results = {"osv_clone_depth1_s": seconds(lambda: subprocess.run(
+        ["git", "clone", "-q", "--depth", "1", "--branch", ref, url, str(clone)], check=True))}
+    shutil.rmtree(clone)
+    wanted = Source(git=url, ref=ref)
+    results["fetch_cold_mirror_s"] = seconds(lambda: source.fetch(wanted, scratch / "src"))
+    shutil.rmtree(scratch / "src")
+    results["fetch_warm_mirror_s"] = seconds(lambda: source.fetch(wanted, scratch / "src"))
+    return results
+
+
+def image_levers(builder: str) -> dict[str, float | str]:
+    from qemuprov import builders, engines
+
+    engine = engines.find_engine()
+    if not engine.reachable:
+        sys.exit(f"no container engine reachable ({engine.detail}); run with --no-image")
+    client = engines.client(engine)
+    image = builders.builder_image(builder)
+    scratch_tag = f"qemuprov-bench/{builder}:cold"
+
+    def cold_build() -> None:
+        for chunk in client.api.build(path=str(image.dockerfile.parent), dockerfile=image.dockerfile.name,
+                                      tag=scratch_tag, buildargs={"BASE": image.base}, network_mode="host",
+                                      nocache=True, rm=True, forcerm=True, decode=True):
+            if "error" in chunk:
+                sys.exit(f"the builder image did not build: {chunk['error']}")
+
+    results: dict[str, float | str] = {"builder": builder, "image_cold_build_s": seconds(cold_build)}
+    client.images.remove(scratch_tag, force=True)
+    builders.ensure_builder(client, image, io.StringIO())  # built here if this engine lacks it, so not timed
+    results["image_reuse_s"] = seconds(lambda: builders.ensure_builder(client, image, io.StringIO()))
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", type=Path, default=Path("/var/cache/qemuprov-test/qemu-7.2"))
+    parser.add_argument("--ref", default="v7.2-debian")
+    parser.add_argument("--builder", default="debian-bookworm")
+    parser.add_argument("--no-image", action="store_true", help="only the git half")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "cache_levers.json")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="qemuprov-bench-cache-", dir="/var/tmp"))
+    try:
+        results: dict[str, object] = {"tree": str(args.tree), "ref": args.ref,
+                                      "date": time.strftime("%Y-%m-%d %H:%M"), **git_levers(args.tree, args.ref,
+                                                                                             scratch)}
+        if not args.no_image:
+            results.update(image_levers(args.builder))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for key, value in results.items():
+        print(f"{key:<24}{value}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
