@@ -6,7 +6,8 @@
          warm mirror (export only); an unchanged rebuild skips the fetch altogether.
   image: building a builder image with Docker's layer cache off against finding the tagged image again.
 
-Usage: benchmarks/cache_levers.py [--tree DIR] [--ref REF] [--builder NAME] [--no-image] [--json FILE]
+Usage: benchmarks/cache_levers.py [--tree DIR] [--ref REF] [--builder NAME] [--no-image] [--rounds N]
+                                  [--json FILE]
 The image half needs a Docker engine (DOCKER_HOST) that can install packages.
 """
 
@@ -17,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,21 +36,26 @@ def seconds(action: Callable[[], object]) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def git_levers(tree: Path, ref: str, scratch: Path) -> dict[str, float]:
-    os.environ["QEMUPROV_CACHE"] = str(scratch / "cache")
+def git_levers(tree: Path, ref: str, scratch: Path, rounds: int) -> dict[str, float]:
+    """Medians over rounds: every step writes a 20,000-file tree, and this disk's speed comes and goes."""
     from qemuprov import source
     from qemuprov.recipe import Source
 
     url = f"file://{tree}"
-    clone = scratch / "clone"
-    results = {"osv_clone_depth1_s": seconds(lambda: subprocess.run(
-        ["git", "clone", "-q", "--depth", "1", "--branch", ref, url, str(clone)], check=True))}
-    shutil.rmtree(clone)
     wanted = Source(git=url, ref=ref)
-    results["fetch_cold_mirror_s"] = seconds(lambda: source.fetch(wanted, scratch / "src"))
-    shutil.rmtree(scratch / "src")
-    results["fetch_warm_mirror_s"] = seconds(lambda: source.fetch(wanted, scratch / "src"))
-    return results
+    samples: dict[str, list[float]] = {"osv_clone_depth1_s": [], "fetch_cold_mirror_s": [],
+                                       "fetch_warm_mirror_s": []}
+    clone = scratch / "clone"
+    for round_ in range(rounds):
+        os.environ["QEMUPROV_CACHE"] = str(scratch / f"cache-{round_}")  # an empty mirror each round
+        samples["osv_clone_depth1_s"].append(seconds(lambda: subprocess.run(
+            ["git", "clone", "-q", "--depth", "1", "--branch", ref, url, str(clone)], check=True)))
+        shutil.rmtree(clone)
+        samples["fetch_cold_mirror_s"].append(seconds(lambda: source.fetch(wanted, scratch / "src")))
+        shutil.rmtree(scratch / "src")
+        samples["fetch_warm_mirror_s"].append(seconds(lambda: source.fetch(wanted, scratch / "src")))
+        shutil.rmtree(scratch / "src")
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def image_levers(builder: str) -> dict[str, float | str]:
@@ -81,13 +88,14 @@ def main() -> int:
     parser.add_argument("--ref", default="v7.2-debian")
     parser.add_argument("--builder", default="debian-bookworm")
     parser.add_argument("--no-image", action="store_true", help="only the git half")
+    parser.add_argument("--rounds", type=int, default=3, help="git measurements are medians of this many")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "cache_levers.json")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="qemuprov-bench-cache-", dir="/var/tmp"))
     try:
         results: dict[str, object] = {"tree": str(args.tree), "ref": args.ref,
-                                      "date": time.strftime("%Y-%m-%d %H:%M"), **git_levers(args.tree, args.ref,
-                                                                                             scratch)}
+                                      "date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds,
+                                      **git_levers(args.tree, args.ref, scratch, args.rounds)}
         if not args.no_image:
             results.update(image_levers(args.builder))
     finally:
