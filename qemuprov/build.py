@@ -295,7 +295,7 @@ class Build:
     def _compiler_version(self, the_plan: plan.Plan, env: dict[str, str]) -> str | None:
         """The first line of `CC --version` for the C compiler configure will use: the recipe's --cc, the
         runner's CC, or cc."""
-        chosen = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), '"${CC:-cc}"')
+        chosen = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), "${CC:-cc}")
         try:
             lines = self._capture(["sh", "-c", f"exec {chosen} --version"], self.work, env).splitlines()
         except InfraError:
@@ -411,7 +411,8 @@ class Build:
             "ccache": ccache_stats(self._ccache_log) if self._ccache_log else None,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "log": str(self.log_path),
-            "reproduce": shlex.join(["qemuprov", *self.opts.argv]),
+            "reproduce": " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.opts.runner.compilers.items()),
+                                   shlex.join(["qemuprov", *self.opts.argv])]),
         }
 
 

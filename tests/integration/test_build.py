@@ -29,7 +29,9 @@ def test_manifest_records_the_build(qenv: Env, built: Built) -> None:
     argv = [a["arg"] for a in m["plan"]["configure"]]  # type: ignore[index]
     assert "--target-list=x86_64-softmmu,aarch64-softmmu" in argv and "--enable-virtiofsd" in argv
     assert argv[-1] == "--disable-werror"  # the recipe's extra arguments come last
-    assert m["reproduce"].startswith("qemuprov ") and "fixture-7.2" in m["reproduce"]  # type: ignore[union-attr]
+    # the host compilers are part of the command line that reproduces the build
+    assert m["reproduce"].startswith("CC=clang CXX=clang++ qemuprov ")  # type: ignore[union-attr]
+    assert "fixture-7.2" in m["reproduce"]  # type: ignore[operator]
     # configure runs only when the build tree is new or configured otherwise (a rerun of the suite reuses it)
     assert {"build", "install", "probe"} <= set(m["timings"])  # type: ignore[arg-type]
     assert m["virtiofsd"] == {"kind": "in-tree", "wrapper": False}
@@ -134,7 +136,7 @@ def test_cc_from_the_environment_chooses_the_compiler(qenv: Env, built: Built) -
     result = qenv.run("build", "fixture-gcc", "--runner", "host", "--arch", "x86_64", env=gcc)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     manifest = json.loads((qenv.root / "fixture-gcc" / "qemuprov.json").read_text())
-    assert manifest["tools"]["cc"].startswith("gcc ")
+    assert manifest["tools"]["cc"].startswith("gcc ") and manifest["reproduce"].startswith("CC=gcc CXX=g++ qemuprov ")
     assert compilers_used(qenv, "fixture-gcc") == {"gcc"}
     assert "up to date" in qenv.run("build", "fixture-gcc", "--runner", "host", "--arch", "x86_64", env=gcc).stdout
 
