@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_file
+
 REPO = Path(__file__).resolve().parent.parent
 OSV_CONFIGURE = ["--target-list=x86_64-softmmu,aarch64-softmmu", "--enable-virtiofsd"]
 
@@ -116,9 +118,8 @@ def main() -> int:
         seconds = float(results[key])  # type: ignore[arg-type]
         print(f"{key:<44}{seconds:>10.2f}{seconds / base:>9.3f}")
     print(f"ccache in (d): {results['d_ccache']}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.json}; logs in {scratch}")
+    results_file.write(args.json, results)
+    print(f"logs in {scratch}")
     return 0
 
 

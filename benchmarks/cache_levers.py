@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import statistics
@@ -25,6 +24,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import results_file
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,10 +47,11 @@ def git_levers(tree: Path, ref: str, scratch: Path, rounds: int) -> dict[str, fl
     samples: dict[str, list[float]] = {"osv_clone_depth1_s": [], "fetch_cold_mirror_s": [],
                                        "fetch_warm_mirror_s": []}
     clone = scratch / "clone"
+    osv_clone = ["git", "-c", "advice.detachedHead=false", "clone", "-q", "--depth", "1", "--branch", ref, url,
+                 str(clone)]
     for round_ in range(rounds):
         os.environ["QEMUPROV_CACHE"] = str(scratch / f"cache-{round_}")  # an empty mirror each round
-        samples["osv_clone_depth1_s"].append(seconds(lambda: subprocess.run(
-            ["git", "clone", "-q", "--depth", "1", "--branch", ref, url, str(clone)], check=True)))
+        samples["osv_clone_depth1_s"].append(seconds(lambda: subprocess.run(osv_clone, check=True)))
         shutil.rmtree(clone)
         samples["fetch_cold_mirror_s"].append(seconds(lambda: source.fetch(wanted, scratch / "src")))
         shutil.rmtree(scratch / "src")
@@ -102,9 +104,7 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     for key, value in results.items():
         print(f"{key:<24}{value}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.json}")
+    results_file.write(args.json, results)
     return 0
 
 

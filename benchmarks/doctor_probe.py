@@ -7,7 +7,6 @@ Usage: benchmarks/doctor_probe.py [--runs N] [--json FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -16,6 +15,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import results_file
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -45,7 +46,7 @@ def main() -> int:
         print(f"{name:7s} cold {cold:6.3f} s   warm {warm:6.3f} s   warm/cold {warm / cold:5.3f}")
     print(f"python  startup {results['python_startup_s']:.3f} s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        results_file.write(args.json, results)
     return 0
 
 
