@@ -276,7 +276,7 @@ class Build:
         configure_id = json.dumps({"source": identity, "argv": the_plan.argv, "runner": self.opts.runner.identity,
                                    "compilers": runner.compilers})
         if not (stamp.exists() and stamp.read_text() == configure_id):
-            self.report.step("configure", f"QEMU {tree.version} with {self.compiler or 'cc'}, "
+            self.report.step("configure", f"QEMU {tree.version} with {self.compiler}, "
                              + " ".join(the_plan.argv[1:]))
             if build_dir.exists():
                 shutil.rmtree(build_dir)
@@ -292,15 +292,21 @@ class Build:
         self.report.step("install", f"staging in {staging}")
         self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
 
-    def _compiler_version(self, the_plan: plan.Plan, env: dict[str, str]) -> str | None:
-        """The first line of `CC --version` for the C compiler configure will use: the recipe's --cc, the
-        runner's CC, or cc."""
-        chosen = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), "${CC:-cc}")
+    def _compiler_version(self, the_plan: plan.Plan, env: dict[str, str]) -> str:
+        """The first line of `--version` of the C compiler configure will use: the recipe's --cc, else CC, else
+        cc. One that does not run is named here, before configure buries it in its log."""
+        from_recipe = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), None)
+        command = from_recipe or "${CC:-cc}"
         try:
-            lines = self._capture(["sh", "-c", f"exec {chosen} --version"], self.work, env).splitlines()
+            lines = self._capture(["sh", "-c", f"exec {command} --version"], self.work, env).splitlines()
         except InfraError:
-            return None  # configure will name the missing compiler itself
-        return lines[0].strip() if lines else None
+            where = f"{self.recipe.path}: qemu.configure: --cc={from_recipe}" if from_recipe \
+                else "CC=" + self._capture(["sh", "-c", "echo ${CC:-cc}"], self.work, env).strip()
+            raise UserError(f"{where}: this compiler does not run in the build environment "
+                            f"({self.opts.runner.identity})",
+                            hint="install it, or name another: CC=gcc for a host build, --cc=gcc in the recipe's "
+                                 "configure for any build") from None
+        return lines[0].strip() if lines else command
 
     @property
     def _ccache_log(self) -> Path | None:

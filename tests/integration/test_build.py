@@ -141,6 +141,14 @@ def test_cc_from_the_environment_chooses_the_compiler(qenv: Env, built: Built) -
     assert "up to date" in qenv.run("build", "fixture-gcc", "--runner", "host", "--arch", "x86_64", env=gcc).stdout
 
 
+def test_a_compiler_that_does_not_run_is_one_line_exit_2(qenv: Env, built: Built) -> None:
+    result = qenv.run("build", "fixture-7.2", "--runner", "host", env={**qenv.vars, "CC": "no-such-cc"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("qemuprov: error:")]
+    assert errors == ["qemuprov: error: CC=no-such-cc: this compiler does not run in the build environment (host)"]
+    assert json.loads((built.prefix / "qemuprov.json").read_text())["built_at"] == built.manifest["built_at"]
+
+
 def compilers_used(qenv: Env, recipe: str) -> set[str]:
     """The compiler programs in the build tree's compile commands (ccache's masquerade links keep their names)."""
     build_dir = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / recipe / "build"
