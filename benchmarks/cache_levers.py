@@ -71,11 +71,8 @@ def image_levers(builder: str) -> dict[str, float | str]:
     scratch_tag = f"qemuprov-bench/{builder}:cold"
 
     def cold_build() -> None:
-        for chunk in client.api.build(path=str(image.dockerfile.parent), dockerfile=image.dockerfile.name,
-                                      tag=scratch_tag, buildargs={"BASE": image.base}, network_mode="host",
-                                      nocache=True, rm=True, forcerm=True, decode=True):
-            if "error" in chunk:
-                sys.exit(f"the builder image did not build: {chunk['error']}")
+        builders.build_image(client, image.dockerfile.parent, image.dockerfile.name, scratch_tag,
+                             {"BASE": image.base}, {}, io.StringIO(), nocache=True)
 
     results: dict[str, float | str] = {"builder": builder, "image_cold_build_s": seconds(cold_build)}
     client.images.remove(scratch_tag, force=True)

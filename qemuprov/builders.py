@@ -75,14 +75,17 @@ def ensure_builder(docker_client: Any, image: BuilderImage, log: IO[str],
 
 
 def build_image(docker_client: Any, context: Path, dockerfile: str, tag: str, buildargs: dict[str, str],
-                labels: dict[str, str], log: IO[str], on_line: Callable[[str], None] | None = None) -> str:
-    """`docker build` through the engine's API, streaming its output; the new image's id."""
+                labels: dict[str, str], log: IO[str], on_line: Callable[[str], None] | None = None,
+                nocache: bool = False) -> str:
+    """`docker build` through the engine's API, streaming its output; the new image's id. nocache: no layer
+    from an earlier build is reused."""
     args = " ".join(f"--build-arg {k}={v}" for k, v in buildargs.items() if "\n" not in v)
     log.write(f"$ docker build {args} -t {tag} -f {dockerfile} {context}\n")
     failure = ""
     # Host networking: images install packages, and engines without a bridge have no other network.
     chunks = docker_client.api.build(path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs,
-                                     labels=labels, network_mode="host", rm=True, forcerm=True, decode=True)
+                                     labels=labels, network_mode="host", rm=True, forcerm=True, decode=True,
+                                     nocache=nocache)
     for chunk in chunks:
         line = str(chunk["stream"]) if "stream" in chunk else f"ERROR: {chunk['error']}\n" if "error" in chunk else ""
         log.write(line)

@@ -21,17 +21,16 @@ from typing import IO, Any, Protocol
 from packaging.version import InvalidVersion, Version
 
 from qemuprov import builders, engines, procs
+from qemuprov.compilers import CCACHE_MASQUERADE, host_ccache, host_compilers
 from qemuprov.engines import Engine
 from qemuprov.errors import InfraError
 from qemuprov.procs import stop_group
 
 LineCallback = Callable[[str], None]
-CCACHE_MASQUERADE = "/usr/lib/ccache"
 CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONTAINER_LABEL = "org.qemuprov.build"
 BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv with a recent meson
 MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
-CLANG = {"CC": "clang", "CXX": "clang++"}  # builder images set the same in their ENV
 
 
 class Runner(Protocol):
@@ -64,10 +63,6 @@ def _log_command(log: IO[str], argv: Sequence[str], cwd: Path, where: str = "") 
     log.flush()
 
 
-def _host_ccache() -> bool:
-    return shutil.which("ccache") is not None and Path(CCACHE_MASQUERADE).is_dir()
-
-
 class HostRunner:
     name = "host"
     python = sys.executable
@@ -91,15 +86,7 @@ class HostRunner:
 
     @functools.cached_property
     def compilers(self) -> dict[str, str]:
-        """The user's CC and CXX; else clang where it is installed (and wrapped by ccache, when ccache is used),
-        which compiles QEMU in 13% less time than gcc (benchmarks/results/build_levers.txt); else configure's
-        default, gcc."""
-        own = {name: os.environ[name] for name in CLANG if os.environ.get(name)}
-        if own:
-            return own
-        installed = all(shutil.which(program) for program in CLANG.values())
-        wrapped = not _host_ccache() or all((Path(CCACHE_MASQUERADE) / program).exists() for program in CLANG.values())
-        return dict(CLANG) if installed and wrapped else {}
+        return host_compilers()
 
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
         pass
@@ -115,9 +102,8 @@ class HostRunner:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "TMPDIR", "TERM")}
         env.update(self.compilers)
         env.update(extra)
-        if _host_ccache():
-            # QEMU's configure names the compiler itself; ccache's masquerade directory first on PATH wraps it.
-            env["PATH"] = f"{CCACHE_MASQUERADE}:{env.get('PATH', '/usr/bin:/bin')}"
+        if masquerade := host_ccache():
+            env["PATH"] = f"{masquerade}:{env.get('PATH', '/usr/bin:/bin')}"
         else:
             env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
         return env

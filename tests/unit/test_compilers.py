@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import doctor, runners
-from qemuprov.runners import CLANG, HostRunner
+from qemuprov import compilers
+from qemuprov.compilers import CLANG, describe_host_compilers
+from qemuprov.runners import HostRunner
 
 
 def programs(directory: Path, *names: str) -> Path:
@@ -24,7 +25,7 @@ def programs(directory: Path, *names: str) -> Path:
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(runners, "CCACHE_MASQUERADE", str(tmp_path / "masquerade"))
+    monkeypatch.setattr(compilers, "CCACHE_MASQUERADE", str(tmp_path / "masquerade"))
     return tmp_path
 
 
@@ -61,8 +62,8 @@ def test_the_users_cc_wins(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_doctor_names_the_host_compiler(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(programs(host / "bin", "gcc")))
-    assert doctor.host_compiler().startswith("gcc (install clang")
+    assert describe_host_compilers().startswith("gcc (install clang")
     programs(host / "bin", "clang", "clang++")
-    assert doctor.host_compiler() == "clang"
+    assert describe_host_compilers() == "clang"
     monkeypatch.setenv("CC", "gcc-12")
-    assert doctor.host_compiler() == "CC=gcc-12 (from the environment)"
+    assert describe_host_compilers() == "CC=gcc-12 (from the environment)"
