@@ -55,8 +55,8 @@ class Env:
         (outcome,) = json.loads(result.stdout)
         assert outcome["ok"] is True and outcome["arch"] == "x86_64"
 
-    def assert_up_to_date(self, recipe: str, runner: str) -> None:
-        result = self.run("build", recipe, "--runner", runner)
+    def assert_up_to_date(self, recipe: str, runner: str, *extra: str, env: dict[str, str] | None = None) -> None:
+        result = self.run("build", recipe, "--runner", runner, *extra, env=env)
         assert result.returncode == 0 and "up to date" in result.stdout, result.stdout + result.stderr
 
     def build_fresh(self, name: str, runner: str, body: str | None = None, trees: tuple[Path, ...] = ()) -> Built:

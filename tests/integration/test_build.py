@@ -138,7 +138,7 @@ def test_cc_from_the_environment_chooses_the_compiler(qenv: Env, built: Built) -
     manifest = json.loads((qenv.root / "fixture-gcc" / "qemuprov.json").read_text())
     assert manifest["tools"]["cc"].startswith("gcc ") and manifest["reproduce"].startswith("CC=gcc CXX=g++ qemuprov ")
     assert compilers_used(qenv, "fixture-gcc") == {"gcc"}
-    assert "up to date" in qenv.run("build", "fixture-gcc", "--runner", "host", "--arch", "x86_64", env=gcc).stdout
+    qenv.assert_up_to_date("fixture-gcc", "host", "--arch", "x86_64", env=gcc)
 
 
 def test_a_compiler_that_does_not_run_is_one_line_exit_2(qenv: Env, built: Built) -> None:
