@@ -28,6 +28,7 @@ from qemuprov.recipe import Crates, Recipe, Source
 from qemuprov.runners import Runner
 
 LOG_TAIL = 25
+PCH_WRAPPER = Path(__file__).resolve().parent / "assets" / "pch-cc"
 NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
@@ -39,6 +40,7 @@ class Options:
     jobs: int
     force: bool = False
     argv: list[str] = field(default_factory=list)  # the command line, for the manifest
+    precompiled_header: bool = True  # clang builds of meson trees compile against a precompiled qemu/osdep.h
 
 
 @dataclass
@@ -160,6 +162,7 @@ class Build:
         self.vfs_identity: str | None = None
         self.vfs_builder_image: dict[str, str] | None = None
         self.compiler: str | None = None  # QEMU's C compiler, as `--version` names it
+        self.precompiled_header = False
 
     def _timed(self, name: str, func: Callable[[], Any]) -> Any:
         start = time.monotonic()
@@ -271,17 +274,22 @@ class Build:
         build_dir = self.work / ("build" if runner.identity == "host" else f"build-{runner.name}-{self.recipe.builder}")
         src = tree.root
         env = self._env()
-        self.compiler = self._compiler_version(the_plan, env)
+        cc_command, self.compiler = self._compiler(the_plan, env)
+        argv = the_plan.argv
+        self.precompiled_header = self.opts.precompiled_header and tree.has_meson_build and "clang" in self.compiler
+        if self.precompiled_header:
+            argv = [*argv, f"--cc={self._pch_wrapper()} {cc_command}"]
         stamp = build_dir / "qemuprov-configure.json"
-        configure_id = json.dumps({"source": identity, "argv": the_plan.argv, "runner": self.opts.runner.identity,
+        configure_id = json.dumps({"source": identity, "argv": argv, "runner": self.opts.runner.identity,
                                    "compilers": runner.compilers})
         if not (stamp.exists() and stamp.read_text() == configure_id):
-            self.report.step("configure", f"QEMU {tree.version} with {self.compiler}, "
+            pch = " and a precompiled qemu/osdep.h" if self.precompiled_header else ""
+            self.report.step("configure", f"QEMU {tree.version} with {self.compiler}{pch}, "
                              + " ".join(the_plan.argv[1:]))
             if build_dir.exists():
                 shutil.rmtree(build_dir)
             build_dir.mkdir(parents=True)
-            self._timed("configure", lambda: self._step("configure", [str(src / "configure"), *the_plan.argv],
+            self._timed("configure", lambda: self._step("configure", [str(src / "configure"), *argv],
                                                         build_dir, env, log))
             stamp.write_text(configure_id)
         targets = self._build_targets(tree, build_dir, the_plan.targets, env)
@@ -292,13 +300,13 @@ class Build:
         self.report.step("install", f"staging in {staging}")
         self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
 
-    def _compiler_version(self, the_plan: plan.Plan, env: dict[str, str]) -> str:
-        """The first line of `--version` of the C compiler configure will use: the recipe's --cc, else CC, else
-        cc. One that does not run is named here, before configure buries it in its log."""
+    def _compiler(self, the_plan: plan.Plan, env: dict[str, str]) -> tuple[str, str]:
+        """The C compiler configure will use (the recipe's --cc, else CC, else cc) and the first line of its
+        `--version`. One that does not run is named here, before configure buries it in its log."""
         from_recipe = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), None)
-        command = from_recipe or "${CC:-cc}"
+        script = f'cc={shlex.quote(from_recipe) if from_recipe else "${CC:-cc}"}; echo "$cc"; exec $cc --version'
         try:
-            lines = self._capture(["sh", "-c", f"exec {command} --version"], self.work, env).splitlines()
+            command, _, version = self._capture(["sh", "-c", script], self.work, env).partition("\n")
         except InfraError:
             where = f"{self.recipe.path}: qemu.configure: --cc={from_recipe}" if from_recipe \
                 else "CC=" + self._capture(["sh", "-c", "echo ${CC:-cc}"], self.work, env).strip()
@@ -306,7 +314,16 @@ class Build:
                             f"({self.opts.runner.identity})",
                             hint="install it, or name another: CC=gcc for a host build, --cc=gcc in the recipe's "
                                  "configure for any build") from None
-        return lines[0].strip() if lines else command
+        return command, version.partition("\n")[0].strip() or command
+
+    def _pch_wrapper(self) -> Path:
+        """assets/pch-cc, copied into the work dir, which containers see at the same path."""
+        wrapper = self.work / "pch-cc"
+        text = PCH_WRAPPER.read_bytes()
+        if not wrapper.exists() or wrapper.read_bytes() != text:
+            wrapper.write_bytes(text)
+        wrapper.chmod(0o755)
+        return wrapper
 
     @property
     def _ccache_log(self) -> Path | None:
@@ -409,7 +426,8 @@ class Build:
             "plan": the_plan.to_dict() if the_plan else None,
             "runner": self.opts.runner.name,
             "builder_image": builder_image_record(self.opts.runner) if the_plan else self.vfs_builder_image,
-            "tools": {"qemuprov": __version__, "python": sys.version.split()[0], "cc": self.compiler},
+            "tools": {"qemuprov": __version__, "python": sys.version.split()[0], "cc": self.compiler,
+                      "precompiled_header": "qemu/osdep.h" if self.precompiled_header else None},
             "binaries": [Path(p["path"]).name for p in probes],
             "probe": probes,
             **finishing,

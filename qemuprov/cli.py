@@ -182,7 +182,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
-                         force=args.force, argv=sys.argv[1:])
+                         force=args.force, argv=sys.argv[1:], precompiled_header=args.pch)
     outcome = build.Build(recipe, opts, build.Reporter()).run()
     if outcome.up_to_date:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
@@ -387,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", metavar="DIR", help="install into DIR itself (default: <data dir>/installs/RECIPE)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel build jobs (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even when the install is up to date")
+    p.add_argument("--no-pch", dest="pch", action="store_false",
+                   help="compile without the precompiled qemu/osdep.h that clang builds use")
     p.add_argument("--verify", action="store_true", help="boot a guest over virtio-fs after installing")
     add("list", cmd_list, "installed builds with their probe summary", json=True)
     p = add("env", cmd_env, "shell lines that put a build on PATH (eval them)")
