@@ -94,6 +94,7 @@ def main() -> int:
         results["b_timings"] = cold.get("timings")
         results["b_configure"] = [arg["arg"] for arg in cold["plan"]["configure"]]
         results["b_compiler"] = cold["tools"].get("cc")  # (a) uses configure's default, cc
+        results["b_precompiled_header"] = cold["tools"].get("precompiled_header")
         print("(c) unchanged rebuild ...", flush=True)
         note(results, "c_unchanged_s", timed(build, env, log=log))
         print("(d) rebuild with the build tree deleted, ccache warm ...", flush=True)

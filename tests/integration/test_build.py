@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -137,6 +139,7 @@ def test_cc_from_the_environment_chooses_the_compiler(qenv: Env, built: Built) -
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     manifest = json.loads((qenv.root / "fixture-gcc" / "qemuprov.json").read_text())
     assert manifest["tools"]["cc"].startswith("gcc ") and manifest["reproduce"].startswith("CC=gcc CXX=g++ qemuprov ")
+    assert manifest["tools"]["precompiled_header"] is None  # pch-cc is for clang
     assert compilers_used(qenv, "fixture-gcc") == {"gcc"}
     qenv.assert_up_to_date("fixture-gcc", "host", "--arch", "x86_64", env=gcc)
 
@@ -149,8 +152,49 @@ def test_a_compiler_that_does_not_run_is_one_line_exit_2(qenv: Env, built: Built
     assert json.loads((built.prefix / "qemuprov.json").read_text())["built_at"] == built.manifest["built_at"]
 
 
+def test_clang_compiles_against_a_precompiled_osdep_h(qenv: Env, built: Built, tmp_path: Path) -> None:
+    assert built.manifest["tools"]["precompiled_header"] == "qemu/osdep.h"  # type: ignore[index]
+    build_dir = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / "fixture-7.2" / "build"
+    assert len(list(build_dir.glob("qemuprov-pch/*.pch"))) >= 4  # common code, util, and each target
+    assert not list(build_dir.glob("qemuprov-pch/*.failed"))
+    # A spread of QEMU's objects, compiled again by plain clang: the same bytes.
+    commands = [entry for entry in compile_commands(build_dir)
+                if entry["file"].endswith(".c") and (build_dir / entry["output"]).exists()]  # built, not tests
+    sample = commands[:: len(commands) // 16]
+    assert len(sample) >= 16
+    env = {**os.environ, "CCACHE_DISABLE": "1"}
+    for number, entry in enumerate(sample):
+        argv = shlex.split(entry["command"])
+        assert Path(argv[0]).name == "pch-cc"
+        plain = plain_compile(argv[1:], tmp_path / f"{number}.o")
+        result = subprocess.run(plain, cwd=entry["directory"], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / f"{number}.o").read_bytes() == (build_dir / entry["output"]).read_bytes(), entry["file"]
+
+
+def plain_compile(argv: list[str], output: Path) -> list[str]:
+    """A compile command without its depfile options, writing to output."""
+    kept: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word in ("-MQ", "-MF", "-o"):
+            next(words)
+        elif word != "-MD":
+            kept.append(word)
+    return [*kept, "-o", str(output)]
+
+
+def compile_commands(build_dir: Path) -> list[dict[str, str]]:
+    return json.loads((build_dir / "compile_commands.json").read_text())  # type: ignore[no-any-return]
+
+
 def compilers_used(qenv: Env, recipe: str) -> set[str]:
-    """The compiler programs in the build tree's compile commands (ccache's masquerade links keep their names)."""
+    """The compiler programs in the build tree's compile commands (ccache's masquerade links keep their names),
+    behind the precompiled-header wrapper where there is one."""
     build_dir = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / recipe / "build"
-    commands = json.loads((build_dir / "compile_commands.json").read_text())
-    return {Path(entry["command"].split()[0]).name for entry in commands if entry["file"].endswith(".c")}
+    programs = set()
+    for entry in compile_commands(build_dir):
+        if entry["file"].endswith(".c"):
+            words = entry["command"].split()
+            programs.add(Path(words[1] if Path(words[0]).name == "pch-cc" else words[0]).name)
+    return programs
