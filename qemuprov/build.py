@@ -276,7 +276,9 @@ class Build:
         env = self._env()
         cc_command, self.compiler = self._compiler(the_plan, env)
         argv = the_plan.argv
-        self.precompiled_header = self.opts.precompiled_header and tree.has_meson_build and "clang" in self.compiler
+        # configure splits --cc on spaces, so a work dir with one in its path goes without
+        self.precompiled_header = self.opts.precompiled_header and tree.has_meson_build \
+            and "clang" in self.compiler and " " not in str(self.work)
         if self.precompiled_header:
             argv = [*argv, f"--cc={self._pch_wrapper()} {cc_command}"]
         stamp = build_dir / "qemuprov-configure.json"
