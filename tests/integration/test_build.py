@@ -154,12 +154,12 @@ def test_a_compiler_that_does_not_run_is_one_line_exit_2(qenv: Env, built: Built
 
 def test_clang_compiles_against_a_precompiled_osdep_h(qenv: Env, built: Built, tmp_path: Path) -> None:
     assert built.manifest["tools"]["precompiled_header"] == "qemu/osdep.h"  # type: ignore[index]
-    build_dir = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / "fixture-7.2" / "build"
+    build_dir = host_build_dir(qenv, "fixture-7.2")
     assert len(list(build_dir.glob("qemuprov-pch/*.pch"))) >= 4  # common code, util, and each target
     assert not list(build_dir.glob("qemuprov-pch/*.failed"))
     # A spread of QEMU's objects, compiled again by plain clang: the same bytes.
-    commands = [entry for entry in compile_commands(build_dir)
-                if entry["file"].endswith(".c") and (build_dir / entry["output"]).exists()]  # built, not tests
+    commands = [entry for entry in c_compiles(qenv, "fixture-7.2")
+                if (build_dir / entry["output"]).exists()]  # what was built: not the tests
     sample = commands[:: len(commands) // 16]
     assert len(sample) >= 16
     env = {**os.environ, "CCACHE_DISABLE": "1"}
@@ -170,6 +170,18 @@ def test_clang_compiles_against_a_precompiled_osdep_h(qenv: Env, built: Built, t
         result = subprocess.run(plain, cwd=entry["directory"], env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert (tmp_path / f"{number}.o").read_bytes() == (build_dir / entry["output"]).read_bytes(), entry["file"]
+
+
+def test_no_pch_compiles_with_plain_clang(qenv: Env, built: Built) -> None:
+    qenv.write_recipe("fixture-no-pch", 'extends = "fixture-7.2"\n')
+    result = qenv.run("build", "fixture-no-pch", "--runner", "host", "--arch", "x86_64", "--no-pch")
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "precompiled" not in result.stderr
+    manifest = json.loads((qenv.root / "fixture-no-pch" / "qemuprov.json").read_text())
+    assert manifest["tools"]["precompiled_header"] is None and "--no-pch" in manifest["reproduce"]
+    assert compilers_used(qenv, "fixture-no-pch") == {"clang"}
+    assert not (host_build_dir(qenv, "fixture-no-pch") / "qemuprov-pch").exists()
+    assert {entry["command"].split()[0] for entry in c_compiles(qenv, "fixture-no-pch")} == {"clang"}
 
 
 def plain_compile(argv: list[str], output: Path) -> list[str]:
@@ -184,17 +196,21 @@ def plain_compile(argv: list[str], output: Path) -> list[str]:
     return [*kept, "-o", str(output)]
 
 
-def compile_commands(build_dir: Path) -> list[dict[str, str]]:
-    return json.loads((build_dir / "compile_commands.json").read_text())  # type: ignore[no-any-return]
+def host_build_dir(qenv: Env, recipe: str) -> Path:
+    return Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / recipe / "build"
+
+
+def c_compiles(qenv: Env, recipe: str) -> list[dict[str, str]]:
+    """The C entries of the host build tree's compile_commands.json."""
+    commands = json.loads((host_build_dir(qenv, recipe) / "compile_commands.json").read_text())
+    return [entry for entry in commands if entry["file"].endswith(".c")]
 
 
 def compilers_used(qenv: Env, recipe: str) -> set[str]:
-    """The compiler programs in the build tree's compile commands (ccache's masquerade links keep their names),
+    """The compiler programs in the build tree's C compile commands (ccache's masquerade links keep their names),
     behind the precompiled-header wrapper where there is one."""
-    build_dir = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / recipe / "build"
     programs = set()
-    for entry in compile_commands(build_dir):
-        if entry["file"].endswith(".c"):
-            words = entry["command"].split()
-            programs.add(Path(words[1] if Path(words[0]).name == "pch-cc" else words[0]).name)
+    for entry in c_compiles(qenv, recipe):
+        words = entry["command"].split()
+        programs.add(Path(words[1] if Path(words[0]).name == "pch-cc" else words[0]).name)
     return programs
