@@ -36,4 +36,5 @@ def describe_host_compilers() -> str:
         return "clang"
     if chosen:
         return " ".join(f"{name}={value}" for name, value in chosen.items()) + " (from the environment)"
-    return "gcc (install clang, and with ccache its masquerade links, for 13% less compile time)"
+    return ("gcc (install clang, and with ccache its masquerade links: 13% less compile time, and 10% less again "
+            "with the precompiled qemu/osdep.h that clang builds get)")
