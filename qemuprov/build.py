@@ -274,13 +274,7 @@ class Build:
         build_dir = self.work / ("build" if runner.identity == "host" else f"build-{runner.name}-{self.recipe.builder}")
         src = tree.root
         env = self._env()
-        cc_command, self.compiler = self._compiler(the_plan, env)
-        argv = the_plan.argv
-        # configure splits --cc on spaces, so a work dir with one in its path goes without
-        self.precompiled_header = self.opts.precompiled_header and tree.has_meson_build \
-            and "clang" in self.compiler and " " not in str(self.work)
-        if self.precompiled_header:
-            argv = [*argv, f"--cc={self._pch_wrapper()} {cc_command}"]
+        argv = self._configure_argv(tree, the_plan, env)
         stamp = build_dir / "qemuprov-configure.json"
         configure_id = json.dumps({"source": identity, "argv": argv, "runner": self.opts.runner.identity,
                                    "compilers": runner.compilers})
@@ -306,17 +300,26 @@ class Build:
         """The C compiler configure will use (the recipe's --cc, else CC, else cc) and the first line of its
         `--version`. One that does not run is named here, before configure buries it in its log."""
         from_recipe = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), None)
-        script = f'cc={shlex.quote(from_recipe) if from_recipe else "${CC:-cc}"}; echo "$cc"; exec $cc --version'
-        try:
-            command, _, version = self._capture(["sh", "-c", script], self.work, env).partition("\n")
-        except InfraError:
-            where = f"{self.recipe.path}: qemu.configure: --cc={from_recipe}" if from_recipe \
-                else "CC=" + self._capture(["sh", "-c", "echo ${CC:-cc}"], self.work, env).strip()
+        chosen = shlex.quote(from_recipe) if from_recipe else "${CC:-cc}"
+        script = f'cc={chosen}; echo "$cc"; $cc --version 2>/dev/null || true'
+        command, _, version = self._capture(["sh", "-c", script], self.work, env).partition("\n")
+        if not version.strip():
+            where = f"{self.recipe.path}: qemu.configure: --cc={from_recipe}" if from_recipe else f"CC={command}"
             raise UserError(f"{where}: this compiler does not run in the build environment "
                             f"({self.opts.runner.identity})",
                             hint="install it, or name another: CC=gcc for a host build, --cc=gcc in the recipe's "
-                                 "configure for any build") from None
-        return command, version.partition("\n")[0].strip() or command
+                                 "configure for any build")
+        return command, version.partition("\n")[0].strip()
+
+    def _configure_argv(self, tree: plan.Tree, the_plan: plan.Plan, env: dict[str, str]) -> list[str]:
+        """The plan's configure arguments, with pch-cc in front of the compiler where it applies."""
+        cc_command, self.compiler = self._compiler(the_plan, env)
+        # configure splits --cc on spaces, so a work dir with one in its path goes without
+        self.precompiled_header = self.opts.precompiled_header and tree.has_meson_build \
+            and "clang" in self.compiler and " " not in str(self.work)
+        if not self.precompiled_header:
+            return the_plan.argv
+        return [*the_plan.argv, f"--cc={self._pch_wrapper()} {cc_command}"]
 
     def _pch_wrapper(self) -> Path:
         """assets/pch-cc, copied into the work dir, which containers see at the same path."""
