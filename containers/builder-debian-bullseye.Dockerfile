@@ -4,7 +4,7 @@ FROM ${BASE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential git ca-certificates ninja-build meson pkg-config python3 python3-venv flex bison ccache clang \
-      libglib2.0-dev libpixman-1-dev libseccomp-dev libcap-ng-dev zlib1g-dev libfdt-dev bzip2 \
+      libglib2.0-dev libpixman-1-dev libseccomp-dev libcap-ng-dev zlib1g-dev libfdt-dev libslirp-dev libaio-dev bzip2 \
  && rm -rf /var/lib/apt/lists/*
 # QEMU compiles with clang here: 13% less compile time than gcc (benchmarks/results/build_levers.txt). A recipe's
 # --cc=gcc still picks gcc, so ccache's masquerade directory wraps every name configure may call.

@@ -28,6 +28,9 @@ from qemuprov.recipe import Crates, Recipe, Source
 from qemuprov.runners import Runner
 
 LOG_TAIL = 25
+FEATURE_LIBRARIES_SCRIPT = ("pkg-config --exists slirp 2>/dev/null && echo slirp; "
+                            "for d in /usr/include /usr/local/include; do "
+                            '[ -e "$d/libaio.h" ] && echo libaio && break; done; true')
 PCH_WRAPPER = Path(__file__).resolve().parent / "assets" / "pch-cc"
 NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 
@@ -243,6 +246,9 @@ class Build:
         ccache = paths.cache_dir() / "ccache"
         ccache.mkdir(parents=True, exist_ok=True)
         with runner.session([self.work, staging, ccache], network=bool(tree.missing_subprojects)):
+            if not self._feature_libraries(tree):  # no system libslirp: the tree's own slirp
+                the_plan = plan.make_plan(self.recipe, tree, self.opts.prefix, self.opts.arches,
+                                          runner.tree_python, system_slirp=False)
             self._configure_build_install(identity, tree, the_plan, staging, log)
         return the_plan
 
@@ -295,6 +301,27 @@ class Build:
         self._timed("build", lambda: self._step("build", build_argv, build_dir, env, log))
         self.report.step("install", f"staging in {staging}")
         self._timed("install", lambda: self._install(tree, build_dir, staging, env, log))
+
+    def _feature_libraries(self, tree: plan.Tree) -> bool:
+        """libslirp and libaio, which the QEMU line of OSv's run.py needs, are named in one line before configure
+        rather than after minutes of compiling (or never, where configure only guesses). True: the build
+        environment has libslirp."""
+        found = set(self._capture(["sh", "-c", FEATURE_LIBRARIES_SCRIPT], self.work, self._env()).split())
+        missing = []
+        if tree.slirp and not (tree.slirp == "choice" and tree.bundled_slirp) and "slirp" not in found:
+            missing.append(HOST_LIBS["slirp"])
+        if tree.knows_linux_aio and "libaio" not in found:
+            missing.append(HOST_HEADERS["libaio.h"])
+        if not missing:
+            return "slirp" in found
+        what = f"{' and '.join(missing)} (-netdev user and aio=native, which OSv's scripts/run.py uses)"
+        if self.opts.runner.identity == "host":
+            raise InfraError(f"this host lacks {what}",
+                             hint=f"apt-get install {' '.join(missing)} (Debian/Ubuntu), or build in a container: "
+                                  "--runner docker")
+        raise InfraError(f"the builder image {self.opts.runner.identity} lacks {what}",
+                         hint=f"add {' '.join(missing)} to the builder's Dockerfile (containers/builder-"
+                              f"{self.recipe.builder}.Dockerfile or your own copy of it)")
 
     def _compiler(self, the_plan: plan.Plan, env: dict[str, str]) -> tuple[str, str]:
         """The C compiler configure will use (the recipe's --cc, else CC, else cc) and the first line of its
@@ -486,6 +513,13 @@ def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[pr
             problems.append(f"qemu-system-{q.arch} DAX window (cache-size): expected {expect.dax}, got {q.dax}")
         if expect.version and not _version_matches(q.version, expect.version):
             problems.append(f"qemu-system-{q.arch} is QEMU {q.version}, expected {expect.version}")
+        lacking = [n for n in expect.netdevs if n not in (q.netdevs or ())]
+        if lacking:
+            problems.append(f"qemu-system-{q.arch} lacks the netdev backend {', '.join(lacking)} "
+                            f"(it has: {', '.join(q.netdevs or ()) or 'none listed'})")
+        if expect.aio_native is not None and q.aio_native is not None and q.aio_native != expect.aio_native:
+            problems.append(f"qemu-system-{q.arch} aio=native (linux-aio): expected {expect.aio_native}, "
+                            f"got {q.aio_native}")
     if expect.virtiofsd is not None:
         flavours = [d.flavour for d in daemons] or ["none"]
         if expect.virtiofsd.value not in flavours:

@@ -46,6 +46,10 @@ def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
         promised.append(f"virtiofsd={expect.virtiofsd.value}")
     if expect.version:
         promised.append(f"version={expect.version}")
+    if expect.netdevs:
+        promised.append("netdevs=" + ",".join(expect.netdevs))
+    if expect.aio_native is not None:
+        promised.append(f"aio-native={render.yes_no(expect.aio_native)}")
     rows = [
         ("name", recipe.name),
         ("description", recipe.description),
@@ -57,7 +61,9 @@ def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
                  ("extra configure", " ".join(recipe.qemu.configure) or "-")]
     else:
         rows.append(("qemu source", "none: this recipe builds virtiofsd alone"))
-    return [*rows, ("virtiofsd", _virtiofsd_line(recipe)), ("expect", " ".join(promised))]
+    verify = "with OSv's scripts/run.py command lines" if recipe.verify_osv else "plain guest boot"
+    return [*rows, ("virtiofsd", _virtiofsd_line(recipe)), ("expect", " ".join(promised)),
+            ("build --verify", verify)]
 
 
 def _virtiofsd_line(recipe: Recipe) -> str:
@@ -125,7 +131,9 @@ def probe_rows(probes: list[probe.Probe]) -> list[tuple[str, ...]]:
         elif isinstance(item, probe.QemuProbe):
             notes = [f"accel={','.join(item.accels) or '?'}",
                      "shared-mem=" + ("memfd" if "memory-backend-memfd" in item.memory_backends
-                                      else "file" if item.shared_memory else "none")]
+                                      else "file" if item.shared_memory else "none"),
+                     f"netdev-user={render.yes_no(item.user_networking) if item.netdevs is not None else '?'}",
+                     f"aio-native={render.yes_no(item.aio_native)}"]
             rows.append((item.path, "qemu", item.version or "?", item.arch or "?",
                          render.yes_no(item.vhost_user_fs), render.yes_no(item.dax), " ".join(notes)))
         else:
@@ -199,7 +207,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     entry = installs.find_install(str(prefix))
     outcomes = verify.verify_all(_install_qemus(entry), prefix / "bin" / "virtiofsd", entry.firmware_dirs,
-                                 arches or None, "auto", None)
+                                 arches or None, "auto", None, "osv" if recipe.verify_osv else "plain")
     installs.write_json_atomic(prefix / installs.MANIFEST,
                                {**entry.manifest, "verify": [asdict(o) for o in outcomes]})
     return _render_verify(outcomes, False)
@@ -222,21 +230,49 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    if not args.osv and (args.share or args.tag != "myfs" or args.dax_size):
+        raise UserError("env: --share, --tag and --dax-size go with --osv")
     entry = installs.find_install(args.name)
     bin_dir = entry.prefix / "bin"
-    if not args.osv:
-        print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
-        return 0
-    arch_qemu = bin_dir / "qemu-system-x86_64"
-    options = [f"--qemu-path {shlex.quote(str(arch_qemu))}"] if arch_qemu.exists() else []
-    options.append("--virtio-fs-dir ${SHARE_DIR:-$PWD/share}")
-    if entry.dax:
-        options.append("--virtio-fs-dax")
+    lines = _osv_lines(entry, args) if args.osv else []
     print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
-    firmware = f"; firmware: {' '.join(entry.firmware_dirs)}" if entry.firmware_dirs else " (with your own QEMU)"
-    print(f"# OSv: virtiofsd is {bin_dir / 'virtiofsd'}{firmware}")
-    print("./scripts/run.py " + " ".join(options))
+    for line in lines:
+        print(f"# {line}" if line else "#")
     return 0
+
+
+def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
+    """Comment lines: OSv's scripts/run.py command line per arch of the install, to paste in an OSv checkout."""
+    from qemuprov import osv
+
+    qemus = {str(p.get("arch")): entry.prefix / "bin" / Path(str(p["path"])).name for p in entry.qemu_probes}
+    if not qemus:
+        raise UserError(f"--osv: {entry.name} holds no QEMU of its own (it is {entry.summary()})",
+                        hint=f"use `qemuprov env {args.name}` for PATH, and your own QEMU with run.py's --qemu-path")
+    tag = osv.check_tag(args.tag)
+    if args.dax_size is not None:
+        osv.dax_size_bytes(args.dax_size)
+        if not entry.dax:
+            raise UserError(f"--dax-size: {entry.name} has no DAX window (cache-size); leave the option out",
+                            hint="only a build of the virtio-fs-dev tree has one: qemuprov build virtio-fs-dev")
+    dax_size = (args.dax_size or osv.DEFAULT_DAX_SIZE) if entry.dax else None
+    share = Path(args.share).expanduser().absolute() if args.share else Path.home() / "osv-share"
+    daemon = entry.virtiofsd_probe or {}
+    needs_root = daemon.get("flavour") == "c"
+    own = str(entry.prefix / "share" / "qemu")
+    firmware = tuple(d for d in entry.firmware_dirs if d != own)
+    lines = [f"OSv's scripts/run.py with {entry.name}: {entry.summary()}. Run it in your OSv checkout, after",
+             "the export above (run.py starts `virtiofsd` from PATH), once the shared directory exists:",
+             f"  mkdir -p {shlex.quote(str(share))}"]
+    if needs_root:
+        lines.append("The C virtiofsd needs root, so run.py runs under sudo; `env PATH=$PATH` keeps this build on "
+                     "sudo's PATH.")
+    for arch, qemu in sorted(qemus.items()):
+        line = osv.RunPyLine(arch, qemu, share, tag, dax_size, firmware, needs_root)
+        lines += [f"{arch}:", f"  {line.shell()}"]
+    if dax_size:
+        lines.append(f"--virtio-fs-dax={dax_size} is the DAX window (cache-size); choose another with --dax-size.")
+    return lines
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -307,7 +343,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     qemus, daemon_path, firmware = _verify_targets(args)
     wanted = tuple(a.strip() for a in args.arch.split(",")) if args.arch else None
-    outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args))
+    outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args),
+                                 "osv" if args.osv else "plain")
     return _render_verify(outcomes, args.json)
 
 
@@ -327,11 +364,13 @@ def _render_verify(outcomes: list[Any], as_json: bool) -> int:
         render.print_json([asdict(o) for o in outcomes])
     else:
         rows = [(o.arch, "PASS" if o.ok else f"FAIL ({o.failure})", f"{o.seconds:.1f} s", o.accel,
-                 render.yes_no(o.dax) if o.dax is not None else "-", o.message) for o in outcomes]
+                 o.dax_status, o.message) for o in outcomes]
         print(render.table(("ARCH", "RESULT", "TIME", "ACCEL", "DAX", "DETAIL"), rows))
         for o in outcomes:
             if not o.ok:
                 print("\n".join(f"    {o.arch}: {line}" for line in o.log))
+            if o.dax_status in ("no", "not tested"):
+                print(f"DAX {o.dax_status} on {o.arch}: {o.dax_reason}")
             for warning in o.warnings:
                 print(f"warning: {o.arch}: {warning}")
     return 0 if all(o.ok for o in outcomes) else 1
@@ -393,7 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_list, "installed builds with their probe summary", json=True)
     p = add("env", cmd_env, "shell lines that put a build on PATH (eval them)")
     p.add_argument("name", metavar="NAME|PREFIX")
-    p.add_argument("--osv", action="store_true", help="also the OSv scripts/run.py command line")
+    p.add_argument("--osv", action="store_true",
+                   help="also OSv's scripts/run.py command line per arch, as comments (eval runs only the export)")
+    p.add_argument("--share", metavar="DIR", help="with --osv: the directory to share (default: ~/osv-share)")
+    p.add_argument("--tag", default="myfs", help="with --osv: the virtio-fs tag (default: myfs)")
+    p.add_argument("--dax-size", metavar="SIZE",
+                   help="with --osv, on a DAX build: the DAX window, a power of two (default: 1024M)")
     p = add("verify", cmd_verify, "boot a guest and prove a file crosses the virtio-fs share", json=True,
             description="For each arch: start virtiofsd on a temporary directory, boot a small Linux guest with "
                         "shared memory and vhost-user-fs-pci; the guest reads the host's file and writes one back "
@@ -404,8 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="A,B", help="only these arches")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="auto: KVM only where it really works (default)")
+    p.add_argument("--osv", action="store_true",
+                   help="boot with the QEMU and virtiofsd command lines of OSv's scripts/run.py (user networking, "
+                        "an aio=native disk, memory-backend-file on /dev/shm, queue-size=1024)")
     p.add_argument("--kernel", metavar="FILE", help="your own guest kernel (with --initrd)")
-    p.add_argument("--initrd", metavar="FILE", help="your own initramfs; its init must mount tag qemuprov")
+    p.add_argument("--initrd", metavar="FILE",
+                   help="your own initramfs; its init mounts the tag given as qemuprov.tag= on the kernel line")
     p = add("image", cmd_image, "a runtime container image (or a tarball) of an install, for CI",
             description="Build a container image holding the install on PATH with only the runtime libraries it "
                         "needs, labelled with its manifest; or, with --tar, a relocatable tarball of the prefix.")

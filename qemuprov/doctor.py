@@ -293,8 +293,10 @@ def check_container_engine(ctx: Context) -> Iterator[Check]:
 HOST_TOOLS = {"cc": "build-essential", "ninja": "ninja-build", "meson": "meson", "pkg-config": "pkg-config",
               "python3": "python3", "flex": "flex", "bison": "bison", "git": "git"}
 HOST_LIBS = {"glib-2.0": "libglib2.0-dev", "pixman-1": "libpixman-1-dev", "libseccomp": "libseccomp-dev",
-             "libcap-ng": "libcap-ng-dev", "zlib": "zlib1g-dev"}
-HOST_HEADERS = {"libfdt.h": "libfdt-dev"}  # no pkg-config file on Debian; QEMU looks for the library itself
+             "libcap-ng": "libcap-ng-dev", "zlib": "zlib1g-dev",
+             "slirp": "libslirp-dev"}  # -netdev user, which OSv's scripts/run.py uses
+# No pkg-config file on Debian for these: QEMU looks for the library itself. libaio: aio=native (OSv's run.py).
+HOST_HEADERS = {"libfdt.h": "libfdt-dev", "libaio.h": "libaio-dev"}
 
 
 def missing_build_packages() -> list[str]:

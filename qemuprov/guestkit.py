@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +29,9 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in %(modules)s; do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko; done
 say() { echo "QEMUPROV: $*"; }
-if mount -t virtiofs %(tag)s /mnt; then
+tag=$(sed -n 's/.*qemuprov.tag=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+tag=${tag:-%(tag)s}
+if mount -t virtiofs "$tag" /mnt; then
   say "mounted"
   say "read $(cat /mnt/from-host.txt)"
   if { cat /mnt/from-host.txt > /mnt/from-guest.txt; } 2>/write.err && sync; then
@@ -38,12 +41,14 @@ if mount -t virtiofs %(tag)s /mnt; then
   fi
   umount /mnt
   if grep -q dax /proc/cmdline; then
-    if mount -t virtiofs -o dax %(tag)s /mnt; then
+    dmesg | grep 'Cache len' | sed 's/^/QEMUPROV: dax-window /'
+    if mount -t virtiofs -o dax "$tag" /mnt 2>/dax.err; then
       say "dax-mount $(grep ' /mnt ' /proc/mounts)"
-      dmesg | grep 'Cache len' | sed 's/^/QEMUPROV: dax-window /'
+      say "dax-read $(cat /mnt/from-host.txt 2>&1)"
       umount /mnt
     else
-      say "dax-mount-failed"
+      say "dax-mount-failed $(cat /dax.err)"
+      dmesg | grep -i -e dax -e virtiofs -e fuse | tail -n 5 | sed 's/^/QEMUPROV: dmesg /'
     fi
   fi
 else
@@ -60,6 +65,27 @@ class Kit:
     arch: str
     kernel: Path
     initrd: Path
+    fuse_dax: bool | None = None  # the kernel's CONFIG_FUSE_DAX, where its config is known
+
+    @property
+    def description(self) -> str:
+        return f"the guest kernel {self.kernel}"
+
+
+def fuse_dax_from_config(text: str) -> bool | None:
+    """CONFIG_FUSE_DAX in a kernel's config file: True, False (not set), None (the file does not say)."""
+    if re.search(r"^CONFIG_FUSE_DAX=y", text, re.MULTILINE):
+        return True
+    if "# CONFIG_FUSE_DAX is not set" in text or "CONFIG_FUSE_FS=" in text:
+        return False
+    return None
+
+
+def _kit_fuse_dax(config: Path) -> bool | None:
+    try:
+        return fuse_dax_from_config(config.read_text(errors="replace"))
+    except OSError:
+        return None
 
 
 def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
@@ -126,7 +152,7 @@ def ensure_kit(arch: str) -> Kit:
     # Keyed by what goes into the initramfs, so a changed init never meets a stale kit.
     recipe = hashlib.sha256((INIT + " ".join(MODULES)).encode()).hexdigest()[:12]
     home = paths.cache_dir() / "guest" / f"{arch}-{recipe}"
-    kit = Kit(arch, home / "vmlinuz", home / "initrd.cpio")
+    kit = Kit(arch, home / "vmlinuz", home / "initrd.cpio", _kit_fuse_dax(home / "config"))
     if kit.kernel.exists() and kit.initrd.exists():
         return kit
     deb_arch = DEB_ARCH[arch]
@@ -155,6 +181,9 @@ def ensure_kit(arch: str) -> Kit:
                 data = lzma.decompress(data) if found[0].suffix == ".xz" else data
                 entries.append((f"lib/modules/{module}.ko", 0o100644, data))
         home.mkdir(parents=True, exist_ok=True)
+        config = root / "boot" / kernels[-1].name.replace("vmlinuz-", "config-", 1)
+        if config.exists():
+            shutil.copyfile(config, home / "config")
         shutil.copyfile(kernels[-1], kit.kernel)
         kit.initrd.write_bytes(_cpio_newc(entries))
-    return kit
+    return Kit(arch, kit.kernel, kit.initrd, _kit_fuse_dax(home / "config"))

@@ -14,7 +14,7 @@ from typing import Any
 from qemuprov.plan import Plan
 from qemuprov.probe import RSEQ_TUNABLE
 
-DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/share/ipxe/qemu")
+DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 

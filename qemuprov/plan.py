@@ -30,6 +30,11 @@ class Tree:
     missing_subprojects: tuple[str, ...] = ()  # wraps a git checkout lacks: configure downloads them
     has_debug_info_switch: bool = False  # configure knows --disable-debug-info (every tree since 2.x)
     relocatable: bool = False  # 5.2+: the binaries find their data relative to where they are, not via --prefix
+    # -netdev user: "feature" (7.2+, the system libslirp only), "choice" (before 7.2: the system's or the tree's
+    # own copy), None (configure has no switch for it)
+    slirp: str | None = None
+    bundled_slirp: str | None = None  # how configure names the tree's own slirp ("git", "internal"), if it has one
+    knows_linux_aio: bool = False  # configure takes --enable-linux-aio (aio=native)
 
 
 def inspect(root: Path) -> Tree:
@@ -66,10 +71,22 @@ def inspect(root: Path) -> Tree:
         missing_subprojects=_missing_subprojects(root / "subprojects"),
         has_debug_info_switch="--disable-debug-info" in switches_text,
         relocatable=_mentions(root / "util" / "cutils.c", "get_relocated_path"),
+        slirp=_slirp_kind(options_file, switches_text),
+        bundled_slirp=("git" if "--enable-slirp=git)" in configure_text else "internal")
+        if (root / "slirp" / "meson.build").exists() or (root / "slirp" / "Makefile").exists() else None,
+        knows_linux_aio="linux_aio" in options or "--enable-linux-aio" in switches_text,
         minimal_devices=frozenset(
             p.parent.name.removesuffix("-softmmu") for p in root.glob("configs/devices/*-softmmu/minimal.mak")
         ) if "--with-devices-" in configure_text else frozenset(),
     )
+
+
+def _slirp_kind(options_file: Path, switches_text: str) -> str | None:
+    declared = re.search(r"option\('slirp',\s*type\s*:\s*'(\w+)'",
+                         options_file.read_text() if options_file.exists() else "")
+    if declared:
+        return "feature" if declared.group(1) == "feature" else "choice"
+    return "choice" if "--enable-slirp=system" in switches_text else None
 
 
 def _mentions(path: Path, word: str) -> bool:
@@ -103,6 +120,10 @@ def _meson_requirement(pythondeps: Path) -> str | None:
 
 RELOCATABLE_PREFIX = Path("/opt/qemuprov/prefix")
 
+# What OSv's scripts/run.py puts on every QEMU line, and the library each needs at build time.
+SLIRP_REASON = "-netdev user (user-mode networking, slirp), which OSv's scripts/run.py always uses"
+LINUX_AIO_REASON = "aio=native on -drive, which OSv's scripts/run.py always uses (linux-aio, libaio)"
+
 
 @dataclass(frozen=True)
 class Arg:
@@ -132,8 +153,25 @@ class Plan:
                 "configure_prefix": str(self.prefix), "notes": list(self.notes)}
 
 
-def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...], python: str | None = None) -> Plan:
-    """python: an interpreter that has a recent meson, for 8.1+ trees that bundle none (distribution trees)."""
+def consumer_features(tree: Tree, system_slirp: bool) -> list[Arg]:
+    """Features asked for outright, so a build without them fails at configure instead of at the user's run.py.
+    system_slirp: the build environment has libslirp (the build checks that before it plans)."""
+    args = []
+    if tree.slirp == "feature":
+        args.append(Arg("--enable-slirp", SLIRP_REASON))
+    elif tree.slirp == "choice" and system_slirp:
+        args.append(Arg("--enable-slirp=system", SLIRP_REASON))
+    elif tree.slirp == "choice" and tree.bundled_slirp:
+        args.append(Arg(f"--enable-slirp={tree.bundled_slirp}", SLIRP_REASON + " (here: the tree's own)"))
+    if tree.knows_linux_aio:
+        args.append(Arg("--enable-linux-aio", LINUX_AIO_REASON))
+    return args
+
+
+def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...], python: str | None = None,
+              system_slirp: bool = True) -> Plan:
+    """python: an interpreter that has a recent meson, for 8.1+ trees that bundle none (distribution trees).
+    system_slirp: the build environment has libslirp (builder images do)."""
     version = Version(tree.version.split("-")[0]) if re.match(r"^\d+\.\d+", tree.version) else Version("0")
     configure_prefix = RELOCATABLE_PREFIX if tree.relocatable else prefix
     args = [Arg(f"--prefix={configure_prefix}",
@@ -154,6 +192,7 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
         args += [Arg("--enable-seccomp", "virtiofsd sandboxes itself with seccomp"),
                  Arg("--enable-cap-ng", "virtiofsd drops capabilities with libcap-ng")]
     args.append(Arg("--enable-vhost-user", "vhost-user-fs-pci talks to virtiofsd over vhost-user"))
+    args += consumer_features(tree, system_slirp)
     if "docs" in tree.meson_options or version < Version("5.2"):
         args.append(Arg("--disable-docs", "documentation is not needed to run virtio-fs"))
     if "guest_agent" in tree.meson_options or version < Version("5.2"):

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import stat
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from packaging.version import Version
 
 from qemuprov import paths, procs
 from qemuprov.probe_parse import (
-    PROBE_COMMANDS,
     c_virtiofsd_lacks_rseq,
     devices_from_help,
+    netdevs_from_help,
+    probe_commands,
     properties_from_help,
     qemu_facts_from_qmp,
     qemu_version_from_text,
@@ -28,7 +30,7 @@ from qemuprov.probe_parse import (
 )
 
 PROBE_TIMEOUT = 15.0
-CACHE_VERSION = 4  # bump when what a probe records or concludes changes
+CACHE_VERSION = 6  # bump when what a probe records or concludes changes
 RSEQ_TUNABLE = "glibc.pthread.rseq=0"
 
 # Where distributions put virtiofsd instead of PATH.
@@ -53,7 +55,13 @@ class QemuProbe:
     dax: bool = False
     accels: list[str] = field(default_factory=list)
     memory_backends: list[str] = field(default_factory=list)
+    netdevs: list[str] | None = None  # -netdev backends (`user` is slirp); None: the binary lists none
+    aio_native: bool | None = None  # -drive aio=native works (linux-aio); None: could not be tried here
     error: str | None = None
+
+    @property
+    def user_networking(self) -> bool:
+        return "user" in (self.netdevs or ())
 
     @property
     def shared_memory(self) -> bool:
@@ -104,11 +112,14 @@ def sets_rseq_tunable(path: Path) -> bool:
 def probe_qemu(path: Path) -> QemuProbe:
     result = QemuProbe(path=str(path))
     argv: list[str | Path] = [path, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
-    run = procs.run(argv, timeout=PROBE_TIMEOUT, input=qmp_script())
-    replies = qmp_replies(run.stdout, list(PROBE_COMMANDS))
+    commands = probe_commands(aio_probe_file())
+    run = procs.run(argv, timeout=PROBE_TIMEOUT, input=qmp_script(commands))
+    replies = qmp_replies(run.stdout, list(commands))
     if "version" not in replies:
         return _probe_qemu_from_help(path, result, run)
+    result.netdevs = _netdevs(path)
     facts = qemu_facts_from_qmp(replies)
+    result.aio_native = facts.aio_native
     result.version, result.package, result.arch = facts.version, facts.package, facts.arch
     result.devices, result.dax = facts.devices, facts.dax
     result.accels, result.memory_backends = facts.accels, facts.memory_backends
@@ -127,6 +138,7 @@ def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) 
         return result
     result.version, result.package = parsed
     result.arch = path.name.removeprefix("qemu-system-")
+    result.netdevs = _netdevs(path)
     devices = devices_from_help(procs.run([path, "-device", "help"], timeout=PROBE_TIMEOUT).stdout)
     result.devices = {dev: dev in devices for dev in ("vhost-user-fs-pci", "vhost-user-fs-device")}
     result.vhost_user_fs = result.devices["vhost-user-fs-pci"]
@@ -134,6 +146,31 @@ def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) 
         props = procs.run([path, "-device", "vhost-user-fs-pci,help"], timeout=PROBE_TIMEOUT).stdout
         result.dax = "cache-size" in properties_from_help(props)
     return result
+
+
+def _netdevs(path: Path) -> list[str] | None:
+    return netdevs_from_help(procs.run([path, "-machine", "none", "-netdev", "help"], timeout=PROBE_TIMEOUT).stdout)
+
+
+def direct_io_file(name: str, size: int = 4096) -> Path | None:
+    """A file of `size` bytes that QEMU can open with cache=none (O_DIRECT, which tmpfs refuses), made where that
+    works: the cache dir, else /var/tmp, else the temp dir. None where none of them takes O_DIRECT."""
+    for directory in (paths.cache_dir(), Path("/var/tmp"), Path(tempfile.gettempdir())):
+        file = directory / name
+        try:
+            if not file.is_file() or file.stat().st_size != size:
+                directory.mkdir(parents=True, exist_ok=True)
+                file.write_bytes(bytes(size))
+            os.close(os.open(file, os.O_RDONLY | os.O_DIRECT))
+        except OSError:
+            continue
+        return file
+    return None
+
+
+def aio_probe_file() -> str | None:
+    file = direct_io_file("qemuprov-aio-probe.img")
+    return str(file) if file else None
 
 
 def probe_virtiofsd(path: Path) -> VirtiofsdProbe:

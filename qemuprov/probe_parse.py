@@ -37,6 +37,21 @@ PROBE_COMMANDS: dict[str, QmpCommand] = {
 }
 
 
+AIO_NODE = "qemuprov-aio-probe"
+NO_LINUX_AIO = "not supported in this build"  # QEMU's words for aio=native without linux-aio
+
+
+def probe_commands(aio_file: str | None) -> dict[str, QmpCommand]:
+    """The batch; with a file on a filesystem that takes O_DIRECT, also open it with aio=native, as a
+    `-drive ...,cache=none,aio=native` would (QEMU refuses that where it was built without linux-aio)."""
+    if aio_file is None:
+        return PROBE_COMMANDS
+    aio = QmpCommand("blockdev-add", {"driver": "file", "node-name": AIO_NODE, "filename": aio_file,
+                                      "aio": "native", "read-only": True, "cache": {"direct": True}})
+    commands = {k: v for k, v in PROBE_COMMANDS.items() if k != "quit"}
+    return {**commands, "aio": aio, "quit": PROBE_COMMANDS["quit"]}
+
+
 def qmp_script(commands: dict[str, QmpCommand] = PROBE_COMMANDS) -> str:
     return "".join(cmd.line(ident) + "\n" for ident, cmd in commands.items())
 
@@ -78,6 +93,15 @@ class QemuFacts:
     dax: bool = False
     memory_backends: list[str] = field(default_factory=list)
     accels: list[str] = field(default_factory=list)
+    aio_native: bool | None = None  # None: not tried, or the answer says nothing about linux-aio
+
+
+def aio_native_from_reply(reply: dict[str, Any] | None) -> bool | None:
+    if reply is None:
+        return None
+    if "error" not in reply:
+        return True
+    return False if NO_LINUX_AIO in str(reply["error"].get("desc", "")) else None
 
 
 def qemu_facts_from_qmp(replies: dict[str, dict[str, Any]]) -> QemuFacts:
@@ -99,6 +123,7 @@ def qemu_facts_from_qmp(replies: dict[str, dict[str, Any]]) -> QemuFacts:
     facts.memory_backends = sorted(t["name"] for t in backends if t["name"] != "memory-backend")
     accels = _returned(replies, "accels") or []
     facts.accels = sorted(t["name"].removesuffix("-accel") for t in accels if t["name"] != "accel")
+    facts.aio_native = aio_native_from_reply(replies.get("aio"))
     return facts
 
 
@@ -114,6 +139,14 @@ def qemu_version_from_text(text: str) -> tuple[str, str] | None:
 def devices_from_help(text: str) -> set[str]:
     """`-device help` lines look like: name "vhost-user-fs-pci", bus PCI."""
     return set(re.findall(r'^name "([^"]+)"', text, flags=re.MULTILINE))
+
+
+def netdevs_from_help(text: str) -> list[str] | None:
+    """`-netdev help`: "Available netdev backend types:" and one name a line. None: no such list printed."""
+    head, found, rest = text.partition("Available netdev backend types:")
+    if not found:
+        return None
+    return [line.strip() for line in rest.splitlines() if re.fullmatch(r"[\w-]+", line.strip())]
 
 
 def properties_from_help(text: str) -> set[str]:

@@ -50,7 +50,8 @@ SCHEMA: dict[str, Any] = {
     "extends": str,
     "qemu": {**_SOURCE_KEYS, "arches": list, "configure": list},
     "virtiofsd": {"source": str, **_SOURCE_KEYS, "builder": str, "static": bool, "crates": str},
-    "expect": {"dax": bool, "arches": list, "virtiofsd": str, "version": str},
+    "verify": {"osv": bool},
+    "expect": {"dax": bool, "arches": list, "virtiofsd": str, "version": str, "netdevs": list, "aio_native": bool},
 }
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list of strings"}
 
@@ -111,6 +112,8 @@ class Expect:
     arches: tuple[str, ...] = ()
     virtiofsd: VirtiofsdFlavour | None = None
     version: str | None = None  # a QEMU version prefix, e.g. "7.2"
+    netdevs: tuple[str, ...] = ()  # -netdev backends every QEMU must have ("user": OSv's run.py)
+    aio_native: bool | None = None  # -drive aio=native (OSv's run.py)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Recipe:
     origin: str
     extends: str | None = None
     chain: tuple[str, ...] = field(default=())  # files merged to make this recipe, base first
+    verify_osv: bool = False  # `build --verify` boots with OSv's scripts/run.py command lines
 
     @property
     def arches(self) -> tuple[str, ...]:
@@ -318,7 +322,7 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
                     'daemon alone, set [virtiofsd] source = "rust" with its git + ref')
     expect_table = data.get("expect", {})
     if qemu is None:
-        for qemu_only in ("dax", "arches", "version"):
+        for qemu_only in ("dax", "arches", "version", "netdevs", "aio_native"):
             if qemu_only in expect_table:
                 raise _fail(path, f"expect.{qemu_only}", "promises something about QEMU, which this recipe "
                             "does not build (no [qemu]); remove it")
@@ -332,6 +336,8 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
         arches=expect_arches,
         virtiofsd=_choice(path, "expect.virtiofsd", flavour, VirtiofsdFlavour) if flavour else None,
         version=expect_table.get("version"),
+        netdevs=tuple(expect_table.get("netdevs", ())),
+        aio_native=expect_table.get("aio_native"),
     )
     return Recipe(
         name=data["name"],
@@ -344,6 +350,7 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
         origin=origin,
         extends=data.get("extends"),
         chain=chain,
+        verify_osv=data.get("verify", {}).get("osv", False),
     )
 
 

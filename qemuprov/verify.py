@@ -11,10 +11,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qemuprov import guestkit, probe
+from qemuprov import guestkit, osv, probe
 from qemuprov.errors import UserError
 from qemuprov.guestkit import TAG, Kit
 from qemuprov.probe import QemuProbe, VirtiofsdProbe
@@ -32,11 +33,25 @@ class Outcome:
     ok: bool
     seconds: float
     accel: str
-    dax: bool | None = None  # None: the QEMU has no DAX window to try
+    dax: bool | None = None  # None: not tried (the QEMU has no DAX window, or the guest kernel cannot use one)
     failure: str | None = None  # "virtiofsd", "qemu", "guest"
     message: str = ""
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # combinations known to break (probe.pairing_warnings)
+    mode: str = "plain"  # "osv": with the QEMU and virtiofsd command lines of OSv's scripts/run.py
+    dax_status: str = "-"  # "yes", "no", "not tested", "-" (no DAX window)
+    dax_reason: str = ""  # why not "yes", and what to do
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The two command lines of one verify run, and where the guest's console ends up."""
+
+    virtiofsd: list[str]
+    qemu: list[str]
+    socket: Path
+    console: Path
+    disk: Path | None = None  # made for the run (OSv's line has a disk), removed after it
 
 
 def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[str]:
@@ -46,10 +61,14 @@ def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[st
     return [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", "cache=auto"]
 
 
+def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
+    console = "ttyS0" if qemu.arch == "x86_64" else "ttyAMA0"
+    return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
+
+
 def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
               firmware: list[str]) -> list[str]:
-    console = "ttyS0" if qemu.arch == "x86_64" else "ttyAMA0"
-    append = f"console={console} panic=-1 quiet" + (" dax" if qemu.dax else "")
+    append = kernel_append(qemu)
     device = f"vhost-user-fs-pci,chardev=vfs,tag={TAG}" + (f",cache-size={DAX_WINDOW}" if qemu.dax else "")
     argv = [qemu.path, "-accel", accel, "-m", str(MEMORY_MB), "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{serial}", "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
@@ -91,6 +110,60 @@ def _write_failed(error: str) -> str:
     return message
 
 
+def plain_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, accel: str,
+                 firmware: list[str]) -> Launch:
+    socket, serial = work / "vfs.sock", work / "serial.log"
+    return Launch(virtiofsd_argv(daemon, socket, work / "share"),
+                  qemu_argv(qemu, kit, socket, serial, accel, firmware), socket, serial)
+
+
+def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, accel: str,
+               firmware: list[str]) -> Launch:
+    """OSv's scripts/run.py lines with the guest kit's kernel in place of OSv's; `-display none` stands in
+    for run.py's VNC listener, and the gdb listener is left out."""
+    socket = work / "vhostqemu"
+    disk = probe.direct_io_file(f"qemuprov-verify-{os.getpid()}-{secrets.token_hex(4)}.img", 1 << 20)
+    if disk is None:
+        raise UserError("verify --osv: no directory here takes O_DIRECT (cache=none), which OSv's disk line needs",
+                        hint="set XDG_CACHE_HOME (or QEMUPROV_CACHE) to a directory on a disk, not tmpfs")
+    argv = osv.qemu_argv(qemu.path, str(qemu.arch), disk, socket, osv.DEFAULT_TAG,
+                         DAX_WINDOW if qemu.dax else None, accel, boot_disk=False)
+    argv += ["-display", "none"] if qemu.arch == "x86_64" else []
+    argv += ["-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", kernel_append(qemu, osv.DEFAULT_TAG)]
+    if accel != "kvm":
+        argv += ["-accel", accel]
+    for directory in firmware:
+        argv += ["-L", directory]
+    return Launch(osv.virtiofsd_argv(daemon.path, socket, work / "share"), argv, socket, work / "qemu.log", disk)
+
+
+LAUNCHERS = {"plain": plain_launch, "osv": osv_launch}
+
+
+def dax_verdict(qemu: QemuProbe, lines: list[str], kit: Kit) -> tuple[bool | None, str, str]:
+    """(dax, status, reason) from the guest's own report. Three ways to miss: the QEMU has no window, the guest
+    kernel cannot use one (it never reports the window), the daemon cannot map into it (mount or read fails)."""
+    if not qemu.dax:
+        return None, "-", "this QEMU has no DAX window (cache-size)"
+    window = any(ln.startswith("QEMUPROV: dax-window") for ln in lines)
+    mounted = any("dax=always" in ln for ln in lines if ln.startswith("QEMUPROV: dax-mount "))
+    read = next((ln.removeprefix("QEMUPROV: dax-read ").strip() for ln in lines
+                 if ln.startswith("QEMUPROV: dax-read ")), None)
+    token = next((ln.removeprefix("QEMUPROV: read ").strip() for ln in lines if ln.startswith("QEMUPROV: read ")),
+                 None)
+    if window and mounted and read is not None and read == token:
+        return True, "yes", ""
+    if not window:
+        config = {True: "", False: " (its config has no CONFIG_FUSE_DAX, which needs ZONE_DEVICE)",
+                  None: ""}[kit.fuse_dax]
+        return None, "not tested", (f"{kit.description} cannot use DAX: it reported no DAX window{config}; "
+                                    "boot a kernel built with CONFIG_FUSE_DAX with --kernel/--initrd")
+    failed = next((ln for ln in lines if ln.startswith(("QEMUPROV: dax-mount-failed", "QEMUPROV: dmesg"))), "")
+    what = f"reading through it failed ({read})" if mounted else f"mount -o dax failed ({failed.strip()})"
+    return False, "no", (f"the guest found the DAX window but {what}: the virtiofsd does not serve DAX mappings "
+                         "(FUSE_SETUPMAPPING); pair the virtio-fs-dev QEMU with its own C virtiofsd")
+
+
 def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> None:
     """Until the guest powers off, GUEST_TIMEOUT passes, or virtiofsd dies (the guest would only hang then)."""
     deadline = time.monotonic() + GUEST_TIMEOUT
@@ -104,21 +177,32 @@ def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -
             return
 
 
-def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str]) -> Outcome:
+def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str],
+        mode: str = "plain") -> Outcome:
+    return run_launch(qemu, daemon, kit, lambda work: LAUNCHERS[mode](qemu, daemon, kit, work, accel, firmware),
+                      accel, mode)
+
+
+def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: Callable[[Path], Launch],
+               accel: str, mode: str) -> Outcome:
+    """Boot what make_launch(work dir) describes; the work dir holds share/ with the host's file in it."""
     start = time.monotonic()
-    outcome = Outcome(str(qemu.arch), False, 0.0, accel)
+    outcome = Outcome(str(qemu.arch), False, 0.0, accel, mode=mode)
     vfs: subprocess.Popen[bytes] | None = None
     vm: subprocess.Popen[bytes] | None = None
+    launch: Launch | None = None
     with tempfile.TemporaryDirectory(prefix="qemuprov-verify-") as tmp:
         work = Path(tmp)
-        share, socket, serial = work / "share", work / "vfs.sock", work / "serial.log"
+        share = work / "share"
         share.mkdir()
         token = secrets.token_hex(8)
         (share / "from-host.txt").write_text(token + "\n")
         vfs_log = (work / "virtiofsd.log").open("wb")
         qemu_log = (work / "qemu.log").open("wb")
         try:
-            vfs = subprocess.Popen(virtiofsd_argv(daemon, socket, share), stdout=vfs_log, stderr=subprocess.STDOUT,
+            launch = make_launch(work)
+            socket = launch.socket
+            vfs = subprocess.Popen(launch.virtiofsd, stdout=vfs_log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
             deadline = time.monotonic() + SOCKET_TIMEOUT
             while not socket.exists() and vfs.poll() is None and time.monotonic() < deadline:
@@ -128,20 +212,22 @@ def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware:
                 outcome.message = _died(vfs, daemon) if vfs.poll() is not None else "virtiofsd made no socket in time"
                 outcome.log = (work / "virtiofsd.log").read_text(errors="replace").splitlines()[-10:]
                 return outcome
-            vm = subprocess.Popen(qemu_argv(qemu, kit, socket, serial, accel, firmware), stdout=qemu_log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+            # stdin stays open and silent: run.py's line reads the console from stdio
+            vm = subprocess.Popen(launch.qemu, stdin=subprocess.PIPE, stdout=qemu_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
             _wait_for_guest(vm, vfs)
-            console = serial.read_text(errors="replace") if serial.exists() else ""
+            console = launch.console.read_text(errors="replace") if launch.console.exists() else ""
             lines = [ln.strip() for ln in console.splitlines() if ln.startswith("QEMUPROV:")]
             outcome.log = lines
             qemu_out = (work / "qemu.log").read_text(errors="replace")
+            qemu_said = [ln for ln in qemu_out.splitlines() if not ln.startswith("QEMUPROV:")]
             if vfs.poll() is not None and vfs.returncode != 0:
                 outcome.failure, outcome.message = "virtiofsd", _died(vfs, daemon)
-                outcome.log = [*lines, *qemu_out.splitlines()[-5:]]
+                outcome.log = [*lines, *qemu_said[-5:]]
             elif not lines and vm.returncode not in (0, None):
                 outcome.failure = "qemu"
-                outcome.message = f"QEMU refused to run: {qemu_out.strip().splitlines()[-1:] or ['?']}"
-                outcome.log = qemu_out.splitlines()[-10:]
+                outcome.message = f"QEMU refused to run: {qemu_said[-1:] or ['?']}"
+                outcome.log = qemu_said[-10:]
             elif "QEMUPROV: mounted" not in lines:
                 outcome.failure = "guest"
                 outcome.message = "the guest could not mount the share" if lines else \
@@ -157,14 +243,16 @@ def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware:
                     outcome.failure, outcome.message = "guest", f"file round trip failed (guest wrote {got!r})"
                 else:
                     outcome.ok = True
-                    outcome.message = "the guest read the host's file and wrote one back"
-                if qemu.dax:
-                    outcome.dax = any("dax=always" in ln for ln in lines) and any("dax-window" in ln for ln in lines)
+                    outcome.message = "the guest read the host's file and wrote one back" + (
+                        " (OSv's run.py command lines)" if mode == "osv" else "")
+                outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit)
         finally:
             stop_group(vm)
             stop_group(vfs)
             vfs_log.close()
             qemu_log.close()
+            if launch is not None and launch.disk is not None:
+                launch.disk.unlink(missing_ok=True)
     outcome.seconds = round(time.monotonic() - start, 2)
     return outcome
 
@@ -190,7 +278,7 @@ def choose_accel(arch: str, requested: str) -> str:
 
 
 def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
-               accel: str, own_kit: tuple[Path, Path] | None) -> list[Outcome]:
+               accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain") -> list[Outcome]:
     cache = probe.ProbeCache()
     daemon = probe.probe_binary(daemon_path, cache)
     if daemon.error or not isinstance(daemon, VirtiofsdProbe):
@@ -209,7 +297,7 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches
                                     message=f"{path} has no vhost-user-fs-pci device"))
             continue
         kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
-        outcome = run(qemu, daemon, kit, choose_accel(str(qemu.arch), accel), firmware)
+        outcome = run(qemu, daemon, kit, choose_accel(str(qemu.arch), accel), firmware, mode)
         outcome.warnings = probe.pairing_warnings(qemu, daemon)
         outcomes.append(outcome)
     cache.save()

@@ -103,7 +103,8 @@ def test_not_a_qemu_tree(tmp_path: Path) -> None:
 
 
 def q(arch: str, dax: bool = False, version: str = "7.2.0") -> QemuProbe:
-    return QemuProbe(path=f"/p/bin/qemu-system-{arch}", version=version, arch=arch, vhost_user_fs=True, dax=dax)
+    return QemuProbe(path=f"/p/bin/qemu-system-{arch}", version=version, arch=arch, vhost_user_fs=True, dax=dax,
+                     netdevs=["user"], aio_native=True)
 
 
 def test_expectations() -> None:
