@@ -24,7 +24,7 @@ from qemuprov import __version__, installs, paths, plan, probe, rust_virtiofsd, 
 from qemuprov.doctor import HOST_HEADERS, HOST_LIBS
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
-from qemuprov.recipe import Crates, Recipe, Source
+from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.runners import Runner
 
 LOG_TAIL = 25
@@ -539,12 +539,12 @@ def _tail(path: Path, count: int) -> str:
 
 
 def validate_arches(recipe: Recipe, requested: str | None) -> tuple[str, ...]:
-    if not requested:
+    if requested is None:
         return recipe.arches
     if recipe.qemu is None:
         raise UserError(f"--arch: {recipe.name} builds no QEMU, only virtiofsd (which serves guests of any arch)",
                         hint="leave out --arch")
-    arches = tuple(a.strip() for a in requested.split(",") if a.strip())
+    arches = split_arches(requested)
     for arch in arches:
         if arch not in recipe.qemu.arches:
             built = ", ".join(recipe.qemu.arches)

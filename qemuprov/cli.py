@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 from qemuprov import __version__, installs, probe, render
 from qemuprov.errors import InfraError, QemuprovError, UserError
-from qemuprov.recipe import Recipe, RecipeBook, default_layers
+from qemuprov.recipe import Recipe, RecipeBook, default_layers, split_arches
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -186,6 +187,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UserError("-j: give a number of parallel jobs of 1 or more")
     prefix = Path(args.prefix).resolve() if args.prefix else paths.install_root() / recipe.name
+    installs.check_prefix(prefix)
     runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
@@ -342,7 +344,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from qemuprov import verify
 
     qemus, daemon_path, firmware = _verify_targets(args)
-    wanted = tuple(a.strip() for a in args.arch.split(",")) if args.arch else None
+    wanted = split_arches(args.arch) if args.arch is not None else None
     outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args),
                                  "osv" if args.osv else "plain")
     return _render_verify(outcomes, args.json)
@@ -487,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qemuprov: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qemuprov show ... | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except Exception as exc:  # an unexpected failure: one line, the traceback only on request
         if args.debug:
             traceback.print_exc()

@@ -152,12 +152,24 @@ def check_qemu(ctx: Context) -> Iterator[Check]:
             dax_found.append(found)
         yield Check("QEMU", f"{name} has vhost-user-fs-pci", Status.PASS,
                     f"{found}: QEMU {result.version}, {dax}")
+        yield _check_osv_line(name, found, result)
     if dax_found:
         yield Check("QEMU", "a QEMU with the DAX window", Status.PASS, ", ".join(dax_found))
     else:
         yield Check("QEMU", "a QEMU with the DAX window", Status.WARN,
                     "no QEMU here has cache-size on vhost-user-fs-pci (only the virtio-fs-dev fork does)",
                     "only needed for -o dax: qemuprov build virtio-fs-dev")
+
+
+def _check_osv_line(name: str, found: str, result: probe.QemuProbe) -> Check:
+    """What OSv's scripts/run.py puts on every QEMU line: -netdev user and a disk with aio=native."""
+    lacking = ([] if result.netdevs is None or result.user_networking else ["-netdev user (slirp)"]) + \
+        (["aio=native (linux-aio)"] if result.aio_native is False else [])
+    what = f"{name} takes OSv's run.py line (-netdev user, aio=native)"
+    if lacking:
+        return Check("QEMU", what, Status.WARN, f"{found} was built without {' and '.join(lacking)}",
+                     "build QEMU with libslirp-dev and libaio-dev installed, e.g. qemuprov build qemu-7.2")
+    return Check("QEMU", what, Status.PASS)
 
 
 def check_virtiofsd(ctx: Context) -> Iterator[Check]:

@@ -79,6 +79,26 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+SHARED_DIRECTORIES = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt",
+                      "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/local", "/var",
+                      "/var/tmp")
+
+
+def check_prefix(prefix: Path) -> None:
+    """An install replaces its whole prefix (build aside, then swap): refuse any place where that would delete
+    or hide what qemuprov did not make."""
+    why = "an install replaces the whole directory in one atomic swap"
+    shared = {Path(p) for p in SHARED_DIRECTORIES} | {Path.home(), paths.install_root(), paths.cache_dir()}
+    if prefix in shared or prefix in Path.home().parents:
+        raise UserError(f"--prefix {prefix}: a shared directory, not a place for one install ({why})",
+                        hint=f"name a directory of its own, e.g. --prefix {prefix / 'qemu'}")
+    if prefix.exists() and not prefix.is_dir():
+        raise UserError(f"--prefix {prefix}: exists and is not a directory", hint="name a new or empty directory")
+    if prefix.is_dir() and not (prefix / MANIFEST).exists() and any(prefix.iterdir()):
+        raise UserError(f"--prefix {prefix}: holds files that are not a qemuprov install (no {MANIFEST}), and {why}",
+                        hint="name a new or empty directory, or an earlier qemuprov install")
+
+
 def _registered_prefixes() -> list[Path]:
     try:
         return [Path(p) for p in json.loads((paths.install_root() / REGISTRY).read_text())]

@@ -10,14 +10,16 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qemuprov import paths
 from qemuprov.errors import UserError
+
+_T = TypeVar("_T")
 
 FORMAT = 1
 ARCHES = ("x86_64", "aarch64")
@@ -58,7 +60,7 @@ _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_GIT_URL_RE = re.compile(r"^(https?|git|ssh|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
+_GIT_URL_RE = re.compile(r"^(https?|git|ssh|file)://\S+$|^\w[\w.-]*@[\w.-]+:\S+$")  # never an option (-u...)
 _TARBALL_URL_RE = re.compile(r"^(https?|file)://\S+$")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
@@ -184,6 +186,9 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise _fail(path, None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _fail(path, None, f"not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                    "save the file as UTF-8") from None
     except OSError as exc:
         raise _fail(path, None, f"cannot read: {exc.strerror}") from None
     _check_shape(path, data, SCHEMA)
@@ -307,38 +312,27 @@ def _virtiofsd(path: Path, table: Mapping[str, Any], known_builders: list[str]) 
 
 def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str, ...],
                  builders: Iterable[str]) -> Recipe:
-    """Turn a merged, shape-checked table into a Recipe, checking what the values mean."""
-    builder = data.get("builder")
-    if builder is None:
-        raise _fail(path, "builder", "missing; name a builder image under containers/ (e.g. debian-bookworm)")
+    """Turn a merged, shape-checked table into a Recipe, checking what the values mean. Every section is checked,
+    and all of their problems are reported together (one line), not only the first."""
+    problems: list[str] = []
+
+    def checked(check: Callable[[], _T]) -> _T | None:
+        try:
+            return check()
+        except UserError as exc:
+            problems.append(exc.message.removeprefix(f"{path}: "))
+            return None
+
     known_builders = sorted(builders)
-    if builder not in known_builders:
-        raise _fail(path, "builder", f'unknown builder "{builder}"{_did_you_mean(builder, known_builders)} '
-                    f"(available: {', '.join(known_builders)})")
-    qemu = _qemu(path, data["qemu"]) if "qemu" in data else None
-    virtiofsd = _virtiofsd(path, data.get("virtiofsd", {}), known_builders)
-    if qemu is None and virtiofsd.source is not VirtiofsdSource.RUST:
-        raise _fail(path, "qemu", 'missing; add a [qemu] table with git + ref (or tarball + sha256), or, for the '
-                    'daemon alone, set [virtiofsd] source = "rust" with its git + ref')
-    expect_table = data.get("expect", {})
-    if qemu is None:
-        for qemu_only in ("dax", "arches", "version", "netdevs", "aio_native"):
-            if qemu_only in expect_table:
-                raise _fail(path, f"expect.{qemu_only}", "promises something about QEMU, which this recipe "
-                            "does not build (no [qemu]); remove it")
-    expect_arches = _arches(path, "expect.arches", expect_table.get("arches", []))
-    missing = [arch for arch in expect_arches if qemu and arch not in qemu.arches]
-    if missing:
-        raise _fail(path, "expect.arches", f"expects {', '.join(missing)} but qemu.arches does not build it")
-    flavour = expect_table.get("virtiofsd")
-    expect = Expect(
-        dax=expect_table.get("dax"),
-        arches=expect_arches,
-        virtiofsd=_choice(path, "expect.virtiofsd", flavour, VirtiofsdFlavour) if flavour else None,
-        version=expect_table.get("version"),
-        netdevs=tuple(expect_table.get("netdevs", ())),
-        aio_native=expect_table.get("aio_native"),
-    )
+    builder = checked(lambda: _builder(path, data.get("builder"), known_builders))
+    qemu = checked(lambda: _qemu(path, data["qemu"])) if "qemu" in data else None
+    virtiofsd = checked(lambda: _virtiofsd(path, data.get("virtiofsd", {}), known_builders))
+    if "qemu" not in data and virtiofsd is not None and virtiofsd.source is not VirtiofsdSource.RUST:
+        problems.append('qemu: missing; add a [qemu] table with git + ref (or tarball + sha256), or, for the '
+                        'daemon alone, set [virtiofsd] source = "rust" with its git + ref')
+    expect = checked(lambda: _expect(path, data.get("expect", {}), qemu, "qemu" in data))
+    if problems or builder is None or virtiofsd is None or expect is None:
+        raise UserError(f"{path}: " + "; ".join(problems))
     return Recipe(
         name=data["name"],
         description=data.get("description", ""),
@@ -351,6 +345,36 @@ def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str
         extends=data.get("extends"),
         chain=chain,
         verify_osv=data.get("verify", {}).get("osv", False),
+    )
+
+
+def _builder(path: Path, builder: str | None, known_builders: list[str]) -> str:
+    if builder is None:
+        raise _fail(path, "builder", "missing; name a builder image under containers/ (e.g. debian-bookworm)")
+    if builder not in known_builders:
+        raise _fail(path, "builder", f'unknown builder "{builder}"{_did_you_mean(builder, known_builders)} '
+                    f"(available: {', '.join(known_builders)})")
+    return builder
+
+
+def _expect(path: Path, expect_table: dict[str, Any], qemu: QemuSpec | None, has_qemu: bool) -> Expect:
+    if not has_qemu:
+        for qemu_only in ("dax", "arches", "version", "netdevs", "aio_native"):
+            if qemu_only in expect_table:
+                raise _fail(path, f"expect.{qemu_only}", "promises something about QEMU, which this recipe "
+                            "does not build (no [qemu]); remove it")
+    expect_arches = _arches(path, "expect.arches", expect_table.get("arches", []))
+    missing = [arch for arch in expect_arches if qemu and arch not in qemu.arches]
+    if missing:
+        raise _fail(path, "expect.arches", f"expects {', '.join(missing)} but qemu.arches does not build it")
+    flavour = expect_table.get("virtiofsd")
+    return Expect(
+        dax=expect_table.get("dax"),
+        arches=expect_arches,
+        virtiofsd=_choice(path, "expect.virtiofsd", flavour, VirtiofsdFlavour) if flavour else None,
+        version=expect_table.get("version"),
+        netdevs=tuple(expect_table.get("netdevs", ())),
+        aio_native=expect_table.get("aio_native"),
     )
 
 
@@ -425,3 +449,11 @@ class RecipeBook:
             except UserError as exc:
                 errors.append(exc)
         return recipes, errors
+
+
+def split_arches(requested: str) -> tuple[str, ...]:
+    """--arch A,B: at least one arch, no empty ones."""
+    arches = tuple(a.strip() for a in requested.split(","))
+    if not all(arches):
+        raise UserError(f'--arch: "{requested}" names an empty arch', hint="for example --arch x86_64,aarch64")
+    return tuple(dict.fromkeys(arches))

@@ -36,15 +36,35 @@ def _mirror_dir(url: str) -> Path:
     return paths.cache_dir() / "git" / f"{name}-{digest}.git"
 
 
-def _git_failure(section: str, url: str, exc: git.GitCommandError) -> UserError:
-    lines = [line.strip() for line in str(exc.stderr or "").splitlines() if line.strip()]
-    return UserError(f"{section}.git: cannot fetch {url}: {lines[-1] if lines else exc}", hint=MIRROR_HINT)
+def _is_local(url: str) -> bool:
+    return url.startswith(("/", "file://"))
+
+
+def git_failure(section: str, url: str, stderr: str) -> UserError | InfraError:
+    """git's own reason (its first `fatal:` line, not the advice after it). A local path that is no repository
+    is the recipe's fault (exit 2); a refused mirror or a remote that does not answer is the environment's (1)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    fatal = [line.removeprefix("fatal: ") for line in lines if line.startswith("fatal:")]
+    reason = fatal[0] if fatal else (lines[-1] if lines else "git failed")
+    fix = next((line for line in lines if line.startswith("git config") and "safe.directory" in line), None)
+    message = f"{section}.git: cannot fetch {url}: {reason}"
+    if fix:
+        return InfraError(message, hint=f"if you trust that repository: {fix}")
+    if _is_local(url) and "does not appear to be a git repository" in reason:
+        return UserError(message, hint="point the recipe at a git repository (a directory with .git, or a bare one)")
+    return InfraError(message, hint=MIRROR_HINT)
+
+
+def _git_failure(section: str, url: str, exc: git.GitCommandError) -> UserError | InfraError:
+    # GitPython wraps git's stderr as "\n  stderr: '...'"
+    stderr = str(exc.stderr or "").strip().removeprefix("stderr: '").removesuffix("'")
+    return git_failure(section, url, stderr)
 
 
 def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
     """(commit, refspec) for a branch or tag; a full commit id is taken as it is."""
     try:
-        listing = str(git.cmd.Git().ls_remote(url, ref, f"{ref}^{{}}"))
+        listing = str(git.cmd.Git().ls_remote("--", url, ref, f"{ref}^{{}}"))
     except git.GitCommandError as exc:
         raise _git_failure(section, url, exc) from None
     refs = {}
@@ -71,7 +91,7 @@ def _fetch_into_mirror(url: str, refspec: str, section: str) -> git.Repo:
         tmp.rename(mirror)
     repo = git.Repo(mirror)
     try:
-        repo.git.fetch("--depth=1", "--no-tags", url, refspec)
+        repo.git.fetch("--depth=1", "--no-tags", "--", url, refspec)
     except git.GitCommandError as exc:
         raise _git_failure(section, url, exc) from None
     return repo
@@ -131,35 +151,71 @@ def fetch_git(source: Source, dest: Path, section: str = "qemu") -> Fetched:
     return Fetched(dest, commit, None)
 
 
+TARBALL_HINT = "check the URL and your network, or download it yourself and use a file:// URL"
+
+
 def fetch_tarball(source: Source, dest: Path, section: str = "qemu") -> Fetched:
     assert source.tarball is not None and source.sha256 is not None
     store = paths.cache_dir() / "tarballs" / f"{source.sha256}-{Path(urlparse(source.tarball).path).name}"
     if not store.exists():
-        store.parent.mkdir(parents=True, exist_ok=True)
-        partial = store.with_suffix(store.suffix + ".part")
-        digest = hashlib.sha256()
-        try:
-            with partial.open("wb") as out:
-                for chunk in _download(source.tarball):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (OSError, requests.RequestException) as exc:
-            partial.unlink(missing_ok=True)
-            raise UserError(f"{section}.tarball: cannot download {source.tarball}: {exc}", hint=MIRROR_HINT) from None
-        if digest.hexdigest() != source.sha256:
-            partial.unlink(missing_ok=True)
-            raise UserError(f"{section}.sha256: {source.tarball} has sha256 {digest.hexdigest()}, "
-                            f"the recipe says {source.sha256}", hint="check the URL, or update the checksum")
-        partial.rename(store)
+        _download_checked(source, store, section)
     if dest.exists():
         shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
-    with tarfile.open(store) as tar:
-        tar.extractall(tmp, filter="tar")
+    try:
+        _unpack(store, tmp, source, section)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     entries = list(tmp.iterdir())
     (entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp).rename(dest)
     shutil.rmtree(tmp, ignore_errors=True)
     return Fetched(dest, None, source.sha256)
+
+
+def _unpack(store: Path, into: Path, source: Source, section: str) -> None:
+    try:
+        with tarfile.open(store) as tar:
+            tar.extractall(into, filter="tar")
+    except tarfile.FilterError as exc:
+        raise UserError(f"{section}.tarball: {source.tarball} is unsafe to unpack: {exc}",
+                        hint="use the project's own release tarball") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise UserError(f"{section}.tarball: {source.tarball} is not a tarball that can be unpacked ({exc})",
+                        hint="the sha256 matches, so the recipe names the wrong file: point it at a .tar.xz, "
+                             ".tar.bz2 or .tar.gz release") from None
+
+
+def _download_checked(source: Source, store: Path, section: str) -> None:
+    assert source.tarball is not None
+    store.parent.mkdir(parents=True, exist_ok=True)
+    partial = store.with_suffix(store.suffix + ".part")
+    digest = hashlib.sha256()
+    try:
+        with partial.open("wb") as out:
+            for chunk in _download(source.tarball):
+                digest.update(chunk)
+                out.write(chunk)
+    except FileNotFoundError:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"{section}.tarball: {source.tarball}: no such file", hint="check the path") from None
+    except (OSError, requests.RequestException) as exc:
+        partial.unlink(missing_ok=True)
+        raise InfraError(f"{section}.tarball: cannot download {source.tarball}: {_short(exc)}",
+                         hint=TARBALL_HINT) from None
+    if digest.hexdigest() != source.sha256:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"{section}.sha256: {source.tarball} has sha256 {digest.hexdigest()}, "
+                        f"the recipe says {source.sha256}", hint="check the URL, or update the checksum")
+    partial.rename(store)
+
+
+def _short(exc: Exception) -> str:
+    """requests/urllib3 nest their causes in long reprs: the innermost reason is what a user can act on."""
+    text = str(exc)
+    for marker in ("Caused by ", "Failed to establish a new connection: "):
+        text = text.rsplit(marker, 1)[-1]
+    return text.strip("()'\" ")[:200] or type(exc).__name__
 
 
 def _download(url: str):  # type: ignore[no-untyped-def]

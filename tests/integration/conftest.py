@@ -16,6 +16,7 @@ import pytest
 
 FIXTURES = Path(os.environ.get("QEMUPROV_TEST_FIXTURES", "/var/cache/qemuprov-test"))
 TREE = FIXTURES / "qemu-7.2"
+TREE_52 = FIXTURES / "qemu-5.2"
 TAG = "v7.2-debian"
 
 
@@ -101,6 +102,13 @@ class Built:
 @pytest.fixture(scope="session")
 def built(qenv: Env) -> Built:
     return qenv.build_fresh("fixture-7.2", "host")
+
+
+@pytest.fixture(scope="session")
+def built_52(qenv: Env, engine: str) -> Built:
+    """OSv's default QEMU: Debian 11's 5.2 tree, built in the bullseye builder container."""
+    recipe = f'extends = "qemu-5.2"\n[qemu]\ngit = "file://{TREE_52}"\nref = "v5.2-debian"\n'
+    return qenv.build_fresh("fixture-5.2", "docker", recipe, (TREE_52,))
 
 
 @pytest.fixture(scope="session")

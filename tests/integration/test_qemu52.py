@@ -7,17 +7,7 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
-from tests.integration.conftest import FIXTURES, Built, Env
-
-TREE_52 = FIXTURES / "qemu-5.2"
-
-
-@pytest.fixture(scope="module")
-def built_52(qenv: Env, engine: str) -> Built:
-    recipe = f'extends = "qemu-5.2"\n[qemu]\ngit = "file://{TREE_52}"\nref = "v5.2-debian"\n'
-    return qenv.build_fresh("fixture-5.2", "docker", recipe, (TREE_52,))
+from tests.integration.conftest import Built, Env
 
 
 def test_52_builds_in_bullseye_and_probes(qenv: Env, built_52: Built) -> None:

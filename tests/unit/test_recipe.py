@@ -168,3 +168,15 @@ def test_cli_build_daemon_only_rejects_arch() -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[0] == ("qemuprov: error: --arch: virtiofsd builds no QEMU, only virtiofsd "
                                              "(which serves guests of any arch)")
+
+
+def test_a_recipe_that_is_not_utf8_is_named_and_the_others_still_list(tmp_path: Path) -> None:
+    (tmp_path / "latin1.toml").write_bytes(b'format = 1\nname = "latin1"\ndescription = "caf\xe9"\n')
+    (tmp_path / "fine.toml").write_text('format = 1\nname = "fine"\nextends = "qemu-7.2"\n')
+    recipes, errors = book_with(tmp_path).load_all()
+    assert "fine" in {r.name for r in recipes}
+    assert [e.message for e in errors] == [f"{tmp_path / 'latin1.toml'}: not UTF-8 text (byte 45 is 0xe9); "
+                                           "save the file as UTF-8"]
+    result = subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(tmp_path), "show", "latin1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "not UTF-8 text" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,135 @@
+"""Sources that are wrong or go wrong, through the real command line: each is one line with the right exit code
+(2: the recipe's own input, 1: network or environment), no traceback, and nothing left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _qemuprov(recipes: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(recipes), *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def _recipe(recipes: Path, name: str, qemu: str) -> None:
+    recipes.mkdir(exist_ok=True)
+    (recipes / f"{name}.toml").write_text(f'format = 1\nname = "{name}"\nextends = "qemu-7.2"\n[qemu]\n{qemu}')
+
+
+def _tarball_recipe(recipes: Path, name: str, url: str, data: bytes) -> None:
+    _recipe(recipes, name, f'git = ""\ntarball = "{url}"\nsha256 = "{hashlib.sha256(data).hexdigest()}"\n')
+
+
+def _assert_one_line(result: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert result.returncode == code, result.stdout + result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("qemuprov: ")]
+    assert len(errors) == 1 and words in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def _leftovers(home: Path) -> list[Path]:
+    return [p for p in home.rglob("*") if p.name.startswith((".unpack-", ".init-")) or p.suffix == ".part"]
+
+
+def test_a_file_that_is_no_tarball(tmp_path: Path, isolated_home: Path) -> None:
+    data = b"this is not a tarball\n" * 100
+    (tmp_path / "qemu.tar.xz").write_bytes(data)
+    _tarball_recipe(tmp_path / "r", "notar", f"file://{tmp_path / 'qemu.tar.xz'}", data)
+    result = _qemuprov(tmp_path / "r", "build", "notar", "--runner", "host")
+    _assert_one_line(result, 2, "is not a tarball that can be unpacked")
+    assert _leftovers(isolated_home) == []
+
+
+def test_a_tarball_that_reaches_outside(tmp_path: Path, isolated_home: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        member = tarfile.TarInfo("../escaped.txt")
+        member.size = 3
+        tar.addfile(member, io.BytesIO(b"hi\n"))
+    data = buffer.getvalue()
+    (tmp_path / "evil.tar.gz").write_bytes(data)
+    _tarball_recipe(tmp_path / "r", "evil", f"file://{tmp_path / 'evil.tar.gz'}", data)
+    result = _qemuprov(tmp_path / "r", "build", "evil", "--runner", "host")
+    _assert_one_line(result, 2, "is unsafe to unpack")
+    assert _leftovers(isolated_home) == [] and not list(isolated_home.rglob("escaped.txt"))
+
+
+class _HalfServer(http.server.BaseHTTPRequestHandler):
+    """Promises 4 MiB, sends 64 KiB, and drops the connection."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the handler API's name)
+        self.send_response(200)
+        self.send_header("Content-Length", str(4 << 20))
+        self.end_headers()
+        self.wfile.write(b"\0" * (64 << 10))
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def half_server() -> Iterator[str]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _HalfServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/qemu-7.2.0.tar.xz"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_drops_the_connection_half_way(tmp_path: Path, isolated_home: Path, half_server: str) -> None:
+    _tarball_recipe(tmp_path / "r", "dropped", half_server, b"whatever")
+    result = _qemuprov(tmp_path / "r", "build", "dropped", "--runner", "host")
+    _assert_one_line(result, 1, "cannot download")
+    assert _leftovers(isolated_home) == []
+
+
+def test_a_server_that_is_not_there(tmp_path: Path, isolated_home: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    _tarball_recipe(tmp_path / "r", "refused", f"http://127.0.0.1:{port}/qemu.tar.xz", b"whatever")
+    result = _qemuprov(tmp_path / "r", "build", "refused", "--runner", "host")
+    _assert_one_line(result, 1, "cannot download")
+    assert "insteadOf" not in result.stderr and len(result.stderr) < 600
+
+
+def test_git_shows_its_own_reason(tmp_path: Path, isolated_home: Path) -> None:
+    _recipe(tmp_path / "r", "nowhere", f'git = "{tmp_path / "nowhere"}"\nref = "v1"\n')
+    _assert_one_line(_qemuprov(tmp_path / "r", "build", "nowhere", "--runner", "host"), 2,
+                     "does not appear to be a git repository")
+    (tmp_path / "plain").mkdir()
+    _recipe(tmp_path / "r", "plain", f'git = "file://{tmp_path / "plain"}"\nref = "v1"\n')
+    _assert_one_line(_qemuprov(tmp_path / "r", "build", "plain", "--runner", "host"), 2,
+                     "does not appear to be a git repository")
+
+
+def test_git_names_the_safe_directory_fix_for_a_mirror_of_another_user(tmp_path: Path,
+                                                                       isolated_home: Path) -> None:
+    repo = tmp_path / "shared"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["chown", "-R", "65534:65534", str(repo)], check=True)
+    _recipe(tmp_path / "r", "shared", f'git = "{repo}"\nref = "v1"\n')
+    result = _qemuprov(tmp_path / "r", "build", "shared", "--runner", "host")
+    _assert_one_line(result, 1, "detected dubious ownership")
+    assert "safe.directory" in result.stderr
+
+
+def test_an_option_shaped_git_url_is_refused_before_git_runs(tmp_path: Path, isolated_home: Path) -> None:
+    marker = tmp_path / "touched"
+    _recipe(tmp_path / "r", "opt", f'git = "-ufoo@h:;touch${{IFS}}{marker};"\nref = "v1"\n')
+    _assert_one_line(_qemuprov(tmp_path / "r", "build", "opt", "--runner", "host"), 2, "is not a git URL")
+    assert not marker.exists()
