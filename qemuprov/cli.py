@@ -139,7 +139,7 @@ def probe_rows(probes: list[probe.Probe]) -> list[tuple[str, ...]]:
                          render.yes_no(item.vhost_user_fs), render.yes_no(item.dax), " ".join(notes)))
         else:
             notes = [f"shared-dir={item.source_option}", f"sandbox={'|'.join(item.sandboxes)}",
-                     "needs-root" if item.needs_root else "unprivileged-ok"]
+                     "needs-root" if item.needs_root else "unprivileged-ok", *([item.note] if item.note else [])]
             if item.rseq_wrapper:
                 notes.append("rseq-wrapper")
             if item.rseq_risk:
@@ -207,7 +207,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 0
     from qemuprov import verify
 
-    entry = installs.find_install(str(prefix))
+    entry = installs.find_install(str(prefix)).intact()
     outcomes = verify.verify_all(_install_qemus(entry), prefix / "bin" / "virtiofsd", entry.firmware_dirs,
                                  arches or None, "auto", None, "osv" if recipe.verify_osv else "plain")
     installs.write_json_atomic(prefix / installs.MANIFEST,
@@ -219,13 +219,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     found = installs.list_installs()
     if args.json:
         render.print_json([{"name": e.name, "prefix": str(e.prefix), "recipe": e.recipe,
-                            "commit": e.commit, "summary": e.summary(),
+                            "commit": e.commit, "summary": e.summary(), "damaged": e.damaged,
                             "probe": e.manifest.get("probe", [])} for e in found])
         return 0
     if not found:
         print("no installs yet: qemuprov build qemu-7.2 (or virtio-fs-dev for DAX)")
         return 0
-    rows = [(e.name, e.summary(), (e.commit or "")[:12], str(e.prefix))
+    rows = [(e.name, f"DAMAGED: {e.damaged}" if e.damaged else e.summary(), (e.commit or "")[:12], str(e.prefix))
             for e in found]
     print(render.table(("NAME", "BUILD", "COMMIT", "PREFIX"), rows))
     return 0
@@ -234,7 +234,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     if not args.osv and (args.share or args.tag != "myfs" or args.dax_size):
         raise UserError("env: --share, --tag and --dax-size go with --osv")
-    entry = installs.find_install(args.name)
+    entry = installs.find_install(args.name).intact()
     bin_dir = entry.prefix / "bin"
     lines = _osv_lines(entry, args) if args.osv else []
     print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
@@ -291,7 +291,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
     from qemuprov import image, paths
 
-    entry = installs.find_install(args.name)
+    entry = installs.find_install(args.name).intact()
     if args.tag:
         image.check_tag(args.tag)
     if args.tar:
@@ -317,7 +317,7 @@ def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[st
     if args.target:
         if args.qemu or args.virtiofsd:
             raise UserError("verify: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
-        entry = installs.find_install(args.target)
+        entry = installs.find_install(args.target).intact()
         return _install_qemus(entry), entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs
     if not (args.qemu and args.virtiofsd):
         raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
@@ -492,6 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `qemuprov show ... | head -1`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141
+    except OSError as exc:  # a full disk, a read-only HOME, a cache path that is a file: the machine's state
+        if args.debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"qemuprov: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print("hint: check that path's permissions and free space (QEMUPROV_CACHE and QEMUPROV_ROOT move "
+              "qemuprov's own directories)", file=sys.stderr)
+        return 1
     except Exception as exc:  # an unexpected failure: one line, the traceback only on request
         if args.debug:
             traceback.print_exc()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from qemuprov import installs, kvm, paths, probe, procs
+from qemuprov import installs, jsonfile, kvm, paths, probe, procs
 from qemuprov.compilers import describe_host_compilers
 from qemuprov.probe_parse import rseq_kill_in_audit, version_tuple
 
@@ -66,6 +66,12 @@ def check_kvm(ctx: Context) -> Iterator[Check]:
         yield Check("KVM", "a guest runs under KVM", Status.WARN, "no qemu-system-x86_64 to test KVM with",
                     "install QEMU (see the QEMU checks below), then run doctor again")
         return
+    tester = ctx.probe(Path(qemu))
+    if tester.error:  # a broken QEMU says nothing about KVM
+        yield Check("KVM", "a guest runs under KVM", Status.WARN,
+                    f"cannot test KVM: {qemu}, the first qemu-system-x86_64 on PATH, does not work: {tester.error}",
+                    "put a working QEMU first on PATH (see the QEMU checks below), then run doctor again")
+        return
     run = kvm_verdict(ctx, Path(qemu))
     if run["usable"]:
         yield Check("KVM", "a guest runs under KVM", Status.PASS, str(run["detail"]))
@@ -89,14 +95,11 @@ def kvm_verdict(ctx: Context, qemu: Path) -> dict[str, object]:
         cached = json.loads(ctx.kvm_cache_file.read_text())
         if cached.get("key") == key:
             return dict(cached["run"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # missing or damaged: test again
         pass
     run = kvm.test_run(qemu)
     record = {"usable": run.usable, "seconds": run.seconds, "detail": run.detail}
-    ctx.kvm_cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ctx.kvm_cache_file.with_name(f".{ctx.kvm_cache_file.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "run": record}))
-    os.replace(tmp, ctx.kvm_cache_file)
+    jsonfile.save_cache(ctx.kvm_cache_file, {"key": key, "run": record})
     return record
 
 
@@ -175,7 +178,7 @@ def _check_osv_line(name: str, found: str, result: probe.QemuProbe) -> Check:
 def check_virtiofsd(ctx: Context) -> Iterator[Check]:
     on_path = shutil.which("virtiofsd")
     if on_path is None:
-        hidden = [p for p in probe.DISTRO_VIRTIOFSD if os.access(p, os.X_OK)]
+        hidden = [str(p) for p in probe.distro_virtiofsd()]
         installed = _installed_binary("virtiofsd")
         if hidden:
             directory = str(Path(hidden[0]).parent)
@@ -266,6 +269,10 @@ def seen_rseq_kill() -> bool:
     dmesg = shutil.which("dmesg")
     if dmesg:
         texts.append(procs.run([dmesg], timeout=3).stdout)
+    journalctl = shutil.which("journalctl")
+    if journalctl:  # where auditd is not running, systemd-journald keeps the kernel's audit records
+        texts.append(procs.run([journalctl, "-q", "--no-pager", "-n", "5000", "_TRANSPORT=audit",
+                                "_TRANSPORT=kernel"], timeout=3).stdout)
     return any(rseq_kill_in_audit(text) for text in texts)
 
 
@@ -343,7 +350,10 @@ def check_installs(ctx: Context) -> Iterator[Check]:
         return
     for entry in found:
         broken = entry.missing_binaries()
-        if broken:
+        if entry.damaged:
+            yield Check("qemuprov", f"install {entry.name}", Status.FAIL, f"{entry.prefix}: {entry.damaged}",
+                        f"qemuprov build {entry.name} again, or qemuprov remove {entry.prefix}")
+        elif broken:
             yield Check("qemuprov", f"install {entry.name}", Status.FAIL,
                         f"{entry.prefix}: missing {', '.join(broken)}", f"qemuprov build {entry.recipe} again")
         else:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemuprov import paths
-from qemuprov.errors import UserError
+from qemuprov import jsonfile, paths
+from qemuprov.errors import InfraError, UserError
 
 MANIFEST = "qemuprov.json"
 REGISTRY = "prefixes.json"  # installs made with --prefix DIR, outside the root
@@ -20,6 +19,15 @@ class Install:
     name: str
     prefix: Path
     manifest: dict[str, Any]
+    damaged: str | None = None  # why qemuprov.json cannot be read; the install can still be removed or rebuilt
+
+    def intact(self) -> Install:
+        """This install, for commands that need what its manifest says."""
+        if self.damaged:
+            raise InfraError(f"the install {self.name} ({self.prefix}) is damaged: {self.damaged}",
+                             hint=f"build it again (qemuprov build {self.name} replaces it), or qemuprov remove "
+                                  f"{self.prefix}")
+        return self
 
     @property
     def recipe(self) -> str:
@@ -65,19 +73,39 @@ class Install:
         return f"QEMU {version} ({arches}), {daemon}, DAX {'yes' if self.dax else 'no'}"
 
 
-def read_manifest(prefix: Path) -> dict[str, Any] | None:
+# What the code reads from a manifest, and the type it must have there.
+_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str, "recipe": dict, "probe": list, "firmware": list, "binaries": list,
+    "source": (dict, type(None)), "virtiofsd_source": (dict, type(None)), "plan": (dict, type(None)),
+}
+
+
+def load_manifest(prefix: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None), or (None, why it is damaged); (None, None) where there is no manifest at all."""
+    file = prefix / MANIFEST
     try:
-        data = json.loads((prefix / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{file} cannot be read ({exc})"
+    except ValueError as exc:
+        return None, f"{file} is not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, f"{file} holds no JSON object"
+    for key, kind in _MANIFEST_TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            return None, f"{file}: {key} has the wrong type ({type(data[key]).__name__})"
+    if not all(isinstance(p, dict) for p in data.get("probe", [])):
+        return None, f"{file}: probe holds something that is not a probe result"
+    return data, None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def read_manifest(prefix: Path) -> dict[str, Any] | None:
+    return load_manifest(prefix)[0]
 
+
+write_json_atomic = jsonfile.write_atomic
 
 SHARED_DIRECTORIES = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt",
                       "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/local", "/var",
@@ -101,9 +129,10 @@ def check_prefix(prefix: Path) -> None:
 
 def _registered_prefixes() -> list[Path]:
     try:
-        return [Path(p) for p in json.loads((paths.install_root() / REGISTRY).read_text())]
+        data = json.loads((paths.install_root() / REGISTRY).read_text())
     except (OSError, ValueError):
         return []
+    return [Path(p) for p in data if isinstance(p, str)] if isinstance(data, list) else []  # damaged: rebuilt
 
 
 def register_prefix(prefix: Path) -> None:
@@ -123,21 +152,30 @@ def list_installs() -> list[Install]:
     prefixes += _registered_prefixes()
     found = []
     for prefix in prefixes:
-        manifest = read_manifest(prefix)
-        if manifest is not None:
-            found.append(Install(str(manifest.get("name", prefix.name)), prefix, manifest))
+        entry = _install_at(prefix)
+        if entry is not None:
+            found.append(entry)
     return found
 
 
+def _install_at(prefix: Path) -> Install | None:
+    manifest, damaged = load_manifest(prefix)
+    if damaged:
+        return Install(prefix.name, prefix.absolute(), {}, damaged)
+    if manifest is None:
+        return None
+    return Install(str(manifest.get("name", prefix.name)), prefix.absolute(), manifest)
+
+
 def find_install(name_or_prefix: str) -> Install:
-    """An install by name, or any directory holding a qemuprov.json."""
+    """An install by name, or any directory holding a qemuprov.json (damaged or not: see Install.intact)."""
     path = Path(name_or_prefix)
     if "/" in name_or_prefix or path.is_dir():
-        manifest = read_manifest(path)
-        if manifest is None:
+        entry = _install_at(path)
+        if entry is None:
             raise UserError(f"{name_or_prefix}: no {MANIFEST} here, so it is not a qemuprov install",
                             hint="give an install name from `qemuprov list`, or a prefix qemuprov built")
-        return Install(str(manifest.get("name", path.name)), path.resolve(), manifest)
+        return entry
     for entry in list_installs():
         if entry.name == name_or_prefix:
             return entry

@@ -14,8 +14,9 @@ from typing import Any
 
 from packaging.version import Version
 
-from qemuprov import paths, procs
+from qemuprov import jsonfile, paths, procs
 from qemuprov.probe_parse import (
+    VirtiofsdFacts,
     c_virtiofsd_lacks_rseq,
     devices_from_help,
     netdevs_from_help,
@@ -30,14 +31,14 @@ from qemuprov.probe_parse import (
 )
 
 PROBE_TIMEOUT = 15.0
-CACHE_VERSION = 6  # bump when what a probe records or concludes changes
+CACHE_VERSION = 7  # bump when what a probe records or concludes changes
 RSEQ_TUNABLE = "glibc.pthread.rseq=0"
 
 # Where distributions put virtiofsd instead of PATH.
 DISTRO_VIRTIOFSD = (
     "/usr/lib/qemu/virtiofsd",  # Debian, Ubuntu (C, QEMU <= 7.2)
     "/usr/libexec/virtiofsd",  # Fedora, RHEL, Debian 13 (Rust)
-    "/usr/lib/virtiofsd",  # Arch
+    "/usr/lib/virtiofsd",  # Arch (a directory holding virtiofsd on openSUSE: see distro_virtiofsd)
     "/usr/libexec/qemu/virtiofsd",
     "/usr/lib64/qemu/virtiofsd",
 )
@@ -79,6 +80,7 @@ class VirtiofsdProbe:
     needs_root: bool = True
     rseq_wrapper: bool = False  # a wrapper that sets GLIBC_TUNABLES=glibc.pthread.rseq=0
     rseq_risk: bool = False  # C virtiofsd < 7.0 without the wrapper, on glibc >= 2.35
+    note: str = ""  # how the probe got its answer where the daemon would not answer this user
     error: str | None = None
 
 
@@ -117,6 +119,9 @@ def probe_qemu(path: Path) -> QemuProbe:
     replies = qmp_replies(run.stdout, list(commands))
     if "version" not in replies:
         return _probe_qemu_from_help(path, result, run)
+    if not run.ok:  # a real QEMU leaves with status 0 after `quit`
+        result.error = f"answered QMP, then {run.why()}{_last_line(run)}"
+        return result
     result.netdevs = _netdevs(path)
     facts = qemu_facts_from_qmp(replies)
     result.aio_native = facts.aio_native
@@ -132,9 +137,11 @@ def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) 
     version_run = procs.run([path, "--version"], timeout=PROBE_TIMEOUT)
     parsed = qemu_version_from_text(version_run.stdout)
     if parsed is None:
-        detail = (qmp_run.stderr or version_run.stderr).strip().splitlines()
-        tail = f": {detail[-1]}" if detail else ""
-        result.error = f"not a QEMU system emulator (it {qmp_run.why()} without answering QMP{tail})"
+        result.error = f"not a QEMU system emulator (it {qmp_run.why()} without answering QMP" \
+                       f"{_last_line(qmp_run) or _last_line(version_run)})"
+        return result
+    if not version_run.ok:
+        result.error = f"printed a QEMU version, but --version {version_run.why()}{_last_line(version_run)}"
         return result
     result.version, result.package = parsed
     result.arch = path.name.removeprefix("qemu-system-")
@@ -146,6 +153,11 @@ def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) 
         props = procs.run([path, "-device", "vhost-user-fs-pci,help"], timeout=PROBE_TIMEOUT).stdout
         result.dax = "cache-size" in properties_from_help(props)
     return result
+
+
+def _last_line(run: procs.Result) -> str:
+    lines = run.stderr.strip().splitlines()
+    return f": {lines[-1]}" if lines else ""
 
 
 def _netdevs(path: Path) -> list[str] | None:
@@ -173,11 +185,28 @@ def aio_probe_file() -> str | None:
     return str(file) if file else None
 
 
+def _facts_carried_by(path: Path) -> VirtiofsdFacts:
+    """What a virtiofsd binary carries as text (its help and version strings); a qemuprov rseq wrapper is read
+    through to the daemon it starts."""
+    binary = path.resolve().parent.parent / "libexec" / "virtiofsd" if sets_rseq_tunable(path) else path
+    try:
+        with binary.open("rb") as handle:
+            text = handle.read(64 << 20).decode("latin-1")
+    except OSError:
+        return VirtiofsdFacts()
+    return virtiofsd_facts(text, text)
+
+
 def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
     result = VirtiofsdProbe(path=str(path))
     help_run = procs.run([path, "--help"], timeout=PROBE_TIMEOUT)
     version_run = procs.run([path, "--version"], timeout=PROBE_TIMEOUT)
     facts = virtiofsd_facts(help_run.stdout + help_run.stderr, version_run.stdout + version_run.stderr)
+    if not help_run.ok and (carried := _facts_carried_by(path)).flavour == "c":
+        # The C virtiofsd of 7.x calls setgroups() before it reads its arguments: as a normal user even --help
+        # fails. Its help and version texts are in the binary itself.
+        facts = carried
+        result.note = f"needs root to run (as this user --help {help_run.why()}{_last_line(help_run)})"
     if facts.flavour is None:
         said = help_run.why() if not help_run.ok else "printed no virtiofsd options"
         result.error = f"not a virtiofsd (--help {said})"
@@ -238,10 +267,7 @@ class ProbeCache:
     def save(self) -> None:
         if not self._dirty:
             return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self._entries}))
-        os.replace(tmp, self.file)
+        jsonfile.save_cache(self.file, {"version": CACHE_VERSION, "entries": self._entries})
         self._dirty = False
 
 
@@ -311,8 +337,19 @@ def default_binaries() -> list[Path]:
     if on_path:
         found["virtiofsd"] = Path(on_path)
     result = list(found.values())
-    result.extend(Path(p) for p in DISTRO_VIRTIOFSD if Path(p).exists() and Path(p) not in result)
+    result.extend(p for p in distro_virtiofsd() if p not in result)
     return result
+
+
+def distro_virtiofsd() -> list[Path]:
+    """virtiofsd binaries in the places distributions keep them off PATH; a directory of that name (openSUSE)
+    is looked into."""
+    found = []
+    for place in map(Path, DISTRO_VIRTIOFSD):
+        binary = place / "virtiofsd" if place.is_dir() else place
+        if binary.is_file() and os.access(binary, os.X_OK) and binary not in found:
+            found.append(binary)
+    return found
 
 
 def qemus_on_path() -> list[Path]:

@@ -204,7 +204,10 @@ def c_virtiofsd_lacks_rseq(version: str | None) -> bool:
     return parsed is None or parsed < Version("7.0")
 
 
-_AUDIT_SECCOMP = re.compile(r'type=1326 .*comm="virtiofsd".*\bsig=31\b.*\barch=(\w+) .*\bsyscall=(\d+)')
+# The kernel's seccomp audit record as dmesg (type=1326), auditd's audit.log (type=SECCOMP) and the journal
+# (audit[PID]: SECCOMP ...) write it.
+_AUDIT_SECCOMP = re.compile(r'(?:type=1326|type=SECCOMP|\bSECCOMP) .*comm="virtiofsd".*\bsig=31\b.*\barch=(\w+) '
+                            r'.*\bsyscall=(\d+)')
 # rseq's syscall number per audit arch (AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64).
 RSEQ_SYSCALLS = {"c000003e": 334, "c00000b7": 293}
 

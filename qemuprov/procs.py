@@ -57,13 +57,18 @@ def run(argv: Sequence[str | Path], *, timeout: float, input: str | None = None,
     """Run to completion; never raises for the child's failure, only for a program that cannot start."""
     args = tuple(str(a) for a in argv)
     log.debug("run: %s", shlex.join(args))
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            env=dict(env) if env is not None else base_env(), cwd=cwd, start_new_session=True)
     try:
-        proc = subprocess.run(args, input=input, capture_output=True, text=True, errors="replace",
-                              timeout=timeout, env=dict(env) if env is not None else base_env(), cwd=cwd,
-                              start_new_session=True, check=False)
-    except subprocess.TimeoutExpired as exc:
-        return Result(args, None, _text(exc.stdout), _text(exc.stderr))
-    return Result(args, proc.returncode, proc.stdout, proc.stderr)
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # the whole group: a wrapper script's children would otherwise outlive it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return Result(args, None, stdout or "", stderr or "")
+    return Result(args, proc.returncode, stdout, stderr)
 
 
 def stop_group(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:

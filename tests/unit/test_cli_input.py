@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,3 +56,67 @@ def test_a_reader_that_stops_early_is_no_error() -> None:
     proc.stdout.close()  # like `| head -1` having read all it wanted before qemuprov writes
     stderr = proc.stderr.read()
     assert proc.wait(timeout=60) == 141 and stderr == ""
+
+
+def test_probe_takes_the_exit_status_of_what_it_runs(tmp_path: Path) -> None:
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text('#!/bin/sh\necho "QEMU emulator version 7.2.0"\nexit 1\n')
+    fake.chmod(0o755)
+    result = _qemuprov("probe", str(fake), "--json")
+    assert result.returncode == 2
+    assert "--version exited with status 1" in result.stdout
+
+
+def test_a_probe_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
+    from qemuprov import procs
+
+    marker = f"sleep 1{os.getpid() % 1000:03d}"
+    result = procs.run(["sh", "-c", f"{marker} & {marker}; wait"], timeout=1)
+    assert result.timed_out
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    assert left.stdout == "", f"grandchildren outlived the timeout: {left.stdout}"
+
+
+def test_doctor_finds_virtiofsd_in_a_directory_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qemuprov import probe
+
+    (tmp_path / "usr-lib-virtiofsd").mkdir()
+    daemon = tmp_path / "usr-lib-virtiofsd" / "virtiofsd"
+    daemon.write_text("#!/bin/sh\n")
+    daemon.chmod(0o755)
+    monkeypatch.setattr(probe, "DISTRO_VIRTIOFSD", (str(tmp_path / "missing"), str(tmp_path / "usr-lib-virtiofsd")))
+    assert probe.distro_virtiofsd() == [daemon]
+
+
+@pytest.mark.parametrize(("content", "why"), [('{"format": 1, "name": "q", "pro', "is not valid JSON"),
+                                              ('{"name": "q", "probe": "x"}', "probe has the wrong type"),
+                                              ("[1, 2]", "holds no JSON object")])
+def test_a_damaged_install_is_named_and_can_be_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       content: str, why: str) -> None:
+    root = tmp_path / "root"
+    (root / "q" / "bin").mkdir(parents=True)
+    (root / "q" / "qemuprov.json").write_text(content)
+    (root / "prefixes.json").write_text('{"not": "a list"}')
+    monkeypatch.setenv("QEMUPROV_ROOT", str(root))
+    listed = _qemuprov("list")
+    assert listed.returncode == 0 and "DAMAGED" in listed.stdout and why in listed.stdout, listed.stderr
+    env = _qemuprov("env", "q")
+    assert env.returncode == 1 and f"the install q ({root / 'q'}) is damaged" in env.stderr
+    assert "Traceback" not in env.stderr + listed.stderr
+    doctor = json.loads(_qemuprov("doctor", "--json").stdout)
+    assert any(c["what"] == "install q" and c["status"] == "FAIL" for c in doctor)
+    removed = _qemuprov("remove", "q")
+    assert removed.returncode == 0 and not (root / "q").exists()
+
+
+def test_a_cache_path_that_is_a_file_costs_a_note_not_the_probe(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("not a directory\n")
+    monkeypatch.setenv("QEMUPROV_CACHE", str(cache))
+    fake = tmp_path / "virtiofsd"
+    fake.write_text('#!/bin/sh\necho "usage: virtiofsd [options]"; echo "    -o source=PATH  shared directory"\n')
+    fake.chmod(0o755)
+    result = _qemuprov("probe", str(fake), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["flavour"] == "c" and "cannot keep the cache" in result.stderr

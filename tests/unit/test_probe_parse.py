@@ -107,3 +107,11 @@ def test_c_virtiofsd_of_52_prints_no_version_and_lacks_rseq() -> None:
                             (captured / "virtiofsd-version.txt").read_text())
     assert (facts.flavour, facts.version) == ("c", None)
     assert c_virtiofsd_lacks_rseq(facts.version) is True  # no version line: older than 6.1
+
+
+def test_rseq_kill_in_auditd_and_journal_forms() -> None:
+    fields = ('auid=4294967295 uid=0 gid=0 ses=4294967295 pid=30438 comm="virtiofsd" exe="/usr/libexec/virtiofsd" '
+              "sig=31 arch=c000003e syscall=334 compat=0 ip=0x7fd0406af1b3 code=0x80000000")
+    assert rseq_kill_in_audit(f"type=SECCOMP msg=audit(1795587119.820:3): {fields}\n") is True  # audit.log
+    assert rseq_kill_in_audit(f"Dec 01 13:00:00 host audit[30438]: SECCOMP {fields}\n") is True  # journal
+    assert rseq_kill_in_audit(f"type=SECCOMP msg=audit(1795587119.820:3): {fields}".replace("334", "60")) is False
