@@ -24,8 +24,9 @@ from qemuprov import __version__, installs, paths, plan, probe, rust_virtiofsd, 
 from qemuprov.doctor import HOST_HEADERS, HOST_LIBS
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.procs import GroupRegistry
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
-from qemuprov.runners import Runner
+from qemuprov.runners import HostRunner, Runner
 
 LOG_TAIL = 25
 FEATURE_LIBRARIES_SCRIPT = ("pkg-config --exists slirp 2>/dev/null && echo slirp; "
@@ -129,15 +130,14 @@ def _up_to_date(prefix: Path, key: str) -> dict[str, Any] | None:
 
 
 @contextmanager
-def _lock(name: str) -> Iterator[None]:
-    lock_file = paths.cache_dir() / "locks" / f"{name}.lock"
+def _lock(key: str, what: str, hint: str) -> Iterator[None]:
+    lock_file = paths.cache_dir() / "locks" / f"{key}.lock"
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(lock_file))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        raise InfraError(f"another qemuprov build of {name} is running (lock {lock_file})",
-                         hint="wait for it to finish; builds of other recipes can run meanwhile") from None
+        raise InfraError(f"{what} (lock {lock_file})", hint=hint) from None
     try:
         yield
     finally:
@@ -153,6 +153,8 @@ def missing_dependency_hint(log_tail: str, runner: Runner) -> str:
             if runner.name == "host":
                 return f"a build dependency is missing: install {package} (Debian/Ubuntu), or use --runner docker"
             return f"the builder image lacks {package}: add it to the recipe's builder Dockerfile under containers/"
+    if "No space left on device" in log_tail:
+        return "the disk is full: free space where the build tree or the install lives (QEMUPROV_CACHE, --prefix)"
     return "read the log above; `qemuprov doctor` lists missing build dependencies"
 
 
@@ -175,11 +177,19 @@ class Build:
             self.timings[name] = round(time.monotonic() - start, 2)
 
     def run(self) -> Outcome:
-        with _lock(self.recipe.name):
+        prefix_key = "prefix-" + hashlib.sha256(str(self.opts.prefix).encode()).hexdigest()[:16]
+        with _lock(self.recipe.name, f"another qemuprov build of {self.recipe.name} is running",
+                   "wait for it to finish; builds of other recipes can run meanwhile"), \
+                _lock(prefix_key, f"another qemuprov build is installing into {self.opts.prefix}",
+                      "wait for it to finish, or build into another --prefix"):
             return self._run_locked()
 
     def _run_locked(self) -> Outcome:
         started = time.monotonic()
+        groups = GroupRegistry(self.work / "running")
+        groups.stop_orphans()  # steps of a build of this recipe that was killed (the lock is ours now)
+        if isinstance(self.opts.runner, HostRunner):
+            self.opts.runner.groups = groups
         stale_staging_cleanup(self.opts.prefix)
         identity = ""  # a recipe for the daemon alone has no QEMU source
         if (qemu := self.recipe.qemu) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import signal
@@ -497,8 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         where = f": {exc.filename}" if exc.filename else ""
         print(f"qemuprov: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        print("hint: check that path's permissions and free space (QEMUPROV_CACHE and QEMUPROV_ROOT move "
-              "qemuprov's own directories)", file=sys.stderr)
+        what = "the disk is full: free space" if exc.errno == errno.ENOSPC else "check the permissions and free space"
+        print(f"hint: {what} where qemuprov works (QEMUPROV_CACHE, QEMUPROV_ROOT or --prefix move its "
+              "directories); the previous install, if any, is untouched", file=sys.stderr)
         return 1
     except Exception as exc:  # an unexpected failure: one line, the traceback only on request
         if args.debug:

@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,55 @@ def stop_group(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+class GroupRegistry:
+    """The process groups of a build's running steps, one file each, so that the next build can stop what a
+    build killed with SIGKILL left running (its steps run in sessions of their own and would go on)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def remember(self, pgid: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(pgid)).write_text(_start_time(pgid) or "")
+
+    def forget(self, pgid: int) -> None:
+        (self.directory / str(pgid)).unlink(missing_ok=True)
+
+    def stop_orphans(self) -> list[int]:
+        """Kill every group recorded here; call it only where no other build can be using the directory (under
+        the build lock). A recorded leader whose start time differs is a reused pid, and is left alone."""
+        stopped = []
+        for record in sorted(self.directory.glob("[0-9]*")) if self.directory.is_dir() else []:
+            pgid = int(record.name)
+            started = _start_time(pgid)
+            if started is None or started == record.read_text():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                    stopped.append(pgid)
+                _wait_group_gone(pgid)
+            record.unlink(missing_ok=True)
+        return stopped
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None: no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _wait_group_gone(pgid: int, limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def _text(data: bytes | str | None) -> str:

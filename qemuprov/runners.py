@@ -24,7 +24,7 @@ from qemuprov import builders, engines, procs
 from qemuprov.compilers import CCACHE_MASQUERADE, host_ccache, host_compilers
 from qemuprov.engines import Engine
 from qemuprov.errors import InfraError
-from qemuprov.procs import stop_group
+from qemuprov.procs import GroupRegistry, stop_group
 
 LineCallback = Callable[[str], None]
 CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -67,6 +67,7 @@ class HostRunner:
     name = "host"
     python = sys.executable
     identity = "host"
+    groups: GroupRegistry | None = None  # where the build records its running steps (see GroupRegistry)
 
     @property
     def tree_python(self) -> str | None:
@@ -114,6 +115,8 @@ class HostRunner:
         proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
         assert proc.stdout is not None
+        if self.groups is not None:
+            self.groups.remember(proc.pid)
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -126,6 +129,8 @@ class HostRunner:
             raise
         finally:
             log.flush()
+            if self.groups is not None:
+                self.groups.forget(proc.pid)
 
 
 class ContainerRunner:

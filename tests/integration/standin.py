@@ -1,0 +1,70 @@
+"""A stand-in QEMU tree for tests of qemuprov's own handling (kills, full disks, locks): its configure, make and
+make install take as long as the test says and install the host's real QEMU 7.2 and C virtiofsd, so the build
+probes and verifies like a real one in seconds. Each step writes its pid to the control directory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+STEP = r"""#!/bin/sh
+# standin-step PHASE [DESTDIR]: sleep as long as CONTROL/PHASE.delay says, then do the phase's work.
+control=%(control)s
+echo $$ > "$control/$1.pid"
+delay=$(cat "$control/$1.delay" 2>/dev/null || echo 0)
+sleep "$delay" &
+wait $!
+case "$1" in
+  configure) step="sh %(src)s/standin-step"
+             printf 'PREFIX=%%s\nall:\n\t%%s compile\ninstall:\n\t%%s install "$(DESTDIR)$(PREFIX)"\n' \
+               "$2" "$step" "$step" > Makefile ;;
+  compile) cp /usr/bin/qemu-system-x86_64 qemu-system-x86_64
+           if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
+  install) mkdir -p "$2/bin" "$2/libexec" && cp qemu-system-x86_64 "$2/bin/" \
+             && cp /usr/lib/qemu/virtiofsd "$2/libexec/" ;;
+esac
+"""
+
+CONFIGURE = """#!/bin/sh
+for a in "$@"; do case "$a" in --prefix=*) prefix=${a#--prefix=};; esac; done
+exec sh "$(dirname "$0")/standin-step" configure "$prefix"
+"""
+
+RECIPE = """[qemu]
+git = "file://%(tree)s"
+ref = "v7.2-standin"
+arches = ["x86_64"]
+
+[virtiofsd]
+source = "qemu"
+
+[expect]
+arches = ["x86_64"]
+virtiofsd = "c"
+"""
+
+
+def make_tree(tree: Path, control: Path) -> str:
+    """Create the stand-in as a git repository with a tag; returns the recipe body that builds it."""
+    control.mkdir(parents=True, exist_ok=True)
+    tree.mkdir(parents=True)
+    (tree / "VERSION").write_text("7.2.0\n")
+    (tree / "configure").write_text(CONFIGURE)
+    (tree / "standin-step").write_text(STEP % {"control": control, "src": tree})
+    seccomp = tree / "tools" / "virtiofsd" / "passthrough_seccomp.c"
+    seccomp.parent.mkdir(parents=True)
+    seccomp.write_text("SCMP_SYS(rseq),\n")  # no rseq wrapper: bin/virtiofsd is the daemon itself
+    for name in ("configure", "standin-step"):
+        (tree / name).chmod(0o755)
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git[:3], "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "stand-in"], check=True)
+    subprocess.run([*git, "tag", "v7.2-standin"], check=True)
+    return 'builder = "debian-bookworm"\n' + RECIPE % {"tree": tree}
+
+
+def set_delays(control: Path, **seconds: float) -> None:
+    for phase in ("configure", "compile", "install"):
+        (control / f"{phase}.delay").write_text(str(seconds.get(phase, 0)))
+        (control / f"{phase}.pid").unlink(missing_ok=True)
