@@ -170,7 +170,7 @@ def _install_at(prefix: Path) -> Install | None:
 def find_install(name_or_prefix: str) -> Install:
     """An install by name, or any directory holding a qemuprov.json (damaged or not: see Install.intact)."""
     path = Path(name_or_prefix)
-    if "/" in name_or_prefix or path.is_dir():
+    if "/" in name_or_prefix or (path / MANIFEST).exists():  # a bare name that is also a directory here: a name
         entry = _install_at(path)
         if entry is None:
             raise UserError(f"{name_or_prefix}: no {MANIFEST} here, so it is not a qemuprov install",

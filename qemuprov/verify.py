@@ -283,6 +283,11 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches
     daemon = probe.probe_binary(daemon_path, cache)
     if daemon.error or not isinstance(daemon, VirtiofsdProbe):
         raise UserError(f"virtiofsd {daemon_path}: {daemon.error}", hint="give a working virtiofsd")
+    if daemon.needs_root and os.geteuid() != 0:
+        raise UserError(f"virtiofsd {daemon_path} is the C daemon, which needs root to serve a share "
+                        f"({daemon.note or 'it sets up namespaces and drops capabilities'})",
+                        hint="run verify with sudo (HOME and PATH kept: sudo -E env PATH=\"$PATH\" qemuprov verify "
+                             "...), or pair the QEMU with the Rust virtiofsd, which runs as you")
     outcomes = []
     for path in qemus:
         qemu = probe.probe_binary(path, cache)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,55 @@ def built_52(qenv: Env, engine: str) -> Built:
     """OSv's default QEMU: Debian 11's 5.2 tree, built in the bullseye builder container."""
     recipe = f'extends = "qemu-5.2"\n[qemu]\ngit = "file://{TREE_52}"\nref = "v5.2-debian"\n'
     return qenv.build_fresh("fixture-5.2", "docker", recipe, (TREE_52,))
+
+
+VIRTIOFSD_TREE = FIXTURES / "virtiofsd-1.13"
+
+
+@pytest.fixture(scope="session")
+def daemon_only(qenv: Env, engine: str) -> Built:
+    """The Rust virtiofsd alone, built offline against Debian 13's crates in the trixie-crates builder."""
+    recipe = (f'extends = "virtiofsd"\n[virtiofsd]\ngit = "file://{VIRTIOFSD_TREE}"\nref = "v1.13.2-debian"\n'
+              'builder = "debian-trixie-crates"\ncrates = "debian"\n')
+    return qenv.build_fresh("fixture-virtiofsd", "docker", recipe, (VIRTIOFSD_TREE,))
+
+
+@dataclass
+class NormalUser:
+    """The user scripts/test makes (uid 4242), with its own venv of this checkout and a HOME of its own."""
+
+    name: str
+    uid: int
+    home: Path
+    venv: Path
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        tmp = self.home / "tmp"
+        env = {"HOME": str(self.home), "TMPDIR": str(tmp), "USER": self.name, "LC_ALL": "C.UTF-8",
+               "PATH": "/usr/local/bin:/usr/bin:/bin"}
+        return subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups",
+                               str(self.venv / "bin" / "python"), "-m", "qemuprov", *args],
+                              env=env, cwd=self.home, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def give(self, path: Path) -> Path:
+        """Hand a file or tree to the user (git refuses a repository owned by someone else)."""
+        subprocess.run(["chown", "-R", f"{self.uid}:{self.uid}", str(path)], check=True)
+        return path
+
+
+@pytest.fixture(scope="session")
+def normal_user() -> Iterator[NormalUser]:
+    venv = Path(os.environ.get("QEMUPROV_TEST_USER_VENV", FIXTURES / "user-venv"))
+    found = subprocess.run(["id", "-u", "qemuprov-test"], capture_output=True, text=True)
+    if found.returncode != 0 or not (venv / "bin" / "python").exists():
+        pytest.fail("the normal user qemuprov-test or its venv is missing: run scripts/test, which makes them")
+    uid = int(found.stdout)
+    home = Path(f"/home/qemuprov-test/run-{os.getpid()}")
+    for d in (home, home / "tmp"):
+        d.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chown", "-R", f"{uid}:{uid}", str(home)], check=True)
+    yield NormalUser("qemuprov-test", uid, home, venv)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

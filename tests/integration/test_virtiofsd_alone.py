@@ -7,24 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
-from tests.integration.conftest import FIXTURES, Built, Env
-
-VIRTIOFSD_TREE = FIXTURES / "virtiofsd-1.13"
-
-RECIPE = f'''extends = "virtiofsd"
-[virtiofsd]
-git = "file://{VIRTIOFSD_TREE}"
-ref = "v1.13.2-debian"
-builder = "debian-trixie-crates"
-crates = "debian"
-'''
-
-
-@pytest.fixture(scope="module")
-def daemon_only(qenv: Env, engine: str) -> Built:
-    return qenv.build_fresh("fixture-virtiofsd", "docker", RECIPE, (VIRTIOFSD_TREE,))
+from tests.integration.conftest import VIRTIOFSD_TREE, Built, Env
 
 
 def test_installs_only_the_daemon_on_path(daemon_only: Built) -> None:

@@ -1,0 +1,59 @@
+"""qemuprov as most people run it: as themselves, not root. Probe, doctor, a build whose C virtiofsd refuses a
+normal user even `--help`, and verify with the Rust virtiofsd, all as the user scripts/test makes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from tests.integration.conftest import Built, Env, NormalUser
+from tests.integration.standin import make_tree, set_delays
+
+DEBIAN_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+
+
+def test_probe_knows_a_c_virtiofsd_that_refuses_this_user(normal_user: NormalUser) -> None:
+    result = normal_user.run("probe", DEBIAN_VIRTIOFSD, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (daemon,) = json.loads(result.stdout)
+    assert daemon["error"] is None and daemon["flavour"] == "c" and daemon["version"].startswith("7.2")
+    assert daemon["needs_root"] is True and "setgroups" in daemon["note"]
+
+
+def test_doctor_as_a_normal_user(normal_user: NormalUser) -> None:
+    result = normal_user.run("doctor", "--json")
+    assert result.returncode in (0, 1) and "internal error" not in result.stderr, result.stderr
+    checks = {c["what"]: c for c in json.loads(result.stdout)}
+    # Debian's C virtiofsd, off this user's PATH, is found, recognised, and said to need root
+    assert checks["virtiofsd on PATH"]["status"] == "WARN" and DEBIAN_VIRTIOFSD in checks["virtiofsd on PATH"]["detail"]
+    assert checks["virtiofsd flavour"]["status"] == "PASS" and "7.2" in checks["virtiofsd flavour"]["detail"]
+    assert checks["virtiofsd can run as this user"]["status"] == "WARN"
+
+
+def test_build_of_a_c_daemon_holds_its_promise_for_a_normal_user(normal_user: NormalUser) -> None:
+    base = normal_user.home / "standin"
+    recipes = base / "recipes"
+    recipes.mkdir(parents=True)
+    body = make_tree(base / "tree", base / "control")
+    set_delays(base / "control")
+    (recipes / "standin.toml").write_text(f'format = 1\nname = "standin"\n{body}')
+    normal_user.give(base)
+    built = normal_user.run("--recipes", str(recipes), "build", "standin", "--runner", "host")
+    assert built.returncode == 0, built.stdout + built.stderr  # [expect] virtiofsd = "c"
+    prefix = normal_user.home / ".local/share/qemuprov/installs/standin"
+    daemon = next(p for p in json.loads((prefix / "qemuprov.json").read_text())["probe"] if p["kind"] == "virtiofsd")
+    assert daemon["flavour"] == "c" and "needs root to run" in daemon["note"]
+    verify = normal_user.run("verify", "standin")
+    assert verify.returncode == 2 and "the C daemon, which needs root" in verify.stderr
+    assert "run verify with sudo" in verify.stderr and "Traceback" not in verify.stderr
+
+
+def test_verify_as_a_normal_user_with_the_rust_virtiofsd(normal_user: NormalUser, daemon_only: Built,
+                                                         qenv: Env) -> None:
+    daemon = normal_user.home / "rust-virtiofsd"
+    shutil.copy2(daemon_only.prefix / "bin" / "virtiofsd", daemon)
+    normal_user.give(daemon)
+    result = normal_user.run("verify", "--qemu", "/usr/bin/qemu-system-x86_64", "--virtiofsd", str(daemon), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (outcome,) = json.loads(result.stdout)
+    assert outcome["ok"] is True and outcome["accel"] == "tcg"
