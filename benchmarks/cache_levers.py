@@ -71,8 +71,9 @@ def image_levers(builder: str) -> dict[str, float | str]:
     scratch_tag = f"qemuprov-bench/{builder}:cold"
 
     def cold_build() -> None:
-        builders.build_image(client, image.dockerfile.parent, image.dockerfile.name, scratch_tag,
-                             {"BASE": image.base}, {}, io.StringIO(), nocache=True)
+        with image.context() as context:
+            builders.build_image(client, context, image.dockerfile.name, scratch_tag, {"BASE": image.base}, {},
+                                 io.StringIO(), nocache=True)
 
     results: dict[str, float | str] = {"builder": builder, "image_cold_build_s": seconds(cold_build)}
     client.images.remove(scratch_tag, force=True)

@@ -13,3 +13,7 @@ RUN if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
       build-essential git ca-certificates pkg-config cargo rustc libseccomp-dev libcap-ng-dev \
  && DEBIAN_FRONTEND=noninteractive apt-get build-dep -y --no-install-recommends rust-virtiofsd \
  && rm -rf /var/lib/apt/lists/*
+# CAs this host trusts beyond the distribution's (a TLS-inspecting proxy's): qemuprov hands them over as host-ca/
+# in the build context, so that pip, git and cargo here trust what the host trusts. Builder images stay local.
+COPY host-ca/ /usr/local/share/ca-certificates/qemuprov-host/
+RUN update-ca-certificates >/dev/null 2>&1

@@ -7,7 +7,10 @@ import dataclasses
 import functools
 import hashlib
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +32,18 @@ def dockerfile(builder: str) -> Path:
                     hint=f"available builders: {', '.join(paths.builder_names())}")
 
 
+# Where hosts keep the CAs they trust beyond their distribution's bundle (a TLS-inspecting proxy's, a company's).
+HOST_CA_DIRS = ("/usr/local/share/ca-certificates", "/etc/pki/ca-trust/source/anchors")
+
+
+def host_cas() -> tuple[Path, ...]:
+    found = []
+    for directory in map(Path, HOST_CA_DIRS):
+        if directory.is_dir():
+            found += sorted(p for p in directory.rglob("*") if p.suffix in (".crt", ".pem") and p.is_file())
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class BuilderImage:
     builder: str
@@ -36,11 +51,27 @@ class BuilderImage:
     base: str
 
     base_id: str = ""  # the base image's id where the engine has it: a re-made base means a new builder
+    cas: tuple[Path, ...] = ()  # the host's own CAs, handed to the image build as host-ca/ in its context
 
     @functools.cached_property
     def tag(self) -> str:
-        digest = hashlib.sha256(b"\0".join((self.dockerfile.read_bytes(), self.base.encode(), self.base_id.encode())))
-        return f"qemuprov-builder-{self.builder}:{digest.hexdigest()[:16]}"
+        parts = [self.dockerfile.read_bytes(), self.base.encode(), self.base_id.encode(),
+                 *(ca.read_bytes() for ca in self.cas)]
+        digest = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+        return f"qemuprov-builder-{self.builder}:{digest}"
+
+    @contextmanager
+    def context(self) -> Iterator[Path]:
+        """The build context: the Dockerfile and host-ca/ with the host's own CAs (pip, git and cargo in the
+        builder then trust what the host trusts). Builder images stay on this machine; runtime images, which
+        may be pushed, never get them."""
+        with tempfile.TemporaryDirectory(prefix="qemuprov-context-") as tmp:
+            context = Path(tmp)
+            shutil.copyfile(self.dockerfile, context / self.dockerfile.name)
+            (context / "host-ca").mkdir()
+            for index, ca in enumerate(self.cas):
+                shutil.copyfile(ca, context / "host-ca" / f"{index:02d}-{ca.stem}.crt")
+            yield context
 
     def with_base_id(self, docker_client: Any) -> BuilderImage:
         import docker.errors
@@ -58,7 +89,7 @@ def builder_image(builder: str, base: str | None = None) -> BuilderImage:
     chosen = base or (default.group(1) if default else None)
     if not chosen:
         raise UserError(f"{path}: no `ARG BASE=IMAGE` line", hint="builder Dockerfiles start with ARG BASE=IMAGE")
-    return BuilderImage(builder, path, chosen)
+    return BuilderImage(builder, path, chosen, cas=host_cas())
 
 
 def ensure_builder(docker_client: Any, image: BuilderImage, log: IO[str],
@@ -70,8 +101,9 @@ def ensure_builder(docker_client: Any, image: BuilderImage, log: IO[str],
         return str(docker_client.images.get(image.tag).id)
     except docker.errors.ImageNotFound:
         pass
-    return build_image(docker_client, image.dockerfile.parent, image.dockerfile.name, image.tag,
-                       {"BASE": image.base}, {"org.qemuprov.builder": image.builder}, log, on_line)
+    with image.context() as context:
+        return build_image(docker_client, context, image.dockerfile.name, image.tag, {"BASE": image.base},
+                           {"org.qemuprov.builder": image.builder}, log, on_line)
 
 
 def build_image(docker_client: Any, context: Path, dockerfile: str, tag: str, buildargs: dict[str, str],

@@ -1,0 +1,43 @@
+"""Builder images behind a TLS-inspecting proxy: a base image pulled from a registry trusts none of the host's
+own CAs, so the pip step of a builder Dockerfile fails with CERTIFICATE_VERIFY_FAILED, unless qemuprov hands
+the host's CAs to the build (host-ca/ in its context). This machine's egress re-signs TLS with such a CA."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterator
+
+import pytest
+
+from qemuprov import builders, engines
+from qemuprov.errors import InfraError
+
+BARE_BASE = "qemuprov-test/bookworm-without-host-cas:latest"
+
+
+@pytest.fixture(scope="module")
+def bare_base(engine: str) -> Iterator[object]:
+    """debian:bookworm as a registry would serve it: without the CAs scripts/test-engine copies in."""
+    client = engines.client(engines.find_engine())
+    container = client.containers.run("debian:bookworm", ["sh", "-c", "rm -rf /usr/local/share/ca-certificates/*"],
+                                      detach=True, network_mode="none")
+    container.wait()
+    container.commit(repository=BARE_BASE.split(":")[0], tag="latest")
+    container.remove()
+    yield client
+
+
+def test_builder_trusts_the_hosts_own_cas(bare_base: object) -> None:
+    client = bare_base
+    if not builders.host_cas():
+        pytest.skip("this host trusts no CAs of its own: no TLS-inspecting proxy to pass through here")
+    image = builders.builder_image("debian-bookworm", BARE_BASE).with_base_id(client)
+    log = io.StringIO()
+    builders.ensure_builder(client, image, log)  # pip installs meson over https inside the build
+    assert "Successfully built" in log.getvalue() or "Successfully tagged" in log.getvalue()
+
+    without = dataclasses.replace(image, cas=())  # the control: as before qemuprov handed the CAs over
+    with pytest.raises(InfraError):
+        builders.ensure_builder(client, without, log)
+    assert "CERTIFICATE_VERIFY_FAILED" in log.getvalue()
