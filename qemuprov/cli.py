@@ -496,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a read-only HOME, a cache path that is a file: the machine's state
         if args.debug:
             traceback.print_exc()
+        if exc.errno is None:  # requests and the docker SDK derive their errors from OSError, without one
+            print(f"qemuprov: error: {exc}", file=sys.stderr)
+            return 1
         where = f": {exc.filename}" if exc.filename else ""
         print(f"qemuprov: error: {exc.strerror or exc}{where}", file=sys.stderr)
         what = "the disk is full: free space" if exc.errno == errno.ENOSPC else "check the permissions and free space"

@@ -179,14 +179,22 @@ class ContainerRunner:
     @contextmanager
     def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
         """network: host networking for steps that download (cargo's registry); builds run without one."""
+        import docker.errors
+
         self._remove_orphans()
         binds = {str(m): {"bind": str(m), "mode": "rw"} for m in mounts}
-        self._container = self.client.containers.run(
-            self.image.tag, ["sleep", "infinity"], detach=True, init=True,
-            network_mode="host" if network else "none",
-            volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
-            name=f"qemuprov-build-{os.getpid()}",
-            **self._engine_quirks())
+        try:
+            self._container = self.client.containers.run(
+                self.image.tag, ["sleep", "infinity"], detach=True, init=True,
+                network_mode="host" if network else "none",
+                volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
+                name=f"qemuprov-build-{os.getpid()}",
+                **self._engine_quirks())
+        except docker.errors.APIError as exc:
+            hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get install "
+                    "catatonit)") if "catatonit" in str(exc) else "see `qemuprov doctor`; or build with --runner host"
+            raise InfraError(f"{self.engine.detail}: cannot start the build container: "
+                             f"{exc.explanation or exc}", hint=hint) from None
         try:
             yield
         finally:

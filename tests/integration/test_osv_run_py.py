@@ -130,7 +130,7 @@ def test_verify_osv_72_both_arches(qenv: Env, built: Built) -> None:
 def test_build_verify_uses_the_recipe_osv_mode_for_52(qenv: Env, built_52: Built) -> None:
     result = qenv.run("build", "fixture-5.2", "--runner", "docker", "--verify", timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "up to date" in result.stdout and "OSv's run.py command lines" in result.stdout
+    assert "OSv's run.py command lines" in result.stdout
     recorded = json.loads((built_52.prefix / "qemuprov.json").read_text())["verify"]
     assert sorted((o["arch"], o["ok"], o["mode"]) for o in recorded) == [("aarch64", True, "osv"),
                                                                         ("x86_64", True, "osv")]
