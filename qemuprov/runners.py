@@ -231,6 +231,20 @@ class ContainerRunner:
         if self._container is None:
             raise InfraError("internal: a container step ran outside a container session")
         _log_command(log, argv, cwd, where=f"[{self.image.tag}] ")
+        import docker.errors
+        import requests
+
+        try:
+            return self._exec(argv, cwd, env, log, on_line)
+        except (requests.RequestException, docker.errors.DockerException) as exc:
+            raise InfraError(f"lost the container engine during `{shlex.join(argv)[:80]}` ({self.engine.detail}): "
+                             f"{str(exc)[:200]}",
+                             hint="start the engine again and rerun the build; the previous install is "
+                                  "untouched") from None
+
+    def _exec(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], log: IO[str],
+              on_line: LineCallback | None) -> int:
+        assert self._container is not None
         api = self.client.api
         exec_id = api.exec_create(self._container.id, list(argv), workdir=str(cwd), environment=dict(env),
                                   user=f"{self.user[0]}:{self.user[1]}")["Id"]

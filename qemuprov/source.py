@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import os
 import shutil
 import subprocess
 import tarfile
@@ -86,7 +87,8 @@ def _fetch_into_mirror(url: str, refspec: str, section: str) -> git.Repo:
     if not (mirror / "HEAD").exists():
         # Initialise in a temporary directory, then rename: a half-made cache never looks like a good one.
         mirror.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=mirror.parent))
+        _remove_abandoned_inits(mirror.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".init-{os.getpid()}-", dir=mirror.parent))
         git.Repo.init(tmp, bare=True)
         tmp.rename(mirror)
     repo = git.Repo(mirror)
@@ -95,6 +97,14 @@ def _fetch_into_mirror(url: str, refspec: str, section: str) -> git.Repo:
     except git.GitCommandError as exc:
         raise _git_failure(section, url, exc) from None
     return repo
+
+
+def _remove_abandoned_inits(directory: Path) -> None:
+    """What a fetch killed while it made a mirror left behind (its pid is in the name and no longer runs)."""
+    for leftover in directory.glob(".init-*"):
+        pid = leftover.name.split("-")[1]
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _export(repo: git.Repo, commit: str, dest: Path) -> None:

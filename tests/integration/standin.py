@@ -1,27 +1,30 @@
-"""A stand-in QEMU tree for tests of qemuprov's own handling (kills, full disks, locks): its configure, make and
-make install take as long as the test says and install the host's real QEMU 7.2 and C virtiofsd, so the build
-probes and verifies like a real one in seconds. Each step writes its pid to the control directory."""
+"""A stand-in QEMU tree for tests of qemuprov's own handling (kills, full disks, locks, a lost engine): its
+configure, make and make install take as long as the test says and install the host's real QEMU 7.2 and C
+virtiofsd, which the tree carries (so it builds in a container too), so the build probes and verifies like a
+real one in seconds. Each step writes its pid to the control directory, which a container build must see."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 STEP = r"""#!/bin/sh
 # standin-step PHASE [DESTDIR]: sleep as long as CONTROL/PHASE.delay says, then do the phase's work.
 control=%(control)s
+src=$(cd "$(dirname "$0")" && pwd)
 echo $$ > "$control/$1.pid"
 delay=$(cat "$control/$1.delay" 2>/dev/null || echo 0)
 sleep "$delay" &
 wait $!
 case "$1" in
-  configure) step="sh %(src)s/standin-step"
+  configure) step="sh $src/standin-step"
              printf 'PREFIX=%%s\nall:\n\t%%s compile\ninstall:\n\t%%s install "$(DESTDIR)$(PREFIX)"\n' \
                "$2" "$step" "$step" > Makefile ;;
-  compile) cp /usr/bin/qemu-system-x86_64 qemu-system-x86_64
+  compile) cp $src/payload/qemu-system-x86_64 qemu-system-x86_64
            if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
   install) mkdir -p "$2/bin" "$2/libexec" && cp qemu-system-x86_64 "$2/bin/" \
-             && cp /usr/lib/qemu/virtiofsd "$2/libexec/" ;;
+             && cp $src/payload/virtiofsd "$2/libexec/" ;;
 esac
 """
 
@@ -50,12 +53,15 @@ def make_tree(tree: Path, control: Path) -> str:
     tree.mkdir(parents=True)
     (tree / "VERSION").write_text("7.2.0\n")
     (tree / "configure").write_text(CONFIGURE)
-    (tree / "standin-step").write_text(STEP % {"control": control, "src": tree})
+    (tree / "standin-step").write_text(STEP % {"control": control})
     seccomp = tree / "tools" / "virtiofsd" / "passthrough_seccomp.c"
     seccomp.parent.mkdir(parents=True)
     seccomp.write_text("SCMP_SYS(rseq),\n")  # no rseq wrapper: bin/virtiofsd is the daemon itself
     for name in ("configure", "standin-step"):
         (tree / name).chmod(0o755)
+    (tree / "payload").mkdir()
+    for binary in ("/usr/bin/qemu-system-x86_64", "/usr/lib/qemu/virtiofsd"):
+        shutil.copy2(binary, tree / "payload")
     git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@localhost"]
     subprocess.run([*git[:3], "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)

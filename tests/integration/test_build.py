@@ -112,11 +112,12 @@ def test_missing_ref_is_one_line_exit_2(qenv: Env) -> None:
     assert errors == [f'qemuprov: error: qemu.ref: "v9.9.9" is neither a branch, a tag nor a commit of file://{TREE}']
 
 
-def test_unreachable_url_is_exit_2(qenv: Env) -> None:
+def test_missing_local_repository_is_exit_2(qenv: Env) -> None:
     qenv.write_recipe("nowhere", 'extends = "qemu-7.2"\n[qemu]\ngit = "file:///nonexistent/qemu.git"\n')
     result = qenv.run("build", "nowhere", "--runner", "host")
-    assert result.returncode == 2 and "qemu.git: cannot fetch file:///nonexistent/qemu.git" in result.stderr
-    assert "insteadOf" in result.stderr
+    assert result.returncode == 2 and "qemu.git: cannot fetch file:///nonexistent/qemu.git: " \
+        "'/nonexistent/qemu.git' does not appear to be a git repository" in result.stderr
+    assert "point the recipe at a git repository" in result.stderr
 
 
 def test_verify_the_built_install_with_distribution_firmware(qenv: Env, built: Built) -> None:

@@ -173,3 +173,39 @@ def test_a_full_disk_during_the_compile_is_one_clear_error(standin: tuple[Env, P
     assert "No space left on device" in full.stderr and "the disk is full" in full.stderr
     assert "Traceback" not in full.stderr and "internal error" not in full.stderr
     _install_works(prefix, manifest)
+
+
+def test_the_engine_stopped_in_the_middle_of_a_container_build(qenv: Env, engine: str,
+                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The suite's Docker engine is its own: stop it while a container build compiles, then start it again."""
+    name = "standin-docker"
+    control = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / name / "control"  # mounted in the build container
+    qenv.write_recipe(name, make_tree(tmp_path_factory.mktemp("standin-docker") / "tree", control))
+    set_delays(control)
+    first = qenv.run("build", name, "--runner", "docker")
+    assert first.returncode == 0, first.stdout + first.stderr
+    prefix = qenv.root / name
+    manifest = (prefix / "qemuprov.json").read_text()
+    set_delays(control, compile=120)
+    build = _start(qenv, name, "--runner", "docker", "--force")
+    _wait_for(control / "compile.pid", build)
+    dockerd = int(Path("/run/qemuprov-test/dockerd.pid").read_text())
+    os.kill(dockerd, signal.SIGTERM)
+    try:
+        output = build.communicate(timeout=120)[0]
+        assert build.returncode == 1, output
+        assert "lost the container engine" in output and "start the engine again" in output
+        assert "Traceback" not in output and "internal error" not in output
+        _install_works(prefix, manifest)
+    finally:
+        while _alive(dockerd):
+            time.sleep(0.2)
+        subprocess.run(["scripts/test-engine", str(Path(qenv.vars["QEMUPROV_CACHE"]).parent)], check=True,
+                       capture_output=True, cwd=Path(__file__).resolve().parents[2])
+    set_delays(control)
+    again = qenv.run("build", name, "--runner", "docker", "--force")
+    assert again.returncode == 0, again.stdout + again.stderr
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.qemuprov.build"], capture_output=True,
+                          text=True)
+    assert left.stdout.strip() == "", "a container of the interrupted build was left"
+    assert [p.name for p in qenv.root.glob(".qemuprov-*")] == []

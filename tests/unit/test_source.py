@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -63,3 +64,13 @@ def test_tarball_checked_and_unpacked(tmp_path: Path) -> None:
     assert (tmp_path / "src" / "VERSION").read_text() == "7.2.0\n" and fetched.sha256 == digest
     with pytest.raises(UserError, match=f"qemu.sha256: .* has sha256 {digest}, the recipe says 1{{64}}"):
         source.fetch(Source(tarball=f"file://{archive}", sha256="1" * 64), tmp_path / "src2")
+
+
+def test_a_mirror_init_left_by_a_killed_fetch_is_removed(tmp_path: Path) -> None:
+    from qemuprov.source import _remove_abandoned_inits
+
+    dead, alive, old = tmp_path / ".init-999999999-abc", tmp_path / f".init-{os.getpid()}-def", tmp_path / ".init-x1"
+    for d in (dead, alive, old):
+        (d / "objects").mkdir(parents=True)
+    _remove_abandoned_inits(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob(".init-*")) == [alive.name]
