@@ -20,11 +20,13 @@ BARE_BASE = "qemuprov-test/bookworm-without-host-cas:latest"
 def bare_base(engine: str) -> Iterator[object]:
     """debian:bookworm as a registry would serve it: without the CAs scripts/test-engine copies in."""
     client = engines.client(engines.find_engine())
-    container = client.containers.run("debian:bookworm", ["sh", "-c", "rm -rf /usr/local/share/ca-certificates/*"],
-                                      detach=True, network_mode="none")
-    container.wait()
-    container.commit(repository=BARE_BASE.split(":")[0], tag="latest")
-    container.remove()
+    if not builders.has_image(client, BARE_BASE):  # kept between runs: the engine's layer cache then holds
+        container = client.containers.run(           # the builder's layers, as it does for any user
+            "debian:bookworm", ["sh", "-c", "rm -rf /usr/local/share/ca-certificates/*"], detach=True,
+            network_mode="none")
+        container.wait()
+        container.commit(repository=BARE_BASE.split(":")[0], tag="latest")
+        container.remove()
     yield client
 
 
