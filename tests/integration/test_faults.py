@@ -64,7 +64,7 @@ def _unconfigure(env: Env) -> None:
 
 
 def _leftovers(env: Env) -> list[str]:
-    beside = [p.name for p in env.root.glob(".qemuprov-*")]
+    beside = [p.name for p in env.root.glob(".qemuprov-*-standin-[0-9]*")]
     running = Path(env.vars["QEMUPROV_CACHE"]) / "work" / "standin" / "running"
     return beside + [f"running/{p.name}" for p in running.glob("*")]
 
@@ -106,7 +106,7 @@ def test_kill_9_before_the_swap_leaves_the_install(standin: tuple[Env, Path]) ->
     build.communicate(timeout=30)
     assert build.returncode == -signal.SIGKILL
     _install_works(prefix, manifest)
-    assert [p for p in env.root.glob(".qemuprov-*")], "the killed build should have left its staging behind"
+    assert list(env.root.glob(".qemuprov-*-standin-[0-9]*")), "the killed build should have left its staging behind"
     again = env.run("build", "standin", "--runner", "host", "--force")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _leftovers(env) == []
@@ -208,4 +208,4 @@ def test_the_engine_stopped_in_the_middle_of_a_container_build(qenv: Env, engine
     left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.qemuprov.build"], capture_output=True,
                           text=True)
     assert left.stdout.strip() == "", "a container of the interrupted build was left"
-    assert [p.name for p in qenv.root.glob(".qemuprov-*")] == []
+    assert [p.name for p in qenv.root.glob(f".qemuprov-*-{name}-[0-9]*")] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,10 @@ def podman_env(qenv: Env) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def in_podman(qenv: Env, podman_env: dict[str, str]) -> Path:
     prefix = qenv.root / "fixture-7.2-podman"
+    # A fresh build tree, so the compiles really run in Podman's container, through the shared ccache
+    work = Path(os.environ["QEMUPROV_TEST_FIXTURES"]) / "cache" / "work" / "fixture-7.2"
+    for tree in work.glob("build-podman-*"):
+        shutil.rmtree(tree)
     result = qenv.run("build", "fixture-7.2", "--runner", "podman", "--prefix", str(prefix), "--force",
                       env=podman_env)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
@@ -39,8 +44,8 @@ def test_podman_build_installs_both_arches(qenv: Env, in_podman: Path) -> None:
         assert probes[f"qemu-system-{arch}"]["vhost_user_fs"] is True and "user" in probes[f"qemu-system-{arch}"][
             "netdevs"]
     assert probes["virtiofsd"]["flavour"] == "c"
-    cache = manifest["ccache"]
-    assert cache and cache["hits"] > 0  # objects compiled by the other builds of this tree with the same clang
+    cache = manifest["ccache"]  # the Docker build of the same tree, same clang, compiled these objects before
+    assert cache and cache["hits"] >= 0.9 * (cache["hits"] + cache["misses"]) > 0, cache
 
 
 def test_podman_build_files_belong_to_the_caller(in_podman: Path) -> None:
@@ -51,7 +56,7 @@ def test_podman_build_files_belong_to_the_caller(in_podman: Path) -> None:
 
 
 def test_podman_build_verifies(qenv: Env, in_podman: Path) -> None:
-    qenv.verify_x86_64(str(in_podman), "--accel", "tcg")
+    qenv.verify_x86_64(str(in_podman), "--arch", "x86_64")
 
 
 def test_podman_build_leaves_no_container(podman_env: dict[str, str], in_podman: Path) -> None:
