@@ -4,11 +4,15 @@ the killed build runs on once the next build has started, and nothing is left be
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,3 +213,63 @@ def test_the_engine_stopped_in_the_middle_of_a_container_build(qenv: Env, engine
                           text=True)
     assert left.stdout.strip() == "", "a container of the interrupted build was left"
     assert [p.name for p in qenv.root.glob(f".qemuprov-*-{name}-[0-9]*")] == []
+
+
+class _SlowTarball(http.server.BaseHTTPRequestHandler):
+    """Serves the stand-in as a tarball, 256 KiB at a time, pausing between pieces while `slow` is set."""
+
+    data = b""
+    slow = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 (the handler API's name)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.data)))
+        self.end_headers()
+        for start in range(0, len(self.data), 256 << 10):
+            self.wfile.write(self.data[start:start + (256 << 10)])
+            if self.slow.is_set():
+                time.sleep(0.2)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_kill_9_during_the_fetch_leaves_the_install(qenv: Env, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    body = make_tree(tree, tmp_path / "control")
+    set_delays(tmp_path / "control")
+    archive = tmp_path / "standin.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(tmp_path), "tree"], check=True)
+    _SlowTarball.data = archive.read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowTarball)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/standin.tar.gz"
+        sha = hashlib.sha256(_SlowTarball.data).hexdigest()
+        source = body.split("[qemu]\n", 1)[1].split("\n", 2)[2]  # the recipe less its git and ref
+        qenv.write_recipe("standin-tarball", body.split("[qemu]\n")[0]
+                          + f'[qemu]\ntarball = "{url}"\nsha256 = "{sha}"\n{source}')
+        first = qenv.run("build", "standin-tarball", "--runner", "host")
+        assert first.returncode == 0, first.stdout + first.stderr
+        prefix = qenv.root / "standin-tarball"
+        manifest = (prefix / "qemuprov.json").read_text()
+        tarballs = Path(qenv.vars["QEMUPROV_CACHE"]) / "tarballs"
+        shutil.rmtree(tarballs)  # the download is the fetch: make the next build download again
+        (Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / "standin-tarball" / "src.stamp").unlink()
+        _SlowTarball.slow.set()
+        build = _start(qenv, "standin-tarball", "--runner", "host", "--force")
+        deadline = time.monotonic() + 60
+        while not list(tarballs.glob("*.part")):
+            assert build.poll() is None and time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+        build.send_signal(signal.SIGKILL)
+        build.communicate(timeout=30)
+        _install_works(prefix, manifest)
+        _SlowTarball.slow.clear()
+        again = qenv.run("build", "standin-tarball", "--runner", "host", "--force")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert not list(tarballs.glob("*.part")) and list(tarballs.glob(f"{sha}-*"))
+        assert [p.name for p in qenv.root.glob(".qemuprov-*-standin-tarball-[0-9]*")] == []
+    finally:
+        server.shutdown()
+        server.server_close()
