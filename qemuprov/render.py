@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,8 +31,8 @@ _COLOURS = {"PASS": "\033[32m", "WARN": "\033[33m", "FAIL": "\033[31m"}
 
 def checks(items: Sequence[Any], colour: bool | None = None) -> str:
     """virt-host-validate style: `AREA: what ... : STATUS`, then the detail and the hint, indented."""
-    if colour is None:
-        colour = sys.stdout.isatty()
+    if colour is None:  # https://no-color.org: any non-empty NO_COLOR turns colour off
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     width = max((len(f"{c.area}: {c.what}") for c in items), default=0)
     lines = []
     for check in items:

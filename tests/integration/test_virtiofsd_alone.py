@@ -58,3 +58,12 @@ def test_runtime_image_of_the_daemon_alone(qenv: Env, daemon_only: Built) -> Non
     commit = daemon_only.manifest["virtiofsd_source"]["commit"]  # type: ignore[index]
     assert labels["org.opencontainers.image.revision"] == commit
     assert "alone (no QEMU)" in labels["org.qemuprov.summary"]
+
+
+def test_verify_osv_with_the_rust_daemon_started_as_run_py_starts_it(qenv: Env, daemon_only: Built) -> None:
+    # run.py starts any virtiofsd with `--socket-path=... -o source=DIR`, the C daemon's spelling, which the Rust
+    # one takes too; here it serves Debian's QEMU from PATH with run.py's QEMU line.
+    result = qenv.run("verify", "fixture-virtiofsd", "--osv", "--arch", "x86_64", "--json", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (outcome,) = json.loads(result.stdout)
+    assert outcome["ok"] is True and outcome["mode"] == "osv"
