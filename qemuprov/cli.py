@@ -383,6 +383,8 @@ def _command_adder(sub: Any) -> Callable[..., argparse.ArgumentParser]:
     def add(name: str, func: Command, summary: str, json: bool = False,
             description: str | None = None) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description or summary)
+        parser.add_argument("--recipes", action="append", dest="sub_recipes", metavar="DIR",
+                            help="an extra recipe directory (repeatable; also before the command)")
         if json:
             parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.set_defaults(func=func)
@@ -477,6 +479,7 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.recipes = [*(args.recipes or ()), *(args.sub_recipes or ())]  # --recipes before or after the command
     func: Command = args.func
     # `kill`, a CI timeout or a closing terminal: clean up (containers, staging, child processes) as on Ctrl-C.
     signal.signal(signal.SIGTERM, _terminated)

@@ -120,3 +120,10 @@ def test_a_cache_path_that_is_a_file_costs_a_note_not_the_probe(tmp_path: Path,
     result = _qemuprov("probe", str(fake), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["flavour"] == "c" and "cannot keep the cache" in result.stderr
+
+
+def test_recipes_option_after_the_command(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text('format = 1\nname = "mine"\nextends = "qemu-7.2"\n')
+    before = _qemuprov("--recipes", str(tmp_path), "show", "mine")
+    after = _qemuprov("show", "mine", "--recipes", str(tmp_path))
+    assert before.returncode == after.returncode == 0 and before.stdout == after.stdout
