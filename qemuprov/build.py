@@ -20,8 +20,7 @@ from typing import Any
 
 import filelock
 
-from qemuprov import __version__, installs, paths, plan, probe, rust_virtiofsd, source
-from qemuprov.doctor import HOST_HEADERS, HOST_LIBS
+from qemuprov import __version__, hostdeps, installs, paths, plan, probe, rust_virtiofsd, source
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.procs import GroupRegistry
@@ -145,14 +144,11 @@ def _lock(key: str, what: str, hint: str) -> Iterator[None]:
 
 
 def missing_dependency_hint(log_tail: str, runner: Runner) -> str:
-    packages = {**HOST_LIBS, "seccomp": "libseccomp-dev", "cap-ng": "libcap-ng-dev", "cap_ng": "libcap-ng-dev",
-                **HOST_HEADERS, "fdt": "libfdt-dev", "ninja": "ninja-build"}
-    for name, package in packages.items():
-        if re.search(rf"(Dependency|header|library|Program)\W+\S*{re.escape(name)}\S*\W+not found", log_tail,
-                     re.IGNORECASE) or (name in ("seccomp", "cap-ng") and "requires libcap-ng-devel" in log_tail):
-            if runner.name == "host":
-                return f"a build dependency is missing: install {package} (Debian/Ubuntu), or use --runner docker"
-            return f"the builder image lacks {package}: add it to the recipe's builder Dockerfile under containers/"
+    package = hostdeps.package_missing_in(log_tail)
+    if package and runner.name == "host":
+        return f"a build dependency is missing: install {package} (Debian/Ubuntu), or use --runner docker"
+    if package:
+        return f"the builder image lacks {package}: add it to the recipe's builder Dockerfile under containers/"
     if "No space left on device" in log_tail:
         return "the disk is full: free space where the build tree or the install lives (QEMUPROV_CACHE, --prefix)"
     return "read the log above; `qemuprov doctor` lists missing build dependencies"
@@ -161,7 +157,7 @@ def missing_dependency_hint(log_tail: str, runner: Runner) -> str:
 class Build:
     def __init__(self, recipe: Recipe, opts: Options, reporter: Reporter) -> None:
         self.recipe, self.opts, self.report = recipe, opts, reporter
-        self.work = paths.cache_dir() / "work" / recipe.name
+        self.work = paths.work_dir(recipe.name)
         self.timings: dict[str, float] = {}
         self.log_path: Path | None = None
         self.vfs_identity: str | None = None
@@ -319,9 +315,9 @@ class Build:
         found = set(self._capture(["sh", "-c", FEATURE_LIBRARIES_SCRIPT], self.work, self._env()).split())
         missing = []
         if tree.slirp and not (tree.slirp == "choice" and tree.bundled_slirp) and "slirp" not in found:
-            missing.append(HOST_LIBS["slirp"])
+            missing.append(hostdeps.HOST_LIBS["slirp"])
         if tree.knows_linux_aio and "libaio" not in found:
-            missing.append(HOST_HEADERS["libaio.h"])
+            missing.append(hostdeps.HOST_HEADERS["libaio.h"])
         if not missing:
             return "slirp" in found
         what = f"{' and '.join(missing)} (-netdev user and aio=native, which OSv's scripts/run.py uses)"

@@ -87,7 +87,7 @@ def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:
     for entry in installs.list_installs():
         if entry.recipe == recipe.name and entry.manifest.get("plan"):
             return dict(entry.manifest["plan"])
-    src = paths.cache_dir() / "work" / recipe.name / "src"
+    src = paths.work_dir(recipe.name) / "src"
     if not (src / "VERSION").exists():
         return None
     runner, _ = get_runner("auto", recipe.builder)
@@ -209,8 +209,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from qemuprov import verify
 
     entry = installs.find_install(str(prefix)).intact()
-    outcomes = verify.verify_all(_install_qemus(entry), prefix / "bin" / "virtiofsd", entry.firmware_dirs,
-                                 arches or None, "auto", None, "osv" if recipe.verify_osv else "plain")
+    targets = verify.install_targets(entry)
+    outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, arches or None, "auto", None,
+                                 "osv" if recipe.verify_osv else "plain")
     installs.write_json_atomic(prefix / installs.MANIFEST,
                                {**entry.manifest, "verify": [asdict(o) for o in outcomes]})
     return _render_verify(outcomes, False)
@@ -302,7 +303,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         if not args.tag:
             return 0
     tag = args.tag or f"qemuprov/{entry.name}:latest"
-    logs = paths.cache_dir() / "work" / entry.name / "logs"
+    logs = paths.work_dir(entry.name) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"image-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.log"
     print(f"==> image {tag} from {entry.prefix} (log {log_path})", file=sys.stderr)
@@ -313,38 +314,18 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_targets(args: argparse.Namespace) -> tuple[list[Path], Path, list[str]]:
-    """QEMU binaries, the virtiofsd and firmware directories to verify, from an install or from paths."""
-    if args.target:
-        if args.qemu or args.virtiofsd:
-            raise UserError("verify: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
-        entry = installs.find_install(args.target).intact()
-        return _install_qemus(entry), entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs
-    if not (args.qemu and args.virtiofsd):
-        raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
-    qemus = [Path(q) for q in args.qemu]
-    # A QEMU from a qemuprov install brings the firmware directories that install recorded.
-    manifests = [installs.read_manifest(q.resolve().parent.parent) for q in qemus]
-    firmware = [d for m in manifests if m for d in m.get("firmware", [])]
-    return qemus, Path(args.virtiofsd), list(dict.fromkeys(firmware))
-
-
-def _install_qemus(entry: installs.Install) -> list[Path]:
-    """The install's QEMU binaries; for an install of virtiofsd alone, the QEMUs on PATH it will serve."""
-    own = sorted((entry.prefix / "bin").glob("qemu-system-*"))
-    if own:
-        return own
-    on_path = probe.qemus_on_path()
-    if not on_path:
-        raise UserError(f"{entry.name} holds no QEMU and there is no qemu-system-x86_64 or -aarch64 on PATH",
-                        hint=f"qemuprov verify --qemu PATH --virtiofsd {entry.prefix / 'bin' / 'virtiofsd'}")
-    return on_path
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     from qemuprov import verify
 
-    qemus, daemon_path, firmware = _verify_targets(args)
+    if args.target and (args.qemu or args.virtiofsd):
+        raise UserError("verify: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
+    if args.target:
+        targets = verify.install_targets(installs.find_install(args.target).intact())
+    elif args.qemu and args.virtiofsd:
+        targets = verify.binary_targets([Path(q) for q in args.qemu], Path(args.virtiofsd))
+    else:
+        raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
+    qemus, daemon_path, firmware = targets.qemus, targets.virtiofsd, targets.firmware
     wanted = split_arches(args.arch) if args.arch is not None else None
     outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args),
                                  "osv" if args.osv else "plain")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import platform
 import shutil
@@ -12,9 +10,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from qemuprov import installs, jsonfile, kvm, paths, probe, procs
+from qemuprov import hostdeps, installs, kvm, paths, probe
 from qemuprov.compilers import describe_host_compilers
-from qemuprov.probe_parse import rseq_kill_in_audit, version_tuple
+from qemuprov.probe_parse import version_tuple
 
 MIN_QEMU = "5.0"
 SHM_MIN_BYTES = 256 * 1024 * 1024
@@ -72,35 +70,13 @@ def check_kvm(ctx: Context) -> Iterator[Check]:
                     f"cannot test KVM: {qemu}, the first qemu-system-x86_64 on PATH, does not work: {tester.error}",
                     "put a working QEMU first on PATH (see the QEMU checks below), then run doctor again")
         return
-    run = kvm_verdict(ctx, Path(qemu))
+    run = kvm.verdict(Path(qemu), ctx.kvm_cache_file)
     if run["usable"]:
         yield Check("KVM", "a guest runs under KVM", Status.PASS, str(run["detail"]))
     else:
         yield Check("KVM", "a guest runs under KVM", Status.WARN, "KVM is present but unusable: " + str(run["detail"]),
                     "boot guests with TCG: qemuprov verify --accel tcg, or QEMU's -accel tcg; "
                     "for a VM host, check its nested virtualization")
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def kvm_verdict(ctx: Context, qemu: Path) -> dict[str, object]:
-    """The verdict holds until the kernel, the boot, /dev/kvm or the QEMU binary changes."""
-    key = "|".join([platform.release(), _boot_id(), str(os.stat("/dev/kvm").st_ctime_ns), probe.identity(qemu)])
-    try:
-        cached = json.loads(ctx.kvm_cache_file.read_text())
-        if cached.get("key") == key:
-            return dict(cached["run"])
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # missing or damaged: test again
-        pass
-    run = kvm.test_run(qemu)
-    record = {"usable": run.usable, "seconds": run.seconds, "detail": run.detail}
-    jsonfile.save_cache(ctx.kvm_cache_file, {"key": key, "run": record})
-    return record
 
 
 def _installed_binary(name: str) -> str | None:
@@ -252,28 +228,12 @@ def _check_rseq(result: probe.VirtiofsdProbe) -> Iterator[Check]:
     elif result.rseq_wrapper:
         yield Check("virtiofsd", "virtiofsd survives a guest mount (rseq)", Status.PASS,
                     "wrapped with GLIBC_TUNABLES=glibc.pthread.rseq=0")
-    if seen_rseq_kill():
+    if probe.seen_rseq_kill():
         # A past event: a FAIL when the daemon on PATH is the kind that gets killed, a WARN otherwise.
         yield Check("virtiofsd", "no virtiofsd killed by seccomp (kernel log)",
                     Status.FAIL if result.rseq_risk else Status.WARN,
                     "the kernel log shows virtiofsd killed by its seccomp filter on rseq (syscall 334 on x86_64)",
                     RSEQ_HINT)
-
-
-def seen_rseq_kill() -> bool:
-    """Look for the kernel's seccomp audit line where it can be read without privileges we lack."""
-    audit = Path("/var/log/audit/audit.log")
-    texts = []
-    with contextlib.suppress(OSError):
-        texts.append(audit.read_text(errors="replace")[-1_000_000:])
-    dmesg = shutil.which("dmesg")
-    if dmesg:
-        texts.append(procs.run([dmesg], timeout=3).stdout)
-    journalctl = shutil.which("journalctl")
-    if journalctl:  # where auditd is not running, systemd-journald keeps the kernel's audit records
-        texts.append(procs.run([journalctl, "-q", "--no-pager", "-n", "5000", "_TRANSPORT=audit",
-                                "_TRANSPORT=kernel"], timeout=3).stdout)
-    return any(rseq_kill_in_audit(text) for text in texts)
 
 
 def check_shared_memory(ctx: Context) -> Iterator[Check]:
@@ -309,31 +269,8 @@ def check_container_engine(ctx: Context) -> Iterator[Check]:
                     "start Docker (or `podman system service` and set DOCKER_HOST), or build with --runner host")
 
 
-HOST_TOOLS = {"cc": "build-essential", "ninja": "ninja-build", "meson": "meson", "pkg-config": "pkg-config",
-              "python3": "python3", "flex": "flex", "bison": "bison", "git": "git"}
-HOST_LIBS = {"glib-2.0": "libglib2.0-dev", "pixman-1": "libpixman-1-dev", "libseccomp": "libseccomp-dev",
-             "libcap-ng": "libcap-ng-dev", "zlib": "zlib1g-dev",
-             "slirp": "libslirp-dev"}  # -netdev user, which OSv's scripts/run.py uses
-# No pkg-config file on Debian for these: QEMU looks for the library itself. libaio: aio=native (OSv's run.py).
-HOST_HEADERS = {"libfdt.h": "libfdt-dev", "libaio.h": "libaio-dev"}
-
-
-def missing_build_packages() -> list[str]:
-    missing = [pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None]
-    if shutil.which("pkg-config"):
-        result = procs.run(["pkg-config", "--print-errors", "--exists", *HOST_LIBS], timeout=10)
-        if not result.ok:
-            missing += [pkg for lib, pkg in HOST_LIBS.items()
-                        if not procs.run(["pkg-config", "--exists", lib], timeout=10).ok]
-    else:
-        missing += list(HOST_LIBS.values())
-    missing += [pkg for header, pkg in HOST_HEADERS.items()
-                if not any(Path(d, header).exists() for d in ("/usr/include", "/usr/local/include"))]
-    return sorted(set(missing))
-
-
 def check_build_deps(ctx: Context) -> Iterator[Check]:
-    missing = missing_build_packages()
+    missing = hostdeps.missing_build_packages()
     if missing:
         yield Check("build", "host build dependencies", Status.WARN, "missing: " + ", ".join(missing),
                     "apt-get install " + " ".join(missing) + " (or build in a container: --runner docker)")

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import os
+import platform
 import tempfile
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemuprov import procs
+from qemuprov import jsonfile, paths, procs
 
 GUEST_IMAGE = base64.b64decode(
     "eNrtzTFOQkEQBuBBNKGQLJUxNj45gEHPYeEp3jlIXk9BSWVvISXY+DrptKSkssCEmEhlYnBBEmv770t25p9kd+frskyNkzpSUZfV"
@@ -77,3 +79,25 @@ def test_run(qemu_x86_64: Path, accel: str = "kvm", limit: float = TIME_LIMIT) -
                                       f"within {limit:.0f} s (guests would hang early in boot)")
     last = result.stderr.strip().splitlines()[-1:] or [""]
     return KvmRun(False, seconds, f"QEMU {result.why()} running a test guest under {accel}: {last[0]}")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def verdict(qemu: Path, cache_file: Path) -> dict[str, object]:
+    """The verdict holds until the kernel, the boot, /dev/kvm or the QEMU binary changes."""
+    key = "|".join([platform.release(), _boot_id(), str(os.stat("/dev/kvm").st_ctime_ns), paths.fingerprint(qemu)])
+    try:
+        cached = json.loads(cache_file.read_text())
+        if cached.get("key") == key:
+            return dict(cached["run"])
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # missing or damaged: test again
+        pass
+    run = test_run(qemu)
+    record = {"usable": run.usable, "seconds": run.seconds, "detail": run.detail}
+    jsonfile.save_cache(cache_file, {"key": key, "run": record})
+    return record

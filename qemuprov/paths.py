@@ -43,3 +43,15 @@ def install_root() -> Path:
 def cache_dir() -> Path:
     override = os.environ.get("QEMUPROV_CACHE")
     return Path(override) if override else Path(platformdirs.user_cache_dir("qemuprov"))
+
+
+def fingerprint(path: Path) -> str:
+    """A file as caches know it: real path, size, mtime and ctime; any change to the file changes it."""
+    real = path.resolve()
+    st = real.stat()
+    return f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def work_dir(recipe: str) -> Path:
+    """A recipe's work directory: src/ (the fetched tree), build*/ (build trees), logs/, running/ (its steps)."""
+    return cache_dir() / "work" / recipe

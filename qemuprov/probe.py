@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ from qemuprov.probe_parse import (
     qemu_version_from_text,
     qmp_replies,
     qmp_script,
+    rseq_kill_in_audit,
     version_tuple,
     virtiofsd_facts,
 )
@@ -230,12 +232,6 @@ def classify(path: Path) -> str | None:
     return None
 
 
-def identity(path: Path) -> str:
-    real = path.resolve()
-    st = real.stat()
-    return f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
-
-
 class ProbeCache:
     """Probe results on disk, keyed by (realpath, size, mtime, ctime): a changed binary is probed again."""
 
@@ -293,7 +289,7 @@ def probe_binary(path: Path, cache: ProbeCache | None = None) -> Probe:
     if not os.access(path, os.X_OK):
         placeholder.error = "is not executable"
         return placeholder
-    key = identity(path)
+    key = paths.fingerprint(path)
     if cache is not None and (cached := cache.get(key)) is not None:
         return _from_dict(cached)
     probe: Probe
@@ -385,3 +381,19 @@ def pairing_warnings(qemu: QemuProbe, daemon: VirtiofsdProbe) -> list[str]:
         warnings.append(f"start this virtiofsd without --tag: QEMU {qemu.version} (7.1 to 8.0) cannot take the tag "
                         "from the daemon; give tag= to vhost-user-fs-pci instead")
     return warnings
+
+
+def seen_rseq_kill() -> bool:
+    """Look for the kernel's seccomp audit line where it can be read without privileges we lack."""
+    audit = Path("/var/log/audit/audit.log")
+    texts = []
+    with contextlib.suppress(OSError):
+        texts.append(audit.read_text(errors="replace")[-1_000_000:])
+    dmesg = shutil.which("dmesg")
+    if dmesg:
+        texts.append(procs.run([dmesg], timeout=3).stdout)
+    journalctl = shutil.which("journalctl")
+    if journalctl:  # where auditd is not running, systemd-journald keeps the kernel's audit records
+        texts.append(procs.run([journalctl, "-q", "--no-pager", "-n", "5000", "_TRANSPORT=audit",
+                                "_TRANSPORT=kernel"], timeout=3).stdout)
+    return any(rseq_kill_in_audit(text) for text in texts)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qemuprov import guestkit, osv, probe
+from qemuprov import guestkit, installs, osv, probe
 from qemuprov.errors import UserError
 from qemuprov.guestkit import TAG, Kit
 from qemuprov.probe import QemuProbe, VirtiofsdProbe
@@ -95,9 +95,7 @@ def _died(proc: subprocess.Popen[bytes], daemon: VirtiofsdProbe) -> str:
         return f"virtiofsd was killed by {name}"
     if daemon.rseq_risk:
         # The sandboxed C daemon runs in a child process; the parent only reports failure.
-        from qemuprov.doctor import seen_rseq_kill
-
-        seen = " (the kernel log shows the seccomp kill on rseq)" if seen_rseq_kill() else ""
+        seen = " (the kernel log shows the seccomp kill on rseq)" if probe.seen_rseq_kill() else ""
         return f"virtiofsd exited with status {code} while the guest mounted{seen}: {RSEQ_EXPLANATION}"
     return f"virtiofsd exited with status {code}"
 
@@ -263,18 +261,40 @@ def choose_accel(arch: str, requested: str) -> str:
     import shutil
     import sys
 
-    from qemuprov import doctor, kvm, paths
+    from qemuprov import kvm, paths
 
     if requested != "auto":
         return requested
     if arch != platform.machine() or not kvm.device().accessible:
         return "tcg"
     host_qemu = shutil.which("qemu-system-x86_64")
-    ctx = doctor.Context(probe.ProbeCache(), paths.cache_dir() / "kvm.json")
-    if host_qemu and doctor.kvm_verdict(ctx, Path(host_qemu))["usable"]:
+    if host_qemu and kvm.verdict(Path(host_qemu), paths.cache_dir() / "kvm.json")["usable"]:
         return "kvm"
     print("qemuprov: note: KVM is present but unusable here (see `qemuprov doctor`): using TCG", file=sys.stderr)
     return "tcg"
+
+
+@dataclass(frozen=True)
+class Targets:
+    qemus: list[Path]
+    virtiofsd: Path
+    firmware: list[str]  # -L directories
+
+
+def install_targets(entry: installs.Install) -> Targets:
+    """An install's QEMUs and virtiofsd; for an install of virtiofsd alone, the QEMUs on PATH it will serve."""
+    qemus = sorted((entry.prefix / "bin").glob("qemu-system-*")) or probe.qemus_on_path()
+    if not qemus:
+        raise UserError(f"{entry.name} holds no QEMU and there is no qemu-system-x86_64 or -aarch64 on PATH",
+                        hint=f"qemuprov verify --qemu PATH --virtiofsd {entry.prefix / 'bin' / 'virtiofsd'}")
+    return Targets(qemus, entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs)
+
+
+def binary_targets(qemus: list[Path], virtiofsd: Path) -> Targets:
+    """Binaries given by path; a QEMU from a qemuprov install brings the firmware directories it recorded."""
+    manifests = [installs.read_manifest(q.resolve().parent.parent) for q in qemus]
+    firmware = [d for m in manifests if m for d in m.get("firmware", [])]
+    return Targets(qemus, virtiofsd, list(dict.fromkeys(firmware)))
 
 
 def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
