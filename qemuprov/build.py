@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -24,6 +23,7 @@ from qemuprov import __version__, hostdeps, installs, paths, plan, probe, rust_v
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.procs import GroupRegistry
+from qemuprov.progress import Reporter
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.runners import HostRunner, Runner
 
@@ -32,7 +32,6 @@ FEATURE_LIBRARIES_SCRIPT = ("pkg-config --exists slirp 2>/dev/null && echo slirp
                             "for d in /usr/include /usr/local/include; do "
                             '[ -e "$d/libaio.h" ] && echo libaio && break; done; true')
 PCH_WRAPPER = Path(__file__).resolve().parent / "assets" / "pch-cc"
-NINJA_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
 @dataclass
@@ -53,46 +52,6 @@ class Outcome:
     timings: dict[str, float]
     log: Path | None
     manifest: dict[str, Any]
-
-
-class Reporter:
-    """Step headers and a progress line driven by ninja's [N/M]; a rich bar on a terminal."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-        self._last_decile = -1
-
-    def step(self, name: str, detail: str = "") -> None:
-        self.finish_progress()
-        print(f"==> {name}{': ' + detail if detail else ''}", file=self.stream, flush=True)
-
-    def line(self, text: str) -> None:
-        match = NINJA_PROGRESS.match(text)
-        if not match:
-            return
-        done, total = int(match.group(1)), int(match.group(2))
-        if self.tty:
-            if self._bar is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-                self._bar = Progress("    ", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-                self._bar.start()
-                self._task = self._bar.add_task("build", total=total)
-            self._bar.update(self._task, completed=done, total=total)
-            return
-        decile = done * 10 // total
-        if decile != self._last_decile:
-            self._last_decile = decile
-            print(f"    {done}/{total} ({decile * 10}%)", file=self.stream, flush=True)
-
-    def finish_progress(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-        self._last_decile = -1
 
 
 def _inputs_key(recipe: Recipe, identity: str, opts: Options, vfs_identity: str | None = None) -> str:
@@ -215,7 +174,7 @@ class Build:
         if src.is_dir() and stamp.exists() and stamp.read_text() == identity:
             return src
         stamp.unlink(missing_ok=True)
-        source.fetch(tree, src)
+        source.fetch(tree, src, "qemu" if name == "src" else "virtiofsd", report=self.report)
         stamp.write_text(identity)
         return src
 
@@ -271,6 +230,8 @@ class Build:
         cargo_home.mkdir(parents=True, exist_ok=True)
         online = spec.crates is Crates.REGISTRY
         self.report.step("virtiofsd", f"cargo build ({spec.crates.value} crates{', static' if spec.static else ''})")
+        if crates := rust_virtiofsd.crate_count(src):
+            self.report.expect_crates(crates)
         with runner.session([self.work, staging, cargo_home], network=online):
             status = self._timed("virtiofsd-build", lambda: rust_virtiofsd.build(
                 spec, src, self.work / "virtiofsd-target", cargo_home, staged, runner, log, self.report.line))

@@ -181,6 +181,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     import os
 
     from qemuprov import build, paths
+    from qemuprov.progress import Reporter
     from qemuprov.runners import get_runner
 
     recipe = _book(args).load(args.recipe)
@@ -194,7 +195,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch)
-    outcome = build.Build(recipe, opts, build.Reporter()).run()
+    outcome = build.Build(recipe, opts, Reporter()).run()
     if outcome.up_to_date:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
     else:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qemuprov import paths, procs
 from qemuprov.errors import InfraError, QemuprovError
+from qemuprov.progress import Reporter
 
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "fuse",
@@ -156,6 +157,7 @@ def ensure_kit(arch: str) -> Kit:
     if kit.kernel.exists() and kit.initrd.exists():
         return kit
     deb_arch = DEB_ARCH[arch]
+    Reporter().step("guest kit", f"fetching Debian's cloud kernel and busybox for {arch} into {home} (once)")
     paths.cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qemuprov-kit-", dir=paths.cache_dir()) as tmp:
         work = Path(tmp)

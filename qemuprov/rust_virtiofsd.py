@@ -37,6 +37,12 @@ def cargo_argv(spec: VirtiofsdSpec) -> list[str]:
     return ["sh", "-c", STATIC_ENV_SCRIPT, "sh", *argv] if spec.static else argv
 
 
+def crate_count(src: Path) -> int | None:
+    """How many crates cargo will compile, from the tree's Cargo.lock (for progress); None without one."""
+    lock = src / "Cargo.lock"
+    return lock.read_text().count("[[package]]") if lock.is_file() else None
+
+
 def prepare_tree(src: Path, spec: VirtiofsdSpec) -> None:
     """Point cargo at Debian's crates when the recipe asks for them (their versions differ from Cargo.lock)."""
     config = src / ".cargo" / "config.toml"

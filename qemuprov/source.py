@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import configparser
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,6 +21,7 @@ import requests
 
 from qemuprov import paths
 from qemuprov.errors import InfraError, UserError
+from qemuprov.progress import Reporter
 from qemuprov.recipe import Source
 
 MIRROR_HINT = ("check the URL and your network; offline, point the URL at a local mirror with "
@@ -82,7 +86,7 @@ def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
                     hint=f"git ls-remote {url} lists what is there")
 
 
-def _fetch_into_mirror(url: str, refspec: str, section: str) -> git.Repo:
+def _fetch_into_mirror(url: str, refspec: str, section: str, report: Reporter | None = None) -> git.Repo:
     mirror = _mirror_dir(url)
     if not (mirror / "HEAD").exists():
         # Initialise in a temporary directory, then rename: a half-made cache never looks like a good one.
@@ -91,12 +95,25 @@ def _fetch_into_mirror(url: str, refspec: str, section: str) -> git.Repo:
         tmp = Path(tempfile.mkdtemp(prefix=f".init-{os.getpid()}-", dir=mirror.parent))
         git.Repo.init(tmp, bare=True)
         tmp.rename(mirror)
-    repo = git.Repo(mirror)
-    try:
-        repo.git.fetch("--depth=1", "--no-tags", "--", url, refspec)
-    except git.GitCommandError as exc:
-        raise _git_failure(section, url, exc) from None
-    return repo
+    _git_fetch(mirror, url, refspec, section, report)
+    return git.Repo(mirror)
+
+
+def _git_fetch(mirror: Path, url: str, refspec: str, section: str, report: Reporter | None) -> None:
+    """git fetch, its progress (which it writes with carriage returns) passed to the reporter as it comes."""
+    argv = ["git", "-C", str(mirror), "fetch", "--progress", "--depth=1", "--no-tags", "--", url, refspec]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    said: collections.deque[str] = collections.deque(maxlen=100)
+    pending = b""
+    while chunk := os.read(proc.stderr.fileno(), 65536):
+        *parts, pending = re.split(rb"[\r\n]", pending + chunk)
+        for part in filter(None, parts):
+            said.append(part.decode(errors="replace"))
+            if report is not None:
+                report.line(said[-1])
+    if proc.wait() != 0:
+        raise git_failure(section, url, "\n".join([*said, pending.decode(errors="replace")]))
 
 
 def _remove_abandoned_inits(directory: Path) -> None:
@@ -143,20 +160,20 @@ def _submodules(repo: git.Repo, commit: str, url: str) -> list[tuple[str, str, s
     return wanted
 
 
-def fetch_git(source: Source, dest: Path, section: str = "qemu") -> Fetched:
+def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None) -> Fetched:
     assert source.git is not None and source.ref is not None
     commit, refspec = resolve_ref(source.git, source.ref, section)
     if source.commit and source.commit != commit:
         raise UserError(f"{section}.commit: {source.ref} is now {commit}, but the recipe pins {source.commit}",
                         hint="update the pin, or set ref to the pinned commit")
-    repo = _fetch_into_mirror(source.git, refspec, section)
+    repo = _fetch_into_mirror(source.git, refspec, section, report)
     if dest.exists():
         shutil.rmtree(dest)
     _export(repo, commit, dest)
     for path, sub_url, sub_commit in _submodules(repo, commit, source.git):
         if any((dest / path).iterdir()) if (dest / path).is_dir() else False:
             continue
-        sub_repo = _fetch_into_mirror(sub_url, sub_commit, f"{section} submodule {path}")
+        sub_repo = _fetch_into_mirror(sub_url, sub_commit, f"{section} submodule {path}", report)
         _export(sub_repo, sub_commit, dest / path)
     return Fetched(dest, commit, None)
 
@@ -164,11 +181,11 @@ def fetch_git(source: Source, dest: Path, section: str = "qemu") -> Fetched:
 TARBALL_HINT = "check the URL and your network, or download it yourself and use a file:// URL"
 
 
-def fetch_tarball(source: Source, dest: Path, section: str = "qemu") -> Fetched:
+def fetch_tarball(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None) -> Fetched:
     assert source.tarball is not None and source.sha256 is not None
     store = paths.cache_dir() / "tarballs" / f"{source.sha256}-{Path(urlparse(source.tarball).path).name}"
     if not store.exists():
-        _download_checked(source, store, section)
+        _download_checked(source, store, section, report)
     if dest.exists():
         shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
@@ -196,16 +213,20 @@ def _unpack(store: Path, into: Path, source: Source, section: str) -> None:
                              ".tar.bz2 or .tar.gz release") from None
 
 
-def _download_checked(source: Source, store: Path, section: str) -> None:
+def _download_checked(source: Source, store: Path, section: str, report: Reporter | None) -> None:
     assert source.tarball is not None
     store.parent.mkdir(parents=True, exist_ok=True)
     partial = store.with_suffix(store.suffix + ".part")
     digest = hashlib.sha256()
+    done = 0
     try:
         with partial.open("wb") as out:
-            for chunk in _download(source.tarball):
+            for chunk, total in _download(source.tarball):
                 digest.update(chunk)
                 out.write(chunk)
+                done += len(chunk)
+                if report is not None and total:
+                    report.progress(done, total, "MB")
     except FileNotFoundError:
         partial.unlink(missing_ok=True)
         raise UserError(f"{section}.tarball: {source.tarball}: no such file", hint="check the path") from None
@@ -228,17 +249,26 @@ def _short(exc: Exception) -> str:
     return text.strip("()'\" ")[:200] or type(exc).__name__
 
 
-def _download(url: str):  # type: ignore[no-untyped-def]
+def _download(url: str) -> Iterator[tuple[bytes, int | None]]:
+    """Chunks of the file, each with the size of the whole where it is known."""
     if url.startswith("file://"):
-        with open(urlparse(url).path, "rb") as handle:
+        path = urlparse(url).path
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
             while chunk := handle.read(1 << 20):
-                yield chunk
+                yield chunk, size
         return
     with requests.get(url, stream=True, timeout=60) as response:
         response.raise_for_status()
-        yield from response.iter_content(1 << 20)
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        for chunk in response.iter_content(1 << 20):
+            yield chunk, total
 
 
-def fetch(source: Source, dest: Path, section: str = "qemu") -> Fetched:
+def fetch(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None) -> Fetched:
+    """report: where git's and the download's progress go."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return fetch_git(source, dest, section) if source.git else fetch_tarball(source, dest, section)
+    if source.git:
+        return fetch_git(source, dest, section, report)
+    return fetch_tarball(source, dest, section, report)
