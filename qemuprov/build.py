@@ -22,6 +22,8 @@ import filelock
 from qemuprov import __version__, hostdeps, installs, paths, plan, probe, rust_virtiofsd, source
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.manifest import BuilderImageRecord, Manifest, SourceRecord, VirtiofsdRecord
+from qemuprov.manifest import write as write_manifest
 from qemuprov.procs import GroupRegistry
 from qemuprov.progress import Reporter
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
@@ -51,7 +53,7 @@ class Outcome:
     up_to_date: bool
     timings: dict[str, float]
     log: Path | None
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 def _inputs_key(recipe: Recipe, identity: str, opts: Options, vfs_identity: str | None = None) -> str:
@@ -73,18 +75,16 @@ def _source_identity(src: Source, what: str) -> str:
     return f"sha256:{src.sha256}"
 
 
-def _source_record(src: Source, identity: str) -> dict[str, Any]:
-    return {"url": src.url, "ref": src.ref,
-            "commit": identity if not identity.startswith("sha256:") else None,
-            "sha256": identity.removeprefix("sha256:") if identity.startswith("sha256:") else None}
+def _source_record(src: Source, identity: str) -> SourceRecord:
+    sha = identity.removeprefix("sha256:") if identity.startswith("sha256:") else None
+    return SourceRecord(url=str(src.url), ref=src.ref, commit=None if sha else identity, sha256=sha)
 
 
-def _up_to_date(prefix: Path, key: str) -> dict[str, Any] | None:
-    manifest = installs.read_manifest(prefix)
-    if manifest is None or manifest.get("inputs") != key:
+def _up_to_date(prefix: Path, key: str) -> Manifest | None:
+    record = installs.read_manifest(prefix)
+    if record is None or record.inputs != key:
         return None
-    entry = installs.Install(str(manifest.get("name")), prefix, manifest)
-    return None if entry.missing_binaries() else manifest
+    return None if installs.Install(record.name, prefix, record).missing_binaries() else record
 
 
 @contextmanager
@@ -120,7 +120,7 @@ class Build:
         self.timings: dict[str, float] = {}
         self.log_path: Path | None = None
         self.vfs_identity: str | None = None
-        self.vfs_builder_image: dict[str, str] | None = None
+        self.vfs_builder_image: BuilderImageRecord | None = None
         self.compiler: str | None = None  # QEMU's C compiler, as `--version` names it
         self.precompiled_header = False
 
@@ -191,7 +191,7 @@ class Build:
             self.report.step("probe", "checking the build against the recipe's [expect]")
             probes = self._timed("probe", lambda: self._probe_and_check(staged))
             manifest = self._manifest(identity, key, the_plan, probes, finishing, started)
-            installs.write_json_atomic(staged / installs.MANIFEST, manifest)
+            write_manifest(staged, manifest)
             self.report.step("commit", str(self.opts.prefix))
             commit_prefix(staged, self.opts.prefix)
             installs.register_prefix(self.opts.prefix)
@@ -410,41 +410,41 @@ class Build:
         return data
 
     def _manifest(self, identity: str, key: str, the_plan: plan.Plan | None, probes: list[dict[str, Any]],
-                  finishing: dict[str, Any], started: float) -> dict[str, Any]:
+                  finishing: dict[str, Any], started: float) -> Manifest:
         self.timings["total"] = round(time.monotonic() - started, 2)
-        return {
-            "format": 1,
-            "name": self.opts.prefix.name,
-            "prefix": str(self.opts.prefix),
-            "recipe": self.recipe.to_dict(),
-            "source": _source_record(self.recipe.qemu.source, identity) if self.recipe.qemu else None,
-            "virtiofsd_source": _source_record(self.recipe.virtiofsd.tree, self.vfs_identity)
-            if self.recipe.virtiofsd.tree and self.vfs_identity else None,
-            "virtiofsd_builder_image": self.vfs_builder_image,
-            "inputs": key,
-            "plan": the_plan.to_dict() if the_plan else None,
-            "runner": self.opts.runner.name,
-            "builder_image": builder_image_record(self.opts.runner) if the_plan else self.vfs_builder_image,
-            "tools": {"qemuprov": __version__, "python": sys.version.split()[0], "cc": self.compiler,
-                      "precompiled_header": "qemu/osdep.h" if self.precompiled_header else None},
-            "binaries": [Path(p["path"]).name for p in probes],
-            "probe": probes,
-            **finishing,
-            "timings": self.timings,
-            "ccache": ccache_stats(self._ccache_log) if self._ccache_log else None,
-            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "log": str(self.log_path),
-            "reproduce": " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.opts.runner.compilers.items()),
-                                   shlex.join(["qemuprov", *self.opts.argv])]),
-        }
+        vfs_tree = self.recipe.virtiofsd.tree
+        return Manifest(
+            name=self.opts.prefix.name,
+            prefix=str(self.opts.prefix),
+            recipe=self.recipe.to_dict(),
+            source=_source_record(self.recipe.qemu.source, identity) if self.recipe.qemu else None,
+            virtiofsd_source=_source_record(vfs_tree, self.vfs_identity) if vfs_tree and self.vfs_identity else None,
+            virtiofsd_builder_image=self.vfs_builder_image,
+            inputs=key,
+            plan=the_plan.to_dict() if the_plan else None,
+            runner=self.opts.runner.name,
+            builder_image=builder_image_record(self.opts.runner) if the_plan else self.vfs_builder_image,
+            tools={"qemuprov": __version__, "python": sys.version.split()[0], "cc": self.compiler,
+                   "precompiled_header": "qemu/osdep.h" if self.precompiled_header else None},
+            binaries=tuple(Path(p["path"]).name for p in probes),
+            probe=tuple(probes),
+            virtiofsd=VirtiofsdRecord(**finishing["virtiofsd"]),
+            firmware=tuple(finishing["firmware"]),
+            timings=self.timings,
+            ccache=ccache_stats(self._ccache_log) if self._ccache_log else None,
+            built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            log=str(self.log_path),
+            reproduce=" ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.opts.runner.compilers.items()),
+                                shlex.join(["qemuprov", *self.opts.argv])]),
+        )
 
 
-def builder_image_record(runner: Runner) -> dict[str, str] | None:
+def builder_image_record(runner: Runner) -> BuilderImageRecord | None:
     image = getattr(runner, "image", None)
     if image is None:
         return None
-    return {"tag": image.tag, "id": str(getattr(runner, "image_id", "")), "base": image.base,
-            "dockerfile": image.dockerfile.name, "builder": image.builder}
+    return BuilderImageRecord(tag=image.tag, id=str(getattr(runner, "image_id", "")), base=image.base,
+                              dockerfile=image.dockerfile.name, builder=image.builder)
 
 
 def ccache_stats(stats_log: Path) -> dict[str, Any] | None:

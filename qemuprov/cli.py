@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import os
 import shlex
@@ -85,8 +86,8 @@ def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:
     if recipe.qemu is None:
         return None
     for entry in installs.list_installs():
-        if entry.recipe == recipe.name and entry.manifest.get("plan"):
-            return dict(entry.manifest["plan"])
+        if entry.recipe == recipe.name and entry.manifest and entry.manifest.plan:
+            return dict(entry.manifest.plan)
     src = paths.work_dir(recipe.name) / "src"
     if not (src / "VERSION").exists():
         return None
@@ -200,21 +201,20 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
     else:
         entry = installs.Install(prefix.name, prefix, outcome.manifest)
-        cache = outcome.manifest.get("ccache") or {}
+        cache = outcome.manifest.ccache or {}
         cached = f", ccache {cache['hits']}/{cache['hits'] + cache['misses']} hits" if cache.get("hit_rate") else ""
         print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
               f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
     if not args.verify:
         return 0
-    from qemuprov import verify
+    from qemuprov import manifest, verify
 
     entry = installs.find_install(str(prefix)).intact()
     targets = verify.install_targets(entry)
     outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, arches or None, "auto", None,
                                  "osv" if recipe.verify_osv else "plain")
-    installs.write_json_atomic(prefix / installs.MANIFEST,
-                               {**entry.manifest, "verify": [asdict(o) for o in outcomes]})
+    manifest.write(prefix, dataclasses.replace(entry.record, verify=tuple(asdict(o) for o in outcomes)))
     return _render_verify(outcomes, False)
 
 
@@ -223,7 +223,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json([{"name": e.name, "prefix": str(e.prefix), "recipe": e.recipe,
                             "commit": e.commit, "summary": e.summary(), "damaged": e.damaged,
-                            "probe": e.manifest.get("probe", [])} for e in found])
+                            "probe": list(e.probes)} for e in found])
         return 0
     if not found:
         print("no installs yet: qemuprov build qemu-7.2 (or virtio-fs-dev for DAX)")

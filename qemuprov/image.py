@@ -3,6 +3,7 @@ relocatable tarball of the prefix."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -13,9 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from qemuprov import builders, engines, paths
+from qemuprov import builders, engines, manifest, paths
 from qemuprov.errors import InfraError, UserError
-from qemuprov.installs import MANIFEST, Install
+from qemuprov.installs import Install
+from qemuprov.manifest import Manifest
 from qemuprov.runners import ContainerRunner, HostRunner, Runner
 
 IMAGE_PREFIX = "/opt/qemuprov"
@@ -69,9 +71,9 @@ def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def default_base(entry: Install) -> str:
-    builder = entry.manifest.get("builder_image") or {}
-    if builder.get("base"):
-        return str(builder["base"])
+    builder = entry.record.builder_image
+    if builder is not None and builder.base:
+        return builder.base
     release = _os_release()
     if release.get("ID") and release.get("VERSION_CODENAME"):
         return f"{release['ID']}:{release['VERSION_CODENAME']}"
@@ -89,12 +91,12 @@ def _os_release() -> dict[str, str]:
 
 def _build_environment(entry: Install) -> Runner:
     """Where the install was built: the host, or its builder image (rebuilt if the engine lost it)."""
-    builder = entry.manifest.get("builder_image")
-    if not builder:
+    builder = entry.record.builder_image
+    if builder is None:
         return HostRunner()
     # The image the binaries came from: the recipe's builder, or for virtiofsd alone the daemon's own builder.
-    name = str(builder.get("builder") or entry.manifest.get("recipe", {}).get("builder", ""))
-    return ContainerRunner(engines.require_engine(), builders.builder_image(name, builder.get("base")))
+    name = builder.builder or str(entry.record.recipe.get("builder", ""))
+    return ContainerRunner(engines.require_engine(), builders.builder_image(name, builder.base))
 
 
 def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list[str], list[str]]:
@@ -143,14 +145,14 @@ def build_runtime_image(entry: Install, tag: str, base: str | None, log: IO[str]
     packages, firmware = runtime_packages(entry, runner, log)
     engine = engines.require_engine()
     docker_client = engines.client(engine)
-    manifest = {**entry.manifest, "prefix": f"{IMAGE_PREFIX}/{entry.name}"}
+    record = dataclasses.replace(entry.record, prefix=f"{IMAGE_PREFIX}/{entry.name}")
     with tempfile.TemporaryDirectory(prefix="qemuprov-image-", dir=paths.cache_dir()) as tmp:
         context = Path(tmp)
         shutil.copy2(paths.shipped_dir("containers") / "runtime.Dockerfile", context / "Dockerfile")
         shutil.copytree(entry.prefix, context / "prefix", symlinks=True, copy_function=_link_or_copy)
-        (context / "prefix" / MANIFEST).unlink(missing_ok=True)
-        (context / "prefix" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        labels = _labels(entry, manifest)
+        (context / "prefix" / manifest.FILE).unlink(missing_ok=True)
+        manifest.write(context / "prefix", record)
+        labels = _labels(entry, record)
         buildargs = {"BASE": base or default_base(entry), "PACKAGES": " ".join(packages), "NAME": entry.name,
                      "FIRMWARE": " ".join(firmware)}
         return builders.build_image(docker_client, context, "Dockerfile", tag, buildargs, labels, log)
@@ -164,13 +166,13 @@ def _link_or_copy(src: str, dst: str) -> Any:
     return dst
 
 
-def _labels(entry: Install, manifest: dict[str, Any]) -> dict[str, str]:
+def _labels(entry: Install, record: Manifest) -> dict[str, str]:
     source = entry.source_record
     return {
-        "org.qemuprov.manifest": json.dumps(manifest, separators=(",", ":"), default=str),
+        "org.qemuprov.manifest": json.dumps(record.to_json(), separators=(",", ":"), default=str),
         "org.qemuprov.summary": entry.summary(),
         "org.opencontainers.image.title": f"qemuprov {entry.name}",
         "org.opencontainers.image.description": entry.summary(),
-        "org.opencontainers.image.source": str(source.get("url") or ""),
-        "org.opencontainers.image.revision": str(source.get("commit") or source.get("sha256") or ""),
+        "org.opencontainers.image.source": source.url if source else "",
+        "org.opencontainers.image.revision": (source.commit or source.sha256 or "") if source else "",
     }

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemuprov import jsonfile, paths
+from qemuprov import jsonfile, manifest, paths
 from qemuprov.errors import InfraError, UserError
+from qemuprov.manifest import Manifest, ManifestError, SourceRecord
 
-MANIFEST = "qemuprov.json"
+MANIFEST = manifest.FILE
 REGISTRY = "prefixes.json"  # installs made with --prefix DIR, outside the root
 
 
@@ -18,28 +19,36 @@ REGISTRY = "prefixes.json"  # installs made with --prefix DIR, outside the root
 class Install:
     name: str
     prefix: Path
-    manifest: dict[str, Any]
-    damaged: str | None = None  # why qemuprov.json cannot be read; the install can still be removed or rebuilt
+    manifest: Manifest | None  # None: damaged (see `damaged`)
+    damaged: str | None = None  # why qemuprov.json cannot be used; the install can still be removed or rebuilt
 
     def intact(self) -> Install:
         """This install, for commands that need what its manifest says."""
-        if self.damaged:
+        if self.damaged or self.manifest is None:
             raise InfraError(f"the install {self.name} ({self.prefix}) is damaged: {self.damaged}",
                              hint=f"build it again (qemuprov build {self.name} replaces it), or qemuprov remove "
                                   f"{self.prefix}")
         return self
 
     @property
+    def record(self) -> Manifest:
+        return self.intact().manifest  # type: ignore[return-value]
+
+    @property
     def recipe(self) -> str:
-        return str(self.manifest.get("recipe", {}).get("name", self.name))
+        return str(self.manifest.recipe.get("name", self.name)) if self.manifest else self.name
+
+    @property
+    def probes(self) -> tuple[dict[str, Any], ...]:
+        return self.manifest.probe if self.manifest else ()
 
     @property
     def qemu_probes(self) -> list[dict[str, Any]]:
-        return [p for p in self.manifest.get("probe", []) if p.get("kind") == "qemu" and not p.get("error")]
+        return [p for p in self.probes if p.get("kind") == "qemu" and not p.get("error")]
 
     @property
     def virtiofsd_probe(self) -> dict[str, Any] | None:
-        found = [p for p in self.manifest.get("probe", []) if p.get("kind") == "virtiofsd"]
+        found = [p for p in self.probes if p.get("kind") == "virtiofsd"]
         return found[0] if found else None
 
     @property
@@ -48,64 +57,41 @@ class Install:
 
     @property
     def firmware_dirs(self) -> list[str]:
-        return list(self.manifest.get("firmware", []))
+        return list(self.manifest.firmware) if self.manifest else []
 
     @property
-    def source_record(self) -> dict[str, Any]:
+    def source_record(self) -> SourceRecord | None:
         """Where the QEMU came from; for an install of virtiofsd alone, the daemon."""
-        return dict(self.manifest.get("source") or self.manifest.get("virtiofsd_source") or {})
+        return (self.manifest.source or self.manifest.virtiofsd_source) if self.manifest else None
 
     @property
     def commit(self) -> str | None:
-        return self.source_record.get("commit")
+        return self.source_record.commit if self.source_record else None
 
     def missing_binaries(self) -> list[str]:
-        return [name for name in self.manifest.get("binaries", []) if not (self.prefix / "bin" / name).exists()]
+        names = self.manifest.binaries if self.manifest else ()
+        return [name for name in names if not (self.prefix / "bin" / name).exists()]
 
     def summary(self) -> str:
+        if self.damaged:
+            return f"damaged: {self.damaged}"
         qemus = self.qemu_probes
         version = qemus[0].get("version") if qemus else "?"
         arches = ",".join(sorted(str(p.get("arch")) for p in qemus)) or "?"
         vfs = self.virtiofsd_probe
         daemon = f"{'C' if vfs.get('flavour') == 'c' else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
-        if vfs and not qemus and self.manifest.get("source") is None:
+        if vfs and not qemus and self.manifest and self.manifest.source is None:
             return f"{daemon} {vfs.get('version') or '?'} alone (no QEMU)"
         return f"QEMU {version} ({arches}), {daemon}, DAX {'yes' if self.dax else 'no'}"
 
 
-# What the code reads from a manifest, and the type it must have there.
-_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
-    "name": str, "recipe": dict, "probe": list, "firmware": list, "binaries": list,
-    "source": (dict, type(None)), "virtiofsd_source": (dict, type(None)), "plan": (dict, type(None)),
-}
-
-
-def load_manifest(prefix: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(manifest, None), or (None, why it is damaged); (None, None) where there is no manifest at all."""
-    file = prefix / MANIFEST
+def read_manifest(prefix: Path) -> Manifest | None:
+    """The manifest of an install; None where there is none or it is damaged."""
     try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        return None, None
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"{file} cannot be read ({exc})"
-    except ValueError as exc:
-        return None, f"{file} is not valid JSON ({exc})"
-    if not isinstance(data, dict):
-        return None, f"{file} holds no JSON object"
-    for key, kind in _MANIFEST_TYPES.items():
-        if key in data and not isinstance(data[key], kind):
-            return None, f"{file}: {key} has the wrong type ({type(data[key]).__name__})"
-    if not all(isinstance(p, dict) for p in data.get("probe", [])):
-        return None, f"{file}: probe holds something that is not a probe result"
-    return data, None
+        return manifest.load(prefix)
+    except ManifestError:
+        return None
 
-
-def read_manifest(prefix: Path) -> dict[str, Any] | None:
-    return load_manifest(prefix)[0]
-
-
-write_json_atomic = jsonfile.write_atomic
 
 SHARED_DIRECTORIES = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt",
                       "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/local", "/var",
@@ -142,7 +128,7 @@ def register_prefix(prefix: Path) -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     known = {str(p) for p in _registered_prefixes() if (p / MANIFEST).exists()} | {str(prefix)}
-    write_json_atomic(root / REGISTRY, sorted(known))
+    jsonfile.write_atomic(root / REGISTRY, sorted(known))
 
 
 def list_installs() -> list[Install]:
@@ -159,12 +145,11 @@ def list_installs() -> list[Install]:
 
 
 def _install_at(prefix: Path) -> Install | None:
-    manifest, damaged = load_manifest(prefix)
-    if damaged:
-        return Install(prefix.name, prefix.absolute(), {}, damaged)
-    if manifest is None:
-        return None
-    return Install(str(manifest.get("name", prefix.name)), prefix.absolute(), manifest)
+    try:
+        record = manifest.load(prefix)
+    except ManifestError as exc:
+        return Install(prefix.name, prefix.absolute(), None, str(exc))
+    return Install(record.name, prefix.absolute(), record) if record else None
 
 
 def find_install(name_or_prefix: str) -> Install:

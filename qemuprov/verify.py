@@ -293,7 +293,7 @@ def install_targets(entry: installs.Install) -> Targets:
 def binary_targets(qemus: list[Path], virtiofsd: Path) -> Targets:
     """Binaries given by path; a QEMU from a qemuprov install brings the firmware directories it recorded."""
     manifests = [installs.read_manifest(q.resolve().parent.parent) for q in qemus]
-    firmware = [d for m in manifests if m for d in m.get("firmware", [])]
+    firmware = [d for m in manifests if m for d in m.firmware]
     return Targets(qemus, virtiofsd, list(dict.fromkeys(firmware)))
 
 

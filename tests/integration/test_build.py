@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 import filelock
+import jsonschema
 
+from qemuprov import manifest
 from tests.integration.conftest import TAG, TREE, Built, Env
 
 
@@ -25,6 +27,7 @@ def test_build_installs_qemu_and_virtiofsd_on_path(built: Built) -> None:
 
 def test_manifest_records_the_build(qenv: Env, built: Built) -> None:
     m = built.manifest
+    jsonschema.validate(m, json.loads(manifest.SCHEMA_FILE.read_text()))  # the schema shipped for CI users
     commit = subprocess.run(["git", "-C", str(TREE), "rev-parse", f"{TAG}^{{commit}}"], capture_output=True,
                             text=True).stdout.strip()
     assert m["source"]["commit"] == commit  # type: ignore[index]
@@ -36,7 +39,7 @@ def test_manifest_records_the_build(qenv: Env, built: Built) -> None:
     assert "fixture-7.2" in m["reproduce"]  # type: ignore[operator]
     # configure runs only when the build tree is new or configured otherwise (a rerun of the suite reuses it)
     assert {"build", "install", "probe"} <= set(m["timings"])  # type: ignore[arg-type]
-    assert m["virtiofsd"] == {"kind": "in-tree", "wrapper": False}
+    assert m["virtiofsd"]["kind"] == "in-tree" and m["virtiofsd"]["wrapper"] is False  # type: ignore[index]
     # Debian's tree has no firmware blobs: the install points at the distribution's firmware.
     assert "/usr/share/seabios" in m["firmware"]  # type: ignore[operator]
     # scripts/test installs clang, so the host build compiles with it, through ccache's masquerade link.

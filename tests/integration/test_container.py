@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from qemuprov import manifest
 from tests.integration.conftest import FIXTURES, Env
 
 LABEL = "org.qemuprov.build"
@@ -110,6 +112,7 @@ def test_runtime_image_runs_qemu_and_virtiofsd(qenv: Env, in_docker: ContainerBu
     assert bios.stdout.strip() == "found"
     labels = json.loads(docker("image", "inspect", tag, "--format", "{{json .Config.Labels}}").stdout)
     assert json.loads(labels["org.qemuprov.manifest"])["source"] == in_docker.manifest["source"]
+    jsonschema.validate(json.loads(labels["org.qemuprov.manifest"]), manifest.schema())  # as a CI job would
     packages = docker("run", "--rm", "--network", "none", tag, "dpkg-query", "-W", "-f", "${Package}\n").stdout.split()
     assert "libglib2.0-0" in packages and "libseccomp2" in packages
     assert not any(p.endswith("-dev") for p in packages), "the runtime image carries build dependencies"

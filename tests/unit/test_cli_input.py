@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.manifests import manifest_json
+
 
 def _qemuprov(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "qemuprov", *args], capture_output=True, text=True, check=False,
@@ -89,7 +91,9 @@ def test_doctor_finds_virtiofsd_in_a_directory_of_its_own(tmp_path: Path, monkey
 
 
 @pytest.mark.parametrize(("content", "why"), [('{"format": 1, "name": "q", "pro', "is not valid JSON"),
-                                              ('{"name": "q", "probe": "x"}', "probe has the wrong type"),
+                                              (manifest_json(probe="x"), "probe has the wrong type (str)"),
+                                              (manifest_json(format=2), "format 2, but this qemuprov reads"),
+                                              (manifest_json(binaries=None), "binaries is null"),
                                               ("[1, 2]", "holds no JSON object")])
 def test_a_damaged_install_is_named_and_can_be_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        content: str, why: str) -> None:

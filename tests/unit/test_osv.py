@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from qemuprov.probe_parse import aio_native_from_reply, netdevs_from_help
 from qemuprov.recipe import RecipeBook, default_layers
 from qemuprov.verify import dax_verdict
 from tests.conftest import CAPTURES
+from tests.manifests import manifest_json
 from tests.osv_contract import Refused, dry_run, run_py_parser, run_py_words
 from tests.unit.test_plan_install import make_tree
 
@@ -85,9 +85,9 @@ def _install(tmp_path: Path, manifest_from: str, firmware: list[str], flavour: s
                "dax": True, "vhost_user_fs": True} for a in ("x86_64", "aarch64")]
     probes.append({"kind": "virtiofsd", "path": str(prefix / "bin" / "virtiofsd"), "flavour": flavour,
                    "version": "6.0.94"})
-    manifest = {"format": 1, "name": manifest_from, "recipe": {"name": manifest_from}, "probe": probes,
-                "firmware": [str(prefix / "share" / "qemu"), *firmware], "binaries": []}
-    (prefix / "qemuprov.json").write_text(json.dumps(manifest))
+    (prefix / "qemuprov.json").write_text(manifest_json(name=manifest_from, recipe={"name": manifest_from},
+                                                        probe=probes,
+                                                        firmware=[str(prefix / "share" / "qemu"), *firmware]))
     return prefix
 
 
@@ -135,9 +135,9 @@ def test_env_osv_dax_size_and_bad_input(tmp_path: Path) -> None:
 def test_env_osv_refuses_an_install_without_qemu(tmp_path: Path) -> None:
     prefix = tmp_path / "vfs"
     prefix.mkdir()
-    (prefix / "qemuprov.json").write_text(json.dumps({
-        "name": "virtiofsd", "recipe": {"name": "virtiofsd"}, "source": None,
-        "probe": [{"kind": "virtiofsd", "path": str(prefix / "bin" / "virtiofsd"), "flavour": "rust"}]}))
+    (prefix / "qemuprov.json").write_text(manifest_json(
+        name="virtiofsd", recipe={"name": "virtiofsd"}, source=None,
+        probe=[{"kind": "virtiofsd", "path": str(prefix / "bin" / "virtiofsd"), "flavour": "rust"}]))
     result = _qemuprov("env", str(prefix), "--osv")
     assert result.returncode == 2 and "holds no QEMU of its own" in result.stderr
 

@@ -1,0 +1,15 @@
+"""A valid qemuprov.json for tests that need an install without building one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qemuprov.manifest import Manifest, VirtiofsdRecord
+
+
+def manifest_json(**changes: Any) -> str:
+    record = Manifest(name="q", prefix="/x/q", recipe={"name": "q"}, inputs="k", runner="host", binaries=(),
+                      probe=(), virtiofsd=VirtiofsdRecord("in-tree"), firmware=(), tools={}, timings={},
+                      built_at="2026-12-01T00:00:00+00:00", log="/x/log", reproduce="qemuprov build q")
+    return json.dumps({**record.to_json(), **changes})
