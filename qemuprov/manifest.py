@@ -32,6 +32,11 @@ class SourceRecord:
     commit: str | None = None
     sha256: str | None = None
 
+    @property
+    def revision(self) -> str:
+        """The commit, or sha256:<checksum> for a tarball: what the build's stamps and inputs key use."""
+        return self.commit or f"sha256:{self.sha256}"
+
 
 @dataclass(frozen=True)
 class BuilderImageRecord:

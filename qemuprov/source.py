@@ -21,6 +21,7 @@ import requests
 
 from qemuprov import paths
 from qemuprov.errors import InfraError, UserError
+from qemuprov.manifest import SourceRecord
 from qemuprov.progress import Reporter
 from qemuprov.recipe import Source
 
@@ -160,12 +161,31 @@ def _submodules(repo: git.Repo, commit: str, url: str) -> list[tuple[str, str, s
     return wanted
 
 
-def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None) -> Fetched:
-    assert source.git is not None and source.ref is not None
+@dataclass(frozen=True)
+class Resolution:
+    """A source resolved once: the record the manifest keeps, and for git what to fetch."""
+
+    record: SourceRecord
+    refspec: str | None = None
+
+
+def resolve(source: Source, section: str = "qemu") -> Resolution:
+    """The commit a git ref names now (checked against the recipe's pin), or the tarball's checksum."""
+    if not source.git:
+        return Resolution(SourceRecord(source.url, source.ref, None, source.sha256))
+    assert source.ref is not None
     commit, refspec = resolve_ref(source.git, source.ref, section)
     if source.commit and source.commit != commit:
         raise UserError(f"{section}.commit: {source.ref} is now {commit}, but the recipe pins {source.commit}",
                         hint="update the pin, or set ref to the pinned commit")
+    return Resolution(SourceRecord(source.git, source.ref, commit), refspec)
+
+
+def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None,
+              resolution: Resolution | None = None) -> Fetched:
+    assert source.git is not None
+    resolution = resolution or resolve(source, section)
+    commit, refspec = str(resolution.record.commit), str(resolution.refspec)
     repo = _fetch_into_mirror(source.git, refspec, section, report)
     if dest.exists():
         shutil.rmtree(dest)
@@ -266,9 +286,10 @@ def _download(url: str) -> Iterator[tuple[bytes, int | None]]:
             yield chunk, total
 
 
-def fetch(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None) -> Fetched:
-    """report: where git's and the download's progress go."""
+def fetch(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None,
+          resolution: Resolution | None = None) -> Fetched:
+    """report: where git's and the download's progress go; resolution: the source as resolved before."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.git:
-        return fetch_git(source, dest, section, report)
+        return fetch_git(source, dest, section, report, resolution)
     return fetch_tarball(source, dest, section, report)
