@@ -103,3 +103,16 @@ def test_second_doctor_is_served_from_the_cache(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(kvm, "test_run", no_probing)
     checks = doctor.run_checks()
     assert any(c.area == "QEMU" and c.status == doctor.Status.PASS for c in checks)
+
+
+def test_a_broken_qemu_first_on_path_is_not_reported_as_unusable_kvm(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if not kvm.device().accessible:
+        pytest.skip("no accessible /dev/kvm on this machine: doctor does not reach the KVM run")
+    broken = tmp_path / "qemu-system-x86_64"
+    broken.write_text('#!/bin/sh\necho "QEMU emulator version 7.2.0"\nexit 1\n')
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    (check,) = [c for c in doctor.run_checks() if c.area == "KVM" and c.what == "a guest runs under KVM"]
+    assert check.status == doctor.Status.WARN and "cannot test KVM" in check.detail and str(broken) in check.detail
+    assert "present but unusable" not in check.detail
