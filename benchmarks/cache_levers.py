@@ -61,24 +61,24 @@ def git_levers(tree: Path, ref: str, scratch: Path, rounds: int) -> dict[str, fl
 
 
 def image_levers(builder: str) -> dict[str, float | str]:
-    from qemuprov import builders, engines
+    from qemuprov import builder_images, engines
 
     engine = engines.find_engine()
     if not engine.reachable:
         sys.exit(f"no container engine reachable ({engine.detail}); run with --no-image")
     client = engines.client(engine)
-    image = builders.builder_image(builder)
+    image = builder_images.builder_image(builder)
     scratch_tag = f"qemuprov-bench/{builder}:cold"
 
     def cold_build() -> None:
         with image.context() as context:
-            builders.build_image(client, context, image.dockerfile.name, scratch_tag, {"BASE": image.base}, {},
+            builder_images.build_image(client, context, image.dockerfile.name, scratch_tag, {"BASE": image.base}, {},
                                  io.StringIO(), nocache=True)
 
     results: dict[str, float | str] = {"builder": builder, "image_cold_build_s": seconds(cold_build)}
     client.images.remove(scratch_tag, force=True)
-    builders.ensure_builder(client, image, io.StringIO())  # built here if this engine lacks it, so not timed
-    results["image_reuse_s"] = seconds(lambda: builders.ensure_builder(client, image, io.StringIO()))
+    builder_images.ensure_builder(client, image, io.StringIO())  # built here if this engine lacks it, so not timed
+    results["image_reuse_s"] = seconds(lambda: builder_images.ensure_builder(client, image, io.StringIO()))
     return results
 
 

@@ -21,7 +21,6 @@ import filelock
 
 from qemuprov import __version__, installs, paths, plan, probe, qemu_steps, rust_virtiofsd, source
 from qemuprov.errors import BuildError, InfraError, UserError
-from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
 from qemuprov.manifest import write as write_manifest
 from qemuprov.procs import GroupRegistry
@@ -30,6 +29,7 @@ from qemuprov.qemu_steps import Configured
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.runners import HostRunner, Runner
 from qemuprov.source import Resolution
+from qemuprov.staging import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.steps import Context, Options, missing_dependency_hint
 
 _T = TypeVar("_T")
@@ -111,8 +111,8 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
         src = _fetch(ctx, ctx.recipe.qemu.source, revision, "src", "qemu")
     tree = plan.inspect(src)
     the_plan = plan.make_plan(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner.tree_python)
-    if ctx.runner.identity != "host":
-        with ctx.phase("builder", ctx.runner.identity):
+    if ctx.runner.key != "host":
+        with ctx.phase("builder", ctx.runner.key):
             ctx.runner.prepare(ctx.log, ctx.report.line)
     ccache = paths.cache_dir() / "ccache"
     ccache.mkdir(parents=True, exist_ok=True)
@@ -133,8 +133,8 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> Bu
     with ctx.phase("fetch", f"virtiofsd {spec.tree.describe()}", timing="virtiofsd-fetch"):
         src = _fetch(ctx, spec.tree, revision, "virtiofsd-src", "virtiofsd")
     runner = ctx.runner.for_builder(spec.builder or ctx.recipe.builder)
-    if runner.identity != "host":
-        with ctx.phase("builder", f"virtiofsd: {runner.identity}", timing="virtiofsd-builder"):
+    if runner.key != "host":
+        with ctx.phase("builder", f"virtiofsd: {runner.key}", timing="virtiofsd-builder"):
             runner.prepare(ctx.log, ctx.report.line)
     cargo_home = paths.cache_dir() / "cargo"
     cargo_home.mkdir(parents=True, exist_ok=True)
@@ -204,7 +204,7 @@ def _inputs_key(recipe: Recipe, opts: Options, qemu: Resolution | None, vfs: Res
         recipe_data.pop(volatile, None)
     blob = json.dumps({"recipe": recipe_data, "source": qemu.record.revision if qemu else "",
                        "virtiofsd": vfs.record.revision if vfs else None, "arches": opts.arches,
-                       "runner": opts.runner.identity, "compilers": opts.runner.compilers,
+                       "runner": opts.runner.key, "compilers": opts.runner.compilers,
                        "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -210,11 +210,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 0
     from qemuprov import manifest, verify
 
-    entry = installs.find_install(str(prefix)).intact()
-    targets = verify.install_targets(entry)
+    targets = verify.install_targets(installs.Install(prefix.name, prefix, outcome.manifest))
     outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, arches or None, "auto", None,
                                  "osv" if recipe.verify_osv else "plain")
-    manifest.write(prefix, dataclasses.replace(entry.record, verify=tuple(asdict(o) for o in outcomes)))
+    manifest.write(prefix, dataclasses.replace(outcome.manifest, verify=tuple(asdict(o) for o in outcomes)))
     return _render_verify(outcomes, False)
 
 

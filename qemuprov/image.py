@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from qemuprov import builders, engines, manifest, paths
+from qemuprov import builder_images, engines, manifest, paths
 from qemuprov.errors import InfraError, UserError
 from qemuprov.installs import Install
 from qemuprov.manifest import Manifest
@@ -96,7 +96,7 @@ def _build_environment(entry: Install) -> Runner:
         return HostRunner()
     # The image the binaries came from: the recipe's builder, or for virtiofsd alone the daemon's own builder.
     name = builder.builder or str(entry.record.recipe.get("builder", ""))
-    return ContainerRunner(engines.require_engine(), builders.builder_image(name, builder.base))
+    return ContainerRunner(engines.require_engine(), builder_images.builder_image(name, builder.base))
 
 
 def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list[str], list[str]]:
@@ -155,7 +155,7 @@ def build_runtime_image(entry: Install, tag: str, base: str | None, log: IO[str]
         labels = _labels(entry, record)
         buildargs = {"BASE": base or default_base(entry), "PACKAGES": " ".join(packages), "NAME": entry.name,
                      "FIRMWARE": " ".join(firmware)}
-        return builders.build_image(docker_client, context, "Dockerfile", tag, buildargs, labels, log)
+        return builder_images.build_image(docker_client, context, "Dockerfile", tag, buildargs, labels, log)
 
 
 def _link_or_copy(src: str, dst: str) -> Any:

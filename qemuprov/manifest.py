@@ -51,7 +51,7 @@ class BuilderImageRecord:
 
 @dataclass(frozen=True)
 class VirtiofsdRecord:
-    """How bin/virtiofsd is installed: kind "in-tree" (QEMU's C daemon), "rust", or "none"."""
+    """How bin/virtiofsd is installed: kind "c" (QEMU's own daemon), "rust", or "none" (as probe's flavour)."""
 
     kind: str
     wrapper: bool = False  # bin/virtiofsd is a wrapper that turns glibc's rseq off for binary

@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from qemuprov.errors import UserError
-from qemuprov.recipe import Recipe, VirtiofsdSource
+from qemuprov.recipe import Recipe, VirtiofsdFlavour, VirtiofsdSource
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Plan:
     arches: tuple[str, ...]
     configure: tuple[Arg, ...]
     targets: tuple[str, ...]  # ninja targets; empty means `make`
-    virtiofsd: str  # "in-tree", "rust", "none"
+    virtiofsd: VirtiofsdFlavour  # what bin/virtiofsd will be
     rseq_wrapper: bool
     prefix: Path  # what configure is told; the install is staged under it, then moved to the real prefix
     notes: tuple[str, ...] = field(default=())
@@ -234,5 +234,5 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
     if rseq:
         notes.append("this virtiofsd's seccomp filter lacks rseq: "
                      "bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
-    kind = "in-tree" if in_tree else recipe.virtiofsd.source.value
+    kind = VirtiofsdFlavour.C if in_tree else recipe.virtiofsd_flavour
     return Plan(tree, arches, tuple(args), targets, kind, rseq, configure_prefix, tuple(notes))

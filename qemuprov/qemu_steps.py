@@ -41,11 +41,11 @@ def has_system_slirp(ctx: Context, tree: plan.Tree) -> bool:
     if not missing:
         return "slirp" in found
     what = f"{' and '.join(missing)} (-netdev user and aio=native, which OSv's scripts/run.py uses)"
-    if ctx.runner.identity == "host":
+    if ctx.runner.key == "host":
         raise InfraError(f"this host lacks {what}",
                          hint=f"apt-get install {' '.join(missing)} (Debian/Ubuntu), or build in a container: "
                               "--runner docker")
-    raise InfraError(f"the builder image {ctx.runner.identity} lacks {what}",
+    raise InfraError(f"the builder image {ctx.runner.key} lacks {what}",
                      hint=f"add {' '.join(missing)} to the builder's Dockerfile (containers/builder-"
                           f"{ctx.recipe.builder}.Dockerfile or your own copy of it)")
 
@@ -53,7 +53,7 @@ def has_system_slirp(ctx: Context, tree: plan.Tree) -> bool:
 def build_dir(ctx: Context) -> Path:
     """One build tree per runner and builder, so host and container builds of a recipe don't undo each other."""
     runner = ctx.runner
-    return ctx.work / ("build" if runner.identity == "host" else f"build-{runner.name}-{ctx.recipe.builder}")
+    return ctx.work / ("build" if runner.key == "host" else f"build-{runner.name}-{ctx.recipe.builder}")
 
 
 def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str) -> Configured:
@@ -65,7 +65,7 @@ def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str)
     argv = [*the_plan.argv, f"--cc={_pch_wrapper(ctx)} {cc_command}"] if pch else the_plan.argv
     where = build_dir(ctx)
     stamp = where / "qemuprov-configure.json"
-    configure_id = json.dumps({"source": revision, "argv": argv, "runner": ctx.runner.identity,
+    configure_id = json.dumps({"source": revision, "argv": argv, "runner": ctx.runner.key,
                                "compilers": ctx.runner.compilers})
     if not (stamp.exists() and stamp.read_text() == configure_id):
         with ctx.phase("configure", f"QEMU {tree.version} with {compiler}"
@@ -108,7 +108,7 @@ def _compiler(ctx: Context, the_plan: plan.Plan, env: dict[str, str]) -> tuple[s
     command, _, version = ctx.capture(["sh", "-c", script], ctx.work, env).partition("\n")
     if not version.strip():
         where = f"{ctx.recipe.path}: qemu.configure: --cc={from_recipe}" if from_recipe else f"CC={command}"
-        raise UserError(f"{where}: this compiler does not run in the build environment ({ctx.runner.identity})",
+        raise UserError(f"{where}: this compiler does not run in the build environment ({ctx.runner.key})",
                         hint="install it, or name another: CC=gcc for a host build, --cc=gcc in the recipe's "
                              "configure for any build")
     return command, version.partition("\n")[0].strip()

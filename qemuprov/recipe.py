@@ -26,6 +26,8 @@ ARCHES = ("x86_64", "aarch64")
 
 
 class VirtiofsdSource(StrEnum):
+    """Where a recipe's virtiofsd is built from (what it then is: VirtiofsdFlavour)."""
+
     QEMU = "qemu"  # the C daemon in the QEMU tree (QEMU 5.0 - 7.2)
     RUST = "rust"  # the separate Rust daemon (required from QEMU 8.0)
     NONE = "none"  # no virtiofsd: the user brings their own
@@ -37,6 +39,8 @@ class Crates(StrEnum):
 
 
 class VirtiofsdFlavour(StrEnum):
+    """What a virtiofsd is, in plans, manifests, probes and [expect]: the one vocabulary for it."""
+
     C = "c"
     RUST = "rust"
     NONE = "none"
@@ -131,6 +135,12 @@ class Recipe:
     extends: str | None = None
     chain: tuple[str, ...] = field(default=())  # files merged to make this recipe, base first
     verify_osv: bool = False  # `build --verify` boots with OSv's scripts/run.py command lines
+
+    @property
+    def virtiofsd_flavour(self) -> VirtiofsdFlavour:
+        """What the recipe's virtiofsd is, from where it is built."""
+        return {VirtiofsdSource.QEMU: VirtiofsdFlavour.C, VirtiofsdSource.RUST: VirtiofsdFlavour.RUST,
+                VirtiofsdSource.NONE: VirtiofsdFlavour.NONE}[self.virtiofsd.source]
 
     @property
     def arches(self) -> tuple[str, ...]:
@@ -310,7 +320,7 @@ def _virtiofsd(path: Path, table: Mapping[str, Any], known_builders: list[str]) 
                          crates=_choice(path, "virtiofsd.crates", table.get("crates", "registry"), Crates))
 
 
-def build_recipe(path: Path, data: dict[str, Any], origin: str, chain: tuple[str, ...],
+def recipe_from_table(path: Path, data: dict[str, Any], origin: str, chain: tuple[str, ...],
                  builders: Iterable[str]) -> Recipe:
     """Turn a merged, shape-checked table into a Recipe, checking what the values mean. Every section is checked,
     and all of their problems are reported together (one line), not only the first."""
@@ -421,7 +431,7 @@ class RecipeBook:
                                  f"{paths.user_recipes_dir()} or pass --recipes DIR")
         layer, path = files[-1]
         data, chain = self._resolve(name, len(files) - 1, ())
-        return build_recipe(path, data, layer.origin, chain, self.builders)
+        return recipe_from_table(path, data, layer.origin, chain, self.builders)
 
     def _resolve(self, name: str, index: int, seen: tuple[str, ...]) -> tuple[dict[str, Any], tuple[str, ...]]:
         files = self._files(name)

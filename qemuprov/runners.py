@@ -20,7 +20,7 @@ from typing import IO, Any, Protocol
 
 from packaging.version import InvalidVersion, Version
 
-from qemuprov import builders, engines, procs
+from qemuprov import builder_images, engines, procs
 from qemuprov.compilers import CCACHE_MASQUERADE, host_ccache, host_compilers
 from qemuprov.engines import Engine
 from qemuprov.errors import InfraError
@@ -41,7 +41,7 @@ class Runner(Protocol):
     def tree_python(self) -> str | None: ...  # an interpreter with a recent meson, for 8.1+ trees without one
 
     @property
-    def identity(self) -> str: ...
+    def key(self) -> str: ...  # "host", or "ENGINE:IMAGE-TAG": what a build's stamps and inputs key record
 
     @property
     def compilers(self) -> dict[str, str]: ...  # CC and CXX the steps get; empty: the environment's own
@@ -66,7 +66,7 @@ def _log_command(log: IO[str], argv: Sequence[str], cwd: Path, where: str = "") 
 class HostRunner:
     name = "host"
     python = sys.executable
-    identity = "host"
+    key = "host"
     groups: GroupRegistry | None = None  # where the build records its running steps (see GroupRegistry)
 
     @property
@@ -143,7 +143,7 @@ class ContainerRunner:
     def tree_python(self) -> str | None:
         return BUILDER_PYTHON
 
-    def __init__(self, engine: Engine, image: builders.BuilderImage, user: tuple[int, int] | None = None) -> None:
+    def __init__(self, engine: Engine, image: builder_images.BuilderImage, user: tuple[int, int] | None = None) -> None:
         self.engine = engine
         self.name = engine.name.lower() or "docker"
         self.user = user or (os.getuid(), os.getgid())
@@ -155,7 +155,7 @@ class ContainerRunner:
             self.image = image.with_base_id(self.client)
 
     @property
-    def identity(self) -> str:
+    def key(self) -> str:
         return f"{self.name}:{self.image.tag}"
 
     @property
@@ -169,12 +169,12 @@ class ContainerRunner:
         return self._client
 
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
-        self.image_id = builders.ensure_builder(self.client, self.image, log, on_line)
+        self.image_id = builder_images.ensure_builder(self.client, self.image, log, on_line)
 
     def for_builder(self, builder: str) -> Runner:
         if builder == self.image.builder:
             return self
-        return ContainerRunner(self.engine, builders.builder_image(builder), self.user)
+        return ContainerRunner(self.engine, builder_images.builder_image(builder), self.user)
 
     @contextmanager
     def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
@@ -275,4 +275,4 @@ def get_runner(name: str, builder: str, base: str | None = None) -> tuple[Runner
             return HostRunner(), f"no container engine reachable ({engine.detail}); building on the host"
     else:
         engine = engines.require_engine("Podman" if name == "podman" else "any")
-    return ContainerRunner(engine, builders.builder_image(builder, base)), None
+    return ContainerRunner(engine, builder_images.builder_image(builder, base)), None

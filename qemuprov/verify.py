@@ -28,7 +28,9 @@ DAX_WINDOW = "64M"
 
 
 @dataclass
-class Outcome:
+class BootResult:
+    """One arch's guest boot: PASS or FAIL with the side that failed, and what DAX did."""
+
     arch: str
     ok: bool
     seconds: float
@@ -176,16 +178,16 @@ def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -
 
 
 def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str],
-        mode: str = "plain") -> Outcome:
+        mode: str = "plain") -> BootResult:
     return run_launch(qemu, daemon, kit, lambda work: LAUNCHERS[mode](qemu, daemon, kit, work, accel, firmware),
                       accel, mode)
 
 
 def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: Callable[[Path], Launch],
-               accel: str, mode: str) -> Outcome:
+               accel: str, mode: str) -> BootResult:
     """Boot what make_launch(work dir) describes; the work dir holds share/ with the host's file in it."""
     start = time.monotonic()
-    outcome = Outcome(str(qemu.arch), False, 0.0, accel, mode=mode)
+    outcome = BootResult(str(qemu.arch), False, 0.0, accel, mode=mode)
     vfs: subprocess.Popen[bytes] | None = None
     vm: subprocess.Popen[bytes] | None = None
     launch: Launch | None = None
@@ -298,7 +300,7 @@ def binary_targets(qemus: list[Path], virtiofsd: Path) -> Targets:
 
 
 def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
-               accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain") -> list[Outcome]:
+               accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain") -> list[BootResult]:
     cache = probe.ProbeCache()
     daemon = probe.probe_binary(daemon_path, cache)
     if daemon.error or not isinstance(daemon, VirtiofsdProbe):
@@ -318,7 +320,7 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches
         if qemu.arch not in guestkit.DEB_ARCH:
             raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
         if not qemu.vhost_user_fs:
-            outcomes.append(Outcome(str(qemu.arch), False, 0.0, "-", failure="qemu",
+            outcomes.append(BootResult(str(qemu.arch), False, 0.0, "-", failure="qemu",
                                     message=f"{path} has no vhost-user-fs-pci device"))
             continue
         kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))

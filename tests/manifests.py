@@ -10,6 +10,6 @@ from qemuprov.manifest import Manifest, VirtiofsdRecord
 
 def manifest_json(**changes: Any) -> str:
     record = Manifest(name="q", prefix="/x/q", recipe={"name": "q"}, inputs="k", runner="host", binaries=(),
-                      probe=(), virtiofsd=VirtiofsdRecord("in-tree"), firmware=(), tools={}, timings={},
+                      probe=(), virtiofsd=VirtiofsdRecord("c"), firmware=(), tools={}, timings={},
                       built_at="2026-12-01T00:00:00+00:00", log="/x/log", reproduce="qemuprov build q")
     return json.dumps({**record.to_json(), **changes})

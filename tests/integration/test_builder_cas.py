@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qemuprov import builders, engines
+from qemuprov import builder_images, engines
 from qemuprov.errors import InfraError
 
 BARE_BASE = "qemuprov-test/bookworm-without-host-cas:latest"
@@ -20,7 +20,7 @@ BARE_BASE = "qemuprov-test/bookworm-without-host-cas:latest"
 def bare_base(engine: str) -> Iterator[object]:
     """debian:bookworm as a registry would serve it: without the CAs scripts/test-engine copies in."""
     client = engines.client(engines.find_engine())
-    if not builders.has_image(client, BARE_BASE):  # kept between runs: the engine's layer cache then holds
+    if not builder_images.has_image(client, BARE_BASE):  # kept between runs: the engine's layer cache then holds
         container = client.containers.run(           # the builder's layers, as it does for any user
             "debian:bookworm", ["sh", "-c", "rm -rf /usr/local/share/ca-certificates/*"], detach=True,
             network_mode="none")
@@ -32,16 +32,16 @@ def bare_base(engine: str) -> Iterator[object]:
 
 def test_builder_trusts_the_hosts_own_cas(bare_base: object) -> None:
     client = bare_base
-    if not builders.host_cas():
+    if not builder_images.host_cas():
         pytest.skip("this host trusts no CAs of its own: no TLS-inspecting proxy to pass through here")
-    image = builders.builder_image("debian-bookworm", BARE_BASE).with_base_id(client)
-    if builders.has_image(client, image.tag):  # build it again (from the engine's layer cache where it can)
+    image = builder_images.builder_image("debian-bookworm", BARE_BASE).with_base_id(client)
+    if builder_images.has_image(client, image.tag):  # build it again (from the engine's layer cache where it can)
         client.images.remove(image.tag, force=True, noprune=True)
     log = io.StringIO()
-    builders.ensure_builder(client, image, log)  # pip installs meson over https inside the build
+    builder_images.ensure_builder(client, image, log)  # pip installs meson over https inside the build
     assert "Successfully built" in log.getvalue() or "Successfully tagged" in log.getvalue()
 
     without = dataclasses.replace(image, cas=())  # the control: as before qemuprov handed the CAs over
     with pytest.raises(InfraError):
-        builders.ensure_builder(client, without, log)
+        builder_images.ensure_builder(client, without, log)
     assert "CERTIFICATE_VERIFY_FAILED" in log.getvalue()

@@ -10,13 +10,13 @@ import pytest
 
 from qemuprov import plan
 from qemuprov.build import ccache_stats, check_expectations, missing_dependency_hint
-from qemuprov.builders import BuilderImage
+from qemuprov.builder_images import BuilderImage
 from qemuprov.engines import Engine
 from qemuprov.errors import UserError
-from qemuprov.install_tree import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import Layer, RecipeBook, default_layers
 from qemuprov.runners import ContainerRunner, HostRunner
+from qemuprov.staging import commit_prefix, finish_tree, stale_staging_cleanup
 
 SHIPPED = RecipeBook(default_layers())
 
@@ -57,7 +57,7 @@ def test_plan_72_distribution_tree(tmp_path: Path) -> None:
         assert arg in p.argv
     assert p.argv[-1] == "--disable-werror"
     assert "tools/virtiofsd/virtiofsd" in p.targets and "qemu-system-aarch64" in p.targets
-    assert p.virtiofsd == "in-tree" and p.rseq_wrapper is False
+    assert p.virtiofsd == "c" and p.rseq_wrapper is False
     assert all(arg.reason for arg in p.configure)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from qemuprov.plan import Plan
 from qemuprov.probe import RSEQ_TUNABLE
+from qemuprov.recipe import VirtiofsdFlavour
 
 DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
 RENAME_EXCHANGE = 2
@@ -31,7 +32,7 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]
     """bin/virtiofsd on PATH (a wrapper where rseq must be off); firmware directories recorded.
     No plan: the recipe built the Rust daemon alone."""
     bin_dir, daemon = staged / "bin", staged / "libexec" / "virtiofsd"
-    virtiofsd: dict[str, Any] = {"kind": plan.virtiofsd if plan else "rust", "wrapper": False}
+    virtiofsd: dict[str, Any] = {"kind": str(plan.virtiofsd if plan else VirtiofsdFlavour.RUST), "wrapper": False}
     if daemon.exists():
         bin_dir.mkdir(parents=True, exist_ok=True)
         if plan and plan.rseq_wrapper:
