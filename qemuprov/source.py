@@ -12,6 +12,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -234,31 +235,56 @@ def _unpack(store: Path, into: Path, source: Source, section: str) -> None:
 
 
 def _download_checked(source: Source, store: Path, section: str, report: Reporter | None) -> None:
+    """Download into STORE.part, resuming what an earlier, interrupted download left there where the server takes
+    a Range request; check the sha256; then rename. A partial download survives a network fault for the next
+    try; a wrong checksum removes it."""
     assert source.tarball is not None
     store.parent.mkdir(parents=True, exist_ok=True)
     partial = store.with_suffix(store.suffix + ".part")
-    digest = hashlib.sha256()
-    done = 0
+    have = partial.stat().st_size if partial.exists() else 0
     try:
-        with partial.open("wb") as out:
-            for chunk, total in _download(source.tarball):
-                digest.update(chunk)
-                out.write(chunk)
-                done += len(chunk)
-                if report is not None and total:
-                    report.progress(done, total, "MB")
+        with _stream(source.tarball, have) as (start, total, chunks):
+            digest = hashlib.sha256()
+            with partial.open("r+b" if partial.exists() else "wb") as out:
+                out.truncate(start)  # start < have: the server sent the whole file again
+                while start and (piece := out.read(1 << 20)):
+                    digest.update(piece)
+                done = start
+                for chunk in chunks:
+                    digest.update(chunk)
+                    out.write(chunk)
+                    done += len(chunk)
+                    if report is not None and total:
+                        report.progress(done, total, "MB")
     except FileNotFoundError:
         partial.unlink(missing_ok=True)
         raise UserError(f"{section}.tarball: {source.tarball}: no such file", hint="check the path") from None
     except (OSError, requests.RequestException) as exc:
-        partial.unlink(missing_ok=True)
         raise InfraError(f"{section}.tarball: cannot download {source.tarball}: {_short(exc)}",
-                         hint=TARBALL_HINT) from None
+                         hint=TARBALL_HINT + " (the next try resumes the download)") from None
     if digest.hexdigest() != source.sha256:
         partial.unlink(missing_ok=True)
         raise UserError(f"{section}.sha256: {source.tarball} has sha256 {digest.hexdigest()}, "
                         f"the recipe says {source.sha256}", hint="check the URL, or update the checksum")
     partial.rename(store)
+
+
+@contextmanager
+def _stream(url: str, offset: int) -> Iterator[tuple[int, int | None, Iterator[bytes]]]:
+    """(where the bytes start, the whole size where known, the bytes): from offset where the server honours a
+    Range request, else from 0."""
+    if url.startswith("file://"):
+        with open(urlparse(url).path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            yield 0, size, iter(lambda: handle.read(1 << 20), b"")
+        return
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, stream=True, timeout=60, headers=headers) as response:
+        response.raise_for_status()
+        start = offset if response.status_code == 206 else 0
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length and length.isdigit() else None
+        yield start, total, response.iter_content(1 << 16)  # small: a drop loses little of what came
 
 
 def _short(exc: Exception) -> str:
@@ -267,23 +293,6 @@ def _short(exc: Exception) -> str:
     for marker in ("Caused by ", "Failed to establish a new connection: "):
         text = text.rsplit(marker, 1)[-1]
     return text.strip("()'\" ")[:200] or type(exc).__name__
-
-
-def _download(url: str) -> Iterator[tuple[bytes, int | None]]:
-    """Chunks of the file, each with the size of the whole where it is known."""
-    if url.startswith("file://"):
-        path = urlparse(url).path
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            while chunk := handle.read(1 << 20):
-                yield chunk, size
-        return
-    with requests.get(url, stream=True, timeout=60) as response:
-        response.raise_for_status()
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        for chunk in response.iter_content(1 << 20):
-            yield chunk, total
 
 
 def fetch(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None,

@@ -66,15 +66,27 @@ def test_a_tarball_that_reaches_outside(tmp_path: Path, isolated_home: Path) -> 
 
 
 class _HalfServer(http.server.BaseHTTPRequestHandler):
-    """Promises 4 MiB, sends 64 KiB, and drops the connection."""
+    """Serves 4 MiB: the first request gets 64 KiB and a dropped connection; later ones honour Range."""
+
+    data = bytes(range(256)) * (4 << 12)
+    ranges: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 (the handler API's name)
-        self.send_response(200)
-        self.send_header("Content-Length", str(4 << 20))
+        asked = self.headers.get("Range")
+        self.ranges.append(asked or "")
+        if len(self.ranges) == 1:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.data)))
+            self.end_headers()
+            self.wfile.write(self.data[:64 << 10])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        start = int(asked.removeprefix("bytes=").rstrip("-")) if asked else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(self.data) - start))
         self.end_headers()
-        self.wfile.write(b"\0" * (64 << 10))
-        self.wfile.flush()
-        self.connection.shutdown(socket.SHUT_RDWR)
+        self.wfile.write(self.data[start:])
 
     def log_message(self, *args: object) -> None:
         pass
@@ -82,6 +94,7 @@ class _HalfServer(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def half_server() -> Iterator[str]:
+    _HalfServer.ranges = []
     server = http.server.HTTPServer(("127.0.0.1", 0), _HalfServer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -91,10 +104,26 @@ def half_server() -> Iterator[str]:
 
 
 def test_a_server_that_drops_the_connection_half_way(tmp_path: Path, isolated_home: Path, half_server: str) -> None:
-    _tarball_recipe(tmp_path / "r", "dropped", half_server, b"whatever")
+    _tarball_recipe(tmp_path / "r", "dropped", half_server, _HalfServer.data)
     result = _qemuprov(tmp_path / "r", "build", "dropped", "--runner", "host")
     _assert_one_line(result, 1, "cannot download")
-    assert _leftovers(isolated_home) == []
+    assert "resumes" in result.stderr
+    (partial,) = [p for p in _leftovers(isolated_home) if p.suffix == ".part"]  # kept for the next try
+    assert partial.stat().st_size == 64 << 10
+
+
+def test_an_interrupted_download_resumes(tmp_path: Path, half_server: str) -> None:
+    from qemuprov import source
+    from qemuprov.errors import InfraError
+    from qemuprov.recipe import Source
+
+    tarball = Source(tarball=half_server, sha256=hashlib.sha256(_HalfServer.data).hexdigest())
+    store = tmp_path / "store.tar.xz"
+    with pytest.raises(InfraError):
+        source._download_checked(tarball, store, "qemu", None)
+    source._download_checked(tarball, store, "qemu", None)
+    assert store.read_bytes() == _HalfServer.data and _HalfServer.ranges == ["", f"bytes={64 << 10}-"]
+    assert not store.with_suffix(".xz.part").exists()
 
 
 def test_a_server_that_is_not_there(tmp_path: Path, isolated_home: Path) -> None:
