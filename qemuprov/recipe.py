@@ -62,7 +62,7 @@ SCHEMA: dict[str, Any] = {
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list of strings"}
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")  # a full id, or an abbreviation git would take
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _GIT_URL_RE = re.compile(r"^(https?|git|ssh|file)://\S+$|^\w[\w.-]*@[\w.-]+:\S+$")  # never an option (-u...)
 _TARBALL_URL_RE = re.compile(r"^(https?|file)://\S+$")
@@ -260,10 +260,12 @@ def _source(path: Path, table: Mapping[str, Any], section: str) -> Source:
         if ref is not None and not valid_ref(ref):
             raise _fail(path, f"{section}.ref", f'"{ref}" is not a valid branch, tag or commit name')
         if commit is not None and not COMMIT_RE.match(commit):
-            raise _fail(path, f"{section}.commit", f'"{commit}" is not a full 40-character hex commit id')
+            raise _fail(path, f"{section}.commit", f'"{commit}" is not a commit id (7 to 40 lowercase hex digits)')
         for stray in ("sha256",):
             if stray in table:
                 raise _fail(path, f"{section}.{stray}", "only for tarball sources; remove it")
+        if ref is None and commit is not None and len(commit) < 40:
+            raise _fail(path, f"{section}.ref", "missing; an abbreviated commit pins a ref, it does not name one")
         return Source(git=git, ref=ref or commit, commit=commit)
     if tarball:
         if not _TARBALL_URL_RE.match(tarball):

@@ -176,7 +176,7 @@ def resolve(source: Source, section: str = "qemu") -> Resolution:
         return Resolution(SourceRecord(source.url, source.ref, None, source.sha256))
     assert source.ref is not None
     commit, refspec = resolve_ref(source.git, source.ref, section)
-    if source.commit and source.commit != commit:
+    if source.commit and not commit.startswith(source.commit):
         raise UserError(f"{section}.commit: {source.ref} is now {commit}, but the recipe pins {source.commit}",
                         hint="update the pin, or set ref to the pinned commit")
     return Resolution(SourceRecord(source.git, source.ref, commit), refspec)
