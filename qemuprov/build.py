@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 
 import filelock
 
-from qemuprov import __version__, installs, paths, plan, probe, qemu_steps, rust_virtiofsd, source
+from qemuprov import __version__, installs, lock, paths, plan, probe, qemu_steps, rust_virtiofsd, source
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
 from qemuprov.manifest import write as write_manifest
@@ -95,13 +95,27 @@ class Build:
 
 
 def resolve(recipe: Recipe, opts: Options, report: Reporter) -> Resolved:
-    qemu = vfs = None
-    if recipe.qemu is not None:
-        report.step("resolve", recipe.qemu.source.describe())
-        qemu = source.resolve(recipe.qemu.source, "qemu")
-    if recipe.virtiofsd.tree is not None:
-        report.step("resolve", f"virtiofsd {recipe.virtiofsd.tree.describe()}")
-        vfs = source.resolve(recipe.virtiofsd.tree, "virtiofsd")
+    """Each source once: from the recipe's lock file where it has one, else from the remote (which moves the
+    lock when asked to: --update-lock)."""
+    locked = lock.read(recipe)
+    if opts.update_lock and lock.git_sources(recipe):
+        locked = lock.make(recipe)
+        lock.write(locked)
+        report.step("lock", f"{locked.path} moved to what the refs name now")
+    found: dict[str, Resolution] = {}
+    for section, src in (("qemu", recipe.qemu.source if recipe.qemu else None),
+                         ("virtiofsd", recipe.virtiofsd.tree)):
+        if src is None:
+            continue
+        label = "" if section == "qemu" else "virtiofsd "
+        if locked and section in locked.sources:
+            found[section] = lock.resolution(locked, section)
+            report.step("resolve", f"{label}{src.describe()}: locked at {locked.sources[section].commit[:12]} "
+                                   f"({locked.path})")
+        else:
+            report.step("resolve", label + src.describe())
+            found[section] = source.resolve(src, section)
+    qemu, vfs = found.get("qemu"), found.get("virtiofsd")
     return Resolved(qemu, vfs, _inputs_key(recipe, opts, qemu, vfs))
 
 
@@ -177,6 +191,7 @@ def make_manifest(ctx: Context, resolved: Resolved, the_plan: plan.Plan | None, 
         recipe=ctx.recipe.to_dict(),
         source=resolved.qemu.record if resolved.qemu else None,
         virtiofsd_source=resolved.virtiofsd.record if resolved.virtiofsd else None,
+        lock=str(next((r.locked for r in (resolved.qemu, resolved.virtiofsd) if r and r.locked), "")) or None,
         virtiofsd_builder_image=vfs_image,
         inputs=resolved.key,
         plan=the_plan.to_dict() if the_plan else None,

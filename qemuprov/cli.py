@@ -20,6 +20,7 @@ from qemuprov.errors import InfraError, QemuprovError, UserError
 from qemuprov.recipe import Recipe, RecipeBook, default_layers, split_arches
 
 Command = Callable[[argparse.Namespace], int]
+OUTDATED_EXIT = 3  # `outdated`: an upgrade is due (0: all current, 1: a remote did not answer, 2: bad input)
 
 
 def _book(args: argparse.Namespace) -> RecipeBook:
@@ -195,7 +196,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
-                         force=args.force, argv=sys.argv[1:], precompiled_header=args.pch)
+                         force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
+                         update_lock=args.update_lock)
     outcome = build.Build(recipe, opts, Reporter()).run()
     if outcome.up_to_date:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
@@ -277,6 +279,36 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     if dax_size:
         lines.append(f"--virtio-fs-dax={dax_size} is the DAX window (cache-size); choose another with --dax-size.")
     return lines
+
+
+def cmd_outdated(args: argparse.Namespace) -> int:
+    from qemuprov import outdated
+
+    book = _book(args)
+    recipes = [book.load(name) for name in (args.names or book.names())]  # a bad name: exit 2 before any lookup
+    reports = [report for recipe in recipes for report in outdated.check(recipe)]
+    if args.json:
+        render.print_json([{**asdict(r), "due": r.due} for r in reports])
+    else:
+        rows = [(r.recipe, r.section, r.names, r.series_newest or "-", r.newest or "-", r.status.value,
+                 r.detail) for r in reports]
+        print(render.table(("RECIPE", "SOURCE", "NAMES", "NEWEST IN SERIES", "NEWEST", "STATUS", "DETAIL"), rows))
+    if any(r.due for r in reports):
+        return OUTDATED_EXIT
+    return 1 if any(r.status == outdated.Status.UNREACHABLE for r in reports) else 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from qemuprov import lock
+
+    recipe = _book(args).load(args.recipe)
+    locked = lock.make(recipe)
+    lock.write(locked)
+    for section, src in locked.sources.items():
+        subs = f" and {len(src.submodules)} submodules" if src.submodules else ""
+        print(f"{recipe.name}: {section} {src.ref} of {src.git} is {src.commit}{subs}")
+    print(f"wrote {locked.path}; `qemuprov build {recipe.name}` builds these commits while it exists")
+    return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -415,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pch", dest="pch", action="store_false",
                    help="compile without the precompiled qemu/osdep.h that clang builds use")
     p.add_argument("--verify", action="store_true", help="boot a guest over virtio-fs after installing")
+    p.add_argument("--update-lock", action="store_true",
+                   help="resolve the refs again and move the recipe's lock file (qemuprov lock) to them")
     add("list", cmd_list, "installed builds with their probe summary", json=True)
     p = add("env", cmd_env, "shell lines that put a build on PATH (eval them)")
     p.add_argument("name", metavar="NAME|PREFIX")
@@ -448,6 +482,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="IMAGE",
                    help="base image (default: the builder's base, or this host's distribution for host builds)")
     p.add_argument("--tar", metavar="FILE", help="write a relocatable .tar.gz of the prefix instead of an image")
+    p = add("outdated", cmd_outdated, "do recipes name the newest releases? (exit 3 when an upgrade is due)", json=True,
+            description="For each git source of the recipes (all, or those named): the newest release in the series "
+                        "the recipe names and the newest overall, from one `git ls-remote` each (release "
+                        "candidates ignored). Exit 0: all current; 3: an upgrade is due; 1: a remote did not "
+                        "answer; 2: bad input.")
+    p.add_argument("names", nargs="*", metavar="RECIPE")
+    p = add("lock", cmd_lock, "pin the commits a recipe's refs name now, in RECIPE.lock beside the recipe",
+            description="Resolve every git ref of the recipe (and the QEMU tree's submodules) and write the commits "
+                        "to RECIPE.lock beside the recipe (for a shipped recipe, in your recipe directory). "
+                        "`qemuprov build RECIPE` then builds exactly those; run lock again to move them.")
+    p.add_argument("recipe", metavar="RECIPE")
     p = add("remove", cmd_remove, "delete an installed build")
     p.add_argument("name", metavar="NAME|PREFIX")
     return parser

@@ -81,6 +81,7 @@ class Manifest:
     virtiofsd_builder_image: BuilderImageRecord | None = None
     ccache: dict[str, Any] | None = None  # hits, misses, hit_rate of this build's compiles
     verify: tuple[dict[str, Any], ...] | None = None  # `qemuprov verify --json` of the install, after --verify
+    lock: str | None = None  # the lock file the sources' commits came from; None: resolved from the refs
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys a newer qemuprov wrote
 

@@ -62,7 +62,7 @@ def git_failure(section: str, url: str, stderr: str) -> UserError | InfraError:
     return InfraError(message, hint=MIRROR_HINT)
 
 
-def _git_failure(section: str, url: str, exc: git.GitCommandError) -> UserError | InfraError:
+def git_command_failure(section: str, url: str, exc: git.GitCommandError) -> UserError | InfraError:
     # GitPython wraps git's stderr as "\n  stderr: '...'"
     stderr = str(exc.stderr or "").strip().removeprefix("stderr: '").removesuffix("'")
     return git_failure(section, url, stderr)
@@ -73,7 +73,7 @@ def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
     try:
         listing = str(git.cmd.Git().ls_remote("--", url, ref, f"{ref}^{{}}"))
     except git.GitCommandError as exc:
-        raise _git_failure(section, url, exc) from None
+        raise git_command_failure(section, url, exc) from None
     refs = {}
     for line in listing.splitlines():
         sha, _, name = line.partition("\t")
@@ -168,6 +168,7 @@ class Resolution:
 
     record: SourceRecord
     refspec: str | None = None
+    locked: Path | None = None  # the lock file the commit came from
 
 
 def resolve(source: Source, section: str = "qemu") -> Resolution:
@@ -182,12 +183,38 @@ def resolve(source: Source, section: str = "qemu") -> Resolution:
     return Resolution(SourceRecord(source.git, source.ref, commit), refspec)
 
 
+def _commit_in_mirror(source: Source, resolution: Resolution, section: str,
+                      report: Reporter | None = None) -> git.Repo:
+    """The mirror holding the resolved commit: fetched unless a locked commit is there already. A locked commit
+    the remote no longer serves (its tag moved, its branch was rewritten) is named in one line."""
+    assert source.git is not None
+    commit = str(resolution.record.commit)
+    mirror = _mirror_dir(source.git)
+    if resolution.locked and (mirror / "HEAD").exists() and subprocess.run(
+            ["git", "-C", str(mirror), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True).returncode == 0:
+        return git.Repo(mirror)
+    try:
+        return _fetch_into_mirror(source.git, str(resolution.refspec), section, report)
+    except (UserError, InfraError) as exc:
+        if resolution.locked and "not our ref" in exc.message:
+            raise UserError(f"{section}: the locked commit {commit} of {source.git} is gone: the remote no longer "
+                            f"serves it ({resolution.locked})",
+                            hint=f"lock again to build what {source.ref} names now: qemuprov lock RECIPE") from None
+        raise
+
+
+def submodule_commits(source: Source, resolution: Resolution, section: str) -> dict[str, str]:
+    """path -> commit of the submodules a build of this commit needs."""
+    repo = _commit_in_mirror(source, resolution, section)
+    return {path: commit for path, _, commit in _submodules(repo, str(resolution.record.commit), str(source.git))}
+
+
 def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None,
               resolution: Resolution | None = None) -> Fetched:
     assert source.git is not None
     resolution = resolution or resolve(source, section)
-    commit, refspec = str(resolution.record.commit), str(resolution.refspec)
-    repo = _fetch_into_mirror(source.git, refspec, section, report)
+    commit = str(resolution.record.commit)
+    repo = _commit_in_mirror(source, resolution, section, report)
     if dest.exists():
         shutil.rmtree(dest)
     _export(repo, commit, dest)

@@ -31,6 +31,7 @@ class Options:
     force: bool = False
     argv: list[str] = field(default_factory=list)  # the command line, for the manifest
     precompiled_header: bool = True  # clang builds of meson trees compile against a precompiled qemu/osdep.h
+    update_lock: bool = False  # resolve the refs again and move the recipe's lock file to what they name now
 
 
 @dataclass
