@@ -3,6 +3,7 @@ compile, install, virtiofsd, finish, check, record, commit. Each phase is timed 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import IO, Any, TypeVar
 
 import filelock
 
-from qemuprov import __version__, installs, lock, paths, plan, probe, qemu_steps, rust_virtiofsd, source
+from qemuprov import __version__, binary_cache, installs, lock, paths, plan, probe, qemu_steps, rust_virtiofsd, source
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
 from qemuprov.manifest import write as write_manifest
@@ -27,7 +28,8 @@ from qemuprov.procs import GroupRegistry
 from qemuprov.progress import Reporter
 from qemuprov.qemu_steps import Configured
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
-from qemuprov.runners import HostRunner, Runner
+from qemuprov.registry import Location
+from qemuprov.runners import ContainerRunner, HostRunner, Runner
 from qemuprov.source import Resolution
 from qemuprov.staging import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.steps import Context, Options, missing_dependency_hint
@@ -76,8 +78,13 @@ class Build:
         if not opts.force and (record := _up_to_date(opts.prefix, resolved.key)) is not None:
             timings["total"] = round(time.monotonic() - started, 2)
             return Outcome(opts.prefix, True, timings, None, record)
+        cache_key = binary_cache.key(recipe.to_dict(), opts.arches, *_revisions(resolved), _builders(recipe, opts))
         with _build_log(work) as (log, log_path), _staging(opts.prefix) as staging:
             ctx = Context(recipe, opts, self.report, work, log, log_path, staging, timings)
+            if opts.binary_cache and opts.use_cache and cache_key and (
+                    record := substitute(ctx, resolved, opts.binary_cache, cache_key)) is not None:
+                timings["total"] = round(time.monotonic() - started, 2)
+                return Outcome(opts.prefix, False, timings, log_path, record)
             the_plan, configured = build_qemu(ctx, resolved.qemu) if resolved.qemu else (None, None)
             staged = staging / (the_plan.prefix if the_plan else opts.prefix).relative_to("/")  # configure's prefix
             vfs_image = build_rust_virtiofsd(ctx, resolved.virtiofsd, staged) if resolved.virtiofsd else None
@@ -87,11 +94,60 @@ class Build:
                 probes = probe_and_check(ctx, staged)
             timings["total"] = round(time.monotonic() - started, 2)
             record = make_manifest(ctx, resolved, the_plan, configured, vfs_image, probes, finished)
+            if not the_plan or the_plan.tree.relocatable:  # only such an install can go to a binary cache
+                record = dataclasses.replace(record, cache_key=cache_key)
             write_manifest(staged, record)
             with ctx.phase("commit", str(opts.prefix)):
                 commit_prefix(staged, opts.prefix)
                 installs.register_prefix(opts.prefix)
         return Outcome(opts.prefix, False, timings, log_path, record)
+
+
+def substitute(ctx: Context, resolved: Resolved, location: Location, cache_key: str) -> Manifest | None:
+    """The build from the binary cache, installed like a built one (probed against [expect], swapped in)."""
+    staged = ctx.staging / ctx.opts.prefix.relative_to("/")
+    with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
+        hit = binary_cache.pull(location, cache_key, ctx.recipe.name, ctx.opts.arches, staged)
+    if hit is None:
+        if staged.exists():
+            shutil.rmtree(staged)
+        return None
+    with ctx.phase("probe", "checking the pulled build against the recipe's [expect]"):
+        probes = probe_and_check(ctx, staged)
+    pulled, prefix = hit.record, ctx.opts.prefix
+    old = Path(pulled.prefix)
+    record = dataclasses.replace(
+        pulled, name=prefix.name, prefix=str(prefix), probe=tuple(probes), inputs=resolved.key, timings=ctx.timings,
+        firmware=tuple(str(prefix / Path(d).relative_to(old)) if Path(d).is_relative_to(old) else d
+                       for d in pulled.firmware),
+        virtiofsd=dataclasses.replace(pulled.virtiofsd, binary=str(prefix / "libexec" / "virtiofsd"))
+        if pulled.virtiofsd.binary else pulled.virtiofsd,
+        log=str(ctx.log_path), built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        lock=next((str(r.locked) for r in (resolved.qemu, resolved.virtiofsd) if r and r.locked), None),
+        reproduce=" ".join(["qemuprov", *map(shlex.quote, ctx.opts.argv)]),
+        substituted={"cache": str(location), "tag": cache_key, "digest": hit.digest, "built_at": pulled.built_at})
+    write_manifest(staged, record)
+    with ctx.phase("commit", str(prefix)):
+        commit_prefix(staged, prefix)
+        installs.register_prefix(prefix)
+    return record
+
+
+def _revisions(resolved: Resolved) -> tuple[str | None, str | None]:
+    return (resolved.qemu.record.revision if resolved.qemu else None,
+            resolved.virtiofsd.record.revision if resolved.virtiofsd else None)
+
+
+def _builders(recipe: Recipe, opts: Options) -> list[dict[str, str]] | None:
+    """The builder images a container build runs in, as the cache key sees them; None for a host build."""
+    if not isinstance(opts.runner, ContainerRunner):
+        return None
+    names = ([recipe.builder] if recipe.qemu else []) + \
+        ([recipe.virtiofsd.builder or recipe.builder] if recipe.virtiofsd.tree else [])
+    images = [runner.image for runner in (opts.runner.for_builder(n) for n in dict.fromkeys(names))
+              if isinstance(runner, ContainerRunner)]
+    return [{"builder": i.builder, "dockerfile": hashlib.sha256(i.dockerfile.read_bytes()).hexdigest(),
+             "base": i.base, "base_id": i.base_id} for i in images]
 
 
 def resolve(recipe: Recipe, opts: Options, report: Reporter) -> Resolved:

@@ -182,7 +182,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     import os
 
-    from qemuprov import build, paths
+    from qemuprov import binary_cache, build, paths
     from qemuprov.progress import Reporter
     from qemuprov.runners import get_runner
 
@@ -195,12 +195,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
+    location = binary_cache.configured(args.cache)
+    if args.push and location is None:
+        raise UserError("--push: no binary cache configured",
+                        hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in "
+                             "~/.config/qemuprov/config.toml")
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
-                         update_lock=args.update_lock)
+                         update_lock=args.update_lock, binary_cache=location, use_cache=args.use_cache)
     outcome = build.Build(recipe, opts, Reporter()).run()
     if outcome.up_to_date:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
+    elif outcome.manifest.substituted:
+        pulled = installs.Install(prefix.name, prefix, outcome.manifest)
+        print(f"{recipe.name}: installed in {outcome.prefix} from the binary cache "
+              f"{outcome.manifest.substituted['cache']}: {pulled.summary()} ({outcome.timings['total']:.1f} s)")
     else:
         entry = installs.Install(prefix.name, prefix, outcome.manifest)
         cache = outcome.manifest.ccache or {}
@@ -208,6 +217,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
               f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
+    if args.push and location is not None:
+        tag = binary_cache.push(prefix, outcome.manifest, location)
+        print(f"pushed to the binary cache {location}:{tag[:16]}…")
     if not args.verify:
         return 0
     from qemuprov import manifest, verify
@@ -308,6 +320,19 @@ def cmd_lock(args: argparse.Namespace) -> int:
         subs = f" and {len(src.submodules)} submodules" if src.submodules else ""
         print(f"{recipe.name}: {section} {src.ref} of {src.git} is {src.commit}{subs}")
     print(f"wrote {locked.path}; `qemuprov build {recipe.name}` builds these commits while it exists")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from qemuprov import binary_cache
+
+    entry = installs.find_install(args.name).intact()
+    location = binary_cache.configured(args.to)
+    if location is None:
+        raise UserError("push: no binary cache given",
+                        hint=f"qemuprov push NAME REGISTRY/REPO, or set {binary_cache.ENV}")
+    tag = binary_cache.push(entry.prefix, entry.record, location)
+    print(f"{entry.name}: pushed to {location}:{tag} ({entry.summary()})")
     return 0
 
 
@@ -447,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pch", dest="pch", action="store_false",
                    help="compile without the precompiled qemu/osdep.h that clang builds use")
     p.add_argument("--verify", action="store_true", help="boot a guest over virtio-fs after installing")
+    p.add_argument("--cache", metavar="REGISTRY/REPO",
+                   help="a binary cache to install from when it has this very build (also QEMUPROV_BINARY_CACHE, "
+                        "or [cache] url in ~/.config/qemuprov/config.toml)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="build even where the cache has it")
+    p.add_argument("--push", action="store_true", help="push the result to the binary cache")
     p.add_argument("--update-lock", action="store_true",
                    help="resolve the refs again and move the recipe's lock file (qemuprov lock) to them")
     add("list", cmd_list, "installed builds with their probe summary", json=True)
@@ -493,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "to RECIPE.lock beside the recipe (for a shipped recipe, in your recipe directory). "
                         "`qemuprov build RECIPE` then builds exactly those; run lock again to move them.")
     p.add_argument("recipe", metavar="RECIPE")
+    p = add("push", cmd_push, "publish an install to a binary cache (an OCI registry)",
+            description="Push the install as an OCI artifact (its prefix as a layer, qemuprov.json as the config) "
+                        "tagged with its cache key, so that `qemuprov build --cache` elsewhere installs it in "
+                        "seconds. Credentials: docker login (~/.docker/config.json or $DOCKER_CONFIG).")
+    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("to", nargs="?", metavar="REGISTRY/REPO")
     p = add("remove", cmd_remove, "delete an installed build")
     p.add_argument("name", metavar="NAME|PREFIX")
     return parser

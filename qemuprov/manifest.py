@@ -82,6 +82,8 @@ class Manifest:
     ccache: dict[str, Any] | None = None  # hits, misses, hit_rate of this build's compiles
     verify: tuple[dict[str, Any], ...] | None = None  # `qemuprov verify --json` of the install, after --verify
     lock: str | None = None  # the lock file the sources' commits came from; None: resolved from the refs
+    cache_key: str | None = None  # the binary cache key of this build; None: not cacheable (a host build)
+    substituted: dict[str, Any] | None = None  # where it came from when pulled from a binary cache
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys a newer qemuprov wrote
 

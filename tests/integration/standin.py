@@ -23,8 +23,8 @@ case "$1" in
                "$2" "$step" "$step" > Makefile ;;
   compile) cp $src/payload/qemu-system-x86_64 qemu-system-x86_64
            if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
-  install) mkdir -p "$2/bin" "$2/libexec" && cp qemu-system-x86_64 "$2/bin/" \
-             && cp $src/payload/virtiofsd "$2/libexec/" ;;
+  install) mkdir -p "$2/bin" "$2/libexec" "$2/share" && cp qemu-system-x86_64 "$2/bin/" \
+             && cp $src/payload/virtiofsd "$2/libexec/" && echo "$control" > "$2/share/standin" ;;
 esac
 """
 
@@ -57,6 +57,8 @@ def make_tree(tree: Path, control: Path) -> str:
     seccomp = tree / "tools" / "virtiofsd" / "passthrough_seccomp.c"
     seccomp.parent.mkdir(parents=True)
     seccomp.write_text("SCMP_SYS(rseq),\n")  # no rseq wrapper: bin/virtiofsd is the daemon itself
+    (tree / "util").mkdir()
+    (tree / "util" / "cutils.c").write_text("get_relocated_path\n")  # relocatable, as QEMU is from 5.2 on
     for name in ("configure", "standin-step"):
         (tree / name).chmod(0o755)
     (tree / "payload").mkdir()

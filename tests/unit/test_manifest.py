@@ -29,9 +29,9 @@ def test_round_trip_and_schema_validation() -> None:
 
 
 def test_keys_of_a_newer_qemuprov_are_kept() -> None:
-    data = json.loads(manifest_json(cache_key="sha256:00"))
+    data = json.loads(manifest_json(signature="ed25519:00"))
     record = manifest.from_json(data)
-    assert record.extra == {"cache_key": "sha256:00"} and record.to_json()["cache_key"] == "sha256:00"
+    assert record.extra == {"signature": "ed25519:00"} and record.to_json()["signature"] == "ed25519:00"
 
 
 @pytest.mark.parametrize(("changes", "why"), [({"format": 2}, "format 2, but this qemuprov reads format 1"),

@@ -1,0 +1,146 @@
+"""Build once, install everywhere: an install as an OCI artifact in a registry (its prefix as a gzipped tar layer,
+its qemuprov.json as the config), tagged with a key that means "the same build". A build with a cache looks the
+key up first and, on a hit, installs what it pulls (every digest checked, every member confined to staging,
+probed against [expect]) instead of building. Only container builds are cached: a host build depends on the
+host's libraries, which the key cannot see; and only relocatable trees (QEMU 5.2 and later)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+import tomllib
+from pathlib import Path
+
+from qemuprov import __version__, manifest, paths
+from qemuprov.errors import QemuprovError, UserError
+from qemuprov.manifest import Manifest
+from qemuprov.registry import DigestMismatch, Location, Registry, RegistryUnreachable, parse
+
+CONFIG_MEDIA_TYPE = "application/vnd.qemuprov.install.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+ENV = "QEMUPROV_BINARY_CACHE"
+
+
+def configured(option: str | None) -> Location | None:
+    """The cache: --cache, else $QEMUPROV_BINARY_CACHE, else `[cache] url` in ~/.config/qemuprov/config.toml."""
+    if option:
+        return parse(option)
+    if os.environ.get(ENV):
+        return parse(os.environ[ENV])
+    config = paths.user_recipes_dir().parent / "config.toml"
+    try:
+        url = tomllib.loads(config.read_text()).get("cache", {}).get("url")
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
+        raise UserError(f"{config}: cannot read it ({exc})", hint="fix or remove the file") from None
+    return parse(url) if isinstance(url, str) and url else None
+
+
+def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, virtiofsd: str | None,
+        builder: list[dict[str, str]] | None) -> str | None:
+    """What makes a build the same: the resolved commits, the recipe less what does not change the result, the
+    arches, the builder image (its Dockerfile and base image; the compiler is the image's), and qemuprov's
+    version and manifest format (the plan is a function of these). None: not cacheable (a host build)."""
+    if builder is None:
+        return None
+    relevant = {k: v for k, v in recipe.items() if k not in ("path", "origin", "chain", "description", "expect",
+                                                             "verify_osv", "name", "extends")}
+    blob = json.dumps({"recipe": relevant, "arches": sorted(arches), "qemu": qemu, "virtiofsd": virtiofsd,
+                       "builder": builder, "qemuprov": __version__, "format": manifest.FORMAT},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def push(prefix: Path, record: Manifest, location: Location) -> str:
+    """Publish the install at prefix under its cache key; the tag."""
+    if not record.cache_key:
+        raise UserError(f"{prefix} cannot go into a binary cache: it was built on the host (its libraries are "
+                        "the host's) or from a tree that is not relocatable (QEMU before 5.2)",
+                        hint="build it with --runner docker (or podman), then push")
+    layer = _layer(prefix)
+    config = json.dumps(record.to_json(), sort_keys=True).encode()
+    cache = Registry(location)
+    layer_digest, config_digest = cache.push_blob(layer), cache.push_blob(config)
+    cache.put_manifest(record.cache_key, {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": CONFIG_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": layer_digest, "size": len(layer)}],
+        "annotations": {"org.qemuprov.recipe": str(record.recipe.get("name")),
+                        "org.qemuprov.summary": f"qemuprov {__version__} install of {record.recipe.get('name')}"}})
+    return record.cache_key
+
+
+def _layer(prefix: Path) -> bytes:
+    """The prefix as a gzipped tar, members relative to it, owned by root, without qemuprov.json (the config)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, tarfile.open(fileobj=zipped, mode="w") as tar:
+        for path in sorted(prefix.rglob("*")):
+            if path.name == manifest.FILE and path.parent == prefix:
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(prefix)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if info.isfile():
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    record: Manifest  # as pushed
+    digest: str  # of the OCI manifest
+
+
+def pull(location: Location, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path) -> Hit | None:
+    """Unpack the install the key names into staged; None (with a notice) where the cache has none, is down, or
+    serves something it must not (another recipe, other arches, a blob that is not its digest)."""
+    try:
+        cache = Registry(location)
+        found = cache.get_manifest(cache_key)
+        if found is None:
+            _notice(f"binary cache {location}: no build with this key yet ({cache_key[:16]}…): building")
+            return None
+        oci, digest = found
+        config = cache.get_blob(oci["config"]["digest"])
+        record = manifest.from_json(json.loads(config), f"the cached {cache_key[:16]}…")
+        if record.recipe.get("name") != recipe or sorted(record.binaries) != sorted(_binaries(record, arches)):
+            _notice(f"binary cache {location}: the entry {cache_key[:16]}… is of {record.recipe.get('name')} "
+                    f"({', '.join(record.binaries)}), not of {recipe} for {', '.join(arches)}: refused, building")
+            return None
+        (layer,) = oci["layers"]
+        _unpack(cache.get_blob(layer["digest"]), staged)
+        return Hit(record, digest)
+    except RegistryUnreachable as exc:
+        _notice(f"{exc.message}: building")
+        return None
+    except (DigestMismatch, manifest.ManifestError, KeyError, ValueError, tarfile.TarError) as exc:
+        message = exc.message if isinstance(exc, QemuprovError) else str(exc)
+        _notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {message}; nothing of it is "
+                "installed: building")
+        return None
+
+
+def _binaries(record: Manifest, arches: tuple[str, ...]) -> list[str]:
+    """The binaries a build for these arches installs (the daemon as the cached one has it)."""
+    return [*(f"qemu-system-{a}" for a in arches), *(b for b in record.binaries if not b.startswith("qemu-system-"))]
+
+
+def _unpack(layer: bytes, staged: Path) -> None:
+    staged.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:gz") as tar:
+        tar.extractall(staged, filter="tar")  # members confined to staged; no devices, no absolute paths
+
+
+def _notice(text: str) -> None:
+    print(f"qemuprov: note: {text}", file=sys.stderr)

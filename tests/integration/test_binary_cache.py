@@ -1,0 +1,135 @@
+"""The binary cache against a real registry (scripts/test-registry: Debian's docker-registry on 127.0.0.1 with a
+user): one HOME builds and pushes, a fresh HOME installs without building; a registry that is down, a wrong
+password, a tampered blob and an entry of another recipe. Builds of the stand-in tree in the Docker builder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qemuprov import registry
+from tests.integration.conftest import FIXTURES, Env
+from tests.integration.standin import make_tree, set_delays
+
+
+@pytest.fixture(scope="module")
+def cache(qenv: Env, engine: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    host = os.environ.get("QEMUPROV_TEST_REGISTRY", "")
+    if not host:
+        pytest.fail("no test registry: run scripts/test, which starts one (QEMUPROV_TEST_REGISTRY)")
+    password = (FIXTURES / "registry" / "password").read_text().strip()
+    base = tmp_path_factory.mktemp("binary-cache")
+    control = Path(qenv.vars["QEMUPROV_CACHE"]) / "work" / "standin-cache" / "control"  # seen in the container
+    qenv.write_recipe("standin-cache", make_tree(base / "tree", control))
+    set_delays(control)
+    good = _docker_config(base / "docker-good", host, "qemuprov", password)
+    return {"host": host, "password": password, "url": f"{host}/qemuprov/standin-{os.getpid()}", "good": good,
+            "bad": _docker_config(base / "docker-bad", host, "qemuprov", "not-the-password"), "base": str(base)}
+
+
+def _docker_config(directory: Path, host: str, user: str, password: str) -> str:
+    directory.mkdir()
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (directory / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return str(directory)
+
+
+def _fresh_home(qenv: Env, where: Path, docker_config: str) -> dict[str, str]:
+    return {**qenv.vars, "HOME": str(where), "QEMUPROV_ROOT": str(where / "root"),
+            "QEMUPROV_CACHE": str(where / "cache"), "DOCKER_CONFIG": docker_config}
+
+
+@pytest.fixture(scope="module")
+def pushed(qenv: Env, cache: dict[str, str]) -> dict[str, object]:
+    env = {**qenv.vars, "DOCKER_CONFIG": cache["good"]}
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], "--push", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no build with this key yet" in result.stderr and "pushed to the binary cache" in result.stdout
+    return json.loads((qenv.root / "standin-cache" / "qemuprov.json").read_text())
+
+
+def test_a_fresh_home_installs_what_another_pushed(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
+                                                   tmp_path: Path) -> None:
+    env = _fresh_home(qenv, tmp_path / "b", cache["good"])
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "from the binary cache" in result.stdout
+    assert "==> configure" not in result.stderr and "==> build:" not in result.stderr  # never built
+    prefix = tmp_path / "b" / "root" / "standin-cache"
+    record = json.loads((prefix / "qemuprov.json").read_text())
+    assert record["substituted"]["cache"] == cache["url"] and record["substituted"]["tag"] == pushed["cache_key"]
+    assert record["source"] == pushed["source"] and record["prefix"] == str(prefix)
+    version = subprocess.run([prefix / "bin" / "qemu-system-x86_64", "--version"], capture_output=True, text=True)
+    work = tmp_path / "b" / "cache" / "work" / "standin-cache"
+    assert version.returncode == 0 and not (work / "build").exists() and not list(work.glob("build-*"))
+    again = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
+    assert "up to date" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_registry_that_is_down_costs_a_notice(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
+                                                 tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**qenv.vars, "DOCKER_CONFIG": cache["good"]}
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--force", "--cache",
+                      f"127.0.0.1:{port}/qemuprov/down", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "does not answer" in result.stderr and "==> build:" in result.stderr
+
+
+def test_a_wrong_password_is_a_clear_error(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
+                                           tmp_path: Path) -> None:
+    env = _fresh_home(qenv, tmp_path / "c", cache["bad"])
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
+    assert result.returncode == 1 and "refused the credentials" in result.stderr, result.stderr
+    assert "not-the-password" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "c" / "root" / "standin-cache").exists()
+
+
+def _blob_file(digest: str) -> Path:
+    hexdigest = digest.removeprefix("sha256:")
+    return FIXTURES / "registry" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexdigest[:2] / \
+        hexdigest / "data"
+
+
+def test_a_tampered_blob_is_refused_and_nothing_of_it_installed(qenv: Env, cache: dict[str, str],
+                                                                pushed: dict[str, object], tmp_path: Path) -> None:
+    store = registry.Registry(registry.parse(cache["url"]))
+    store._basic = base64.b64encode(f"qemuprov:{cache['password']}".encode()).decode()
+    found = store.get_manifest(str(pushed["cache_key"]))
+    assert found is not None
+    layer = _blob_file(found[0]["layers"][0]["digest"])
+    original = layer.read_bytes()
+    layer.write_bytes(original[:-4] + b"\0\0\0\0")
+    try:
+        env = _fresh_home(qenv, tmp_path / "d", cache["good"])
+        result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
+    finally:
+        layer.write_bytes(original)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "refused the entry" in result.stderr and "whose content is not" in result.stderr
+    record = json.loads((tmp_path / "d" / "root" / "standin-cache" / "qemuprov.json").read_text())
+    assert record["substituted"] is None and "==> build:" in result.stderr  # built from source instead
+
+
+def test_an_entry_of_another_recipe_under_the_key_is_refused(qenv: Env, cache: dict[str, str],
+                                                             pushed: dict[str, object], tmp_path: Path) -> None:
+    store = registry.Registry(registry.parse(cache["url"]))
+    store._basic = base64.b64encode(f"qemuprov:{cache['password']}".encode()).decode()
+    oci, _ = store.get_manifest(str(pushed["cache_key"])) or ({}, "")
+    config = json.loads(store.get_blob(oci["config"]["digest"]))
+    config["recipe"]["name"] = "something-else"
+    forged = json.dumps(config).encode()
+    oci["config"] = {**oci["config"], "digest": store.push_blob(forged), "size": len(forged)}
+    store.put_manifest(str(pushed["cache_key"]), oci)
+    env = _fresh_home(qenv, tmp_path / "e", cache["good"])
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is of something-else" in result.stderr and "refused" in result.stderr and "==> build:" in result.stderr
