@@ -17,7 +17,7 @@ import tarfile
 import tomllib
 from pathlib import Path
 
-from qemuprov import __version__, manifest, paths
+from qemuprov import __version__, manifest, paths, signing
 from qemuprov.errors import QemuprovError, UserError
 from qemuprov.manifest import Manifest
 from qemuprov.registry import DigestMismatch, Location, Registry, RegistryUnreachable, parse
@@ -27,20 +27,42 @@ LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 ENV = "QEMUPROV_BINARY_CACHE"
 
 
-def configured(option: str | None) -> Location | None:
-    """The cache: --cache, else $QEMUPROV_BINARY_CACHE, else `[cache] url` in ~/.config/qemuprov/config.toml."""
-    if option:
-        return parse(option)
-    if os.environ.get(ENV):
-        return parse(os.environ[ENV])
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    location: Location
+    signing_key: Path | None = None  # push signs with it
+    trusted_keys: tuple[Path, ...] = ()  # pull takes only entries one of these signed
+    allow_unsigned: bool = False  # ... unless this is set for the cache
+
+
+def configured(option: str | None) -> Settings | None:
+    """The cache: --cache, else $QEMUPROV_BINARY_CACHE, else `[cache] url` in ~/.config/qemuprov/config.toml; its
+    keys: $QEMUPROV_SIGNING_KEY and $QEMUPROV_TRUSTED_KEYS (:-separated), else `signing_key` and
+    `trusted_keys`; $QEMUPROV_ALLOW_UNSIGNED=1 or `allow_unsigned = true` takes unsigned entries."""
+    table = _config_table()
+    url = option or os.environ.get(ENV) or table.get("url")
+    if not isinstance(url, str) or not url:
+        return None
+    signing = os.environ.get("QEMUPROV_SIGNING_KEY") or table.get("signing_key")
+    trusted_env = os.environ.get("QEMUPROV_TRUSTED_KEYS")
+    listed = table.get("trusted_keys", [])
+    trusted = trusted_env.split(os.pathsep) if trusted_env else listed if isinstance(listed, list) else []
+    unsigned = os.environ.get("QEMUPROV_ALLOW_UNSIGNED") == "1" or table.get("allow_unsigned") is True
+    return Settings(parse(url), Path(str(signing)).expanduser() if signing else None,
+                    tuple(Path(str(p)).expanduser() for p in trusted if p), unsigned)
+
+
+def _config_table() -> dict[str, object]:
     config = paths.user_recipes_dir().parent / "config.toml"
     try:
-        url = tomllib.loads(config.read_text()).get("cache", {}).get("url")
+        table = tomllib.loads(config.read_text()).get("cache", {})
     except FileNotFoundError:
-        return None
+        return {}
     except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
         raise UserError(f"{config}: cannot read it ({exc})", hint="fix or remove the file") from None
-    return parse(url) if isinstance(url, str) and url else None
+    if not isinstance(table, dict):
+        raise UserError(f"{config}: [cache] must be a table")
+    return table
 
 
 def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, virtiofsd: str | None,
@@ -58,23 +80,26 @@ def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, vi
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def push(prefix: Path, record: Manifest, location: Location) -> str:
-    """Publish the install at prefix under its cache key; the tag."""
+def push(prefix: Path, record: Manifest, settings: Settings) -> str:
+    """Publish the install at prefix under its cache key, signed where a signing key is set; the tag."""
     if not record.cache_key:
         raise UserError(f"{prefix} cannot go into a binary cache: it was built on the host (its libraries are "
                         "the host's) or from a tree that is not relocatable (QEMU before 5.2)",
                         hint="build it with --runner docker (or podman), then push")
+    key = signing.load_private(settings.signing_key) if settings.signing_key else None
     layer = _layer(prefix)
     config = json.dumps(record.to_json(), sort_keys=True).encode()
-    cache = Registry(location)
+    cache = Registry(settings.location)
     layer_digest, config_digest = cache.push_blob(layer), cache.push_blob(config)
+    signature = signing.sign(key, signing.statement(record.cache_key, config_digest, layer_digest)) if key else {}
     cache.put_manifest(record.cache_key, {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "artifactType": CONFIG_MEDIA_TYPE,
         "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config)},
         "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": layer_digest, "size": len(layer)}],
         "annotations": {"org.qemuprov.recipe": str(record.recipe.get("name")),
-                        "org.qemuprov.summary": f"qemuprov {__version__} install of {record.recipe.get('name')}"}})
+                        "org.qemuprov.summary": f"qemuprov {__version__} install of {record.recipe.get('name')}",
+                        **signature}})
     return record.cache_key
 
 
@@ -102,9 +127,12 @@ class Hit:
     digest: str  # of the OCI manifest
 
 
-def pull(location: Location, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path) -> Hit | None:
+def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path) -> Hit | None:
     """Unpack the install the key names into staged; None (with a notice) where the cache has none, is down, or
-    serves something it must not (another recipe, other arches, a blob that is not its digest)."""
+    serves something it must not (unsigned or signed by no trusted key, another recipe, other arches, a blob
+    that is not its digest). Nothing is downloaded before the signature is checked."""
+    location = settings.location
+    trusted = [signing.load_public(path) for path in settings.trusted_keys]
     try:
         cache = Registry(location)
         found = cache.get_manifest(cache_key)
@@ -112,6 +140,13 @@ def pull(location: Location, cache_key: str, recipe: str, arches: tuple[str, ...
             _notice(f"binary cache {location}: no build with this key yet ({cache_key[:16]}…): building")
             return None
         oci, digest = found
+        if not settings.allow_unsigned:
+            why = signing.verify(oci.get("annotations", {}), signing.statement(
+                cache_key, oci["config"]["digest"], oci["layers"][0]["digest"]), trusted)
+            if why is not None:
+                hint = "" if trusted else " (no trusted keys are set: QEMUPROV_TRUSTED_KEYS or [cache] trusted_keys)"
+                _notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {why}{hint}; building")
+                return None
         config = cache.get_blob(oci["config"]["digest"])
         record = manifest.from_json(json.loads(config), f"the cached {cache_key[:16]}…")
         if record.recipe.get("name") != recipe or sorted(record.binaries) != sorted(_binaries(record, arches)):

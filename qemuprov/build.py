@@ -28,7 +28,6 @@ from qemuprov.procs import GroupRegistry
 from qemuprov.progress import Reporter
 from qemuprov.qemu_steps import Configured
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
-from qemuprov.registry import Location
 from qemuprov.runners import ContainerRunner, HostRunner, Runner
 from qemuprov.source import Resolution
 from qemuprov.staging import commit_prefix, finish_tree, stale_staging_cleanup
@@ -103,11 +102,12 @@ class Build:
         return Outcome(opts.prefix, False, timings, log_path, record)
 
 
-def substitute(ctx: Context, resolved: Resolved, location: Location, cache_key: str) -> Manifest | None:
+def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings, cache_key: str) -> Manifest | None:
     """The build from the binary cache, installed like a built one (probed against [expect], swapped in)."""
     staged = ctx.staging / ctx.opts.prefix.relative_to("/")
+    location = settings.location
     with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
-        hit = binary_cache.pull(location, cache_key, ctx.recipe.name, ctx.opts.arches, staged)
+        hit = binary_cache.pull(settings, cache_key, ctx.recipe.name, ctx.opts.arches, staged)
     if hit is None:
         if staged.exists():
             shutil.rmtree(staged)

@@ -195,14 +195,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
-    location = binary_cache.configured(args.cache)
-    if args.push and location is None:
+    settings = binary_cache.configured(args.cache)
+    if args.push and settings is None:
         raise UserError("--push: no binary cache configured",
                         hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in "
                              "~/.config/qemuprov/config.toml")
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
-                         update_lock=args.update_lock, binary_cache=location, use_cache=args.use_cache)
+                         update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache)
     outcome = build.Build(recipe, opts, Reporter()).run()
     if outcome.up_to_date:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
@@ -217,9 +217,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
               f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
-    if args.push and location is not None:
-        tag = binary_cache.push(prefix, outcome.manifest, location)
-        print(f"pushed to the binary cache {location}:{tag[:16]}…")
+    if args.push and settings is not None:
+        tag = binary_cache.push(prefix, outcome.manifest, settings)
+        signed = f", signed with {settings.signing_key}" if settings.signing_key else ", unsigned"
+        print(f"pushed to the binary cache {settings.location}:{tag[:16]}…{signed}")
     if not args.verify:
         return 0
     from qemuprov import manifest, verify
@@ -327,12 +328,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     from qemuprov import binary_cache
 
     entry = installs.find_install(args.name).intact()
-    location = binary_cache.configured(args.to)
-    if location is None:
+    settings = binary_cache.configured(args.to)
+    if settings is None:
         raise UserError("push: no binary cache given",
                         hint=f"qemuprov push NAME REGISTRY/REPO, or set {binary_cache.ENV}")
-    tag = binary_cache.push(entry.prefix, entry.record, location)
-    print(f"{entry.name}: pushed to {location}:{tag} ({entry.summary()})")
+    tag = binary_cache.push(entry.prefix, entry.record, settings)
+    signed = f"signed with {settings.signing_key}" if settings.signing_key else "unsigned"
+    print(f"{entry.name}: pushed to {settings.location}:{tag} ({entry.summary()}; {signed})")
     return 0
 
 

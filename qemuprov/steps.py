@@ -11,13 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from qemuprov import hostdeps, paths
 from qemuprov.errors import BuildError, InfraError
 from qemuprov.progress import Reporter
 from qemuprov.recipe import Recipe
-from qemuprov.registry import Location
+
+if TYPE_CHECKING:
+    from qemuprov.binary_cache import Settings
 from qemuprov.runners import Runner
 
 LOG_TAIL = 25
@@ -33,7 +35,7 @@ class Options:
     argv: list[str] = field(default_factory=list)  # the command line, for the manifest
     precompiled_header: bool = True  # clang builds of meson trees compile against a precompiled qemu/osdep.h
     update_lock: bool = False  # resolve the refs again and move the recipe's lock file to what they name now
-    binary_cache: Location | None = None  # a registry to substitute builds from (and push them to)
+    binary_cache: Settings | None = None  # a registry to substitute builds from (and push them to)
     use_cache: bool = True  # --no-cache: build even where the cache has the build
     push: bool = False  # push the result to the binary cache
 

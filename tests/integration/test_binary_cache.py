@@ -1,6 +1,7 @@
 """The binary cache against a real registry (scripts/test-registry: Debian's docker-registry on 127.0.0.1 with a
-user): one HOME builds and pushes, a fresh HOME installs without building; a registry that is down, a wrong
-password, a tampered blob and an entry of another recipe. Builds of the stand-in tree in the Docker builder."""
+user): one HOME builds, signs and pushes, a fresh HOME that trusts the key installs without building; a registry
+that is down, a wrong password, a tampered blob, an entry of another recipe, unsigned entries and entries signed
+by a key nobody trusts. Builds of the stand-in tree in the Docker builder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from qemuprov import registry
 from tests.integration.conftest import FIXTURES, Env
@@ -29,8 +32,21 @@ def cache(qenv: Env, engine: str, tmp_path_factory: pytest.TempPathFactory) -> d
     qenv.write_recipe("standin-cache", make_tree(base / "tree", control))
     set_delays(control)
     good = _docker_config(base / "docker-good", host, "qemuprov", password)
+    keys = {name: _keypair(base / name) for name in ("team", "stranger")}
     return {"host": host, "password": password, "url": f"{host}/qemuprov/standin-{os.getpid()}", "good": good,
-            "bad": _docker_config(base / "docker-bad", host, "qemuprov", "not-the-password"), "base": str(base)}
+            "bad": _docker_config(base / "docker-bad", host, "qemuprov", "not-the-password"), "base": str(base),
+            "key": keys["team"][0], "pub": keys["team"][1], "stranger": keys["stranger"][0]}
+
+
+def _keypair(stem: Path) -> tuple[str, str]:
+    """An ed25519 key pair as PEM files, as `openssl genpkey -algorithm ed25519` makes them."""
+    key = Ed25519PrivateKey.generate()
+    stem.with_suffix(".key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    stem.with_suffix(".pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    return str(stem.with_suffix(".key")), str(stem.with_suffix(".pub"))
 
 
 def _docker_config(directory: Path, host: str, user: str, password: str) -> str:
@@ -40,23 +56,24 @@ def _docker_config(directory: Path, host: str, user: str, password: str) -> str:
     return str(directory)
 
 
-def _fresh_home(qenv: Env, where: Path, docker_config: str) -> dict[str, str]:
+def _fresh_home(qenv: Env, where: Path, docker_config: str, **extra: str) -> dict[str, str]:
     return {**qenv.vars, "HOME": str(where), "QEMUPROV_ROOT": str(where / "root"),
-            "QEMUPROV_CACHE": str(where / "cache"), "DOCKER_CONFIG": docker_config}
+            "QEMUPROV_CACHE": str(where / "cache"), "DOCKER_CONFIG": docker_config, **extra}
 
 
 @pytest.fixture(scope="module")
 def pushed(qenv: Env, cache: dict[str, str]) -> dict[str, object]:
-    env = {**qenv.vars, "DOCKER_CONFIG": cache["good"]}
+    env = {**qenv.vars, "DOCKER_CONFIG": cache["good"], "QEMUPROV_SIGNING_KEY": cache["key"]}
     result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], "--push", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no build with this key yet" in result.stderr and "pushed to the binary cache" in result.stdout
+    assert f"signed with {cache['key']}" in result.stdout
     return json.loads((qenv.root / "standin-cache" / "qemuprov.json").read_text())
 
 
 def test_a_fresh_home_installs_what_another_pushed(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
                                                    tmp_path: Path) -> None:
-    env = _fresh_home(qenv, tmp_path / "b", cache["good"])
+    env = _fresh_home(qenv, tmp_path / "b", cache["good"], QEMUPROV_TRUSTED_KEYS=cache["pub"])
     result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "from the binary cache" in result.stdout
@@ -109,7 +126,7 @@ def test_a_tampered_blob_is_refused_and_nothing_of_it_installed(qenv: Env, cache
     original = layer.read_bytes()
     layer.write_bytes(original[:-4] + b"\0\0\0\0")
     try:
-        env = _fresh_home(qenv, tmp_path / "d", cache["good"])
+        env = _fresh_home(qenv, tmp_path / "d", cache["good"], QEMUPROV_TRUSTED_KEYS=cache["pub"])
         result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
     finally:
         layer.write_bytes(original)
@@ -129,7 +146,33 @@ def test_an_entry_of_another_recipe_under_the_key_is_refused(qenv: Env, cache: d
     forged = json.dumps(config).encode()
     oci["config"] = {**oci["config"], "digest": store.push_blob(forged), "size": len(forged)}
     store.put_manifest(str(pushed["cache_key"]), oci)
-    env = _fresh_home(qenv, tmp_path / "e", cache["good"])
-    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    trusting = _fresh_home(qenv, tmp_path / "e", cache["good"], QEMUPROV_TRUSTED_KEYS=cache["pub"])
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=trusting)
+    assert result.returncode == 0, result.stdout + result.stderr  # the signature covers the config's digest
+    assert "does not match its content" in result.stderr and "==> build:" in result.stderr
+    careless = _fresh_home(qenv, tmp_path / "f", cache["good"], QEMUPROV_ALLOW_UNSIGNED="1")
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=careless)
+    assert result.returncode == 0, result.stdout + result.stderr  # without signatures, the recipe check holds
     assert "is of something-else" in result.stderr and "refused" in result.stderr and "==> build:" in result.stderr
+
+
+def test_unsigned_and_untrusted_entries(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
+                                        tmp_path: Path) -> None:
+    install = str(qenv.root / "standin-cache")
+    for name, signer in (("unsigned", None), ("stranger", cache["stranger"])):
+        url = f"{cache['url']}-{name}"
+        env = {**qenv.vars, "DOCKER_CONFIG": cache["good"], **({"QEMUPROV_SIGNING_KEY": signer} if signer else {})}
+        pushing = qenv.run("push", install, url, env=env)
+        assert pushing.returncode == 0, pushing.stdout + pushing.stderr
+        trusting = _fresh_home(qenv, tmp_path / name, cache["good"], QEMUPROV_TRUSTED_KEYS=cache["pub"])
+        result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", url, env=trusting)
+        assert result.returncode == 0 and "==> build:" in result.stderr, result.stdout + result.stderr
+        assert ("it is not signed" if signer is None else "which is not among the trusted keys") in result.stderr
+    default = _fresh_home(qenv, tmp_path / "default", cache["good"])
+    refused = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", f"{cache['url']}-unsigned",
+                       env=default)
+    assert "no trusted keys are set" in refused.stderr and "==> build:" in refused.stderr
+    allowed = _fresh_home(qenv, tmp_path / "allowed", cache["good"], QEMUPROV_ALLOW_UNSIGNED="1")
+    taken = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", f"{cache['url']}-unsigned",
+                     env=allowed)
+    assert "from the binary cache" in taken.stdout, taken.stdout + taken.stderr
