@@ -14,10 +14,9 @@ import json
 import os
 import sys
 import tarfile
-import tomllib
 from pathlib import Path
 
-from qemuprov import __version__, manifest, paths, signing
+from qemuprov import __version__, config, manifest, signing
 from qemuprov.errors import QemuprovError, UserError
 from qemuprov.manifest import Manifest
 from qemuprov.registry import DigestMismatch, Location, Registry, RegistryUnreachable, parse
@@ -39,7 +38,7 @@ def configured(option: str | None) -> Settings | None:
     """The cache: --cache, else $QEMUPROV_BINARY_CACHE, else `[cache] url` in ~/.config/qemuprov/config.toml; its
     keys: $QEMUPROV_SIGNING_KEY and $QEMUPROV_TRUSTED_KEYS (:-separated), else `signing_key` and
     `trusted_keys`; $QEMUPROV_ALLOW_UNSIGNED=1 or `allow_unsigned = true` takes unsigned entries."""
-    table = _config_table()
+    table = config.table("cache")
     url = option or os.environ.get(ENV) or table.get("url")
     if not isinstance(url, str) or not url:
         return None
@@ -50,19 +49,6 @@ def configured(option: str | None) -> Settings | None:
     unsigned = os.environ.get("QEMUPROV_ALLOW_UNSIGNED") == "1" or table.get("allow_unsigned") is True
     return Settings(parse(url), Path(str(signing)).expanduser() if signing else None,
                     tuple(Path(str(p)).expanduser() for p in trusted if p), unsigned)
-
-
-def _config_table() -> dict[str, object]:
-    config = paths.user_recipes_dir().parent / "config.toml"
-    try:
-        table = tomllib.loads(config.read_text()).get("cache", {})
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
-        raise UserError(f"{config}: cannot read it ({exc})", hint="fix or remove the file") from None
-    if not isinstance(table, dict):
-        raise UserError(f"{config}: [cache] must be a table")
-    return table
 
 
 def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, virtiofsd: str | None,

@@ -186,7 +186,10 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
             ctx.runner.prepare(ctx.log, ctx.report.line)
     ccache = paths.cache_dir() / "ccache"
     ccache.mkdir(parents=True, exist_ok=True)
-    with ctx.runner.session([ctx.work, ctx.staging, ccache], network=bool(tree.missing_subprojects)):
+    shared = qemu_steps.socket_dir(ctx.opts.shared_ccache)
+    mounts = [ctx.work, ctx.staging, ccache, *([shared] if shared and ctx.runner.key != "host" else [])]
+    with ctx.runner.session(mounts, network=bool(tree.missing_subprojects)):
+        ctx.remote_ccache = qemu_steps.shared_ccache(ctx)
         if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
             the_plan = plan.make_plan(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner.tree_python,
                                       system_slirp=False)
@@ -377,7 +380,9 @@ def ccache_stats(stats_log: Path) -> dict[str, Any] | None:
         elif "cache_miss" in outcomes:
             misses += 1
     total = hits + misses
-    return {"hits": hits, "misses": misses, "hit_rate": round(hits / total, 3) if total else None}
+    remote = text.count("\nremote_storage_hit")
+    return {"hits": hits, "misses": misses, "hit_rate": round(hits / total, 3) if total else None,
+            "remote_hits": remote}
 
 
 def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[probe.Probe]) -> list[str]:

@@ -202,7 +202,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                              "~/.config/qemuprov/config.toml")
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
-                         update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache)
+                         update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
+                         shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
+                         or _configured_str("ccache", "remote"))
     outcome = build.Build(recipe, opts, Reporter()).run()
     if outcome.up_to_date:
         print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
@@ -214,6 +216,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         entry = installs.Install(prefix.name, prefix, outcome.manifest)
         cache = outcome.manifest.ccache or {}
         cached = f", ccache {cache['hits']}/{cache['hits'] + cache['misses']} hits" if cache.get("hit_rate") else ""
+        cached += f" ({cache['remote_hits']} from the shared ccache)" if cache.get("remote_hits") else ""
         print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
               f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
@@ -230,6 +233,13 @@ def cmd_build(args: argparse.Namespace) -> int:
                                  "osv" if recipe.verify_osv else "plain")
     manifest.write(prefix, dataclasses.replace(outcome.manifest, verify=tuple(asdict(o) for o in outcomes)))
     return _render_verify(outcomes, False)
+
+
+def _configured_str(section: str, key: str) -> str | None:
+    from qemuprov import config
+
+    value = config.table(section).get(key)
+    return value if isinstance(value, str) and value else None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -479,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or [cache] url in ~/.config/qemuprov/config.toml)")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="build even where the cache has it")
     p.add_argument("--push", action="store_true", help="push the result to the binary cache")
+    p.add_argument("--shared-ccache", metavar="URL",
+                   help="ccache's remote storage shared by machines: redis://HOST:PORT, or redis+unix:/PATH for "
+                        "container builds (also QEMUPROV_SHARED_CCACHE, or [ccache] remote in config.toml)")
     p.add_argument("--update-lock", action="store_true",
                    help="resolve the refs again and move the recipe's lock file (qemuprov lock) to them")
     add("list", cmd_list, "installed builds with their probe summary", json=True)

@@ -38,6 +38,7 @@ class Options:
     binary_cache: Settings | None = None  # a registry to substitute builds from (and push them to)
     use_cache: bool = True  # --no-cache: build even where the cache has the build
     push: bool = False  # push the result to the binary cache
+    shared_ccache: str | None = None  # ccache's remote storage (redis://HOST:PORT, redis+unix:/PATH), for near misses
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Context:
     log_path: Path
     staging: Path  # the install is made here, beside the prefix, then swapped in
     timings: dict[str, float] = field(default_factory=dict)
+    remote_ccache: str | None = None  # the shared compiler cache, where the build environment's ccache can use it
 
     @property
     def runner(self) -> Runner:
@@ -79,7 +81,8 @@ class Context:
         return self.runner.env({
             "LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"), "CCACHE_BASEDIR": str(self.work),
             "CCACHE_COMPILERCHECK": "content", "CCACHE_NOHASHDIR": "1", "CCACHE_DEPEND": "1",
-            "CCACHE_STATSLOG": str(self.ccache_log)})
+            "CCACHE_STATSLOG": str(self.ccache_log),
+            **({"CCACHE_REMOTE_STORAGE": self.remote_ccache} if self.remote_ccache else {})})
 
     def capture(self, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
         """A short command's output, through the runner (the log's first line is the command itself)."""
