@@ -60,7 +60,8 @@ def test_probe_of_the_install(qenv: Env, built: Built) -> None:
 
 def test_list_and_env(qenv: Env, built: Built) -> None:
     listing = qenv.run("list", "--json")
-    assert [e["name"] for e in json.loads(listing.stdout)] == ["fixture-7.2"]
+    listed = {e["name"]: e for e in json.loads(listing.stdout)}  # other tests install beside it
+    assert listed["fixture-7.2"]["prefix"] == str(built.prefix) and listed["fixture-7.2"]["damaged"] is None
     env = qenv.run("env", "fixture-7.2")
     assert env.stdout.strip() == f'export PATH={built.prefix / "bin"}:"$PATH"'
     shell = subprocess.run(["bash", "-c", env.stdout + "command -v virtiofsd qemu-system-aarch64"],

@@ -185,7 +185,7 @@ def test_ccache_stats_counts_hits_and_misses(tmp_path: Path) -> None:
     log.write_text("# /t/a.c\ncache_miss\ndirect_cache_miss\npreprocessed_cache_miss\n"
                    "# /t/a.c\ndirect_cache_hit\nlocal_storage_hit\n"
                    "# /t/b.c\npreprocessed_cache_hit\n# /t/c.c\nuncacheable\n")
-    assert ccache_stats(log) == {"hits": 2, "misses": 1, "hit_rate": 0.667}
+    assert ccache_stats(log) == {"hits": 2, "misses": 1, "hit_rate": 0.667, "remote_hits": 0}
     assert ccache_stats(tmp_path / "absent") is None
 
 
