@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 from qemuprov import __version__, config, manifest, signing
@@ -111,6 +112,7 @@ def _layer(prefix: Path) -> bytes:
 class Hit:
     record: Manifest  # as pushed
     digest: str  # of the OCI manifest
+    timings: dict[str, float]  # cache-lookup, cache-download, cache-unpack
 
 
 def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path) -> Hit | None:
@@ -119,9 +121,17 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
     that is not its digest). Nothing is downloaded before the signature is checked."""
     location = settings.location
     trusted = [signing.load_public(path) for path in settings.trusted_keys]
+    clock = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name], clock = round(time.monotonic() - clock, 2), time.monotonic()
+
     try:
         cache = Registry(location)
         found = cache.get_manifest(cache_key)
+        lap("cache-lookup")
         if found is None:
             _notice(f"binary cache {location}: no build with this key yet ({cache_key[:16]}…): building")
             return None
@@ -140,8 +150,11 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
                     f"({', '.join(record.binaries)}), not of {recipe} for {', '.join(arches)}: refused, building")
             return None
         (layer,) = oci["layers"]
-        _unpack(cache.get_blob(layer["digest"]), staged)
-        return Hit(record, digest)
+        data = cache.get_blob(layer["digest"])
+        lap("cache-download")
+        _unpack(data, staged)
+        lap("cache-unpack")
+        return Hit(record, digest, timings)
     except RegistryUnreachable as exc:
         _notice(f"{exc.message}: building")
         return None

@@ -112,6 +112,7 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
         if staged.exists():
             shutil.rmtree(staged)
         return None
+    ctx.timings.update(hit.timings)
     with ctx.phase("probe", "checking the pulled build against the recipe's [expect]"):
         probes = probe_and_check(ctx, staged)
     pulled, prefix = hit.record, ctx.opts.prefix
