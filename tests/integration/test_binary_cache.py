@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,33 @@ def test_unsigned_and_untrusted_entries(qenv: Env, cache: dict[str, str], pushed
     taken = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", f"{cache['url']}-unsigned",
                      env=allowed)
     assert "from the binary cache" in taken.stdout, taken.stdout + taken.stderr
+
+
+def test_a_pull_killed_half_way_leaves_the_previous_install(qenv: Env, cache: dict[str, str],
+                                                            pushed: dict[str, object], tmp_path: Path) -> None:
+    import signal
+
+    url = f"{cache['url']}-killed"
+    pushing = qenv.run("push", str(qenv.root / "standin-cache"), url, env={**qenv.vars, "DOCKER_CONFIG": cache["good"]})
+    assert pushing.returncode == 0, pushing.stdout + pushing.stderr
+    env = _fresh_home(qenv, tmp_path / "killed", cache["good"], QEMUPROV_ALLOW_UNSIGNED="1")
+    prefix = tmp_path / "killed" / "root" / "standin-cache"
+    first = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", url, env=env)
+    assert first.returncode == 0 and "from the binary cache" in first.stdout, first.stdout + first.stderr
+    before = (prefix / "qemuprov.json").read_text()
+    pulling = subprocess.Popen([sys.executable, "-m", "qemuprov", "--recipes", str(qenv.recipes), "build",
+                                "standin-cache", "--runner", "docker", "--force", "--cache", url],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    assert pulling.stdout is not None
+    for line in pulling.stdout:
+        if line.startswith("==> substitute"):
+            os.kill(pulling.pid, signal.SIGKILL)
+            break
+    pulling.communicate(timeout=30)
+    assert pulling.returncode == -signal.SIGKILL
+    assert (prefix / "qemuprov.json").read_text() == before  # the previous install, untouched
+    again = qenv.run("build", "standin-cache", "--runner", "docker", "--force", "--cache", url, env=env)
+    assert again.returncode == 0 and "from the binary cache" in again.stdout, again.stdout + again.stderr
+    assert [p.name for p in prefix.parent.glob(".qemuprov-*")] == []
+
