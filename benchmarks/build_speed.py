@@ -112,12 +112,8 @@ def main() -> int:
             note(results, f"e_{name}_warm_s", min(timed(argv, env) for _ in range(3)))
     finally:
         shutil.rmtree(scratch / "osv-qemu", ignore_errors=True)
-    base = float(results["a_osv_flow_s"])  # type: ignore[arg-type]
-    print(f"\n{'step':<44}{'seconds':>10}{'x (a)':>9}")
-    for key in ("a_osv_flow_s", "b_cold_build_s", "c_unchanged_s", "d_warm_ccache_s", "e_doctor_warm_s",
-                "e_probe_warm_s"):
-        seconds = float(results[key])  # type: ignore[arg-type]
-        print(f"{key:<44}{seconds:>10.2f}{seconds / base:>9.3f}")
+    results_file.print_ratios(results, ("a_osv_flow_s", "b_cold_build_s", "c_unchanged_s", "d_warm_ccache_s",
+                                        "e_doctor_warm_s", "e_probe_warm_s"))
     print(f"ccache in (d): {results['d_ccache']}")
     results_file.write(args.json, results)
     print(f"logs in {scratch}")

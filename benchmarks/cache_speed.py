@@ -73,11 +73,7 @@ def main() -> int:
     note(results, "g_shared_ccache_s", timed([*build, "--shared-ccache", redis], home(scratch, "g", base), log=log))
     built = json.loads((scratch / "g" / "root" / "bench" / "qemuprov.json").read_text())
     results["g_ccache"], results["g_timings"] = built["ccache"], built["timings"]
-    a = float(results["a_osv_flow_s"])  # type: ignore[arg-type]
-    print(f"\n{'step':<28}{'seconds':>10}{'x (a)':>9}")
-    for key in ("a_osv_flow_s", "f_binary_cache_s", "g_shared_ccache_s"):
-        seconds = float(results[key])  # type: ignore[arg-type]
-        print(f"{key:<28}{seconds:>10.2f}{seconds / a:>9.3f}")
+    results_file.print_ratios(results, ("a_osv_flow_s", "f_binary_cache_s", "g_shared_ccache_s"))
     print(f"(f) split: {results['f_split']}\n(g) ccache: {results['g_ccache']}")
     results_file.write(args.json, results)
     print(f"logs in {scratch}")
