@@ -5,6 +5,7 @@ real one in seconds. Each step writes its pid to the control directory, which a 
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,7 +25,7 @@ case "$1" in
   compile) cp $src/payload/qemu-system-x86_64 qemu-system-x86_64 && cc -c "$src/payload/standin.c" -o standin.o
            if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
   install) mkdir -p "$2/bin" "$2/libexec" "$2/share" && cp qemu-system-x86_64 "$2/bin/" \
-             && cp $src/payload/virtiofsd "$2/libexec/" && echo "$control" > "$2/share/standin" ;;
+             && cp $src/payload/virtiofsd "$2/libexec/" && cp "$src/payload/standin.c" "$2/share/standin" ;;
 esac
 """
 
@@ -65,7 +66,7 @@ def make_tree(tree: Path, control: Path) -> str:
     for binary in ("/usr/bin/qemu-system-x86_64", "/usr/lib/qemu/virtiofsd"):
         shutil.copy2(binary, tree / "payload")
     # one C file, through ccache like QEMU's, and of its own: no other stand-in's object matches it
-    (tree / "payload" / "standin.c").write_text(f"/* {control} */\nint standin(void) {{ return 42; }}\n")
+    (tree / "payload" / "standin.c").write_text(f"int standin_{secrets.token_hex(8)}(void) {{ return 42; }}\n")
     git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@localhost"]
     subprocess.run([*git[:3], "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)

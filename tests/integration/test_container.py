@@ -87,7 +87,7 @@ def test_second_container_build_reuses_image_build_tree_and_ccache(qenv: Env, in
     log = Path(str(again.manifest["log"])).read_text()
     assert "$ docker build" not in log, "the builder image was rebuilt although its Dockerfile did not change"
     assert "configure" not in again.manifest["timings"]  # type: ignore[operator]
-    assert again.manifest["ccache"] == {"hits": 0, "misses": 0, "hit_rate": None}
+    assert again.manifest["ccache"] == {"hits": 0, "misses": 0, "hit_rate": None, "remote_hits": 0}
     # With the build tree gone, every object comes from ccache.
     for build_dir in (FIXTURES / "cache" / "work" / "fixture-7.2").glob("build-docker-*"):
         shutil.rmtree(build_dir)
