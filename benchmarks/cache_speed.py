@@ -39,6 +39,9 @@ def main() -> int:
     parser.add_argument("--ref", default="v7.2-debian")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "cache_speed.json")
+    parser.add_argument("--no-pch", action="store_true", help="build without the precompiled qemu/osdep.h")
+    parser.add_argument("--skip-osv", type=float, metavar="SECONDS",
+                        help="reuse a measured (a) instead of building it again (the results say so)")
     args = parser.parse_args()
     registry = os.environ.get("QEMUPROV_TEST_REGISTRY", "127.0.0.1:5055")
     redis = os.environ.get("QEMUPROV_TEST_REDIS", "redis+unix:/run/qemuprov-test/redis.sock")
@@ -54,13 +57,14 @@ def main() -> int:
     url = f"{registry}/bench/qemu-{int(time.time())}"
     base = {**os.environ, "DOCKER_CONFIG": str(docker_config), "QEMUPROV_ALLOW_UNSIGNED": "1"}
     build = [sys.executable, "-m", "qemuprov", "--recipes", str(recipes), "build", "bench", "--runner", "docker",
-             "-j", str(args.jobs)]
+             "-j", str(args.jobs), *(["--no-pch"] if args.no_pch else [])]
     log = scratch / "qemuprov.log"
     results: dict[str, object] = {"tree": str(args.tree), "ref": args.ref, "jobs": args.jobs, "cache": url,
                                   "shared_ccache": redis, "cpus": os.cpu_count(),
                                   "date": time.strftime("%Y-%m-%d %H:%M")}
     print(f"(a) OSv flow (clone, configure, make -j{args.jobs}) ...", flush=True)
-    note(results, "a_osv_flow_s", osv_flow(args.tree, args.ref, scratch, args.jobs))
+    note(results, "a_osv_flow_s", args.skip_osv or osv_flow(args.tree, args.ref, scratch, args.jobs))
+    results["a_reused"], results["no_pch"] = bool(args.skip_osv), args.no_pch
     print("seed: a cold container build with the shared ccache, pushed to the binary cache ...", flush=True)
     note(results, "seed_build_and_push_s", timed([*build, "--shared-ccache", redis, "--cache", url, "--push"],
                                                  home(scratch, "seed", base), log=log))
