@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -20,7 +19,9 @@ from pathlib import Path
 from qemuprov import __version__, config, manifest, signing
 from qemuprov.errors import QemuprovError, UserError
 from qemuprov.manifest import Manifest
+from qemuprov.progress import notice
 from qemuprov.registry import DigestMismatch, Location, Registry, RegistryUnreachable, parse
+from qemuprov.staging import owned_by_root
 
 CONFIG_MEDIA_TYPE = "application/vnd.qemuprov.install.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -92,19 +93,13 @@ def push(prefix: Path, record: Manifest, settings: Settings) -> str:
 
 def _layer(prefix: Path) -> bytes:
     """The prefix as a gzipped tar, members relative to it, owned by root, without qemuprov.json (the config)."""
+    def member(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if info.name == manifest.FILE else owned_by_root(info)
+
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, tarfile.open(fileobj=zipped, mode="w") as tar:
-        for path in sorted(prefix.rglob("*")):
-            if path.name == manifest.FILE and path.parent == prefix:
-                continue
-            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(prefix)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            if info.isfile():
-                with path.open("rb") as handle:
-                    tar.addfile(info, handle)
-            else:
-                tar.addfile(info)
+        for path in sorted(prefix.iterdir()):
+            tar.add(path, arcname=path.name, filter=member)
     return buffer.getvalue()
 
 
@@ -133,7 +128,7 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
         found = cache.get_manifest(cache_key)
         lap("cache-lookup")
         if found is None:
-            _notice(f"binary cache {location}: no build with this key yet ({cache_key[:16]}…): building")
+            notice(f"binary cache {location}: no build with this key yet ({cache_key[:16]}…): building")
             return None
         oci, digest = found
         if not settings.allow_unsigned:
@@ -141,12 +136,12 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
                 cache_key, oci["config"]["digest"], oci["layers"][0]["digest"]), trusted)
             if why is not None:
                 hint = "" if trusted else " (no trusted keys are set: QEMUPROV_TRUSTED_KEYS or [cache] trusted_keys)"
-                _notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {why}{hint}; building")
+                notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {why}{hint}; building")
                 return None
         config = cache.get_blob(oci["config"]["digest"])
         record = manifest.from_json(json.loads(config), f"the cached {cache_key[:16]}…")
         if record.recipe.get("name") != recipe or sorted(record.binaries) != sorted(_binaries(record, arches)):
-            _notice(f"binary cache {location}: the entry {cache_key[:16]}… is of {record.recipe.get('name')} "
+            notice(f"binary cache {location}: the entry {cache_key[:16]}… is of {record.recipe.get('name')} "
                     f"({', '.join(record.binaries)}), not of {recipe} for {', '.join(arches)}: refused, building")
             return None
         (layer,) = oci["layers"]
@@ -156,11 +151,11 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
         lap("cache-unpack")
         return Hit(record, digest, timings)
     except RegistryUnreachable as exc:
-        _notice(f"{exc.message}: building")
+        notice(f"{exc.message}: building")
         return None
     except (DigestMismatch, manifest.ManifestError, KeyError, ValueError, tarfile.TarError) as exc:
         message = exc.message if isinstance(exc, QemuprovError) else str(exc)
-        _notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {message}; nothing of it is "
+        notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {message}; nothing of it is "
                 "installed: building")
         return None
 
@@ -174,7 +169,3 @@ def _unpack(layer: bytes, staged: Path) -> None:
     staged.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(layer), mode="r:gz") as tar:
         tar.extractall(staged, filter="tar")  # members confined to staged; no devices, no absolute paths
-
-
-def _notice(text: str) -> None:
-    print(f"qemuprov: note: {text}", file=sys.stderr)

@@ -19,6 +19,7 @@ from qemuprov.errors import InfraError, UserError
 from qemuprov.installs import Install
 from qemuprov.manifest import Manifest
 from qemuprov.runners import ContainerRunner, HostRunner, Runner
+from qemuprov.staging import owned_by_root
 
 IMAGE_PREFIX = "/opt/qemuprov"
 # [registry[:port]/]name[/name...][:tag], as the engines accept it
@@ -57,17 +58,11 @@ def export_tarball(entry: Install, dest: Path) -> Path:
     try:
         mode = "w:gz" if dest.name.endswith((".tar.gz", ".tgz")) else "w"
         with tarfile.open(partial, mode) as tar:  # type: ignore[call-overload]
-            tar.add(entry.prefix, arcname=entry.name, filter=_owned_by_root)
+            tar.add(entry.prefix, arcname=entry.name, filter=owned_by_root)
         partial.rename(dest)
     finally:
         partial.unlink(missing_ok=True)
     return dest
-
-
-def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
 
 
 def default_base(entry: Install) -> str:

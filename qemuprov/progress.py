@@ -100,6 +100,11 @@ class Reporter:
         self._started = time.monotonic()
 
 
+def notice(text: str) -> None:
+    """A line a user should read but need not act on: something was skipped, or done another way."""
+    print(f"qemuprov: note: {text}", file=sys.stderr)
+
+
 def _console(stream: Any) -> Any:
     import os
 

@@ -8,12 +8,12 @@ import json
 import re
 import shlex
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov import hostdeps, plan
 from qemuprov.errors import InfraError, UserError
+from qemuprov.progress import notice
 from qemuprov.steps import Context
 
 PCH_WRAPPER = Path(__file__).resolve().parent / "assets" / "pch-cc"
@@ -62,14 +62,14 @@ def shared_ccache(ctx: Context) -> str | None:
     if not url:
         return None
     if ctx.runner.key != "host" and not url.startswith("redis+unix:"):
-        _notice(f"the shared ccache {url} is not used: a container build has no network; serve it on a unix "
+        notice(f"the shared ccache {url} is not used: a container build has no network; serve it on a unix "
                 "socket (redis+unix:/PATH), which qemuprov mounts into the container")
         return None
     said = ctx.capture(["sh", "-c", "ccache --version 2>/dev/null | head -1; true"], ctx.work, ctx.env())
     found = re.search(r"(\d+)\.(\d+)", said)
     version = (int(found.group(1)), int(found.group(2))) if found else None
     if version is None or version < REMOTE_STORAGE_SINCE:
-        _notice(f"the shared ccache {url} is not used: ccache {'.'.join(map(str, version or ())) or '(none)'} in "
+        notice(f"the shared ccache {url} is not used: ccache {'.'.join(map(str, version or ())) or '(none)'} in "
                 f"{ctx.runner.key} predates remote storage (4.4)")
         return None
     return url
@@ -80,9 +80,6 @@ def socket_dir(url: str | None) -> Path | None:
     return Path(url.removeprefix("redis+unix:").split("?")[0]).parent if url and url.startswith("redis+unix:") \
         else None
 
-
-def _notice(text: str) -> None:
-    print(f"qemuprov: note: {text}", file=sys.stderr)
 
 
 def build_dir(ctx: Context) -> Path:

@@ -8,6 +8,7 @@ import ctypes.util
 import os
 import shutil
 import stat
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]
     if not plan.tree.has_blobs:
         firmware += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]
     return {"virtiofsd": virtiofsd, "firmware": firmware}
+
+
+def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A tar member of a shipped install: owned by root, whoever built it."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
 
 
 def _exchange(a: Path, b: Path) -> bool:

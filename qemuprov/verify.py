@@ -20,6 +20,7 @@ from qemuprov.errors import UserError
 from qemuprov.guestkit import TAG, Kit
 from qemuprov.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.procs import stop_group
+from qemuprov.progress import notice
 
 GUEST_TIMEOUT = 120.0
 SOCKET_TIMEOUT = 10.0
@@ -261,7 +262,6 @@ def choose_accel(arch: str, requested: str) -> str:
     """auto: KVM only where doctor's bounded test guest runs under it (the verdict is cached)."""
     import platform
     import shutil
-    import sys
 
     from qemuprov import kvm, paths
 
@@ -272,7 +272,7 @@ def choose_accel(arch: str, requested: str) -> str:
     host_qemu = shutil.which("qemu-system-x86_64")
     if host_qemu and kvm.verdict(Path(host_qemu), paths.cache_dir() / "kvm.json")["usable"]:
         return "kvm"
-    print("qemuprov: note: KVM is present but unusable here (see `qemuprov doctor`): using TCG", file=sys.stderr)
+    notice("KVM is present but unusable here (see `qemuprov doctor`): using TCG")
     return "tcg"
 
 
