@@ -192,14 +192,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UserError("-j: give a number of parallel jobs of 1 or more")
     prefix = Path(args.prefix).resolve() if args.prefix else paths.install_root() / recipe.name
     installs.check_prefix(prefix)
-    runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
-    if notice:
-        print(f"qemuprov: note: {notice}", file=sys.stderr)
     settings = binary_cache.configured(args.cache)
     if args.push and settings is None:
         raise UserError("--push: no binary cache configured",
                         hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in "
                              "~/.config/qemuprov/config.toml")
+    runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
+    if notice:
+        print(f"qemuprov: note: {notice}", file=sys.stderr)
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
