@@ -188,8 +188,8 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
     ccache = paths.cache_dir() / "ccache"
     ccache.mkdir(parents=True, exist_ok=True)
     shared = qemu_steps.socket_dir(ctx.opts.shared_ccache)
-    mounts = [ctx.work, ctx.staging, ccache, *([shared] if shared and ctx.runner.key != "host" else [])]
-    with ctx.runner.session(mounts, network=bool(tree.missing_subprojects)):
+    mounts = [ctx.staging, ccache, *([shared] if shared and ctx.runner.key != "host" else [])]
+    with ctx.runner.session(mounts, network=bool(tree.missing_subprojects), work=ctx.work):
         ctx.remote_ccache = qemu_steps.shared_ccache(ctx)
         if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
             the_plan = plan.make_plan(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner.tree_python,
@@ -217,7 +217,7 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> Bu
                    timing="virtiofsd-build"):
         if crates := rust_virtiofsd.crate_count(src):
             ctx.report.expect_crates(crates)
-        with runner.session([ctx.work, ctx.staging, cargo_home], network=online):
+        with runner.session([ctx.staging, cargo_home], network=online, work=ctx.work):
             status = rust_virtiofsd.build(spec, src, ctx.work / "virtiofsd-target", cargo_home, staged, runner,
                                           ctx.log, ctx.report.line)
     if status != 0:

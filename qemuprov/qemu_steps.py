@@ -98,7 +98,7 @@ def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str)
     where = build_dir(ctx)
     stamp = where / "qemuprov-configure.json"
     configure_id = json.dumps({"source": revision, "argv": argv, "runner": ctx.runner.key,
-                               "compilers": ctx.runner.compilers})
+                               "compilers": ctx.runner.compilers, "seen_at": ctx.runner.visible(where)})
     if not (stamp.exists() and stamp.read_text() == configure_id):
         with ctx.phase("configure", f"QEMU {tree.version} with {compiler}"
                        + (" and a precompiled qemu/osdep.h" if pch else "") + ", " + " ".join(the_plan.argv[1:])):
@@ -147,7 +147,7 @@ def _compiler(ctx: Context, the_plan: plan.Plan, env: dict[str, str]) -> tuple[s
 
 
 def _pch_wrapper(ctx: Context) -> Path:
-    """assets/pch-cc, copied into the work dir, which containers see at the same path."""
+    """assets/pch-cc, copied into the work dir, which the build's container sees too."""
     wrapper = ctx.work / "pch-cc"
     text = PCH_WRAPPER.read_bytes()
     if not wrapper.exists() or wrapper.read_bytes() != text:

@@ -1,13 +1,15 @@
 """Where build steps run. The host runner runs them here; the container runner runs them in a builder image
-(Docker, or Podman through its Docker-compatible API), with the work directories mounted at the same paths,
-so logs, build trees and ccache entries look the same either way. Each step streams its output into the
-build log and to a line callback (progress)."""
+(Docker, or Podman through its Docker-compatible API). A container sees the recipe's work directory at one fixed
+path, whoever builds and wherever their cache lives, so its objects, generated headers and ccache keys are the
+same on every machine; every other directory it needs is mounted at its own path. Each step streams its output
+into the build log and to a line callback (progress), with container paths shown as the host's."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -31,6 +33,33 @@ CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:
 CONTAINER_LABEL = "org.qemuprov.build"
 BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv with a recent meson
 MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
+WORK_IN_CONTAINER = "/qemuprov/work"
+
+
+class PathMap:
+    """Host directories that a container sees elsewhere: rewrites arguments, environment values and working
+    directories inward, and the lines a step prints outward."""
+
+    def __init__(self, moved: Mapping[Path, str]) -> None:
+        self._inward = [(self._pattern(str(host)), inside) for host, inside in moved.items()]
+        self._outward = [(self._pattern(inside), str(host)) for host, inside in moved.items()]
+
+    @staticmethod
+    def _pattern(directory: str) -> re.Pattern[str]:
+        # The directory itself or a path under it, not a sibling that merely starts with the same characters.
+        return re.compile(re.escape(directory.rstrip("/")) + r"(?=/|$|[^\w.-])")
+
+    @staticmethod
+    def _apply(rules: list[tuple[re.Pattern[str], str]], text: str) -> str:
+        for pattern, replacement in rules:
+            text = pattern.sub(replacement.replace("\\", "\\\\"), text)
+        return text
+
+    def inward(self, text: str) -> str:
+        return self._apply(self._inward, text)
+
+    def outward(self, text: str) -> str:
+        return self._apply(self._outward, text)
 
 
 class Runner(Protocol):
@@ -48,7 +77,10 @@ class Runner(Protocol):
 
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None: ...
 
-    def session(self, mounts: Sequence[Path], network: bool = False) -> Any: ...  # a context manager
+    # A context manager; work: the recipe's work directory, which a container sees at WORK_IN_CONTAINER.
+    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Any: ...
+
+    def visible(self, path: Path) -> str: ...  # where the steps see a host path (in a session)
 
     def for_builder(self, builder: str) -> Runner: ...  # the same kind of runner, for another builder image
 
@@ -93,8 +125,11 @@ class HostRunner:
         pass
 
     @contextmanager
-    def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
+    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
         yield
+
+    def visible(self, path: Path) -> str:
+        return str(path)
 
     def for_builder(self, builder: str) -> Runner:
         return self
@@ -150,6 +185,7 @@ class ContainerRunner:
         self.image_id: str | None = None
         self._client: Any = None
         self._container: Any = None
+        self._paths = PathMap({})
         self.image = image
         with contextlib.suppress(Exception):  # an engine that went away is reported by the first real step
             self.image = image.with_base_id(self.client)
@@ -177,12 +213,13 @@ class ContainerRunner:
         return ContainerRunner(self.engine, builder_images.builder_image(builder), self.user)
 
     @contextmanager
-    def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
+    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
         """network: host networking for steps that download (cargo's registry); builds run without one."""
         import docker.errors
 
         self._remove_orphans()
-        binds = {str(m): {"bind": str(m), "mode": "rw"} for m in mounts}
+        self._paths = PathMap({work: WORK_IN_CONTAINER} if work else {})
+        binds = {str(m): {"bind": self.visible(m), "mode": "rw"} for m in {*mounts, *([work] if work else [])}}
         try:
             self._container = self.client.containers.run(
                 self.image.tag, ["sleep", "infinity"], detach=True, init=True,
@@ -198,11 +235,14 @@ class ContainerRunner:
         try:
             yield
         finally:
-            container, self._container = self._container, None
+            container, self._container, self._paths = self._container, None, PathMap({})
             try:
                 container.remove(force=True)
             except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
                 print(f"qemuprov: warning: could not remove container {container.name}: {exc}", file=sys.stderr)
+
+    def visible(self, path: Path) -> str:
+        return self._paths.inward(str(path))
 
     def _remove_orphans(self) -> None:
         """Build containers of qemuprov processes that died without cleaning up (SIGKILL, a crash)."""
@@ -246,7 +286,9 @@ class ContainerRunner:
               on_line: LineCallback | None) -> int:
         assert self._container is not None
         api = self.client.api
-        exec_id = api.exec_create(self._container.id, list(argv), workdir=str(cwd), environment=dict(env),
+        inward = self._paths.inward
+        exec_id = api.exec_create(self._container.id, [inward(a) for a in argv], workdir=self.visible(cwd),
+                                  environment={k: inward(v) for k, v in env.items()},
                                   user=f"{self.user[0]}:{self.user[1]}")["Id"]
         pending = ""
         try:
@@ -254,11 +296,12 @@ class ContainerRunner:
                 pending += chunk.decode(errors="replace")
                 *lines, pending = pending.split("\n")
                 for line in lines:
+                    line = self._paths.outward(line)
                     log.write(line + "\n")
                     if on_line is not None:
                         on_line(line + "\n")
             if pending:
-                log.write(pending + "\n")
+                log.write(self._paths.outward(pending) + "\n")
         finally:
             log.flush()
         code = api.exec_inspect(exec_id).get("ExitCode")

@@ -22,7 +22,8 @@ case "$1" in
   configure) step="sh $src/standin-step"
              printf 'PREFIX=%%s\nall:\n\t%%s compile\ninstall:\n\t%%s install "$(DESTDIR)$(PREFIX)"\n' \
                "$2" "$step" "$step" > Makefile ;;
-  compile) cp $src/payload/qemu-system-x86_64 qemu-system-x86_64 && cc -c "$src/payload/standin.c" -o standin.o
+  compile) if [ -f "$src/payload/paths" ]; then printf '#line 1 "%%s/trace-events"\n' "$src" > standin-paths.h; fi
+           cp $src/payload/qemu-system-x86_64 qemu-system-x86_64 && cc -I. -MD -MF standin.o.d -c "$src/payload/standin.c" -o standin.o
            if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
   install) mkdir -p "$2/bin" "$2/libexec" "$2/share" && cp qemu-system-x86_64 "$2/bin/" \
              && cp $src/payload/virtiofsd "$2/libexec/" && cp "$src/payload/standin.c" "$2/share/standin" ;;
@@ -48,8 +49,10 @@ virtiofsd = "c"
 """
 
 
-def make_tree(tree: Path, control: Path) -> str:
-    """Create the stand-in as a git repository with a tag; returns the recipe body that builds it."""
+def make_tree(tree: Path, control: Path, generated_paths: bool = False) -> str:
+    """Create the stand-in as a git repository with a tag; returns the recipe body that builds it.
+    generated_paths: its C file includes a header made at build time that names the source dir, as QEMU's
+    trace headers do (`#line N "/abs/src/.../trace-events"`)."""
     control.mkdir(parents=True, exist_ok=True)
     tree.mkdir(parents=True)
     (tree / "VERSION").write_text("7.2.0\n")
@@ -66,7 +69,11 @@ def make_tree(tree: Path, control: Path) -> str:
     for binary in ("/usr/bin/qemu-system-x86_64", "/usr/lib/qemu/virtiofsd"):
         shutil.copy2(binary, tree / "payload")
     # one C file, through ccache like QEMU's, and of its own: no other stand-in's object matches it
-    (tree / "payload" / "standin.c").write_text(f"int standin_{secrets.token_hex(8)}(void) {{ return 42; }}\n")
+    code = f"int standin_{secrets.token_hex(8)}(void) {{ return 42; }}\n"
+    if generated_paths:
+        (tree / "payload" / "paths").touch()
+        code = '#include "standin-paths.h"\n' + code
+    (tree / "payload" / "standin.c").write_text(code)
     git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@localhost"]
     subprocess.run([*git[:3], "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)

@@ -24,6 +24,8 @@ def shared(qenv: Env, engine: str, tmp_path_factory: pytest.TempPathFactory) -> 
     body = make_tree(tmp_path_factory.mktemp("shared-ccache") / "tree", control)
     qenv.write_recipe("standin-ccache", body)
     qenv.write_recipe("standin-ccache-old", body.replace('builder = "debian-bookworm"', 'builder = "debian-bullseye"'))
+    qenv.write_recipe("standin-ccache-paths",
+                      make_tree(tmp_path_factory.mktemp("shared-ccache-paths") / "tree", control, generated_paths=True))
     set_delays(control)
     return url
 
@@ -53,3 +55,17 @@ def test_a_container_build_reaches_the_shared_cache_through_its_socket(qenv: Env
 def test_a_builder_whose_ccache_is_too_old_says_so(qenv: Env, shared: str, tmp_path: Path) -> None:
     _, said = _build_in_a_fresh_home(qenv, tmp_path / "d", shared, "standin-ccache-old", "--runner", "docker")
     assert "is not used: ccache 4.2" in said and "predates remote storage (4.4)" in said
+
+
+def test_container_builds_in_any_home_share_objects_whose_headers_name_the_source_dir(
+        qenv: Env, shared: str, tmp_path: Path) -> None:
+    # QEMU's trace headers carry the absolute path of their trace-events file; a container sees every work dir
+    # at one path, so two HOMEs build the same header and the second one's compile comes from Redis.
+    first, _ = _build_in_a_fresh_home(qenv, tmp_path / "a", shared, "standin-ccache-paths", "--runner", "docker")
+    assert (first["hits"], first["misses"]) == (0, 1)
+    second, _ = _build_in_a_fresh_home(qenv, tmp_path / "b", shared, "standin-ccache-paths", "--runner", "docker")
+    assert (second["hits"], second["remote_hits"]) == (1, 1)
+    # The control: on the host each HOME's header names its own work dir, so the same compile misses (ccache
+    # runs in depend mode, as for QEMU, whose compiles all write a depfile).
+    host, _ = _build_in_a_fresh_home(qenv, tmp_path / "c", shared, "standin-ccache-paths", "--runner", "host")
+    assert (host["hits"], host["misses"]) == (0, 1)

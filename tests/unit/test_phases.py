@@ -45,8 +45,11 @@ class FakeRunner:
         pass
 
     @contextmanager
-    def session(self, mounts: Sequence[Path], network: bool = False) -> Iterator[None]:
+    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
         yield
+
+    def visible(self, path: Path) -> str:
+        return str(path)
 
     def for_builder(self, builder: str) -> FakeRunner:
         return self
