@@ -19,7 +19,7 @@ from pathlib import Path
 from qemuprov import __version__, config, manifest, signing
 from qemuprov.errors import QemuprovError, UserError
 from qemuprov.manifest import Manifest
-from qemuprov.progress import notice
+from qemuprov.progress import Reporter, notice
 from qemuprov.registry import DigestMismatch, Location, Registry, RegistryUnreachable, parse
 from qemuprov.staging import owned_by_root
 
@@ -110,10 +110,12 @@ class Hit:
     timings: dict[str, float]  # cache-lookup, cache-download, cache-unpack
 
 
-def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path) -> Hit | None:
+def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path,
+         report: Reporter | None = None) -> Hit | None:
     """Unpack the install the key names into staged; None (with a notice) where the cache has none, is down, or
     serves something it must not (unsigned or signed by no trusted key, another recipe, other arches, a blob
-    that is not its digest). Nothing is downloaded before the signature is checked."""
+    that is not its digest). Nothing is downloaded before the signature is checked. The layer is streamed to a
+    file beside staged (in the build's staging dir, which a killed build's successor removes)."""
     location = settings.location
     trusted = [signing.load_public(path) for path in settings.trusted_keys]
     clock = time.monotonic()
@@ -145,9 +147,17 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
                     f"({', '.join(record.binaries)}), not of {recipe} for {', '.join(arches)}: refused, building")
             return None
         (layer,) = oci["layers"]
-        data = cache.get_blob(layer["digest"])
-        lap("cache-download")
-        _unpack(data, staged)
+        download = staged.parent / f"{staged.name}.layer.tar.gz"
+        download.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            cache.download_blob(layer["digest"], download,
+                                (lambda done, total: report.progress(done, total, "MB")) if report else None)
+            if report is not None:
+                report.finish_progress()
+            lap("cache-download")
+            _unpack(download, staged)
+        finally:
+            download.unlink(missing_ok=True)
         lap("cache-unpack")
         return Hit(record, digest, timings)
     except RegistryUnreachable as exc:
@@ -165,7 +175,7 @@ def _binaries(record: Manifest, arches: tuple[str, ...]) -> list[str]:
     return [*(f"qemu-system-{a}" for a in arches), *(b for b in record.binaries if not b.startswith("qemu-system-"))]
 
 
-def _unpack(layer: bytes, staged: Path) -> None:
+def _unpack(layer: Path, staged: Path) -> None:
     staged.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:gz") as tar:
+    with tarfile.open(layer, mode="r:gz") as tar:
         tar.extractall(staged, filter="tar")  # members confined to staged; no devices, no absolute paths

@@ -107,7 +107,7 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
     staged = ctx.staging / ctx.opts.prefix.relative_to("/")
     location = settings.location
     with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
-        hit = binary_cache.pull(settings, cache_key, ctx.recipe.name, ctx.opts.arches, staged)
+        hit = binary_cache.pull(settings, cache_key, ctx.recipe.name, ctx.opts.arches, staged, ctx.report)
     if hit is None:
         if staged.exists():
             shutil.rmtree(staged)

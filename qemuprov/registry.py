@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import requests
 from qemuprov.errors import InfraError, UserError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+BLOB_CHUNK = 1 << 20
 
 
 class RegistryUnreachable(InfraError):
@@ -137,6 +139,31 @@ class Registry:
             raise DigestMismatch(f"the binary cache {self.location} served a blob whose content is not {digest}",
                                  hint="the registry's storage is damaged or was tampered with; push again")
         return data
+
+    def download_blob(self, digest: str, dest: Path, on_progress: Callable[[int, int], None] | None = None) -> None:
+        """The blob into dest, streamed and checked against its digest on the way (dest is removed if it fails)."""
+        response = self._check(self._request("GET", f"{self.base}/blobs/{digest}", stream=True), f"the blob {digest}")
+        total, done, hashed = int(response.headers.get("Content-Length") or 0), 0, hashlib.sha256()
+        try:
+            with response, dest.open("wb") as out:
+                for chunk in response.iter_content(BLOB_CHUNK):
+                    hashed.update(chunk)
+                    out.write(chunk)
+                    done += len(chunk)
+                    if on_progress is not None:
+                        on_progress(done, total)
+        except requests.RequestException as exc:
+            dest.unlink(missing_ok=True)
+            raise RegistryUnreachable(f"the binary cache {self.location} broke off the blob {digest} after "
+                                      f"{done} bytes ({type(exc).__name__})", hint="check the registry and the "
+                                      "network") from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        if "sha256:" + hashed.hexdigest() != digest:
+            dest.unlink(missing_ok=True)
+            raise DigestMismatch(f"the binary cache {self.location} served a blob whose content is not {digest}",
+                                 hint="the registry's storage is damaged or was tampered with; push again")
 
     def push_blob(self, data: bytes) -> str:
         digest = digest_of(data)

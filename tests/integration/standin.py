@@ -23,7 +23,8 @@ case "$1" in
              printf 'PREFIX=%%s\nall:\n\t%%s compile\ninstall:\n\t%%s install "$(DESTDIR)$(PREFIX)"\n' \
                "$2" "$step" "$step" > Makefile ;;
   compile) if [ -f "$src/payload/paths" ]; then printf '#line 1 "%%s/trace-events"\n' "$src" > standin-paths.h; fi
-           cp $src/payload/qemu-system-x86_64 qemu-system-x86_64 && cc -I. -MD -MF standin.o.d -c "$src/payload/standin.c" -o standin.o
+           cp $src/payload/qemu-system-x86_64 qemu-system-x86_64 \
+             && cc -I. -MD -MF standin.o.d -c "$src/payload/standin.c" -o standin.o
            if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
   install) mkdir -p "$2/bin" "$2/libexec" "$2/share" && cp qemu-system-x86_64 "$2/bin/" \
              && cp $src/payload/virtiofsd "$2/libexec/" && cp "$src/payload/standin.c" "$2/share/standin" ;;

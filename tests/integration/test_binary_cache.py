@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from qemuprov import registry
 from tests.integration.conftest import FIXTURES, Env
 from tests.integration.standin import make_tree, set_delays
+from tests.integration.throttle import throttled
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +52,10 @@ def _keypair(stem: Path) -> tuple[str, str]:
     return str(stem.with_suffix(".key")), str(stem.with_suffix(".pub"))
 
 
-def _docker_config(directory: Path, host: str, user: str, password: str) -> str:
+def _docker_config(directory: Path, host: str, user: str, password: str, *more_hosts: str) -> str:
     directory.mkdir()
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    (directory / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    (directory / "config.json").write_text(json.dumps({"auths": {h: {"auth": auth} for h in (host, *more_hosts)}}))
     return str(directory)
 
 
@@ -179,31 +181,62 @@ def test_unsigned_and_untrusted_entries(qenv: Env, cache: dict[str, str], pushed
     assert "from the binary cache" in taken.stdout, taken.stdout + taken.stderr
 
 
-def test_a_pull_killed_half_way_leaves_the_previous_install(qenv: Env, cache: dict[str, str],
-                                                            pushed: dict[str, object], tmp_path: Path) -> None:
-    import signal
-
-    url = f"{cache['url']}-killed"
+def _installed_then_pulling_again(qenv: Env, cache: dict[str, str], where: Path, url: str, pull_from: str
+                                  ) -> tuple[Path, str, subprocess.Popen[str]]:
+    """An install from the cache in a fresh HOME, then a forced pull of it (from pull_from) left running."""
     pushing = qenv.run("push", str(qenv.root / "standin-cache"), url, env={**qenv.vars, "DOCKER_CONFIG": cache["good"]})
     assert pushing.returncode == 0, pushing.stdout + pushing.stderr
-    env = _fresh_home(qenv, tmp_path / "killed", cache["good"], QEMUPROV_ALLOW_UNSIGNED="1")
-    prefix = tmp_path / "killed" / "root" / "standin-cache"
+    env = _fresh_home(qenv, where, cache["good"], QEMUPROV_ALLOW_UNSIGNED="1")
+    prefix = where / "root" / "standin-cache"
     first = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", url, env=env)
     assert first.returncode == 0 and "from the binary cache" in first.stdout, first.stdout + first.stderr
-    before = (prefix / "qemuprov.json").read_text()
     pulling = subprocess.Popen([sys.executable, "-m", "qemuprov", "--recipes", str(qenv.recipes), "build",
-                                "standin-cache", "--runner", "docker", "--force", "--cache", url],
+                                "standin-cache", "--runner", "docker", "--force", "--cache", pull_from],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
-    assert pulling.stdout is not None
-    for line in pulling.stdout:
-        if line.startswith("==> substitute"):
-            os.kill(pulling.pid, signal.SIGKILL)
-            break
+    return prefix, (prefix / "qemuprov.json").read_text(), pulling
+
+
+def _killed_and_recovered(qenv: Env, cache: dict[str, str], pulling: subprocess.Popen[str], prefix: Path,
+                          before: str, url: str) -> None:
+    import signal
+
+    os.kill(pulling.pid, signal.SIGKILL)
     pulling.communicate(timeout=30)
     assert pulling.returncode == -signal.SIGKILL
     assert (prefix / "qemuprov.json").read_text() == before  # the previous install, untouched
+    env = _fresh_home(qenv, prefix.parent.parent, cache["good"], QEMUPROV_ALLOW_UNSIGNED="1")
     again = qenv.run("build", "standin-cache", "--runner", "docker", "--force", "--cache", url, env=env)
     assert again.returncode == 0 and "from the binary cache" in again.stdout, again.stdout + again.stderr
-    assert [p.name for p in prefix.parent.glob(".qemuprov-*")] == []
+    assert [p.name for p in prefix.parent.glob(".qemuprov-*")] == []  # the killed pull's leftovers are gone
 
+
+def test_a_pull_killed_as_it_starts_leaves_the_previous_install(qenv: Env, cache: dict[str, str],
+                                                                pushed: dict[str, object], tmp_path: Path) -> None:
+    url = f"{cache['url']}-killed"
+    prefix, before, pulling = _installed_then_pulling_again(qenv, cache, tmp_path / "killed", url, url)
+    assert pulling.stdout is not None
+    for line in pulling.stdout:
+        if line.startswith("==> substitute"):
+            break
+    _killed_and_recovered(qenv, cache, pulling, prefix, before, url)
+
+
+def test_a_pull_killed_in_the_middle_of_its_layer_leaves_the_previous_install(
+        qenv: Env, cache: dict[str, str], pushed: dict[str, object], tmp_path: Path) -> None:
+    # The layer (the host's QEMU and virtiofsd, about 5 MB) comes through a proxy at 1 MB/s; the kill lands once
+    # 1 MB of it has passed, with the rest of the download still to come.
+    url = f"{cache['url']}-killed-later"
+    with throttled(cache["host"], 1 << 20, mark=1 << 20) as proxy:
+        both = {**cache, "good": _docker_config(tmp_path / "docker-both", cache["host"], "qemuprov",
+                                                 cache["password"], proxy.address)}
+        prefix, before, pulling = _installed_then_pulling_again(
+            qenv, both, tmp_path / "killed", url, url.replace(cache["host"], proxy.address))
+        assert proxy.past_mark.wait(timeout=60), "the pull never reached the layer"
+        deadline = time.monotonic() + 30
+        while not (partial := [p for p in prefix.parent.glob(".qemuprov-stage-*/**/*.layer.tar.gz")
+                               if p.stat().st_size]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert partial, "no layer download under way"
+        assert pulling.poll() is None, "the pull ended before the kill"
+        _killed_and_recovered(qenv, both, pulling, prefix, before, url)
