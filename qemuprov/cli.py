@@ -352,6 +352,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     import shutil
 
     entry = installs.find_install(args.name)
+    installs.check_removable(entry)
     shutil.rmtree(entry.prefix)
     print(f"removed {entry.name} ({entry.prefix})")
     return 0

@@ -102,8 +102,7 @@ def check_prefix(prefix: Path) -> None:
     """An install replaces its whole prefix (build aside, then swap): refuse any place where that would delete
     or hide what qemuprov did not make."""
     why = "an install replaces the whole directory in one atomic swap"
-    shared = {Path(p) for p in SHARED_DIRECTORIES} | {Path.home(), paths.install_root(), paths.cache_dir()}
-    if prefix in shared or prefix in Path.home().parents:
+    if _is_shared(prefix):
         raise UserError(f"--prefix {prefix}: a shared directory, not a place for one install ({why})",
                         hint=f"name a directory of its own, e.g. --prefix {prefix / 'qemu'}")
     if prefix.exists() and not prefix.is_dir():
@@ -111,6 +110,22 @@ def check_prefix(prefix: Path) -> None:
     if prefix.is_dir() and not (prefix / MANIFEST).exists() and any(prefix.iterdir()):
         raise UserError(f"--prefix {prefix}: holds files that are not a qemuprov install (no {MANIFEST}), and {why}",
                         hint="name a new or empty directory, or an earlier qemuprov install")
+
+
+def _is_shared(directory: Path) -> bool:
+    shared = {Path(p) for p in SHARED_DIRECTORIES} | {Path.home(), paths.install_root(), paths.cache_dir()}
+    return directory in shared or directory in Path.home().parents
+
+
+def check_removable(entry: Install) -> None:
+    """`remove` deletes a whole directory: only one qemuprov installed (under the install root, remembered
+    in prefixes.json, or whose qemuprov.json names it), never a shared one that merely holds a qemuprov.json."""
+    prefix = entry.prefix.resolve()
+    ours = prefix.parent == paths.install_root().resolve() or prefix in {p.resolve() for p in _registered_prefixes()} \
+        or (entry.manifest is not None and Path(entry.manifest.prefix).resolve() == prefix)
+    if _is_shared(prefix) or not ours:
+        raise UserError(f"{entry.prefix}: holds a {MANIFEST}, but qemuprov did not install there, so remove will "
+                        "not delete it", hint="delete what you mean to by hand; `qemuprov list` shows the installs")
 
 
 def _registered_prefixes() -> list[Path]:

@@ -113,6 +113,26 @@ def test_a_damaged_install_is_named_and_can_be_removed(tmp_path: Path, monkeypat
     assert removed.returncode == 0 and not (root / "q").exists()
 
 
+def test_remove_deletes_only_what_qemuprov_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QEMUPROV_ROOT", str(tmp_path / "root"))
+    stray = tmp_path / "work" / "notes"  # a directory of the user's, with a qemuprov.json copied into it
+    stray.mkdir(parents=True)
+    (stray / "qemuprov.json").write_text(manifest_json(prefix="/opt/somewhere-else"))
+    (stray / "thesis.tex").write_text("years of work\n")
+    refused = _qemuprov("remove", str(stray))
+    assert refused.returncode == 2 and "qemuprov did not install there" in refused.stderr, refused.stderr
+    assert (stray / "thesis.tex").exists()
+    damaged = tmp_path / "work" / "other"
+    damaged.mkdir()
+    (damaged / "qemuprov.json").write_text("{")
+    assert _qemuprov("remove", str(damaged)).returncode == 2 and damaged.exists()
+    own = tmp_path / "mine"  # an install made with --prefix: its qemuprov.json names it
+    own.mkdir()
+    (own / "qemuprov.json").write_text(manifest_json(prefix=str(own)))
+    removed = _qemuprov("remove", str(own))
+    assert removed.returncode == 0 and not own.exists(), removed.stderr
+
+
 def test_a_cache_path_that_is_a_file_costs_a_note_not_the_probe(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
