@@ -1,7 +1,8 @@
 """A stand-in QEMU tree for tests of qemuprov's own handling (kills, full disks, locks, a lost engine): its
 configure, make and make install take as long as the test says and install the host's real QEMU 7.2 and C
 virtiofsd, which the tree carries (so it builds in a container too), so the build probes and verifies like a
-real one in seconds. Each step writes its pid to the control directory, which a container build must see."""
+real one in seconds. Each step writes its pid to the control directory, which a container build sees when it is
+WORK/control (QEMUPROV_CACHE/work/RECIPE/control)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ STEP = r"""#!/bin/sh
 # standin-step PHASE [DESTDIR]: sleep as long as CONTROL/PHASE.delay says, then do the phase's work.
 control=%(control)s
 src=$(cd "$(dirname "$0")" && pwd)
+# A build container sees the work dir at another path: there the control dir is found beside the source.
+[ -d "$control" ] || control=$src/../control
 echo $$ > "$control/$1.pid"
 delay=$(cat "$control/$1.delay" 2>/dev/null || echo 0)
 sleep "$delay" &
