@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -14,22 +13,27 @@ from qemuprov import plan, qemu_steps
 from qemuprov.errors import BuildError, UserError
 from qemuprov.progress import Reporter
 from qemuprov.recipe import RecipeBook, default_layers
+from qemuprov.runners import HostRunner
 from qemuprov.steps import Context, Options
 from tests.unit.test_plan_install import make_tree
 
 
-class FakeRunner:
-    """Answers `sh -c` compiler probes with a compiler's --version; every other step prints a line and exits
-    with the status given for it (0 by default)."""
+class FakeRunner(HostRunner):
+    """The host runner, except that `sh -c` compiler probes get a compiler's --version and every other step
+    prints a line and exits with the status given for it (0 by default), without running anything."""
 
-    name = "host"
     python = "python3"
-    key = "host"
-    tree_python = None
-    compilers: dict[str, str] = {}
 
     def __init__(self, compiler: str = "Debian clang version 14.0.6", statuses: dict[str, int] | None = None):
         self.compiler, self.statuses, self.calls = compiler, statuses or {}, []  # type: ignore[var-annotated]
+
+    @property
+    def tree_python(self) -> str | None:
+        return None
+
+    @property
+    def compilers(self) -> dict[str, str]:  # type: ignore[override]
+        return {}
 
     def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
             on_line: object = None) -> int:
@@ -40,19 +44,6 @@ class FakeRunner:
             return 0
         log.write(f"{Path(argv[0]).name} says hello\n")
         return self.statuses.get(Path(argv[0]).name, 0)
-
-    def prepare(self, log: IO[str], on_line: object = None) -> None:
-        pass
-
-    @contextmanager
-    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
-        yield
-
-    def visible(self, path: Path) -> str:
-        return str(path)
-
-    def for_builder(self, builder: str) -> FakeRunner:
-        return self
 
     def env(self, extra: Mapping[str, str]) -> dict[str, str]:
         return dict(extra)
