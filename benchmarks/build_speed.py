@@ -112,11 +112,9 @@ def main() -> int:
             note(results, f"e_{name}_warm_s", min(timed(argv, env) for _ in range(3)))
     finally:
         shutil.rmtree(scratch / "osv-qemu", ignore_errors=True)
-    results_file.print_ratios(results, ("a_osv_flow_s", "b_cold_build_s", "c_unchanged_s", "d_warm_ccache_s",
-                                        "e_doctor_warm_s", "e_probe_warm_s"))
-    print(f"ccache in (d): {results['d_ccache']}")
-    results_file.write(args.json, results)
-    print(f"logs in {scratch}")
+    results_file.finish(results, ("a_osv_flow_s", "b_cold_build_s", "c_unchanged_s", "d_warm_ccache_s",
+                                  "e_doctor_warm_s", "e_probe_warm_s"), args.json, scratch,
+                        f"ccache in (d): {results['d_ccache']}")
     return 0
 
 

@@ -77,10 +77,8 @@ def main() -> int:
     note(results, "g_shared_ccache_s", timed([*build, "--shared-ccache", redis], home(scratch, "g", base), log=log))
     built = json.loads((scratch / "g" / "root" / "bench" / "qemuprov.json").read_text())
     results["g_ccache"], results["g_timings"] = built["ccache"], built["timings"]
-    results_file.print_ratios(results, ("a_osv_flow_s", "f_binary_cache_s", "g_shared_ccache_s"))
-    print(f"(f) split: {results['f_split']}\n(g) ccache: {results['g_ccache']}")
-    results_file.write(args.json, results)
-    print(f"logs in {scratch}")
+    results_file.finish(results, ("a_osv_flow_s", "f_binary_cache_s", "g_shared_ccache_s"), args.json, scratch,
+                        f"(f) split: {results['f_split']}", f"(g) ccache: {results['g_ccache']}")
     return 0
 
 

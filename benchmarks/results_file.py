@@ -20,3 +20,12 @@ def print_ratios(results: dict[str, object], keys: tuple[str, ...], base: str = 
     for key in keys:
         seconds = float(results[key])  # type: ignore[arg-type]
         print(f"{key:<{width}}{seconds:>10.2f}{seconds / reference:>9.3f}")
+
+
+def finish(results: dict[str, object], keys: tuple[str, ...], path: Path, scratch: Path, *lines: str) -> None:
+    """The end of a benchmark run: the ratios, any lines of detail, the JSON file, and where the logs are."""
+    print_ratios(results, keys)
+    for line in lines:
+        print(line)
+    write(path, results)
+    print(f"logs in {scratch}")
