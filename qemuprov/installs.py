@@ -169,6 +169,8 @@ def _install_at(prefix: Path) -> Install | None:
 
 def find_install(name_or_prefix: str) -> Install:
     """An install by name, or any directory holding a qemuprov.json (damaged or not: see Install.intact)."""
+    if not name_or_prefix.strip():
+        raise UserError("an empty install name", hint="give a name from `qemuprov list`, or a prefix qemuprov built")
     path = Path(name_or_prefix)
     if "/" in name_or_prefix or (path / MANIFEST).exists():  # a bare name that is also a directory here: a name
         entry = _install_at(path)

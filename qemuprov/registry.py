@@ -136,8 +136,7 @@ class Registry:
     def get_blob(self, digest: str) -> bytes:
         data = self._check(self._request("GET", f"{self.base}/blobs/{digest}"), f"the blob {digest}").content
         if digest_of(data) != digest:
-            raise DigestMismatch(f"the binary cache {self.location} served a blob whose content is not {digest}",
-                                 hint="the registry's storage is damaged or was tampered with; push again")
+            raise self._not_its_digest(digest)
         return data
 
     def download_blob(self, digest: str, dest: Path, on_progress: Callable[[int, int], None] | None = None) -> None:
@@ -162,8 +161,11 @@ class Registry:
             raise
         if "sha256:" + hashed.hexdigest() != digest:
             dest.unlink(missing_ok=True)
-            raise DigestMismatch(f"the binary cache {self.location} served a blob whose content is not {digest}",
-                                 hint="the registry's storage is damaged or was tampered with; push again")
+            raise self._not_its_digest(digest)
+
+    def _not_its_digest(self, digest: str) -> DigestMismatch:
+        return DigestMismatch(f"the binary cache {self.location} served a blob whose content is not {digest}",
+                              hint="the registry's storage is damaged or was tampered with; push again")
 
     def push_blob(self, data: bytes) -> str:
         digest = digest_of(data)
