@@ -12,16 +12,22 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import tarfile
-import time
+import zlib
 from pathlib import Path
+from typing import Any
 
-from qemuprov import __version__, config, manifest, signing
+from qemuprov import __version__, config, installs, manifest, signing, unpack
 from qemuprov.errors import QemuprovError, UserError
 from qemuprov.manifest import Manifest
 from qemuprov.progress import Reporter, notice
-from qemuprov.registry import DigestMismatch, Location, Registry, RegistryUnreachable, parse
+from qemuprov.registry import BadAnswer, Location, Registry, RegistryTrouble, RegistryUnreachable, parse
+from qemuprov.render import safe_text
 from qemuprov.staging import owned_by_root
+from qemuprov.timing import Laps
+from qemuprov.unpack import UnsafeArchive
 
 CONFIG_MEDIA_TYPE = "application/vnd.qemuprov.install.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -40,17 +46,21 @@ def configured(option: str | None) -> Settings | None:
     """The cache: --cache, else $QEMUPROV_BINARY_CACHE, else `[cache] url` in ~/.config/qemuprov/config.toml; its
     keys: $QEMUPROV_SIGNING_KEY and $QEMUPROV_TRUSTED_KEYS (:-separated), else `signing_key` and
     `trusted_keys`; $QEMUPROV_ALLOW_UNSIGNED=1 or `allow_unsigned = true` takes unsigned entries."""
-    table = config.table("cache")
-    url = option or os.environ.get(ENV) or table.get("url")
-    if not isinstance(url, str) or not url:
+    url = option or os.environ.get(ENV) or config.value("cache", "url", str, "a registry in quotes")
+    if not url:
         return None
-    signing = os.environ.get("QEMUPROV_SIGNING_KEY") or table.get("signing_key")
+    signing = os.environ.get("QEMUPROV_SIGNING_KEY") or config.value("cache", "signing_key", str, "a path in quotes")
     trusted_env = os.environ.get("QEMUPROV_TRUSTED_KEYS")
-    listed = table.get("trusted_keys", [])
-    trusted = trusted_env.split(os.pathsep) if trusted_env else listed if isinstance(listed, list) else []
-    unsigned = os.environ.get("QEMUPROV_ALLOW_UNSIGNED") == "1" or table.get("allow_unsigned") is True
-    return Settings(parse(url), Path(str(signing)).expanduser() if signing else None,
-                    tuple(Path(str(p)).expanduser() for p in trusted if p), unsigned)
+    listed = config.value("cache", "trusted_keys", list, "a list of paths")
+    if listed is not None and not all(isinstance(p, str) for p in listed):
+        raise UserError(f"{config.file()}: [cache] trusted_keys must be a list of paths in quotes")
+    trusted = trusted_env.split(os.pathsep) if trusted_env else listed or []
+    unsigned_env = os.environ.get("QEMUPROV_ALLOW_UNSIGNED")
+    if unsigned_env not in (None, "", "0", "1"):
+        raise UserError(f'QEMUPROV_ALLOW_UNSIGNED: "{unsigned_env[:20]}" is neither 1 nor 0')
+    unsigned = unsigned_env == "1" or config.value("cache", "allow_unsigned", bool, "true or false") is True
+    return Settings(parse(url), Path(signing).expanduser() if signing else None,
+                    tuple(Path(p).expanduser() for p in trusted if p), unsigned)
 
 
 def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, virtiofsd: str | None,
@@ -74,6 +84,13 @@ def push(prefix: Path, record: Manifest, settings: Settings) -> str:
         raise UserError(f"{prefix} cannot go into a binary cache: it was built on the host (its libraries are "
                         "the host's) or from a tree that is not relocatable (QEMU before 5.2)",
                         hint="build it with --runner docker (or podman), then push")
+    if record.substituted:
+        came_from = safe_text(str(record.substituted.get("cache")))
+        raise UserError(f"{prefix} was installed from the binary cache {came_from}, not built here: pushing it would sign for a build this machine did not make",
+                        hint="push from the machine that built it, or build it here with --no-cache and push that")
+    if not installs.installed_here(prefix):
+        raise UserError(f"{prefix}: qemuprov did not install there (its qemuprov.json may be a copy), so its cache "
+                        "key is not one qemuprov computed", hint="build it with qemuprov, then push")
     key = signing.load_private(settings.signing_key) if settings.signing_key else None
     layer = _layer(prefix)
     config = json.dumps(record.to_json(), sort_keys=True).encode()
@@ -105,68 +122,105 @@ def _layer(prefix: Path) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    record: Manifest  # as pushed
+    record: Manifest  # as pushed: what the entry says of itself, to be taken only where it cannot mislead
     digest: str  # of the OCI manifest
     timings: dict[str, float]  # cache-lookup, cache-download, cache-unpack
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """An OCI manifest as qemuprov pushes it, checked field by field before anything of it is used."""
+
+    config_digest: str
+    config_size: int
+    layer_digest: str
+    layer_size: int
+    annotations: dict[str, str]
+
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def parse_entry(oci: dict[str, Any]) -> Entry:
+    """Raises BadAnswer for anything but one config and one layer, each with a sha256 digest and a size."""
+    def blob(value: object, what: str) -> tuple[str, int]:
+        if not isinstance(value, dict):
+            raise BadAnswer(f"its {what} is not an object")
+        digest, size = value.get("digest"), value.get("size")
+        if not isinstance(digest, str) or not _DIGEST.match(digest):
+            raise BadAnswer(f"its {what} has no sha256 digest")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadAnswer(f"its {what} has no size")
+        return digest, size
+
+    layers = oci.get("layers")
+    if not isinstance(layers, list) or len(layers) != 1:
+        raise BadAnswer(f"it has {len(layers) if isinstance(layers, list) else 'no list of'} layers, not one")
+    annotations = oci.get("annotations", {})
+    if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+        raise BadAnswer("its annotations are not strings by name")
+    config_digest, config_size = blob(oci.get("config"), "config")
+    layer_digest, layer_size = blob(layers[0], "layer")
+    return Entry(config_digest, config_size, layer_digest, layer_size, annotations)
 
 
 def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path,
          report: Reporter | None = None) -> Hit | None:
     """Unpack the install the key names into staged; None (with a notice) where the cache has none, is down, or
     serves something it must not (unsigned or signed by no trusted key, another recipe, other arches, a blob
-    that is not its digest). Nothing is downloaded before the signature is checked. The layer is streamed to a
-    file beside staged (in the build's staging dir, which a killed build's successor removes)."""
+    that is not its digest or its size, an answer of the wrong shape, an unsafe layer). Nothing is downloaded
+    before the signature is checked. The layer is streamed to a file beside staged (in the build's staging dir,
+    which a killed build's successor removes)."""
     location = settings.location
     trusted = [signing.load_public(path) for path in settings.trusted_keys]
-    clock = time.monotonic()
-    timings: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        timings[name], clock = round(time.monotonic() - clock, 2), time.monotonic()
-
+    timer = Laps()
     try:
         cache = Registry(location)
         found = cache.get_manifest(cache_key)
-        lap("cache-lookup")
+        timer.lap("cache-lookup")
         if found is None:
             notice(f"binary cache {location}: no build with this key yet ({cache_key[:16]}…): building")
             return None
         oci, digest = found
+        entry = parse_entry(oci)
         if not settings.allow_unsigned:
-            why = signing.verify(oci.get("annotations", {}), signing.statement(
-                cache_key, oci["config"]["digest"], oci["layers"][0]["digest"]), trusted)
+            why = signing.verify(entry.annotations, signing.statement(cache_key, entry.config_digest,
+                                                                      entry.layer_digest), trusted)
             if why is not None:
                 hint = "" if trusted else " (no trusted keys are set: QEMUPROV_TRUSTED_KEYS or [cache] trusted_keys)"
                 notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {why}{hint}; building")
                 return None
-        config = cache.get_blob(oci["config"]["digest"])
-        record = manifest.from_json(json.loads(config), f"the cached {cache_key[:16]}…")
+        config = cache.get_blob(entry.config_digest, entry.config_size)
+        try:
+            record = manifest.from_json(json.loads(config), f"the cached {cache_key[:16]}…")
+        except (ValueError, RecursionError) as exc:
+            raise BadAnswer(f"its config is not a qemuprov.json ({str(exc)[:120]})") from None
         if record.recipe.get("name") != recipe or sorted(record.binaries) != sorted(_binaries(record, arches)):
-            notice(f"binary cache {location}: the entry {cache_key[:16]}… is of {record.recipe.get('name')} "
-                    f"({', '.join(record.binaries)}), not of {recipe} for {', '.join(arches)}: refused, building")
+            notice(f"binary cache {location}: the entry {cache_key[:16]}… is of "
+                   f"{safe_text(str(record.recipe.get('name')))} ({safe_text(', '.join(record.binaries))}), not of "
+                   f"{recipe} for {', '.join(arches)}: refused, building")
             return None
-        (layer,) = oci["layers"]
         download = staged.parent / f"{staged.name}.layer.tar.gz"
         download.parent.mkdir(parents=True, exist_ok=True)
         try:
-            cache.download_blob(layer["digest"], download,
+            cache.download_blob(entry.layer_digest, entry.layer_size, download,
                                 (lambda done, total: report.progress(done, total, "MB")) if report else None)
             if report is not None:
                 report.finish_progress()
-            lap("cache-download")
+            timer.lap("cache-download")
             _unpack(download, staged)
         finally:
             download.unlink(missing_ok=True)
-        lap("cache-unpack")
-        return Hit(record, digest, timings)
-    except RegistryUnreachable as exc:
-        notice(f"{exc.message}: building")
-        return None
-    except (DigestMismatch, manifest.ManifestError, KeyError, ValueError, tarfile.TarError) as exc:
+        timer.lap("cache-unpack")
+        return Hit(record, digest, timer.timings)
+    except (RegistryTrouble, manifest.ManifestError, UnsafeArchive, tarfile.TarError, EOFError, zlib.error) as exc:
         message = exc.message if isinstance(exc, QemuprovError) else str(exc)
-        notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {message}; nothing of it is "
-                "installed: building")
+        if isinstance(exc, RegistryUnreachable):
+            notice(f"{message}: building")
+        else:
+            notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {safe_text(message)}; nothing of "
+                   "it is installed: building")
+        shutil.rmtree(staged, ignore_errors=True)
         return None
 
 
@@ -177,5 +231,4 @@ def _binaries(record: Manifest, arches: tuple[str, ...]) -> list[str]:
 
 def _unpack(layer: Path, staged: Path) -> None:
     staged.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(layer, mode="r:gz") as tar:
-        tar.extractall(staged, filter="tar")  # members confined to staged; no devices, no absolute paths
+    unpack.unpack(layer, staged)

@@ -28,6 +28,7 @@ from qemuprov.procs import GroupRegistry
 from qemuprov.progress import Reporter
 from qemuprov.qemu_steps import Configured
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
+from qemuprov.render import safe_text
 from qemuprov.runners import ContainerRunner, HostRunner, Runner
 from qemuprov.source import Resolution
 from qemuprov.staging import commit_prefix, finish_tree, stale_staging_cleanup
@@ -114,11 +115,16 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
         return None
     ctx.timings.update(hit.timings)
     with ctx.phase("probe", "checking the pulled build against the recipe's [expect]"):
-        probes = probe_and_check(ctx, staged)
+        probes = probe_and_check(ctx, staged, pulled=True)
     pulled, prefix = hit.record, ctx.opts.prefix
     old = Path(pulled.prefix)
+    # What the entry says of itself is taken only where it describes the bytes it shipped (plan, tools,
+    # virtiofsd, firmware layout); what was looked up, resolved and checked here is this machine's own.
     record = dataclasses.replace(
         pulled, name=prefix.name, prefix=str(prefix), probe=tuple(probes), inputs=resolved.key, timings=ctx.timings,
+        source=resolved.qemu.record if resolved.qemu else None,
+        virtiofsd_source=resolved.virtiofsd.record if resolved.virtiofsd else None,
+        recipe=ctx.recipe.to_dict(), cache_key=cache_key, verify=None, ccache=None, runner=ctx.opts.runner.name,
         firmware=tuple(str(prefix / Path(d).relative_to(old)) if Path(d).is_relative_to(old) else d
                        for d in pulled.firmware),
         virtiofsd=dataclasses.replace(pulled.virtiofsd, binary=str(prefix / "libexec" / "virtiofsd"))
@@ -126,7 +132,11 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
         log=str(ctx.log_path), built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         lock=next((str(r.locked) for r in (resolved.qemu, resolved.virtiofsd) if r and r.locked), None),
         reproduce=" ".join(["qemuprov", *map(shlex.quote, ctx.opts.argv)]),
-        substituted={"cache": str(location), "tag": cache_key, "digest": hit.digest, "built_at": pulled.built_at})
+        substituted={"cache": str(location), "tag": cache_key, "digest": hit.digest,
+                     "built_at": safe_text(str(pulled.built_at))[:40],
+                     "checked_here": ["signature" if not settings.allow_unsigned else "unsigned (allowed)",
+                                      "digests and sizes", "every tar member", "probe against [expect]"],
+                     "from_entry": ["plan", "tools", "builder_image", "virtiofsd", "firmware"]})
     write_manifest(staged, record)
     with ctx.phase("commit", str(prefix)):
         commit_prefix(staged, prefix)
@@ -227,9 +237,14 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> Bu
     return builder_image_record(runner)
 
 
-def probe_and_check(ctx: Context, staged: Path) -> list[dict[str, Any]]:
+def probe_and_check(ctx: Context, staged: Path, pulled: bool = False) -> list[dict[str, Any]]:
     results = [probe.probe_binary(p) for p in probe.binaries_in_prefix(staged)]
     problems = check_expectations(ctx.recipe, ctx.opts.arches, results)
+    if problems and pulled:
+        raise BuildError(f"the build of {ctx.recipe.name} from the binary cache does not deliver what its recipe "
+                         "promises: " + safe_text("; ".join(problems)),
+                         hint=f"build it here with --no-cache (a build that passes can be pushed over the entry), "
+                              f"or fix the recipe's [expect]; see {ctx.log_path} (the previous install is untouched)")
     if problems:
         raise BuildError(f"the build of {ctx.recipe.name} does not deliver what its recipe promises: "
                          + "; ".join(problems),

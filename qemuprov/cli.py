@@ -190,6 +190,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     arches = build.validate_arches(recipe, args.arch)
     if args.jobs is not None and args.jobs < 1:
         raise UserError("-j: give a number of parallel jobs of 1 or more")
+    if args.prefix is not None and not args.prefix.strip():
+        raise UserError("--prefix: an empty directory name", hint="leave --prefix out for the default, or name a "
+                                                                  "directory")
     prefix = Path(args.prefix).resolve() if args.prefix else paths.install_root() / recipe.name
     installs.check_prefix(prefix)
     settings = binary_cache.configured(args.cache)
@@ -200,6 +203,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
+    if settings is not None and runner.key == "host":
+        if args.push:
+            raise UserError("--push: a host build cannot go into a binary cache (its libraries are the host's)",
+                            hint="build with --runner docker (or podman) to push")
+        print(f"qemuprov: note: the binary cache {settings.location} is not used: it holds container builds, and "
+              "this is a host build", file=sys.stderr)
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
@@ -220,7 +229,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
               f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
-    if args.push and settings is not None:
+    if args.push and settings is not None and outcome.manifest.substituted:
+        print(f"not pushed: the binary cache {settings.location} already holds this build")
+    elif args.push and settings is not None:
         tag = binary_cache.push(prefix, outcome.manifest, settings)
         signed = f", signed with {settings.signing_key}" if settings.signing_key else ", unsigned"
         print(f"pushed to the binary cache {settings.location}:{tag[:16]}…{signed}")
@@ -265,8 +276,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     bin_dir = entry.prefix / "bin"
     lines = _osv_lines(entry, args) if args.osv else []
     print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
-    for line in lines:
-        print(f"# {line}" if line else "#")
+    for line in lines:  # a manifest may come from a tarball someone sent: no field of it may end the comment
+        print(render.shell_comment(line))
     return 0
 
 
@@ -349,11 +360,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    import shutil
-
     entry = installs.find_install(args.name)
-    installs.check_removable(entry)
-    shutil.rmtree(entry.prefix)
+    installs.remove(entry)
     print(f"removed {entry.name} ({entry.prefix})")
     return 0
 
@@ -367,6 +375,9 @@ def cmd_image(args: argparse.Namespace) -> int:
     if args.tag:
         image.check_tag(args.tag)
     if args.tar:
+        if not Path(args.tar).absolute().parent.is_dir():
+            raise UserError(f"--tar: {Path(args.tar).absolute().parent} is not a directory",
+                            hint="make it first, or write the tarball elsewhere")
         tarball = image.export_tarball(entry, Path(args.tar))
         print(f"{entry.name}: {tarball} ({tarball.stat().st_size / 1e6:.1f} MB); unpack anywhere and put "
               f"<dir>/{entry.name}/bin on PATH")
@@ -567,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"qemuprov: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
+        if getattr(args, "json", False):  # a script reading stdout learns of the failure too
+            render.print_json({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
         return exc.exit_code
     except KeyboardInterrupt:
         print("qemuprov: interrupted", file=sys.stderr)
@@ -583,8 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"qemuprov: error: {exc.strerror or exc}{where}", file=sys.stderr)
         what = "the disk is full: free space" if exc.errno == errno.ENOSPC else "check the permissions and free space"
+        untouched = "; the previous install, if any, is untouched" if args.command == "build" else ""
         print(f"hint: {what} where qemuprov works (QEMUPROV_CACHE, QEMUPROV_ROOT or --prefix move its "
-              "directories); the previous install, if any, is untouched", file=sys.stderr)
+              f"directories){untouched}", file=sys.stderr)
         return 1
     except Exception as exc:  # an unexpected failure: one line, the traceback only on request
         if args.debug:

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemuprov.errors import UserError
+from qemuprov.errors import InfraError, UserError
+
+TIMEOUT_ENV = "QEMUPROV_ENGINE_TIMEOUT"
+AUTO_TIMEOUT = 5.0  # --runner auto: an engine that is there answers /version in milliseconds, even when busy
+REQUIRED_TIMEOUT = 30.0  # --runner docker|podman: a loaded machine's Podman service has taken seconds
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ def ping(url: str, timeout: float = 2.0) -> Engine:
     sock = url.removeprefix("unix://")
     try:
         answer = _unix_get(sock, "/version", timeout)
+    except TimeoutError:
+        return Engine(url, False, detail=f"{url}: did not answer within {timeout:g} s (a busy engine: "
+                                         f"{TIMEOUT_ENV} gives it longer)")
     except OSError as exc:
         return Engine(url, False, detail=f"{url}: {exc.strerror or exc}")
     head, _, body = answer.partition("\r\n\r\n")
@@ -78,12 +85,26 @@ def _ping_with_sdk(url: str, timeout: float) -> Engine:
     return Engine(url, True, "Docker", str(version.get("Version", "?")), f"Docker {version.get('Version')} at {url}")
 
 
-def find_engine(kind: str = "any") -> Engine:
+def answer_timeout(default: float) -> float:
+    """How long an engine gets to answer: $QEMUPROV_ENGINE_TIMEOUT seconds, else default."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds <= 3600:
+        raise UserError(f'{TIMEOUT_ENV}: "{text[:40]}" is not a number of seconds', hint="e.g. 30")
+    return seconds
+
+
+def find_engine(kind: str = "any", timeout: float = AUTO_TIMEOUT) -> Engine:
     """The first reachable engine of this kind (any, Docker or Podman) among the candidate sockets."""
     urls = candidate_urls()
     failures = []
     for url in urls:
-        engine = ping(url)
+        engine = ping(url, answer_timeout(timeout))
         if engine.reachable and kind in ("any", engine.name):
             return engine
         failures.append(engine.detail if not engine.reachable else f"{engine.detail} is not {kind}")
@@ -99,14 +120,15 @@ def client(engine: Engine) -> Any:
 
 
 def require_engine(kind: str = "any") -> Engine:
-    """A reachable engine, or a UserError saying how to get one. kind: any | Docker | Podman."""
-    engine = find_engine(kind)
+    """A reachable engine, or an InfraError saying how to get one (the machine's state, not bad input: exit 1).
+    kind: any | Docker | Podman. An engine asked for by name gets the time a loaded machine needs."""
+    engine = find_engine(kind, REQUIRED_TIMEOUT)
     if engine.reachable:
         return engine
     if kind == "Podman":
-        raise UserError(f"--runner podman: no reachable Podman API socket ({engine.detail})",
+        raise InfraError(f"--runner podman: no reachable Podman API socket ({engine.detail})",
                         hint="start one: podman system service --time=0 unix://$XDG_RUNTIME_DIR/podman/podman.sock "
                              "and export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock")
-    raise UserError(f"no reachable container engine: {engine.detail}",
+    raise InfraError(f"no reachable container engine: {engine.detail}",
                     hint="start Docker (or `podman system service`) and set DOCKER_HOST if its socket is not the "
                          "default; or use --runner host")

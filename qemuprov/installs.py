@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,16 @@ SHARED_DIRECTORIES = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/l
                       "/var/tmp")
 
 
+def installed_here(prefix: Path) -> bool:
+    """The one rule for "a directory qemuprov installed": under the install root, or an install made with
+    --prefix and remembered in prefixes.json; and it holds a qemuprov.json. A qemuprov.json alone proves
+    nothing: it may be copied, or come from a tarball someone sent."""
+    real = prefix.resolve()
+    if not (real / MANIFEST).is_file() or _is_shared(real):
+        return False
+    return real.parent == paths.install_root().resolve() or real in {p.resolve() for p in _registered_prefixes()}
+
+
 def check_prefix(prefix: Path) -> None:
     """An install replaces its whole prefix (build aside, then swap): refuse any place where that would delete
     or hide what qemuprov did not make."""
@@ -107,8 +119,10 @@ def check_prefix(prefix: Path) -> None:
                         hint=f"name a directory of its own, e.g. --prefix {prefix / 'qemu'}")
     if prefix.exists() and not prefix.is_dir():
         raise UserError(f"--prefix {prefix}: exists and is not a directory", hint="name a new or empty directory")
-    if prefix.is_dir() and not (prefix / MANIFEST).exists() and any(prefix.iterdir()):
-        raise UserError(f"--prefix {prefix}: holds files that are not a qemuprov install (no {MANIFEST}), and {why}",
+    if prefix.is_dir() and any(prefix.iterdir()) and not installed_here(prefix):
+        found = f"its {MANIFEST} was not written by an install here" if (prefix / MANIFEST).exists() \
+            else f"no {MANIFEST}"
+        raise UserError(f"--prefix {prefix}: holds files that are not a qemuprov install ({found}), and {why}",
                         hint="name a new or empty directory, or an earlier qemuprov install")
 
 
@@ -118,14 +132,26 @@ def _is_shared(directory: Path) -> bool:
 
 
 def check_removable(entry: Install) -> None:
-    """`remove` deletes a whole directory: only one qemuprov installed (under the install root, remembered
-    in prefixes.json, or whose qemuprov.json names it), never a shared one that merely holds a qemuprov.json."""
-    prefix = entry.prefix.resolve()
-    ours = prefix.parent == paths.install_root().resolve() or prefix in {p.resolve() for p in _registered_prefixes()} \
-        or (entry.manifest is not None and Path(entry.manifest.prefix).resolve() == prefix)
-    if _is_shared(prefix) or not ours:
+    """`remove` deletes a whole directory: only one qemuprov installed (installed_here)."""
+    if not installed_here(entry.prefix):
         raise UserError(f"{entry.prefix}: holds a {MANIFEST}, but qemuprov did not install there, so remove will "
                         "not delete it", hint="delete what you mean to by hand; `qemuprov list` shows the installs")
+
+
+def remove(entry: Install) -> None:
+    """Take the install away in one rename (so a second remove, or one from inside it, finds nothing half
+    gone), then delete it."""
+    check_removable(entry)
+    prefix = entry.prefix.resolve()
+    doomed = prefix.parent / f".qemuprov-remove-{prefix.name}-{os.getpid()}"
+    try:
+        prefix.rename(doomed)
+    except FileNotFoundError:
+        raise UserError(f"{entry.prefix}: already removed (another qemuprov remove was first)") from None
+    shutil.rmtree(doomed)
+    known = [str(p) for p in _registered_prefixes() if p.resolve() != prefix]
+    if (paths.install_root() / REGISTRY).exists():
+        jsonfile.write_atomic(paths.install_root() / REGISTRY, sorted(known))
 
 
 def _registered_prefixes() -> list[Path]:
@@ -160,11 +186,12 @@ def list_installs() -> list[Install]:
 
 
 def _install_at(prefix: Path) -> Install | None:
+    prefix = prefix.resolve()  # `..` from inside bin/ names the install, not bin/..
     try:
         record = manifest.load(prefix)
     except ManifestError as exc:
-        return Install(prefix.name, prefix.absolute(), None, str(exc))
-    return Install(record.name, prefix.absolute(), record) if record else None
+        return Install(prefix.name, prefix, None, str(exc))
+    return Install(record.name, prefix, record) if record else None
 
 
 def find_install(name_or_prefix: str) -> Install:

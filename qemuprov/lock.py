@@ -5,6 +5,7 @@ shipped recipe, in the user's recipe directory); TOML, versioned, readable."""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,9 @@ class Lock:
     path: Path
     sources: dict[str, LockedSource]  # "qemu", "virtiofsd"
     locked_at: str = ""
+
+
+COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
 
 def lock_path(recipe: Recipe) -> Path:
@@ -84,7 +88,7 @@ def read(recipe: Recipe) -> Lock | None:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise UserError(f"{path}: not a lock file qemuprov can read ({exc})",
                         hint=f"qemuprov lock {recipe.name} writes it again") from None
     if data.get("format") != FORMAT or data.get("recipe") != recipe.name:
@@ -93,9 +97,18 @@ def read(recipe: Recipe) -> Lock | None:
     locked: dict[str, LockedSource] = {}
     for section, src in git_sources(recipe).items():
         table = data.get(section)
-        if not isinstance(table, dict) or not isinstance(table.get("commit"), str):
+        if not isinstance(table, dict) or "commit" not in table:
             raise UserError(f"{path}: [{section}] is missing; the recipe gained a git source since it was locked",
                             hint=f"qemuprov lock {recipe.name} (or build with --update-lock)")
+        commit = table["commit"]
+        if not isinstance(commit, str) or not COMMIT.match(commit):
+            raise UserError(f"{path}: {section}.commit: {str(commit)[:60]!r} is not a full commit id (40 or 64 hex "
+                            "digits); a lock names commits, never branches or tags",
+                            hint=f"qemuprov lock {recipe.name} writes it again")
+        subs = table.get("submodules", {})
+        if not isinstance(subs, dict) or not all(isinstance(v, str) and COMMIT.match(v) for v in subs.values()):
+            raise UserError(f"{path}: {section}.submodules: each must be a full commit id",
+                            hint=f"qemuprov lock {recipe.name} writes it again")
         if (table.get("git"), table.get("ref")) != (src.git, src.ref):
             raise UserError(f"{path}: locked {table.get('ref')} of {table.get('git')}, but the recipe now names "
                             f"{src.ref} of {src.git}",
@@ -103,9 +116,7 @@ def read(recipe: Recipe) -> Lock | None:
         if src.commit and not table["commit"].startswith(src.commit):
             raise UserError(f"{path}: locked {table['commit']}, but the recipe pins {src.commit}",
                             hint=f"qemuprov lock {recipe.name}")
-        subs = table.get("submodules", {})
-        locked[section] = LockedSource(str(src.git), str(src.ref), table["commit"],
-                                       {str(k): str(v) for k, v in subs.items()} if isinstance(subs, dict) else {})
+        locked[section] = LockedSource(str(src.git), str(src.ref), commit, {str(k): v for k, v in subs.items()})
     return Lock(recipe.name, path, locked, str(data.get("locked_at", "")))
 
 

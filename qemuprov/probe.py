@@ -118,6 +118,9 @@ def probe_qemu(path: Path) -> QemuProbe:
     argv: list[str | Path] = [path, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
     commands = probe_commands(aio_probe_file())
     run = procs.run(argv, timeout=PROBE_TIMEOUT, input=qmp_script(commands))
+    if run.overflowed:
+        result.error = f"not a QEMU: -qmp stdio {run.why()}"
+        return result
     replies = qmp_replies(run.stdout, list(commands))
     if "version" not in replies:
         return _probe_qemu_from_help(path, result, run)
@@ -203,6 +206,10 @@ def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
     result = VirtiofsdProbe(path=str(path))
     help_run = procs.run([path, "--help"], timeout=PROBE_TIMEOUT)
     version_run = procs.run([path, "--version"], timeout=PROBE_TIMEOUT)
+    if help_run.overflowed or version_run.overflowed:
+        result.error = f"not a virtiofsd: {'--help' if help_run.overflowed else '--version'} " + \
+            (help_run if help_run.overflowed else version_run).why()
+        return result
     facts = virtiofsd_facts(help_run.stdout + help_run.stderr, version_run.stdout + version_run.stderr)
     if not help_run.ok and (carried := _facts_carried_by(path)).flavour == "c":
         # The C virtiofsd of 7.x calls setgroups() before it reads its arguments: as a normal user even --help

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import shlex
 import signal
 import subprocess
@@ -23,6 +24,7 @@ class Result:
     returncode: int | None  # None: timed out
     stdout: str
     stderr: str
+    overflowed: bool = False  # printed more than the cap, and was killed for it
 
     @property
     def ok(self) -> bool:
@@ -34,6 +36,8 @@ class Result:
 
     def why(self) -> str:
         """What went wrong, in words: a timeout, a signal, or an exit status."""
+        if self.overflowed:
+            return f"printed more than {MAX_OUTPUT >> 20} MiB and was stopped"
         if self.returncode is None:
             return "did not finish in time"
         if self.returncode < 0:
@@ -53,23 +57,91 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+MAX_OUTPUT = 8 << 20  # per stream: a probe's help text is tens of KB, a dmesg a few MB
+
+
 def run(argv: Sequence[str | Path], *, timeout: float, input: str | None = None,
-        env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Result:
-    """Run to completion; never raises for the child's failure, only for a program that cannot start."""
+        env: Mapping[str, str] | None = None, cwd: Path | None = None, max_output: int = MAX_OUTPUT) -> Result:
+    """Run to completion; never raises for the child's failure, only for a program that cannot start. A child
+    that prints more than max_output bytes on a stream is killed (with everything it started), its output kept
+    up to the cap: a hostile or broken binary cannot make qemuprov grow without end."""
     args = tuple(str(a) for a in argv)
     log.debug("run: %s", shlex.join(args))
     proc = subprocess.Popen(args, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(env) if env is not None else base_env(), cwd=cwd, start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(input, timeout=timeout)
+        outputs, status = _collect(proc, input, timeout, max_output)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    # as text mode would: universal newlines (QMP ends its lines with \r\n)
+    stdout, stderr = (b"".join(chunks).decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+                      for chunks in outputs)
+    return Result(args, None if status == "timeout" else proc.returncode, stdout, stderr,
+                  overflowed=status == "overflow")
+
+
+def _collect(proc: subprocess.Popen[bytes], input: str | None, timeout: float,
+             cap: int) -> tuple[tuple[list[bytes], list[bytes]], str]:
+    """Both streams, read as they come, within the time limit and the cap: (stdout, stderr), and how it ended:
+    "exit", "timeout" or "overflow"."""
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    sizes = dict.fromkeys(chunks, 0)
+    pending = (input or "").encode()
+    with selectors.DefaultSelector() as selector:
+        for stream in (proc.stdout, proc.stderr):
+            selector.register(stream, selectors.EVENT_READ)
+        if proc.stdin is not None:
+            if pending:
+                os.set_blocking(proc.stdin.fileno(), False)
+                selector.register(proc.stdin, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+        while any(key.fileobj is not proc.stdin for key in selector.get_map().values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _kill_group(proc)
+                return (chunks[proc.stdout.fileno()], chunks[proc.stderr.fileno()]), "timeout"
+            for key, _ in selector.select(min(left, 1.0)):
+                if key.fileobj is proc.stdin:
+                    try:
+                        written = os.write(key.fd, pending[:1 << 16])
+                    except BrokenPipeError:
+                        written = len(pending)
+                    pending = pending[written:]
+                    if not pending:
+                        selector.unregister(proc.stdin)
+                        proc.stdin.close()
+                    continue
+                data = os.read(key.fd, 1 << 16)
+                if not data:
+                    selector.unregister(key.fileobj)
+                    continue
+                room = cap - sizes[key.fd]
+                chunks[key.fd].append(data[:room])
+                sizes[key.fd] += len(data)
+                if sizes[key.fd] > cap:
+                    _kill_group(proc)
+                    return (chunks[proc.stdout.fileno()], chunks[proc.stderr.fileno()]), "overflow"
+    if proc.stdin is not None and not proc.stdin.closed:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        # the whole group: a wrapper script's children would otherwise outlive it
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        return Result(args, None, stdout or "", stderr or "")
-    return Result(args, proc.returncode, stdout, stderr)
+        _kill_group(proc)
+        return (chunks[proc.stdout.fileno()], chunks[proc.stderr.fileno()]), "timeout"
+    return (chunks[proc.stdout.fileno()], chunks[proc.stderr.fileno()]), "exit"
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """The whole group: a wrapper script's children would otherwise outlive it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def stop_group(proc: subprocess.Popen[Any] | None, grace: float = 5.0) -> None:
@@ -133,9 +205,3 @@ def _wait_group_gone(pgid: int, limit: float = 5.0) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode(errors="replace")

@@ -159,9 +159,9 @@ class Layer:
     directory: Path
 
 
-def _fail(path: Path, key: str | None, problem: str) -> UserError:
+def _fail(path: Path, key: str | None, problem: str, hint: str | None = None) -> UserError:
     where = f"{path}: {key}: " if key else f"{path}: "
-    return UserError(where + problem)
+    return UserError(where + problem, hint=hint)
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -196,6 +196,8 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise _fail(path, None, f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise _fail(path, None, "nested too deeply to be a recipe") from None
     except UnicodeDecodeError as exc:
         raise _fail(path, None, f"not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
                     "save the file as UTF-8") from None
@@ -407,6 +409,9 @@ def default_layers(extra_dirs: Iterable[str] = ()) -> list[Layer]:
     return layers
 
 
+MAX_EXTENDS = 32
+
+
 class RecipeBook:
     """All recipes visible through a stack of layers; a name in a later layer hides the same name below."""
 
@@ -440,6 +445,9 @@ class RecipeBook:
         _, path = files[index]
         if str(path) in seen:
             raise _fail(path, "extends", "forms a cycle: " + " -> ".join([*seen, str(path)]))
+        if len(seen) >= MAX_EXTENDS:
+            raise _fail(path, "extends", f"a chain of more than {MAX_EXTENDS} recipes; extend a recipe nearer the "
+                        "bottom")
         data = read_recipe_file(path)
         parent = data.get("extends")
         if parent is None:
@@ -447,6 +455,9 @@ class RecipeBook:
         parent_files = self._files(parent)
         # `extends` naming the recipe itself means: the one this file hides, in a lower layer.
         parent_index = index - 1 if parent == name else len(parent_files) - 1
+        if parent_index < 0 and parent == name:
+            raise _fail(path, "extends", f'names this recipe itself, and no lower layer has a "{name}" to extend',
+                        hint="extend a shipped recipe (`qemuprov recipes` lists them), or remove extends")
         if parent_index < 0:
             raise _fail(path, "extends", f'no recipe named "{parent}" to extend'
                         f"{_did_you_mean(parent, self.names())}")

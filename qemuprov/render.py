@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in cells]
     return "\n".join(lines)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def safe_text(text: str) -> str:
+    """Text from outside (a manifest, a registry) made safe to print on one line: control characters, newlines
+    among them, become "?", so nothing printed can end a comment or move the terminal's cursor."""
+    return _CONTROL.sub("?", text)
+
+
+def shell_comment(text: str) -> str:
+    """A line for `eval "$(...)"` that the shell can only ignore."""
+    return f"# {safe_text(text)}" if text else "#"
 
 
 def print_json(data: Any) -> None:

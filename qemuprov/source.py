@@ -5,12 +5,14 @@ from __future__ import annotations
 import collections
 import configparser
 import hashlib
+import lzma
 import os
 import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from urllib.parse import urlparse
 import git
 import requests
 
-from qemuprov import paths
+from qemuprov import config, paths, unpack
 from qemuprov.errors import InfraError, UserError
 from qemuprov.manifest import SourceRecord
 from qemuprov.progress import Reporter
@@ -226,6 +228,13 @@ def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporte
     return Fetched(dest, commit, None)
 
 
+DOWNLOAD_LIMIT = 4 << 30  # QEMU's release tarballs are about 130 MB
+
+
+class TooLarge(Exception):
+    """A download that goes on past its limit."""
+
+
 TARBALL_HINT = "check the URL and your network, or download it yourself and use a file:// URL"
 
 
@@ -250,12 +259,11 @@ def fetch_tarball(source: Source, dest: Path, section: str = "qemu", report: Rep
 
 def _unpack(store: Path, into: Path, source: Source, section: str) -> None:
     try:
-        with tarfile.open(store) as tar:
-            tar.extractall(into, filter="tar")
-    except tarfile.FilterError as exc:
+        unpack.unpack(store, into)
+    except unpack.UnsafeArchive as exc:
         raise UserError(f"{section}.tarball: {source.tarball} is unsafe to unpack: {exc}",
                         hint="use the project's own release tarball") from None
-    except (tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise UserError(f"{section}.tarball: {source.tarball} is not a tarball that can be unpacked ({exc})",
                         hint="the sha256 matches, so the recipe names the wrong file: point it at a .tar.xz, "
                              ".tar.bz2 or .tar.gz release") from None
@@ -276,16 +284,22 @@ def _download_checked(source: Source, store: Path, section: str, report: Reporte
                 out.truncate(start)  # start < have: the server sent the whole file again
                 while start and (piece := out.read(1 << 20)):
                     digest.update(piece)
-                done = start
+                done, most = start, config.limit("QEMUPROV_DOWNLOAD_LIMIT", "download", DOWNLOAD_LIMIT)
                 for chunk in chunks:
                     digest.update(chunk)
                     out.write(chunk)
                     done += len(chunk)
+                    if done > most:
+                        raise TooLarge(f"more than {most >> 20} MiB came (QEMUPROV_DOWNLOAD_LIMIT or [limits] "
+                                       "download in config.toml raises the limit)")
                     if report is not None and total:
                         report.progress(done, total, "MB")
     except FileNotFoundError:
         partial.unlink(missing_ok=True)
         raise UserError(f"{section}.tarball: {source.tarball}: no such file", hint="check the path") from None
+    except TooLarge as exc:
+        partial.unlink(missing_ok=True)
+        raise InfraError(f"{section}.tarball: {source.tarball}: {exc}", hint=TARBALL_HINT) from None
     except (OSError, requests.RequestException) as exc:
         raise InfraError(f"{section}.tarball: cannot download {source.tarball}: {_short(exc)}",
                          hint=TARBALL_HINT + " (the next try resumes the download)") from None

@@ -126,9 +126,17 @@ def test_remove_deletes_only_what_qemuprov_installed(tmp_path: Path, monkeypatch
     damaged.mkdir()
     (damaged / "qemuprov.json").write_text("{")
     assert _qemuprov("remove", str(damaged)).returncode == 2 and damaged.exists()
-    own = tmp_path / "mine"  # an install made with --prefix: its qemuprov.json names it
+    crafted = tmp_path / "work" / "crafted"  # a qemuprov.json that names its own directory proves nothing
+    crafted.mkdir()
+    (crafted / "qemuprov.json").write_text(manifest_json(prefix=str(crafted)))
+    (crafted / "data.csv").write_text("keep\n")
+    refused = _qemuprov("remove", str(crafted))
+    assert refused.returncode == 2 and (crafted / "data.csv").exists(), refused.stderr
+    own = tmp_path / "mine"  # an install made with --prefix: remembered in prefixes.json
     own.mkdir()
     (own / "qemuprov.json").write_text(manifest_json(prefix=str(own)))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "prefixes.json").write_text(json.dumps([str(own)]))
     removed = _qemuprov("remove", str(own))
     assert removed.returncode == 0 and not own.exists(), removed.stderr
 
