@@ -86,7 +86,8 @@ def push(prefix: Path, record: Manifest, settings: Settings) -> str:
                         hint="build it with --runner docker (or podman), then push")
     if record.substituted:
         came_from = safe_text(str(record.substituted.get("cache")))
-        raise UserError(f"{prefix} was installed from the binary cache {came_from}, not built here: pushing it would sign for a build this machine did not make",
+        raise UserError(f"{prefix} was installed from the binary cache {came_from}, not built here: pushing it "
+                        "would sign for a build this machine did not make",
                         hint="push from the machine that built it, or build it here with --no-cache and push that")
     if not installs.installed_here(prefix):
         raise UserError(f"{prefix}: qemuprov did not install there (its qemuprov.json may be a copy), so its cache "

@@ -561,8 +561,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP): cleaned up like Ctrl-C, and told apart by the exit status (128 + the signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def _handle_signals() -> None:
+    """Ctrl-C, `kill`, a CI timeout or a closing terminal: clean up (containers, staging, child processes).
+    SIGINT is handled even where the parent ignored it (a background job of a script, some CI wrappers): Python
+    then installs no handler of its own, and a build would run on through every Ctrl-C. SIGHUP is left ignored
+    where it is (nohup)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _terminated)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -570,8 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.recipes = [*(args.recipes or ()), *(args.sub_recipes or ())]  # --recipes before or after the command
     func: Command = args.func
-    # `kill`, a CI timeout or a closing terminal: clean up (containers, staging, child processes) as on Ctrl-C.
-    signal.signal(signal.SIGTERM, _terminated)
+    _handle_signals()
     try:
         return func(args)
     except QemuprovError as exc:
@@ -581,6 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False):  # a script reading stdout learns of the failure too
             render.print_json({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
         return exc.exit_code
+    except Terminated as exc:
+        print(f"qemuprov: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("qemuprov: interrupted", file=sys.stderr)
         return 130

@@ -150,9 +150,9 @@ class HostRunner:
         proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
         assert proc.stdout is not None
-        if self.groups is not None:
-            self.groups.remember(proc.pid)
         try:
+            if self.groups is not None:
+                self.groups.remember(proc.pid)
             for line in proc.stdout:
                 log.write(line)
                 if on_line is not None:
@@ -160,7 +160,8 @@ class HostRunner:
             return proc.wait()
         except BaseException:
             # Ctrl-C or any failure here: stop the whole process group (make/ninja and the compilers).
-            stop_group(proc, grace=10)
+            with procs.signals_deferred():
+                stop_group(proc, grace=10)
             raise
         finally:
             log.flush()
@@ -220,14 +221,19 @@ class ContainerRunner:
         self._remove_orphans()
         self._paths = PathMap({work: WORK_IN_CONTAINER} if work else {})
         binds = {str(m): {"bind": self.visible(m), "mode": "rw"} for m in {*mounts, *([work] if work else [])}}
+        name = f"qemuprov-build-{os.getpid()}"
         try:
             self._container = self.client.containers.run(
                 self.image.tag, ["sleep", "infinity"], detach=True, init=True,
                 network_mode="host" if network else "none",
                 volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
-                name=f"qemuprov-build-{os.getpid()}",
-                **self._engine_quirks())
-        except docker.errors.APIError as exc:
+                name=name, **self._engine_quirks())
+        except BaseException as exc:
+            # Ctrl-C while the engine creates it: the container may exist without our having its handle.
+            with contextlib.suppress(Exception):
+                self.client.containers.get(name).remove(force=True)
+            if not isinstance(exc, docker.errors.APIError):
+                raise
             hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get install "
                     "catatonit)") if "catatonit" in str(exc) else "see `qemuprov doctor`; or build with --runner host"
             raise InfraError(f"{self.engine.detail}: cannot start the build container: "
@@ -237,7 +243,8 @@ class ContainerRunner:
         finally:
             container, self._container, self._paths = self._container, None, PathMap({})
             try:
-                container.remove(force=True)
+                with procs.signals_deferred():
+                    container.remove(force=True)
             except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
                 print(f"qemuprov: warning: could not remove container {container.name}: {exc}", file=sys.stderr)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from qemuprov.plan import Plan
 from qemuprov.probe import RSEQ_TUNABLE
+from qemuprov.procs import signals_deferred
 from qemuprov.recipe import VirtiofsdFlavour
 
 DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
@@ -73,15 +74,16 @@ def commit_prefix(staged: Path, prefix: Path) -> None:
     """Put the staged tree at `prefix`. The old tree is replaced in one atomic exchange, then deleted."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     incoming = prefix.parent / f".qemuprov-new-{prefix.name}-{os.getpid()}"
-    shutil.move(str(staged), incoming)
-    if not prefix.exists():
-        incoming.rename(prefix)
-        return
-    if not _exchange(incoming, prefix):
-        old = prefix.parent / f".qemuprov-old-{prefix.name}-{os.getpid()}"
-        prefix.rename(old)
-        incoming.rename(prefix)
-        incoming = old
+    with signals_deferred():  # a Ctrl-C now comes after the swap, never between its renames
+        shutil.move(str(staged), incoming)
+        if not prefix.exists():
+            incoming.rename(prefix)
+            return
+        if not _exchange(incoming, prefix):
+            old = prefix.parent / f".qemuprov-old-{prefix.name}-{os.getpid()}"
+            prefix.rename(old)
+            incoming.rename(prefix)
+            incoming = old
     shutil.rmtree(incoming, ignore_errors=True)
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,22 +31,6 @@ class Env:
         return subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), *args],
                               env=env or self.vars, capture_output=True, text=True, timeout=timeout, check=False,
                               **kwargs)  # type: ignore[call-overload]
-
-    def interrupt_build(self, recipe: str, runner: str, sig: int = signal.SIGINT,
-                        while_running: Callable[[], None] = lambda: None) -> tuple[int, str]:
-        """Start a build and send it `sig` three seconds into its configure step: (exit status, output)."""
-        proc = subprocess.Popen([sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), "build", recipe,
-                                 "--runner", runner], env=self.vars, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("==> configure"):
-                time.sleep(3)
-                while_running()
-                os.killpg(proc.pid, sig)
-                break
-        output = proc.communicate(timeout=120)[0]
-        return proc.returncode, output
 
     def verify_x86_64(self, target: str, *extra: str) -> None:
         """`qemuprov verify TARGET` boots the x86_64 guest and the file round trip succeeds."""

@@ -91,15 +91,6 @@ def test_failed_build_leaves_the_previous_install_working(qenv: Env, built: Buil
     assert version.returncode == 0
 
 
-def test_interrupted_build_leaves_nothing_half_done(qenv: Env, built: Built) -> None:
-    qenv.write_recipe("interrupted", 'extends = "fixture-7.2"\n')
-    status, output = qenv.interrupt_build("interrupted", "host")
-    assert status == 130, output
-    assert not (qenv.root / "interrupted").exists()
-    ps = subprocess.run(["pgrep", "-f", "work/interrupted/"], capture_output=True, text=True)
-    assert ps.stdout.strip() == "", "build processes outlived the interrupted build"
-
-
 def test_second_build_while_one_runs_is_refused(qenv: Env, built: Built) -> None:
     lock = filelock.FileLock(str(Path(qenv.vars["QEMUPROV_CACHE"]) / "locks" / "fixture-7.2.lock"))
     with lock.acquire(timeout=5):

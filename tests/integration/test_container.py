@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -167,31 +166,3 @@ def test_failure_inside_the_container_shows_the_log_and_removes_it(qenv: Env, in
     assert "no-such-thing" in result.stderr
     assert build_containers() == []
     assert json.loads((in_docker.prefix / "qemuprov.json").read_text())["built_at"] == in_docker.manifest["built_at"]
-
-
-def test_ctrl_c_removes_the_container(qenv: Env, in_docker: ContainerBuild) -> None:
-    qenv.write_recipe("interrupted-docker", 'extends = "fixture-7.2"\n')
-
-    def container_exists() -> None:
-        assert build_containers(), "no build container while configure runs"
-
-    status, output = qenv.interrupt_build("interrupted-docker", "docker", while_running=container_exists)
-    assert status == 130, output
-    assert build_containers() == []
-    assert not (qenv.root / "interrupted-docker").exists()
-
-
-def test_a_killed_builds_container_is_removed_by_the_next_build(qenv: Env, in_docker: ContainerBuild) -> None:
-    qenv.write_recipe("killed-docker", 'extends = "fixture-7.2"\n')
-    qenv.interrupt_build("killed-docker", "docker", sig=signal.SIGKILL)  # no chance to clean up
-    assert build_containers(), "the killed build left no container (nothing to test)"
-    qenv.write_recipe("killed-broken", 'extends = "fixture-7.2"\n[qemu]\nconfigure = ["--enable-no-such-thing"]\n')
-    qenv.run("build", "killed-broken", "--runner", "docker")
-    assert build_containers() == []
-
-
-def test_sigterm_cleans_up_like_ctrl_c(qenv: Env, in_docker: ContainerBuild) -> None:
-    qenv.write_recipe("terminated-docker", 'extends = "fixture-7.2"\n')
-    status, output = qenv.interrupt_build("terminated-docker", "docker", sig=signal.SIGTERM)
-    assert status == 130, output
-    assert build_containers() == []
