@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,30 +81,31 @@ def _interrupted(env: Env, control: Path, runner: str, sig: signal.Signals, when
                               "--runner", runner, "--force"], env=env.vars, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, preexec_fn=quiet_sigint if ignore_sigint else None)
     assert build.stdout is not None
-    os.set_blocking(build.stdout.fileno(), False)
-    output, deadline, fired_at = "", time.monotonic() + 240, None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(build.stdout or ()), daemon=True)
+    reader.start()
+    deadline, fired_at = time.monotonic() + 240, None
     started: set[str] = set()
     while build.poll() is None and time.monotonic() < deadline:
-        output += build.stdout.read() or ""
         for pid_file in control.glob("*.pid"):
             if pid_file.stem not in started and before.get(pid_file) != pid_file.stat().st_mtime_ns:
                 started.add(pid_file.stem)
-                output += f"STARTED {pid_file.stem}\n"
-        if fired_at is None and any(when(line) for line in output.splitlines()):
+                lines.append(f"STARTED {pid_file.stem}\n")
+        if fired_at is None and any(when(line.rstrip("\n")) for line in list(lines)):
             fired_at = time.monotonic() + wait
         if fired_at is not None and time.monotonic() >= fired_at:
             build.send_signal(sig)
             break
         time.sleep(0.05)
-    assert fired_at is not None, f"the moment to signal never came:\n{output}"
-    os.set_blocking(build.stdout.fileno(), True)
+    assert fired_at is not None, "the moment to signal never came:\n" + "".join(lines)
     try:
-        output += build.communicate(timeout=60)[0]
+        build.wait(timeout=60)
     except subprocess.TimeoutExpired:
         build.kill()
-        pytest.fail(f"the build went on for 60 s after {sig.name}:\n{output}")
+        pytest.fail(f"the build went on for 60 s after {sig.name}:\n" + "".join(lines))
+    reader.join(timeout=30)
     pids = [int((control / f"{name}.pid").read_text()) for name in started]
-    return build.returncode, output, pids
+    return build.returncode, "".join(lines), pids
 
 
 def _left_as_it_was(env: Env, manifest: str, pids: list[int], runner: str) -> None:
