@@ -22,7 +22,7 @@ from typing import Any
 from qemuprov import __version__, config, installs, manifest, signing, unpack
 from qemuprov.errors import QemuprovError, UserError
 from qemuprov.manifest import Manifest
-from qemuprov.progress import Reporter, notice
+from qemuprov.progress import Reporter
 from qemuprov.registry import BadAnswer, Location, Registry, RegistryTrouble, RegistryUnreachable, parse
 from qemuprov.render import safe_text
 from qemuprov.staging import owned_by_root
@@ -165,9 +165,17 @@ def parse_entry(oci: dict[str, Any]) -> Entry:
     return Entry(config_digest, config_size, layer_digest, layer_size, annotations)
 
 
+@dataclasses.dataclass(frozen=True)
+class Miss:
+    """Why the cache gave no install: "no-entry", "refused" (the entry failed a check) or "unreachable"."""
+
+    reason: str
+    message: str
+
+
 def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...], staged: Path,
-         report: Reporter | None = None) -> Hit | None:
-    """Unpack the install the key names into staged; None (with a notice) where the cache has none, is down, or
+         report: Reporter | None = None) -> Hit | Miss:
+    """Unpack the install the key names into staged; a Miss where the cache has none, is down, or
     serves something it must not (unsigned or signed by no trusted key, another recipe, other arches, a blob
     that is not its digest or its size, an answer of the wrong shape, an unsafe layer). Nothing is downloaded
     before the signature is checked. The layer is streamed to a file beside staged (in the build's staging dir,
@@ -180,8 +188,7 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
         found = cache.get_manifest(cache_key)
         timer.lap("cache-lookup")
         if found is None:
-            notice(f"binary cache {location}: no build with this key yet ({cache_key[:16]}…): building")
-            return None
+            return Miss("no-entry", f"binary cache {location}: no build with this key yet ({cache_key[:16]}…)")
         oci, digest = found
         entry = parse_entry(oci)
         if not settings.allow_unsigned:
@@ -189,18 +196,16 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
                                                                       entry.layer_digest), trusted)
             if why is not None:
                 hint = "" if trusted else " (no trusted keys are set: QEMUPROV_TRUSTED_KEYS or [cache] trusted_keys)"
-                notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {why}{hint}; building")
-                return None
+                return Miss("refused", f"binary cache {location}: refused the entry {cache_key[:16]}…: {why}{hint}")
         config = cache.get_blob(entry.config_digest, entry.config_size)
         try:
             record = manifest.from_json(json.loads(config), f"the cached {cache_key[:16]}…")
         except (ValueError, RecursionError) as exc:
             raise BadAnswer(f"its config is not a qemuprov.json ({str(exc)[:120]})") from None
         if record.recipe.get("name") != recipe or sorted(record.binaries) != sorted(_binaries(record, arches)):
-            notice(f"binary cache {location}: the entry {cache_key[:16]}… is of "
-                   f"{safe_text(str(record.recipe.get('name')))} ({safe_text(', '.join(record.binaries))}), not of "
-                   f"{recipe} for {', '.join(arches)}: refused, building")
-            return None
+            return Miss("refused", f"binary cache {location}: refused the entry {cache_key[:16]}…: it is of "
+                        f"{safe_text(str(record.recipe.get('name')))} ({safe_text(', '.join(record.binaries))}), "
+                        f"not of {recipe} for {', '.join(arches)}")
         download = staged.parent / f"{staged.name}.layer.tar.gz"
         download.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -216,13 +221,11 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
         return Hit(record, digest, timer.timings)
     except (RegistryTrouble, manifest.ManifestError, UnsafeArchive, tarfile.TarError, EOFError, zlib.error) as exc:
         message = exc.message if isinstance(exc, QemuprovError) else str(exc)
-        if isinstance(exc, RegistryUnreachable):
-            notice(f"{message}: building")
-        else:
-            notice(f"binary cache {location}: refused the entry {cache_key[:16]}…: {safe_text(message)}; nothing of "
-                   "it is installed: building")
         shutil.rmtree(staged, ignore_errors=True)
-        return None
+        if isinstance(exc, RegistryUnreachable):
+            return Miss("unreachable", message)
+        return Miss("refused", f"binary cache {location}: refused the entry {cache_key[:16]}…: {safe_text(message)}; "
+                               "nothing of it is installed")
 
 
 def _binaries(record: Manifest, arches: tuple[str, ...]) -> list[str]:

@@ -25,7 +25,7 @@ from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
 from qemuprov.manifest import write as write_manifest
 from qemuprov.procs import GroupRegistry
-from qemuprov.progress import Reporter
+from qemuprov.progress import Reporter, notice
 from qemuprov.qemu_steps import Configured
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.render import safe_text
@@ -36,6 +36,16 @@ from qemuprov.steps import Context, Options, missing_dependency_hint
 
 _T = TypeVar("_T")
 __all__ = ["Build", "Options", "Outcome", "check_expectations", "missing_dependency_hint", "validate_arches"]
+
+
+class CacheMiss(InfraError):
+    """--cache-only, and the cache gave no install: nothing was built."""
+
+    def __init__(self, miss: binary_cache.Miss) -> None:
+        super().__init__(f"--cache-only: {miss.message}; nothing was built",
+                         hint="push this build from a job that compiles, check --cache and the trusted keys, or "
+                              "drop --cache-only")
+        self.reason = miss.reason
 
 
 @dataclass
@@ -81,6 +91,10 @@ class Build:
         cache_key = binary_cache.key(recipe.to_dict(), opts.arches, *_revisions(resolved), _builders(recipe, opts))
         with _build_log(work) as (log, log_path), _staging(opts.prefix) as staging:
             ctx = Context(recipe, opts, self.report, work, log, log_path, staging, timings)
+            if opts.cache_only and not (opts.binary_cache and cache_key):
+                raise CacheMiss(binary_cache.Miss("not-cacheable", "this build cannot come from a binary cache: "
+                                                  + ("none is configured" if not opts.binary_cache else
+                                                     "host builds and trees before QEMU 5.2 are not cached")))
             if opts.binary_cache and opts.use_cache and cache_key and (
                     record := substitute(ctx, resolved, opts.binary_cache, cache_key)) is not None:
                 timings["total"] = round(time.monotonic() - started, 2)
@@ -109,9 +123,13 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
     location = settings.location
     with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
         hit = binary_cache.pull(settings, cache_key, ctx.recipe.name, ctx.opts.arches, staged, ctx.report)
-    if hit is None:
+    if isinstance(hit, binary_cache.Miss):
         if staged.exists():
             shutil.rmtree(staged)
+        if ctx.opts.cache_only:
+            raise CacheMiss(hit)
+        notice(f"{hit.message}: building" + ("" if hit.reason == "no-entry" else
+                                             " (--no-cache builds without asking the cache)"))
         return None
     ctx.timings.update(hit.timings)
     with ctx.phase("probe", "checking the pulled build against the recipe's [expect]"):

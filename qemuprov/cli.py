@@ -180,9 +180,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    import functools
     import os
 
-    from qemuprov import binary_cache, build, paths
+    from qemuprov import binary_cache, build, paths, signing
     from qemuprov.progress import Reporter
     from qemuprov.runners import get_runner
 
@@ -203,47 +204,61 @@ def cmd_build(args: argparse.Namespace) -> int:
     runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
+    if args.cache_only and (settings is None or not args.use_cache):
+        raise UserError("--cache-only: " + ("no binary cache configured" if settings is None else
+                                            "and --no-cache contradict each other"),
+                        hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in config.toml")
     if settings is not None and runner.key == "host":
-        if args.push:
-            raise UserError("--push: a host build cannot go into a binary cache (its libraries are the host's)",
-                            hint="build with --runner docker (or podman) to push")
+        if args.push or args.cache_only:
+            raise UserError(f"{'--push' if args.push else '--cache-only'}: a host build never comes from or goes "
+                            "to a binary cache (its libraries are the host's)",
+                            hint="build with --runner docker (or podman)")
         print(f"qemuprov: note: the binary cache {settings.location} is not used: it holds container builds, and "
               "this is a host build", file=sys.stderr)
     opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
+                         cache_only=args.cache_only,
                          shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
                          or _configured_str("ccache", "remote"))
+    if args.push and settings is not None and settings.signing_key:
+        signing.load_private(settings.signing_key)  # an unreadable key is found now, not after the build
     outcome = build.Build(recipe, opts, Reporter()).run()
+    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON
+    entry = installs.Install(prefix.name, prefix, outcome.manifest)
     if outcome.up_to_date:
-        print(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
+        say(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
     elif outcome.manifest.substituted:
-        pulled = installs.Install(prefix.name, prefix, outcome.manifest)
-        print(f"{recipe.name}: installed in {outcome.prefix} from the binary cache "
-              f"{outcome.manifest.substituted['cache']}: {pulled.summary()} ({outcome.timings['total']:.1f} s)")
+        say(f"{recipe.name}: installed in {outcome.prefix} from the binary cache "
+            f"{outcome.manifest.substituted['cache']}: {entry.summary()} ({outcome.timings['total']:.1f} s)")
     else:
-        entry = installs.Install(prefix.name, prefix, outcome.manifest)
         cache = outcome.manifest.ccache or {}
         cached = f", ccache {cache['hits']}/{cache['hits'] + cache['misses']} hits" if cache.get("hit_rate") else ""
         cached += f" ({cache['remote_hits']} from the shared ccache)" if cache.get("remote_hits") else ""
-        print(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
-              f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
-    print(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
+        say(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
+            f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
+    say(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
+    pushed = None
     if args.push and settings is not None and outcome.manifest.substituted:
-        print(f"not pushed: the binary cache {settings.location} already holds this build")
+        say(f"not pushed: the binary cache {settings.location} already holds this build")
     elif args.push and settings is not None:
-        tag = binary_cache.push(prefix, outcome.manifest, settings)
+        pushed = binary_cache.push(prefix, outcome.manifest, settings)
         signed = f", signed with {settings.signing_key}" if settings.signing_key else ", unsigned"
-        print(f"pushed to the binary cache {settings.location}:{tag[:16]}…{signed}")
+        say(f"pushed to the binary cache {settings.location}:{pushed[:16]}…{signed}")
+    if args.json and not args.verify:
+        render.print_json({"recipe": recipe.name, "prefix": str(outcome.prefix), "up_to_date": outcome.up_to_date,
+                           "from_cache": bool(outcome.manifest.substituted),
+                           "substituted": outcome.manifest.substituted, "pushed": pushed, "summary": entry.summary(), "timings": outcome.timings,
+                           "log": str(outcome.log) if outcome.log else None})
     if not args.verify:
         return 0
     from qemuprov import manifest, verify
 
-    targets = verify.install_targets(installs.Install(prefix.name, prefix, outcome.manifest))
+    targets = verify.install_targets(entry)
     outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, arches or None, "auto", None,
                                  "osv" if recipe.verify_osv else "plain")
     manifest.write(prefix, dataclasses.replace(outcome.manifest, verify=tuple(asdict(o) for o in outcomes)))
-    return _render_verify(outcomes, False)
+    return _render_verify(outcomes, args.json)
 
 
 def _configured_str(section: str, key: str) -> str | None:
@@ -481,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("doctor", cmd_doctor, "is this host ready for virtio-fs, and for building QEMU?", json=True,
         description="One line per check: PASS, WARN or FAIL, with a hint for each problem. "
                     "Exit 1 when any check fails.")
-    p = add("build", cmd_build, "fetch, configure, build, install and probe a recipe",
+    p = add("build", cmd_build, "fetch, configure, build, install and probe a recipe", json=True,
             description="Build RECIPE and install QEMU + virtiofsd into a prefix for PATH. An unchanged "
                         "rebuild is a no-op; a failed build leaves the previous install untouched.")
     p.add_argument("recipe", metavar="RECIPE")
@@ -500,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a binary cache to install from when it has this very build (also QEMUPROV_BINARY_CACHE, "
                         "or [cache] url in ~/.config/qemuprov/config.toml)")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="build even where the cache has it")
+    p.add_argument("--cache-only", action="store_true",
+                   help="install from the binary cache or fail (exit 1, with the reason), never compile: for CI jobs")
     p.add_argument("--push", action="store_true", help="push the result to the binary cache")
     p.add_argument("--shared-ccache", metavar="URL",
                    help="ccache's remote storage shared by machines: redis://HOST:PORT, or redis+unix:/PATH for "
@@ -597,7 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         if getattr(args, "json", False):  # a script reading stdout learns of the failure too
-            render.print_json({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+            render.print_json({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code,
+                               **({"reason": exc.reason} if hasattr(exc, "reason") else {})})
         return exc.exit_code
     except Terminated as exc:
         print(f"qemuprov: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)

@@ -37,6 +37,7 @@ class Options:
     update_lock: bool = False  # resolve the refs again and move the recipe's lock file to what they name now
     binary_cache: Settings | None = None  # a registry to substitute builds from (and push them to)
     use_cache: bool = True  # --no-cache: build even where the cache has the build
+    cache_only: bool = False  # --cache-only: install from the cache or fail, never compile
     push: bool = False  # push the result to the binary cache
     shared_ccache: str | None = None  # ccache's remote storage (redis://HOST:PORT, redis+unix:/PATH), for near misses
 

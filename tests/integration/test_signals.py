@@ -9,7 +9,6 @@ ignores SIGINT, as a background job of a script or some CI wrappers do: it must 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
