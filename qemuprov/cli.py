@@ -248,7 +248,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json and not args.verify:
         render.print_json({"recipe": recipe.name, "prefix": str(outcome.prefix), "up_to_date": outcome.up_to_date,
                            "from_cache": bool(outcome.manifest.substituted),
-                           "substituted": outcome.manifest.substituted, "pushed": pushed, "summary": entry.summary(), "timings": outcome.timings,
+                           "substituted": outcome.manifest.substituted, "pushed": pushed,
+                           "summary": entry.summary(), "timings": outcome.timings,
                            "log": str(outcome.log) if outcome.log else None})
     if not args.verify:
         return 0
