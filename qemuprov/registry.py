@@ -210,11 +210,19 @@ class Registry:
         else:
             body = self._read(response, cap, deadline, what)
         if response.status_code == 401:
-            raise InfraError(f"the binary cache {self.location} refused the credentials "
-                             f"({'none given' if not self._basic else 'those in the Docker config'})",
-                             hint=f"docker login {self.location.host} (the credentials go to "
-                                  "$DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+            self._unauthorized(response)
         return response, body
+
+    def _unauthorized(self, response: requests.Response) -> None:
+        """A 401 that stands: the registry refused the credentials (exit 1), or a host it sent us to wants
+        credentials that are not its to have (a notice)."""
+        if _origin(response.url) != self.location.origin:
+            raise BadAnswer(f"the binary cache {self.location} sent the request to {_short_url(response.url)}, "
+                            "which answered 401: the registry's credentials are not sent there")
+        raise InfraError(f"the binary cache {self.location} refused the credentials "
+                         f"({'none given' if not self._basic else 'those in the Docker config'})",
+                         hint=f"docker login {self.location.host} (the credentials go to "
+                              "$DOCKER_CONFIG/config.json or ~/.docker/config.json)")
 
     def _read(self, response: requests.Response, cap: int, deadline: float, what: str,
               sink: IO[bytes] | None = None, on_chunk: Callable[[bytes], None] | None = None) -> bytes:
@@ -268,16 +276,19 @@ class Registry:
             return False
         headers = {"Accept-Encoding": "identity", **({"Authorization": f"Basic {self._basic}"} if self._basic else {})}
         params = {k: v for k, v in fields.items() if k in ("service", "scope")}
+        answer = self._within(deadline, lambda: self._session.get(
+            realm, headers=headers, params=params, stream=True, allow_redirects=False, timeout=self.timeout))
+        body = self._read(answer, TOKEN_CAP, deadline, "a token")
+        if answer.status_code == 401:
+            return False  # the credentials were refused: the registry's 401 stands
         try:
-            answer = self._within(deadline, lambda: self._session.get(
-                realm, headers=headers, params=params, stream=True, allow_redirects=False, timeout=self.timeout))
-            body = self._read(answer, TOKEN_CAP, deadline, "a token")
             data = json.loads(body) if answer.status_code == 200 else None
-        except (RegistryTrouble, ValueError):
-            return False
+        except (ValueError, RecursionError):
+            data = None
         token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(token, str) or not token or not token.isprintable():
-            return False
+            raise BadAnswer(f"the token realm {_short_url(realm)} of the binary cache {self.location} answered "
+                            f"{answer.status_code} without a token")
         self._bearer = token
         return True
 
@@ -331,10 +342,13 @@ class Registry:
 
         try:
             response = self._send("GET", f"{self.base}/blobs/{digest}", deadline)
-            if response.status_code == 401:
+            if response.status_code == 401 and _origin(response.url) == self.location.origin:
                 response.close()
                 self._request("HEAD", f"{self.base}/blobs/{digest}", "a blob")  # authenticates, or raises
                 response = self._send("GET", f"{self.base}/blobs/{digest}", deadline)
+            if response.status_code == 401:
+                response.close()
+                self._unauthorized(response)
             self._fail(response, f"the blob {digest[:19]}")
             with dest.open("wb") as out:
                 self._read(response, size, deadline, f"the blob {digest[:19]}", sink=out, on_chunk=seen)

@@ -89,10 +89,11 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     dribble: float = 0.0  # seconds between bytes of the body
-    length: int | None = None  # a Content-Length that lies; None: the body's own
+    length: int | None = None  # a Content-Length that lies; None: the body's own; -1: none (read to the close)
 
 
 Route = Callable[["Seen"], "Reply | None"]
+ABSENT = object()  # no manifest: 404
 
 
 class Hostile:
@@ -103,7 +104,7 @@ class Hostile:
         self.routes: list[Route] = []
         self.key = Ed25519PrivateKey.generate()
         self.blobs: dict[str, bytes] = {}
-        self.manifest: Any = None
+        self.manifest: Any = ABSENT
         self.require_auth = False
         self.servers: list[ThreadingHTTPServer] = []
 
@@ -150,7 +151,7 @@ class Hostile:
             return Reply(401, headers={"WWW-Authenticate": 'Basic realm="hostile"'})
         parts = seen.path.split("?")[0].split("/")
         if "manifests" in parts:
-            if self.manifest is None:
+            if self.manifest is ABSENT:
                 return Reply(404)
             return Reply(200, self.signed_manifest(parts[-1]),
                          {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
@@ -182,7 +183,11 @@ def _handler(hostile: Hostile) -> type[BaseHTTPRequestHandler]:
             self.send_response(reply.status)
             for key, value in reply.headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(reply.length if reply.length is not None else len(reply.body)))
+            if reply.length == -1:
+                self.close_connection = True
+                self.send_header("Connection", "close")
+            else:
+                self.send_header("Content-Length", str(reply.length if reply.length is not None else len(reply.body)))
             self.end_headers()
             if self.command == "HEAD":
                 return
