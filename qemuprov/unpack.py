@@ -65,7 +65,10 @@ def unpack(archive: Path, dest: Path, max_bytes: int | None = None) -> int:
                 os.symlink(member.linkname, target)
                 files.discard(name)
             elif member.islnk():
-                linked = _inside_name(member.linkname)
+                try:
+                    linked = _inside_name(member.linkname)
+                except UnsafeArchive:
+                    linked = None
                 if linked is None or linked not in files:
                     raise UnsafeArchive(f"{member.name}: a hard link to {member.linkname}, which is no earlier "
                                         "file of the archive")

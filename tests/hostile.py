@@ -213,7 +213,7 @@ def running() -> Iterator[Hostile]:
     for address in ("127.0.0.1", "127.0.0.2"):
         server = ThreadingHTTPServer((address, 0), _handler(hostile))
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         hostile.servers.append(server)
     try:
         yield hostile
