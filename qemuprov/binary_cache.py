@@ -46,9 +46,7 @@ def configured(option: str | None) -> Settings | None:
     """The cache: --cache, else $QEMUPROV_BINARY_CACHE, else `[cache] url` in ~/.config/qemuprov/config.toml; its
     keys: $QEMUPROV_SIGNING_KEY and $QEMUPROV_TRUSTED_KEYS (:-separated), else `signing_key` and
     `trusted_keys`; $QEMUPROV_ALLOW_UNSIGNED=1 or `allow_unsigned = true` takes unsigned entries."""
-    url = option or os.environ.get(ENV) or config.value("cache", "url", str, "a registry in quotes")
-    if not url:
-        return None
+    configured_url = config.value("cache", "url", str, "a registry in quotes")  # every key checked, used or not
     signing = os.environ.get("QEMUPROV_SIGNING_KEY") or config.value("cache", "signing_key", str, "a path in quotes")
     trusted_env = os.environ.get("QEMUPROV_TRUSTED_KEYS")
     listed = config.value("cache", "trusted_keys", list, "a list of paths")
@@ -59,6 +57,9 @@ def configured(option: str | None) -> Settings | None:
     if unsigned_env not in (None, "", "0", "1"):
         raise UserError(f'QEMUPROV_ALLOW_UNSIGNED: "{unsigned_env[:20]}" is neither 1 nor 0')
     unsigned = unsigned_env == "1" or config.value("cache", "allow_unsigned", bool, "true or false") is True
+    url = option or os.environ.get(ENV) or configured_url
+    if not url:
+        return None
     return Settings(parse(url), Path(signing).expanduser() if signing else None,
                     tuple(Path(p).expanduser() for p in trusted if p), unsigned)
 

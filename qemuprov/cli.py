@@ -183,7 +183,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     import functools
     import os
 
-    from qemuprov import binary_cache, build, paths, signing
+    from qemuprov import binary_cache, build, config, paths, signing
     from qemuprov.progress import Reporter
     from qemuprov.runners import get_runner
 
@@ -220,7 +220,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
                          cache_only=args.cache_only,
                          shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
-                         or _configured_str("ccache", "remote"))
+                         or config.value("ccache", "remote", str, "a URL in quotes"))
     if args.push and settings is not None and settings.signing_key:
         signing.load_private(settings.signing_key)  # an unreadable key is found now, not after the build
     outcome = build.Build(recipe, opts, Reporter()).run()
@@ -260,13 +260,6 @@ def cmd_build(args: argparse.Namespace) -> int:
                                  "osv" if recipe.verify_osv else "plain")
     manifest.write(prefix, dataclasses.replace(outcome.manifest, verify=tuple(asdict(o) for o in outcomes)))
     return _render_verify(outcomes, args.json)
-
-
-def _configured_str(section: str, key: str) -> str | None:
-    from qemuprov import config
-
-    value = config.table(section).get(key)
-    return value if isinstance(value, str) and value else None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
