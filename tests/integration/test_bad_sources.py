@@ -162,3 +162,51 @@ def test_an_option_shaped_git_url_is_refused_before_git_runs(tmp_path: Path, iso
     _recipe(tmp_path / "r", "opt", f'git = "-ufoo@h:;touch${{IFS}}{marker};"\nref = "v1"\n')
     _assert_one_line(_qemuprov(tmp_path / "r", "build", "opt", "--runner", "host"), 2, "is not a git URL")
     assert not marker.exists()
+
+
+def _served_build(tmp_path: Path, data: bytes, sha_of: bytes | None = None, **env: str
+                  ) -> subprocess.CompletedProcess[str]:
+    """Build a recipe whose tarball the hostile file server serves (data, announced or streamed to the close)."""
+    import os
+
+    from tests.hostile import Reply, running
+
+    with running() as server:
+        server.routes.append(lambda seen: Reply(200, data, length=-1) if seen.path == "/qemu.tar.gz" else None)
+        _tarball_recipe(tmp_path / "r", "served", f"http://{server.url}/qemu.tar.gz", sha_of or data)
+        return subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(tmp_path / "r"), "build", "served",
+                               "--runner", "host"], capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("kind", ["hardlink-then-write", "symlink-then-write", "device"])
+def test_a_served_tarball_that_reaches_outside_writes_nothing(tmp_path: Path, isolated_home: Path,
+                                                              kind: str) -> None:
+    from tests.hostile import Member, archive
+
+    victim = tmp_path / "victim"
+    victim.write_text("the user's file\n")
+    members = {"hardlink-then-write": [Member("qemu-7.2.0/VERSION", tarfile.LNKTYPE, linkname=str(victim)),
+                                       Member("qemu-7.2.0/VERSION", data=b"pwned")],
+               "symlink-then-write": [Member("qemu-7.2.0", tarfile.SYMTYPE, linkname=str(tmp_path)),
+                                      Member("qemu-7.2.0/victim", data=b"pwned")],
+               "device": [Member("qemu-7.2.0/kvm", tarfile.CHRTYPE)]}[kind]
+    result = _served_build(tmp_path, archive(members))
+    _assert_one_line(result, 2, "is unsafe to unpack")
+    assert victim.read_text() == "the user's file\n" and victim.stat().st_nlink == 1
+    assert _leftovers(isolated_home) == []
+
+
+def test_a_served_tarball_bomb_stops_at_the_unpack_limit(tmp_path: Path, isolated_home: Path) -> None:
+    from tests.hostile import gzip_bomb
+
+    result = _served_build(tmp_path, gzip_bomb(128 << 20), QEMUPROV_UNPACK_LIMIT="16M")
+    _assert_one_line(result, 2, "unpacks to more than the limit of 16 MiB")
+    assert _leftovers(isolated_home) == []
+
+
+def test_a_download_without_end_stops_at_its_limit(tmp_path: Path, isolated_home: Path) -> None:
+    result = _served_build(tmp_path, bytes(64 << 20), sha_of=b"what the recipe expects",
+                           QEMUPROV_DOWNLOAD_LIMIT="8M")
+    _assert_one_line(result, 1, "more than 8 MiB came")
+    assert _leftovers(isolated_home) == []

@@ -191,3 +191,24 @@ def test_errors_under_json_are_json_on_stdout(args: list[str]) -> None:
     assert result.returncode == 2, result.stderr
     answer = json.loads(result.stdout)
     assert answer["exit_code"] == 2 and answer["error"] and "qemuprov: error:" in result.stderr
+
+
+# -- 6. a child that prints without end ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["virtiofsd", "qemu-system-x86_64"])
+def test_probe_of_a_binary_that_prints_without_end_stays_small(tmp_path: Path, name: str) -> None:
+    import resource
+
+    fake = tmp_path / name
+    fake.write_text("#!/bin/sh\nexec yes 'virtiofsd backend 1.10 -o source=PATH --shared-dir'\n")
+    fake.chmod(0o755)
+
+    def small() -> None:  # far below what the output would grow to in the probe's time limit
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    result = subprocess.run([sys.executable, "-m", "qemuprov", "probe", str(fake), "--json"], capture_output=True,
+                            text=True, timeout=120, preexec_fn=small, check=False)
+    assert result.returncode == 2, result.stderr
+    (found,) = json.loads(result.stdout)
+    assert "printed more than 8 MiB and was stopped" in found["error"], found

@@ -50,13 +50,13 @@ def test_a_hard_link_out_then_a_file_of_its_name_writes_nothing_outside(tmp_path
     target = str(victim) if link == "ABSOLUTE" else link
     _refused(tmp_path, [Member("bin", tarfile.DIRTYPE, mode=0o755),
                         Member("bin/qemu", tarfile.LNKTYPE, linkname=target),
-                        Member("bin/qemu", data=b"pwned")], "outside|absolute|no earlier file")
+                        Member("bin/qemu", data=b"pwned")], "a hard link to .*, which is no earlier file")
     _untouched(victim)
 
 
 def test_a_hard_link_alone_changes_nothing_outside(tmp_path: Path, victim: Path) -> None:
     _refused(tmp_path, [Member("x", tarfile.LNKTYPE, linkname=str(victim), mode=0o4777, uid=4242)],
-             "absolute")
+             "a hard link to .*, which is no earlier file")
     _untouched(victim)
 
 
