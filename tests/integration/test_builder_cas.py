@@ -19,7 +19,7 @@ BARE_BASE = "qemuprov-test/bookworm-without-host-cas:latest"
 @pytest.fixture(scope="module")
 def bare_base(engine: str) -> Iterator[object]:
     """debian:bookworm as a registry would serve it: without the CAs scripts/test-engine copies in."""
-    client = engines.client(engines.find_engine())
+    client = engines.client(engines.require_engine())  # a loaded engine gets its 30 s, not auto's 5
     if not builder_images.has_image(client, BARE_BASE):  # kept between runs: the engine's layer cache then holds
         container = client.containers.run(           # the builder's layers, as it does for any user
             "debian:bookworm", ["sh", "-c", "rm -rf /usr/local/share/ca-certificates/*"], detach=True,
