@@ -61,3 +61,17 @@ def limit(env: str, key: str, default: int) -> int:
         return size(env_value, env)
     configured = value("limits", key, str, 'a size in quotes, e.g. "8G"')
     return size(configured, f"{file()}: [limits] {key}") if configured else default
+
+
+def seconds(env: str, default: float, most: float = 86400) -> float:
+    """A time limit from $ENV (seconds, more than 0 and at most `most`), else default."""
+    text = os.environ.get(env)
+    if not text:
+        return default
+    try:
+        found = float(text)
+    except ValueError:
+        found = -1
+    if not 0 < found <= most:
+        raise UserError(f'{env}: "{text[:40]}" is not a number of seconds', hint=f"e.g. {default:g}")
+    return found

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemuprov.errors import InfraError, UserError
+from qemuprov import config
+from qemuprov.errors import InfraError
 
 TIMEOUT_ENV = "QEMUPROV_ENGINE_TIMEOUT"
 AUTO_TIMEOUT = 5.0  # --runner auto: an engine that is there answers /version in milliseconds, even when busy
@@ -87,16 +88,7 @@ def _ping_with_sdk(url: str, timeout: float) -> Engine:
 
 def answer_timeout(default: float) -> float:
     """How long an engine gets to answer: $QEMUPROV_ENGINE_TIMEOUT seconds, else default."""
-    text = os.environ.get(TIMEOUT_ENV)
-    if not text:
-        return default
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1
-    if not 0 < seconds <= 3600:
-        raise UserError(f'{TIMEOUT_ENV}: "{text[:40]}" is not a number of seconds', hint="e.g. 30")
-    return seconds
+    return config.seconds(TIMEOUT_ENV, default, most=3600)
 
 
 def find_engine(kind: str = "any", timeout: float = AUTO_TIMEOUT) -> Engine:

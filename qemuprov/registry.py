@@ -13,7 +13,6 @@ import base64
 import functools
 import hashlib
 import json
-import os
 import re
 import threading
 import time
@@ -25,6 +24,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from qemuprov import config
 from qemuprov.errors import InfraError, UserError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -94,16 +94,7 @@ def digest_of(data: bytes) -> str:
 
 
 def small_deadline() -> float:
-    text = os.environ.get(DEADLINE_ENV)
-    if not text:
-        return SMALL_DEADLINE
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1
-    if not 0 < seconds < 86400:
-        raise UserError(f'{DEADLINE_ENV}: "{text[:40]}" is not a number of seconds', hint="e.g. 60")
-    return seconds
+    return config.seconds(DEADLINE_ENV, SMALL_DEADLINE)
 
 
 def docker_credentials(host: str) -> str | None:
