@@ -5,7 +5,7 @@
 #
 # Usage: benchmarks/build_levers.sh NAME none|plain|depend [CONFIGURE-ARG…]
 #   TREE (default /var/cache/qemuprov-test/qemu-7.2), REF (v7.2-debian), WORK (/var/tmp/qemuprov-levers),
-#   JOBS (nproc), CC (gcc) in the environment; PCH=1 puts qemuprov/assets/pch-cc (precompiled qemu/osdep.h,
+#   JOBS (nproc), CC (gcc) in the environment; PCH=1 puts qemuprov/build/assets/pch-cc (precompiled qemu/osdep.h,
 #   clang only) in front of the compiler, as qemuprov build does.
 set -euo pipefail
 name=$1 mode=$2
@@ -24,7 +24,7 @@ case $mode in
   depend) export CCACHE_DIR=$work/ccache-$name CCACHE_DEPEND=1 cc="ccache $compiler" ;;
   *) echo "mode: none, plain or depend" >&2; exit 2 ;;
 esac
-[ -n "${PCH:-}" ] && cc="$(cd "$(dirname "$0")/.." && pwd)/qemuprov/assets/pch-cc $cc"
+[ -n "${PCH:-}" ] && cc="$(cd "$(dirname "$0")/.." && pwd)/qemuprov/build/assets/pch-cc $cc"
 start=$(date +%s.%N)
 (cd "$build" && "$work/src/configure" --cc="$cc" "$@" >configure.log 2>&1)
 configured=$(date +%s.%N)

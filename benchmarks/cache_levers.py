@@ -39,8 +39,8 @@ def seconds(action: Callable[[], object]) -> float:
 
 def git_levers(tree: Path, ref: str, scratch: Path, rounds: int) -> dict[str, float]:
     """Medians over rounds: every step writes a 20,000-file tree, and this disk's speed comes and goes."""
-    from qemuprov import source
     from qemuprov.recipe import Source
+    from qemuprov.sources import trees
 
     url = f"file://{tree}"
     wanted = Source(git=url, ref=ref)
@@ -53,15 +53,15 @@ def git_levers(tree: Path, ref: str, scratch: Path, rounds: int) -> dict[str, fl
         os.environ["QEMUPROV_CACHE"] = str(scratch / f"cache-{round_}")  # an empty mirror each round
         samples["osv_clone_depth1_s"].append(seconds(lambda: subprocess.run(osv_clone, check=True)))
         shutil.rmtree(clone)
-        samples["fetch_cold_mirror_s"].append(seconds(lambda: source.fetch(wanted, scratch / "src")))
+        samples["fetch_cold_mirror_s"].append(seconds(lambda: trees.fetch(wanted, scratch / "src")))
         shutil.rmtree(scratch / "src")
-        samples["fetch_warm_mirror_s"].append(seconds(lambda: source.fetch(wanted, scratch / "src")))
+        samples["fetch_warm_mirror_s"].append(seconds(lambda: trees.fetch(wanted, scratch / "src")))
         shutil.rmtree(scratch / "src")
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def image_levers(builder: str) -> dict[str, float | str]:
-    from qemuprov import builder_images, engines
+    from qemuprov.infra import builder_images, engines
 
     engine = engines.find_engine()
     if not engine.reachable:

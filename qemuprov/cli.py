@@ -15,9 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from qemuprov import __version__, installs, probe, render
+from qemuprov import __version__
 from qemuprov.errors import InfraError, QemuprovError, UserError
+from qemuprov.infra import render
+from qemuprov.knowledge import probe
 from qemuprov.recipe import Recipe, RecipeBook, default_layers, split_arches
+from qemuprov.records import installs
 
 Command = Callable[[argparse.Namespace], int]
 OUTDATED_EXIT = 3  # `outdated`: an upgrade is due (0: all current, 1: a remote did not answer, 2: bad input)
@@ -81,8 +84,9 @@ def _virtiofsd_line(recipe: Recipe) -> str:
 def _fetched_plan(recipe: Recipe) -> dict[str, object] | None:
     """The plan the last install of this recipe recorded; else, once an earlier build fetched the source, the
     plan a default build (--runner auto) would follow."""
-    from qemuprov import paths, plan
-    from qemuprov.runners import get_runner
+    from qemuprov.infra import paths
+    from qemuprov.infra.runners import get_runner
+    from qemuprov.knowledge import plan
 
     if recipe.qemu is None:
         return None
@@ -169,7 +173,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from qemuprov import doctor
+    from qemuprov.host import doctor
 
     checks = doctor.run_checks()
     if args.json:
@@ -183,12 +187,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     import functools
     import os
 
-    from qemuprov import binary_cache, build, config, paths, signing
-    from qemuprov.progress import Reporter
-    from qemuprov.runners import get_runner
+    from qemuprov.build import pipeline
+    from qemuprov.ci import binary_cache, signing
+    from qemuprov.infra import config, paths
+    from qemuprov.infra.progress import Reporter
+    from qemuprov.infra.runners import get_runner
 
     recipe = _book(args).load(args.recipe)
-    arches = build.validate_arches(recipe, args.arch)
+    arches = pipeline.validate_arches(recipe, args.arch)
     if args.jobs is not None and args.jobs < 1:
         raise UserError("-j: give a number of parallel jobs of 1 or more")
     if args.prefix is not None and not args.prefix.strip():
@@ -199,7 +205,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     settings = binary_cache.configured(args.cache)
     if args.push and settings is None:
         raise UserError("--push: no binary cache configured",
-                        hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in "
+                        hint=f"--cache PREFIXES_FILE/REPO, {binary_cache.ENV}, or [cache] url in "
                              "~/.config/qemuprov/config.toml")
     runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
     if notice:
@@ -207,7 +213,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.cache_only and (settings is None or not args.use_cache):
         raise UserError("--cache-only: " + ("no binary cache configured" if settings is None else
                                             "and --no-cache contradict each other"),
-                        hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in config.toml")
+                        hint=f"--cache PREFIXES_FILE/REPO, {binary_cache.ENV}, or [cache] url in config.toml")
     if settings is not None and runner.key == "host":
         if args.push or args.cache_only:
             raise UserError(f"{'--push' if args.push else '--cache-only'}: a host build never comes from or goes "
@@ -215,7 +221,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                             hint="build with --runner docker (or podman)")
         print(f"qemuprov: note: the binary cache {settings.location} is not used: it holds container builds, and "
               "this is a host build", file=sys.stderr)
-    opts = build.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
+    opts = pipeline.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
                          cache_only=args.cache_only,
@@ -223,7 +229,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                          or config.value("ccache", "remote", str, "a URL in quotes"))
     if args.push and settings is not None and settings.signing_key:
         signing.load_private(settings.signing_key)  # an unreadable key is found now, not after the build
-    outcome = build.Build(recipe, opts, Reporter()).run()
+    outcome = pipeline.Build(recipe, opts, Reporter()).run()
     say = functools.partial(print, file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON
     entry = installs.Install(prefix.name, prefix, outcome.manifest)
     if outcome.up_to_date:
@@ -253,7 +259,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                            "log": str(outcome.log) if outcome.log else None})
     if not args.verify:
         return 0
-    from qemuprov import manifest, verify
+    from qemuprov.proving import verify
+    from qemuprov.records import manifest
 
     targets = verify.install_targets(entry)
     outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, arches or None, "auto", None,
@@ -292,7 +299,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     """Comment lines: OSv's scripts/run.py command line per arch of the install, to paste in an OSv checkout."""
-    from qemuprov import osv
+    from qemuprov.knowledge import osv
 
     qemus = {str(p.get("arch")): entry.prefix / "bin" / Path(str(p["path"])).name for p in entry.qemu_probes}
     if not qemus:
@@ -325,7 +332,7 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
 
 
 def cmd_outdated(args: argparse.Namespace) -> int:
-    from qemuprov import outdated
+    from qemuprov.sources import outdated
 
     book = _book(args)
     recipes = [book.load(name) for name in (args.names or book.names())]  # a bad name: exit 2 before any lookup
@@ -342,11 +349,11 @@ def cmd_outdated(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from qemuprov import lock
+    from qemuprov.records import lockfiles
 
     recipe = _book(args).load(args.recipe)
-    locked = lock.make(recipe)
-    lock.write(locked)
+    locked = lockfiles.make(recipe)
+    lockfiles.write(locked)
     for section, src in locked.sources.items():
         subs = f" and {len(src.submodules)} submodules" if src.submodules else ""
         print(f"{recipe.name}: {section} {src.ref} of {src.git} is {src.commit}{subs}")
@@ -355,13 +362,13 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from qemuprov import binary_cache
+    from qemuprov.ci import binary_cache
 
     entry = installs.find_install(args.name).intact()
     settings = binary_cache.configured(args.to)
     if settings is None:
         raise UserError("push: no binary cache given",
-                        hint=f"qemuprov push NAME REGISTRY/REPO, or set {binary_cache.ENV}")
+                        hint=f"qemuprov push NAME PREFIXES_FILE/REPO, or set {binary_cache.ENV}")
     tag = binary_cache.push(entry.prefix, entry.record, settings)
     signed = f"signed with {settings.signing_key}" if settings.signing_key else "unsigned"
     print(f"{entry.name}: pushed to {settings.location}:{tag} ({entry.summary()}; {signed})")
@@ -378,7 +385,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_image(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from qemuprov import image, paths
+    from qemuprov.ci import image
+    from qemuprov.infra import paths
 
     entry = installs.find_install(args.name).intact()
     if args.tag:
@@ -405,7 +413,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from qemuprov import verify
+    from qemuprov.proving import verify
 
     if args.target and (args.qemu or args.virtiofsd):
         raise UserError("verify: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
@@ -505,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pch", dest="pch", action="store_false",
                    help="compile without the precompiled qemu/osdep.h that clang builds use")
     p.add_argument("--verify", action="store_true", help="boot a guest over virtio-fs after installing")
-    p.add_argument("--cache", metavar="REGISTRY/REPO",
+    p.add_argument("--cache", metavar="PREFIXES_FILE/REPO",
                    help="a binary cache to install from when it has this very build (also QEMUPROV_BINARY_CACHE, "
                         "or [cache] url in ~/.config/qemuprov/config.toml)")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="build even where the cache has it")
@@ -566,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tagged with its cache key, so that `qemuprov build --cache` elsewhere installs it in "
                         "seconds. Credentials: docker login (~/.docker/config.json or $DOCKER_CONFIG).")
     p.add_argument("name", metavar="NAME|PREFIX")
-    p.add_argument("to", nargs="?", metavar="REGISTRY/REPO")
+    p.add_argument("to", nargs="?", metavar="PREFIXES_FILE/REPO")
     p = add("remove", cmd_remove, "delete an installed build")
     p.add_argument("name", metavar="NAME|PREFIX")
     return parser

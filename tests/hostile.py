@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from qemuprov import signing
+from qemuprov.ci import signing
 
 USER, PASSWORD = "ci", "s3cret-registry-password"
 BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

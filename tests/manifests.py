@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from qemuprov.manifest import Manifest, VirtiofsdRecord
+from qemuprov.records.manifest import Manifest, VirtiofsdRecord
 
 
 def manifest_json(**changes: Any) -> str:

@@ -113,15 +113,15 @@ def test_a_server_that_drops_the_connection_half_way(tmp_path: Path, isolated_ho
 
 
 def test_an_interrupted_download_resumes(tmp_path: Path, half_server: str) -> None:
-    from qemuprov import source
     from qemuprov.errors import InfraError
     from qemuprov.recipe import Source
+    from qemuprov.sources import trees
 
     tarball = Source(tarball=half_server, sha256=hashlib.sha256(_HalfServer.data).hexdigest())
     store = tmp_path / "store.tar.xz"
     with pytest.raises(InfraError):
-        source._download_checked(tarball, store, "qemu", None)
-    source._download_checked(tarball, store, "qemu", None)
+        trees._download_checked(tarball, store, "qemu", None)
+    trees._download_checked(tarball, store, "qemu", None)
     assert store.read_bytes() == _HalfServer.data and _HalfServer.ranges == ["", f"bytes={64 << 10}-"]
     assert not store.with_suffix(".xz.part").exists()
 

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from qemuprov import registry
+from qemuprov.ci import oci
 from tests.integration.conftest import FIXTURES, Env
 from tests.integration.standin import make_tree, set_delays
 from tests.integration.throttle import throttled
@@ -121,7 +121,7 @@ def _blob_file(digest: str) -> Path:
 
 def test_a_tampered_blob_is_refused_and_nothing_of_it_installed(qenv: Env, cache: dict[str, str],
                                                                 pushed: dict[str, object], tmp_path: Path) -> None:
-    store = registry.Registry(registry.parse(cache["url"]))
+    store = oci.Client(oci.parse(cache["url"]))
     store._basic = base64.b64encode(f"qemuprov:{cache['password']}".encode()).decode()
     found = store.get_manifest(str(pushed["cache_key"]))
     assert found is not None
@@ -141,14 +141,14 @@ def test_a_tampered_blob_is_refused_and_nothing_of_it_installed(qenv: Env, cache
 
 def test_an_entry_of_another_recipe_under_the_key_is_refused(qenv: Env, cache: dict[str, str],
                                                              pushed: dict[str, object], tmp_path: Path) -> None:
-    store = registry.Registry(registry.parse(cache["url"]))
+    store = oci.Client(oci.parse(cache["url"]))
     store._basic = base64.b64encode(f"qemuprov:{cache['password']}".encode()).decode()
-    oci, _ = store.get_manifest(str(pushed["cache_key"])) or ({}, "")
-    config = json.loads(store.get_blob(oci["config"]["digest"]))
+    entry, _ = store.get_manifest(str(pushed["cache_key"])) or ({}, "")
+    config = json.loads(store.get_blob(entry["config"]["digest"], entry["config"]["size"]))
     config["recipe"]["name"] = "something-else"
     forged = json.dumps(config).encode()
-    oci["config"] = {**oci["config"], "digest": store.push_blob(forged), "size": len(forged)}
-    store.put_manifest(str(pushed["cache_key"]), oci)
+    entry["config"] = {**entry["config"], "digest": store.push_blob(forged), "size": len(forged)}
+    store.put_manifest(str(pushed["cache_key"]), entry)
     trusting = _fresh_home(qenv, tmp_path / "e", cache["good"], QEMUPROV_TRUSTED_KEYS=cache["pub"])
     result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], env=trusting)
     assert result.returncode == 0, result.stdout + result.stderr  # the signature covers the config's digest

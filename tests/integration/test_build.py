@@ -11,7 +11,7 @@ from pathlib import Path
 import filelock
 import jsonschema
 
-from qemuprov import manifest
+from qemuprov.records import manifest
 from tests.integration.conftest import TAG, TREE, Built, Env
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from qemuprov import builder_images, engines
 from qemuprov.errors import InfraError
+from qemuprov.infra import builder_images, engines
 
 BARE_BASE = "qemuprov-test/bookworm-without-host-cas:latest"
 

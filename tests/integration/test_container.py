@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from qemuprov import manifest
+from qemuprov.records import manifest
 from tests.integration.conftest import FIXTURES, Env
 
 LABEL = "org.qemuprov.build"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from qemuprov import binary_cache
+from qemuprov.ci import binary_cache
 from tests.hostile import PASSWORD, Hostile, Member, archive, docker_config, running
 from tests.integration.conftest import Env
 from tests.integration.standin import make_tree, set_delays

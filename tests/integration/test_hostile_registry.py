@@ -17,7 +17,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from qemuprov import binary_cache, registry
+from qemuprov.ci import binary_cache, oci
 from qemuprov.errors import InfraError, UserError
 from tests.hostile import BASIC, PASSWORD, Hostile, Member, Reply, Seen, archive, docker_config, gzip_bomb, running
 from tests.manifests import manifest_json
@@ -41,7 +41,7 @@ def _settings(hostile: Hostile, tmp_path: Path) -> binary_cache.Settings:
     pub = tmp_path / "trusted.pub"
     pub.write_bytes(hostile.key.public_key().public_bytes(serialization.Encoding.PEM,
                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
-    return binary_cache.Settings(registry.parse(f"{hostile.url}/qemuprov/cache"), trusted_keys=(pub,))
+    return binary_cache.Settings(oci.parse(f"{hostile.url}/qemuprov/cache"), trusted_keys=(pub,))
 
 
 @pytest.fixture()
@@ -161,7 +161,7 @@ def test_a_token_realm_the_registry_names_gets_the_basic_credentials_once(hostil
 
 
 def test_an_http_realm_of_an_https_registry_is_not_asked(hostile: Hostile) -> None:
-    cache = registry.Registry(registry.parse(f"https://{hostile.url}/qemuprov/cache"))
+    cache = oci.Client(oci.parse(f"https://{hostile.url}/qemuprov/cache"))
     challenge = requests.Response()
     challenge.status_code, challenge.url = 401, f"https://{hostile.url}/v2/qemuprov/cache/manifests/x"
     challenge.headers["WWW-Authenticate"] = f'Bearer realm="http://{hostile.other}/token"'
@@ -177,7 +177,7 @@ def test_an_upload_sent_to_another_host_is_not_sent(hostile: Hostile) -> None:
     other = hostile.other
     hostile.routes.append(lambda seen: Reply(202, headers={"Location": f"http://{other}/upload"})
                           if seen.method == "POST" else Reply(404) if seen.method == "HEAD" else None)
-    cache = registry.Registry(registry.parse(f"{hostile.url}/qemuprov/cache"))
+    cache = oci.Client(oci.parse(f"{hostile.url}/qemuprov/cache"))
     with pytest.raises(InfraError, match="sent the upload to another host"):
         cache.push_blob(b"layer bytes")
     assert hostile.to("127.0.0.2") == []
@@ -187,13 +187,13 @@ def test_an_upload_without_location_is_a_clear_error(hostile: Hostile) -> None:
     hostile.routes.append(lambda seen: Reply(202) if seen.method == "POST" else Reply(404)
                           if seen.method == "HEAD" else None)
     with pytest.raises(InfraError, match="no Location header"):
-        registry.Registry(registry.parse(f"{hostile.url}/qemuprov/cache")).push_blob(b"layer bytes")
+        oci.Client(oci.parse(f"{hostile.url}/qemuprov/cache")).push_blob(b"layer bytes")
 
 
 @pytest.mark.parametrize("url", ["http://user:pw@127.0.0.1:5000/q", "user:pw@127.0.0.1:5000/q"])
 def test_a_password_in_the_cache_url_is_refused_and_never_shown(url: str) -> None:
     with pytest.raises(UserError) as refused:
-        registry.parse(url)
+        oci.parse(url)
     assert "pw" not in refused.value.message and "docker login 127.0.0.1:5000" in str(refused.value.hint)
 
 
@@ -207,8 +207,8 @@ def test_docker_credential_helpers_are_used(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "cfg" / "config.json").write_text(json.dumps({"credHelpers": {"127.0.0.1:5999": "qptest"}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "cfg"))
     monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
-    assert registry.docker_credentials("127.0.0.1:5999") == registry.basic_auth("ci", "from-helper")
-    assert registry.docker_credentials("127.0.0.1:6000") is None
+    assert oci.docker_credentials("127.0.0.1:5999") == oci.basic_auth("ci", "from-helper")
+    assert oci.docker_credentials("127.0.0.1:6000") is None
 
 
 # -- 5. unbounded input -----------------------------------------------------------------------------------------
@@ -218,14 +218,14 @@ def test_a_layer_longer_than_declared_is_stopped_at_once(hostile: Hostile, tmp_p
     hostile.entry(CONFIG, GOOD_LAYER)
     endless = GOOD_LAYER + bytes(64 << 20)
     hostile.routes.append(lambda seen: Reply(200, endless, length=-1)
-                          if seen.path.endswith(registry.digest_of(GOOD_LAYER)) else None)
+                          if seen.path.endswith(oci.digest_of(GOOD_LAYER)) else None)
     seconds = _refused(hostile, tmp_path, f"sent more than the {len(GOOD_LAYER)} bytes")
     assert seconds < 10
 
 
 def test_a_layer_that_announces_more_than_declared_is_refused_unread(hostile: Hostile, tmp_path: Path) -> None:
     hostile.routes.append(lambda seen: Reply(200, GOOD_LAYER, length=1 << 40)
-                          if seen.path.endswith(registry.digest_of(GOOD_LAYER)) else None)
+                          if seen.path.endswith(oci.digest_of(GOOD_LAYER)) else None)
     _refused(hostile, tmp_path, f"announced {1 << 40} bytes")
 
 
@@ -237,7 +237,7 @@ def test_a_huge_manifest_is_refused_without_reading_it(hostile: Hostile, tmp_pat
 def test_a_manifest_over_the_cap_is_refused(hostile: Hostile, tmp_path: Path) -> None:
     big = json.dumps({"layers": [], "pad": "x" * (5 << 20)}).encode()
     hostile.routes.append(lambda seen: Reply(200, big, length=-1) if "/manifests/" in seen.path else None)
-    _refused(hostile, tmp_path, f"sent more than the {registry.MANIFEST_CAP} bytes")
+    _refused(hostile, tmp_path, f"sent more than the {oci.MANIFEST_CAP} bytes")
 
 
 def test_a_signed_gzip_bomb_stops_at_the_unpack_limit(hostile: Hostile, tmp_path: Path,
@@ -249,7 +249,7 @@ def test_a_signed_gzip_bomb_stops_at_the_unpack_limit(hostile: Hostile, tmp_path
 
 def test_a_registry_that_dribbles_is_given_up_at_the_deadline(hostile: Hostile, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(registry.DEADLINE_ENV, "2")
+    monkeypatch.setenv(oci.DEADLINE_ENV, "2")
     body = hostile.signed_manifest(KEY)
     hostile.routes.append(lambda seen: Reply(200, body, dribble=0.5) if "/manifests/" in seen.path else None)
     seconds = _refused(hostile, tmp_path, "within its deadline", reason="unreachable")

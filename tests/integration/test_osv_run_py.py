@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import guestkit, probe, verify
-from qemuprov.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.knowledge import probe
+from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.proving import guestkit, verify
 from tests.integration.conftest import Built, Env
 from tests.osv_contract import dry_run, run_py_parser, run_py_words
 

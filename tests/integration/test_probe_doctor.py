@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import doctor, kvm, probe
+from qemuprov.host import doctor
+from qemuprov.knowledge import kvm, probe
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -70,7 +70,7 @@ def test_probe_takes_the_exit_status_of_what_it_runs(tmp_path: Path) -> None:
 
 
 def test_a_probe_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
-    from qemuprov import procs
+    from qemuprov.infra import procs
 
     marker = f"sleep 1{os.getpid() % 1000:03d}"
     result = procs.run(["sh", "-c", f"{marker} & {marker}; wait"], timeout=1)
@@ -80,7 +80,7 @@ def test_a_probe_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_doctor_finds_virtiofsd_in_a_directory_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qemuprov import probe
+    from qemuprov.knowledge import probe
 
     (tmp_path / "usr-lib-virtiofsd").mkdir()
     daemon = tmp_path / "usr-lib-virtiofsd" / "virtiofsd"

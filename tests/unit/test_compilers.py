@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import compilers
-from qemuprov.compilers import CLANG, describe_host_compilers
-from qemuprov.runners import HostRunner
+from qemuprov.infra import compilers
+from qemuprov.infra.compilers import CLANG, describe_host_compilers
+from qemuprov.infra.runners import HostRunner
 
 
 def programs(directory: Path, *names: str) -> Path:

@@ -6,7 +6,7 @@ import socket
 import threading
 from pathlib import Path
 
-from qemuprov import engines
+from qemuprov.infra import engines
 
 
 def answer_once(path: Path, reply: bytes) -> threading.Thread:

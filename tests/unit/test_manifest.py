@@ -7,14 +7,14 @@ import json
 import jsonschema
 import pytest
 
-from qemuprov import manifest
-from qemuprov.manifest import ManifestError
+from qemuprov.records import manifest
+from qemuprov.records.manifest import ManifestError
 from tests.manifests import manifest_json
 
 
 def test_the_shipped_schema_is_the_one_the_code_makes() -> None:
     shipped = json.loads(manifest.SCHEMA_FILE.read_text())
-    assert shipped == manifest.schema(), "regenerate it: python -c 'from qemuprov import manifest; " \
+    assert shipped == manifest.schema(), "regenerate it: python -c 'from qemuprov.records import manifest; " \
         "manifest.write_schema()'"
 
 

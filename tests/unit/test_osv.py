@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import osv, plan
-from qemuprov.build import check_expectations
+from qemuprov.build.pipeline import check_expectations
 from qemuprov.errors import UserError
-from qemuprov.guestkit import Kit, fuse_dax_from_config
-from qemuprov.probe import QemuProbe, VirtiofsdProbe
-from qemuprov.probe_parse import aio_native_from_reply, netdevs_from_help
+from qemuprov.knowledge import osv, plan
+from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.knowledge.probe_parse import aio_native_from_reply, netdevs_from_help
+from qemuprov.proving.guestkit import Kit, fuse_dax_from_config
+from qemuprov.proving.verify import dax_verdict
 from qemuprov.recipe import RecipeBook, default_layers
-from qemuprov.verify import dax_verdict
 from tests.conftest import CAPTURES
 from tests.manifests import manifest_json
 from tests.osv_contract import Refused, dry_run, run_py_parser, run_py_words

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qemuprov.runners import WORK_IN_CONTAINER, PathMap
+from qemuprov.infra.runners import WORK_IN_CONTAINER, PathMap
 
 HOST_WORK = Path("/home/ann/.cache/qemuprov/work/qemu-7.2")
 

@@ -9,12 +9,13 @@ from typing import IO
 
 import pytest
 
-from qemuprov import plan, qemu_steps
+from qemuprov.build import qemu_steps
+from qemuprov.build.context import Context, Options
 from qemuprov.errors import BuildError, UserError
-from qemuprov.progress import Reporter
+from qemuprov.infra.progress import Reporter
+from qemuprov.infra.runners import HostRunner
+from qemuprov.knowledge import plan
 from qemuprov.recipe import RecipeBook, default_layers
-from qemuprov.runners import HostRunner
-from qemuprov.steps import Context, Options
 from tests.unit.test_plan_install import make_tree
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import plan
-from qemuprov.build import ccache_stats, check_expectations, missing_dependency_hint
-from qemuprov.builder_images import BuilderImage
-from qemuprov.engines import Engine
+from qemuprov.build.pipeline import ccache_stats, check_expectations, missing_dependency_hint
+from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.errors import UserError
-from qemuprov.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.infra.builder_images import BuilderImage
+from qemuprov.infra.engines import Engine
+from qemuprov.infra.runners import ContainerRunner, HostRunner
+from qemuprov.knowledge import plan
+from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import Layer, RecipeBook, default_layers
-from qemuprov.runners import ContainerRunner, HostRunner
-from qemuprov.staging import commit_prefix, finish_tree, stale_staging_cleanup
 
 SHIPPED = RecipeBook(default_layers())
 
@@ -207,7 +207,7 @@ def test_plan_minimal_aarch64_devices_where_the_tree_offers_them(tmp_path: Path)
 
 
 def test_pairing_warnings_name_the_combinations_known_to_break() -> None:
-    from qemuprov.probe import pairing_warnings
+    from qemuprov.knowledge.probe import pairing_warnings
 
     dax_qemu = QemuProbe("/q", version="6.0.94", vhost_user_fs=True, dax=True)
     fork_daemon = VirtiofsdProbe("/v", flavour="c", version="6.0.94")
@@ -234,7 +234,7 @@ def test_plan_notes_subprojects_a_git_checkout_lacks(tmp_path: Path) -> None:
 
 
 def test_image_tag_is_checked_before_any_work() -> None:
-    from qemuprov.image import check_tag
+    from qemuprov.ci.image import check_tag
 
     for good in ("qemuprov/x:latest", "registry.example.com:5000/ci/qemu-virtiofs:7.2"):
         check_tag(good)

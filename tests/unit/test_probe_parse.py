@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qemuprov.probe_parse import (
+from qemuprov.knowledge.probe_parse import (
     PROBE_COMMANDS,
     c_virtiofsd_lacks_rseq,
     devices_from_help,

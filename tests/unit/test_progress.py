@@ -6,9 +6,9 @@ import hashlib
 import io
 from pathlib import Path
 
-from qemuprov import source
-from qemuprov.progress import Reporter
+from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import Source
+from qemuprov.sources import trees
 
 
 def _lines(feed: list[str], crates: int | None = None) -> list[str]:
@@ -40,7 +40,7 @@ def test_tarball_download_reports_megabytes(tmp_path: Path) -> None:
     (tmp_path / "t.tar").write_bytes(data)
     out = io.StringIO()
     store = tmp_path / "store.tar"
-    source._download_checked(Source(tarball=f"file://{tmp_path / 't.tar'}", sha256=hashlib.sha256(data).hexdigest()),
+    trees._download_checked(Source(tarball=f"file://{tmp_path / 't.tar'}", sha256=hashlib.sha256(data).hexdigest()),
                              store, "qemu", Reporter(out))
     assert store.read_bytes() == data
     shown = out.getvalue().splitlines()

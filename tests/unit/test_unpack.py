@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov import unpack
+from qemuprov.sources import unpack
 from tests.hostile import Member, archive, gzip_bomb
 
 

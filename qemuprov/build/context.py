@@ -1,0 +1,128 @@
+"""What every phase of a build shares: the recipe and options, where things go (work dir, staging, log), the
+runner and the reporter; timing by phase name; running a tool's step or capturing a short command; failing
+with the end of the log and a hint."""
+
+from __future__ import annotations
+
+import io
+import shlex
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from qemuprov.infra import paths
+from qemuprov.knowledge import hostdeps
+from qemuprov.errors import BuildError, InfraError
+from qemuprov.infra.progress import Reporter
+from qemuprov.recipe import Recipe
+
+if TYPE_CHECKING:
+    from qemuprov.ci.binary_cache import Settings
+from qemuprov.infra.runners import Runner
+
+LOG_TAIL = 25
+
+
+@dataclass
+class Options:
+    arches: tuple[str, ...]
+    prefix: Path
+    runner: Runner
+    jobs: int
+    force: bool = False
+    argv: list[str] = field(default_factory=list)  # the command line, for the manifest
+    precompiled_header: bool = True  # clang builds of meson trees compile against a precompiled qemu/osdep.h
+    update_lock: bool = False  # resolve the refs again and move the recipe's lock file to what they name now
+    binary_cache: Settings | None = None  # a registry to substitute builds from (and push them to)
+    use_cache: bool = True  # --no-cache: build even where the cache has the build
+    cache_only: bool = False  # --cache-only: install from the cache or fail, never compile
+    push: bool = False  # push the result to the binary cache
+    shared_ccache: str | None = None  # ccache's remote storage (redis://HOST:PORT, redis+unix:/PATH), for near misses
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    opts: Options
+    report: Reporter
+    work: Path  # paths.work_dir(recipe)
+    log: IO[str]
+    log_path: Path
+    staging: Path  # the install is made here, beside the prefix, then swapped in
+    timings: dict[str, float] = field(default_factory=dict)
+    remote_ccache: str | None = None  # the shared compiler cache, where the build environment's ccache can use it
+
+    @property
+    def runner(self) -> Runner:
+        return self.opts.runner
+
+    @property
+    def ccache_log(self) -> Path:
+        return self.log_path.with_suffix(".ccache")
+
+    @contextmanager
+    def phase(self, name: str, detail: str = "", timing: str | None = None) -> Iterator[None]:
+        """A named phase: announced (when detail is given), timed under `timing` (default: its name)."""
+        if detail:
+            self.report.step(name, detail)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[timing or name] = round(time.monotonic() - start, 2)
+
+    def env(self) -> dict[str, str]:
+        # Host and container builds with the same compiler share entries: the compiler is checked by content,
+        # paths under the work dir are made relative, and the build dir's own name is left out of the hash
+        # (debug info may then name the other build dir; nothing else differs).
+        # Depend mode: a miss costs no extra preprocessor run (plain ccache made a cold build 29% slower, depend
+        # mode 9%); the compiler's own -MD output names the headers, which every meson build of QEMU asks for.
+        return self.runner.env({
+            "LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"), "CCACHE_BASEDIR": str(self.work),
+            "CCACHE_COMPILERCHECK": "content", "CCACHE_NOHASHDIR": "1", "CCACHE_DEPEND": "1",
+            "CCACHE_STATSLOG": str(self.ccache_log),
+            **({"CCACHE_REMOTE_STORAGE": self.remote_ccache} if self.remote_ccache else {})})
+
+    def capture(self, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
+        """A short command's output, through the runner (the log's first line is the command itself)."""
+        output = io.StringIO()
+        status = self.runner.run(argv, cwd=cwd, env=env, log=output)
+        text = output.getvalue().partition("\n")[2]
+        if status != 0:
+            raise InfraError(f"{shlex.join(argv)} failed in {cwd} (exit status {status}): {text.strip()[-300:]}")
+        return text
+
+    def step(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        """A tool's step, its output into the log and its progress to the reporter; a failure is a BuildError."""
+        self.report.finish_progress()
+        status = self.runner.run(argv, cwd=cwd, env=env, log=self.log, on_line=self.report.line)
+        self.report.finish_progress()
+        if status != 0:
+            self.log.flush()
+            self.fail(name, argv, status, None)
+
+    def fail(self, name: str, argv: list[str], status: int, hint: str | None) -> None:
+        tail = _tail(self.log_path, LOG_TAIL)
+        raise BuildError(f"{name} failed (exit status {status}): {shlex.join(argv)}\n"
+                         f"--- last {LOG_TAIL} lines of {self.log_path} ---\n{tail}\n--- full log: {self.log_path}",
+                         hint=(hint or missing_dependency_hint(tail, self.runner))
+                         + "; the previous install, if any, is untouched")
+
+
+def missing_dependency_hint(log_tail: str, runner: Runner) -> str:
+    package = hostdeps.package_missing_in(log_tail)
+    if package and runner.name == "host":
+        return f"a build dependency is missing: install {package} (Debian/Ubuntu), or use --runner docker"
+    if package:
+        return f"the builder image lacks {package}: add it to the recipe's builder Dockerfile under containers/"
+    if "No space left on device" in log_tail:
+        return "the disk is full: free space where the build tree or the install lives (QEMUPROV_CACHE, --prefix)"
+    return "read the log above; `qemuprov doctor` lists missing build dependencies"
+
+
+def _tail(path: Path, count: int) -> str:
+    with path.open(errors="replace") as handle:
+        return "".join(handle.readlines()[-count:]).rstrip()

@@ -1,0 +1,476 @@
+"""From recipe to installed prefix, as named phases: resolve, up to date?, fetch, plan, builder, configure,
+compile, install, virtiofsd, finish, check, record, commit. Each phase is timed under its name."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import filelock
+
+from qemuprov import __version__
+from qemuprov.build import qemu_steps, rust_virtiofsd
+from qemuprov.ci import binary_cache
+from qemuprov.infra import paths
+from qemuprov.knowledge import plan, probe
+from qemuprov.records import installs, lockfiles
+from qemuprov.sources import trees
+from qemuprov.errors import BuildError, InfraError, UserError
+from qemuprov.records.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
+from qemuprov.records.manifest import write as write_manifest
+from qemuprov.infra.procs import RunningGroups
+from qemuprov.infra.progress import Reporter, notice
+from qemuprov.build.qemu_steps import Configured
+from qemuprov.recipe import Crates, Recipe, Source, split_arches
+from qemuprov.infra.render import safe_text
+from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner
+from qemuprov.sources.trees import Resolution
+from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.build.context import Context, Options, missing_dependency_hint
+
+_T = TypeVar("_T")
+__all__ = ["Build", "Options", "Outcome", "check_expectations", "missing_dependency_hint", "validate_arches"]
+
+
+class CacheMiss(InfraError):
+    """--cache-only, and the cache gave no install: nothing was built."""
+
+    def __init__(self, miss: binary_cache.Miss) -> None:
+        super().__init__(f"--cache-only: {miss.message}; nothing was built",
+                         hint="push this build from a job that compiles, check --cache and the trusted keys, or "
+                              "drop --cache-only")
+        self.reason = miss.reason
+
+
+@dataclass
+class Outcome:
+    prefix: Path
+    up_to_date: bool
+    timings: dict[str, float]
+    log: Path | None
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The recipe's sources, each resolved once (git ls-remote, or the tarball's checksum), and the inputs key."""
+
+    qemu: Resolution | None
+    virtiofsd: Resolution | None
+    key: str
+
+
+class Build:
+    def __init__(self, recipe: Recipe, opts: Options, reporter: Reporter) -> None:
+        self.recipe, self.opts, self.report = recipe, opts, reporter
+
+    def run(self) -> Outcome:
+        prefix_key = "prefix-" + hashlib.sha256(str(self.opts.prefix).encode()).hexdigest()[:16]
+        with _file_lock(self.recipe.name, f"another qemuprov build of {self.recipe.name} is running",
+                   "wait for it to finish; builds of other recipes can run meanwhile"), \
+                _file_lock(prefix_key, f"another qemuprov build is installing into {self.opts.prefix}",
+                      "wait for it to finish, or build into another --prefix"):
+            return self._phases()
+
+    def _phases(self) -> Outcome:
+        """The build, top to bottom."""
+        started = time.monotonic()
+        recipe, opts, work = self.recipe, self.opts, paths.work_dir(self.recipe.name)
+        _clean_up_after_killed_builds(work, opts)
+        timings: dict[str, float] = {}
+        resolved = _timed(timings, "resolve", lambda: resolve(recipe, opts, self.report))
+        if not opts.force and (record := _up_to_date(opts.prefix, resolved.key)) is not None:
+            timings["total"] = round(time.monotonic() - started, 2)
+            return Outcome(opts.prefix, True, timings, None, record)
+        cache_key = binary_cache.key(recipe.to_dict(), opts.arches, *_revisions(resolved), _builders(recipe, opts))
+        with _build_log(work) as (log, log_path), _staging(opts.prefix) as staging:
+            ctx = Context(recipe, opts, self.report, work, log, log_path, staging, timings)
+            if opts.cache_only and not (opts.binary_cache and cache_key):
+                raise CacheMiss(binary_cache.Miss("not-cacheable", "this build cannot come from a binary cache: "
+                                                  + ("none is configured" if not opts.binary_cache else
+                                                     "host builds and trees before QEMU 5.2 are not cached")))
+            if opts.binary_cache and opts.use_cache and cache_key and (
+                    record := substitute(ctx, resolved, opts.binary_cache, cache_key)) is not None:
+                timings["total"] = round(time.monotonic() - started, 2)
+                return Outcome(opts.prefix, False, timings, log_path, record)
+            the_plan, configured = build_qemu(ctx, resolved.qemu) if resolved.qemu else (None, None)
+            staged = staging / (the_plan.prefix if the_plan else opts.prefix).relative_to("/")  # configure's prefix
+            vfs_image = build_rust_virtiofsd(ctx, resolved.virtiofsd, staged) if resolved.virtiofsd else None
+            with ctx.phase("finish"):
+                finished = finish_tree(staged, opts.prefix, the_plan)
+            with ctx.phase("probe", "checking the build against the recipe's [expect]"):
+                probes = probe_and_check(ctx, staged)
+            timings["total"] = round(time.monotonic() - started, 2)
+            record = make_manifest(ctx, resolved, the_plan, configured, vfs_image, probes, finished)
+            if not the_plan or the_plan.tree.relocatable:  # only such an install can go to a binary cache
+                record = dataclasses.replace(record, cache_key=cache_key)
+            write_manifest(staged, record)
+            with ctx.phase("commit", str(opts.prefix)):
+                commit_prefix(staged, opts.prefix)
+                installs.register_prefix(opts.prefix)
+        return Outcome(opts.prefix, False, timings, log_path, record)
+
+
+def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings, cache_key: str) -> Manifest | None:
+    """The build from the binary cache, installed like a built one (probed against [expect], swapped in)."""
+    staged = ctx.staging / ctx.opts.prefix.relative_to("/")
+    location = settings.location
+    with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
+        hit = binary_cache.pull(settings, cache_key, ctx.recipe.name, ctx.opts.arches, staged, ctx.report)
+    if isinstance(hit, binary_cache.Miss):
+        if staged.exists():
+            shutil.rmtree(staged)
+        if ctx.opts.cache_only:
+            raise CacheMiss(hit)
+        notice(f"{hit.message}: building" + ("" if hit.reason == "no-entry" else
+                                             " (--no-cache builds without asking the cache)"))
+        return None
+    ctx.timings.update(hit.timings)
+    with ctx.phase("probe", "checking the pulled build against the recipe's [expect]"):
+        probes = probe_and_check(ctx, staged, pulled=True)
+    pulled, prefix = hit.record, ctx.opts.prefix
+    old = Path(pulled.prefix)
+    # What the entry says of itself is taken only where it describes the bytes it shipped (plan, tools,
+    # virtiofsd, firmware layout); what was looked up, resolved and checked here is this machine's own.
+    record = dataclasses.replace(
+        pulled, name=prefix.name, prefix=str(prefix), probe=tuple(probes), inputs=resolved.key, timings=ctx.timings,
+        source=resolved.qemu.record if resolved.qemu else None,
+        virtiofsd_source=resolved.virtiofsd.record if resolved.virtiofsd else None,
+        recipe=ctx.recipe.to_dict(), cache_key=cache_key, verify=None, ccache=None, runner=ctx.opts.runner.name,
+        firmware=tuple(str(prefix / Path(d).relative_to(old)) if Path(d).is_relative_to(old) else d
+                       for d in pulled.firmware),
+        virtiofsd=dataclasses.replace(pulled.virtiofsd, binary=str(prefix / "libexec" / "virtiofsd"))
+        if pulled.virtiofsd.binary else pulled.virtiofsd,
+        log=str(ctx.log_path), built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        lock=next((str(r.locked) for r in (resolved.qemu, resolved.virtiofsd) if r and r.locked), None),
+        reproduce=" ".join(["qemuprov", *map(shlex.quote, ctx.opts.argv)]),
+        substituted={"cache": str(location), "tag": cache_key, "digest": hit.digest,
+                     "built_at": safe_text(str(pulled.built_at))[:40],
+                     "checked_here": ["signature" if not settings.allow_unsigned else "unsigned (allowed)",
+                                      "digests and sizes", "every tar member", "probe against [expect]"],
+                     "from_entry": ["plan", "tools", "builder_image", "virtiofsd", "firmware"]})
+    write_manifest(staged, record)
+    with ctx.phase("commit", str(prefix)):
+        commit_prefix(staged, prefix)
+        installs.register_prefix(prefix)
+    return record
+
+
+def _revisions(resolved: Resolved) -> tuple[str | None, str | None]:
+    return (resolved.qemu.record.revision if resolved.qemu else None,
+            resolved.virtiofsd.record.revision if resolved.virtiofsd else None)
+
+
+def _builders(recipe: Recipe, opts: Options) -> list[dict[str, str]] | None:
+    """The builder images a container build runs in, as the cache key sees them; None for a host build."""
+    if not isinstance(opts.runner, ContainerRunner):
+        return None
+    names = ([recipe.builder] if recipe.qemu else []) + \
+        ([recipe.virtiofsd.builder or recipe.builder] if recipe.virtiofsd.tree else [])
+    images = [runner.image for runner in (opts.runner.for_builder(n) for n in dict.fromkeys(names))
+              if isinstance(runner, ContainerRunner)]
+    return [{"builder": i.builder, "dockerfile": hashlib.sha256(i.dockerfile.read_bytes()).hexdigest(),
+             "base": i.base, "base_id": i.base_id} for i in images]
+
+
+def resolve(recipe: Recipe, opts: Options, report: Reporter) -> Resolved:
+    """Each source once: from the recipe's lock file where it has one, else from the remote (which moves the
+    lock when asked to: --update-lock)."""
+    locked = lockfiles.read(recipe)
+    if opts.update_lock and lockfiles.git_sources(recipe):
+        locked = lockfiles.make(recipe)
+        lockfiles.write(locked)
+        report.step("lock", f"{locked.path} moved to what the refs name now")
+    found: dict[str, Resolution] = {}
+    for section, src in (("qemu", recipe.qemu.source if recipe.qemu else None),
+                         ("virtiofsd", recipe.virtiofsd.tree)):
+        if src is None:
+            continue
+        label = "" if section == "qemu" else "virtiofsd "
+        if locked and section in locked.sources:
+            found[section] = lockfiles.resolution(locked, section)
+            report.step("resolve", f"{label}{src.describe()}: locked at {locked.sources[section].commit[:12]} "
+                                   f"({locked.path})")
+        else:
+            report.step("resolve", label + src.describe())
+            found[section] = trees.resolve(src, section)
+    qemu, vfs = found.get("qemu"), found.get("virtiofsd")
+    return Resolved(qemu, vfs, _inputs_key(recipe, opts, qemu, vfs))
+
+
+def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configured]:
+    assert ctx.recipe.qemu is not None
+    with ctx.phase("fetch", str(ctx.work / "src")):
+        src = _fetch(ctx, ctx.recipe.qemu.source, revision, "src", "qemu")
+    tree = plan.inspect(src)
+    the_plan = plan.make_plan(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner.tree_python)
+    if ctx.runner.key != "host":
+        with ctx.phase("builder", ctx.runner.key):
+            ctx.runner.prepare(ctx.log, ctx.report.line)
+    ccache = paths.cache_dir() / "ccache"
+    ccache.mkdir(parents=True, exist_ok=True)
+    shared = qemu_steps.socket_dir(ctx.opts.shared_ccache)
+    mounts = [ctx.staging, ccache, *([shared] if shared and ctx.runner.key != "host" else [])]
+    with ctx.runner.session(mounts, network=bool(tree.missing_subprojects), work=ctx.work):
+        ctx.remote_ccache = qemu_steps.shared_ccache(ctx)
+        if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
+            the_plan = plan.make_plan(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner.tree_python,
+                                      system_slirp=False)
+        configured = qemu_steps.configure(ctx, tree, the_plan, revision.record.revision)
+        qemu_steps.compile_targets(ctx, tree, the_plan, configured)
+        qemu_steps.install(ctx, tree, configured)
+    return the_plan, configured
+
+
+def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> BuilderImageRecord | None:
+    """cargo build of the Rust virtiofsd, staged at libexec/virtiofsd; the builder image it ran in."""
+    spec = ctx.recipe.virtiofsd
+    assert spec.tree is not None
+    with ctx.phase("fetch", f"virtiofsd {spec.tree.describe()}", timing="virtiofsd-fetch"):
+        src = _fetch(ctx, spec.tree, revision, "virtiofsd-src", "virtiofsd")
+    runner = ctx.runner.for_builder(spec.builder or ctx.recipe.builder)
+    if runner.key != "host":
+        with ctx.phase("builder", f"virtiofsd: {runner.key}", timing="virtiofsd-builder"):
+            runner.prepare(ctx.log, ctx.report.line)
+    cargo_home = paths.cache_dir() / "cargo"
+    cargo_home.mkdir(parents=True, exist_ok=True)
+    online = spec.crates is Crates.PREFIXES_FILE
+    with ctx.phase("virtiofsd", f"cargo build ({spec.crates.value} crates{', static' if spec.static else ''})",
+                   timing="virtiofsd-build"):
+        if crates := rust_virtiofsd.crate_count(src):
+            ctx.report.expect_crates(crates)
+        with runner.session([ctx.staging, cargo_home], network=online, work=ctx.work):
+            status = rust_virtiofsd.build(spec, src, ctx.work / "virtiofsd-target", cargo_home, staged, runner,
+                                          ctx.log, ctx.report.line)
+    if status != 0:
+        hint = "cargo could not fetch or compile a crate" if online else \
+            'the builder lacks a crate or a library; with crates = "debian" use the debian-trixie-crates builder'
+        ctx.fail("virtiofsd build", ["cargo", "build"], status, hint)
+    return builder_image_record(runner)
+
+
+def probe_and_check(ctx: Context, staged: Path, pulled: bool = False) -> list[dict[str, Any]]:
+    results = [probe.probe_binary(p) for p in probe.binaries_in_prefix(staged)]
+    problems = check_expectations(ctx.recipe, ctx.opts.arches, results)
+    if problems and pulled:
+        raise BuildError(f"the build of {ctx.recipe.name} from the binary cache does not deliver what its recipe "
+                         "promises: " + safe_text("; ".join(problems)),
+                         hint=f"build it here with --no-cache (a build that passes can be pushed over the entry), "
+                              f"or fix the recipe's [expect]; see {ctx.log_path} (the previous install is untouched)")
+    if problems:
+        raise BuildError(f"the build of {ctx.recipe.name} does not deliver what its recipe promises: "
+                         + "; ".join(problems),
+                         hint=f"see {ctx.log_path}; fix the recipe's [expect] or its configure arguments "
+                              "(the previous install is untouched)")
+    data = [asdict(r) for r in results]
+    for entry in data:  # record final paths, not staging paths
+        entry["path"] = str(ctx.opts.prefix / Path(entry["path"]).relative_to(staged))
+    return data
+
+
+def make_manifest(ctx: Context, resolved: Resolved, the_plan: plan.Plan | None, configured: Configured | None,
+                  vfs_image: BuilderImageRecord | None, probes: list[dict[str, Any]],
+                  finished: dict[str, Any]) -> Manifest:
+    opts = ctx.opts
+    return Manifest(
+        name=opts.prefix.name,
+        prefix=str(opts.prefix),
+        recipe=ctx.recipe.to_dict(),
+        source=resolved.qemu.record if resolved.qemu else None,
+        virtiofsd_source=resolved.virtiofsd.record if resolved.virtiofsd else None,
+        lock=str(next((r.locked for r in (resolved.qemu, resolved.virtiofsd) if r and r.locked), "")) or None,
+        virtiofsd_builder_image=vfs_image,
+        inputs=resolved.key,
+        plan=the_plan.to_dict() if the_plan else None,
+        runner=opts.runner.name,
+        builder_image=builder_image_record(opts.runner) if the_plan else vfs_image,
+        tools={"qemuprov": __version__, "python": sys.version.split()[0],
+               "cc": configured.compiler if configured else None,
+               "precompiled_header": "qemu/osdep.h" if configured and configured.precompiled_header else None},
+        binaries=tuple(Path(p["path"]).name for p in probes),
+        probe=tuple(probes),
+        virtiofsd=VirtiofsdRecord(**finished["virtiofsd"]),
+        firmware=tuple(finished["firmware"]),
+        timings=ctx.timings,
+        ccache=ccache_stats(ctx.ccache_log),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        log=str(ctx.log_path),
+        reproduce=" ".join([*(f"{k}={shlex.quote(v)}" for k, v in opts.runner.compilers.items()),
+                            shlex.join(["qemuprov", *opts.argv])]),
+    )
+
+
+def _inputs_key(recipe: Recipe, opts: Options, qemu: Resolution | None, vfs: Resolution | None) -> str:
+    recipe_data = recipe.to_dict()
+    for volatile in ("path", "origin", "chain", "description"):
+        recipe_data.pop(volatile, None)
+    blob = json.dumps({"recipe": recipe_data, "source": qemu.record.revision if qemu else "",
+                       "virtiofsd": vfs.record.revision if vfs else None, "arches": opts.arches,
+                       "runner": opts.runner.key, "compilers": opts.runner.compilers,
+                       "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _timed(timings: dict[str, float], name: str, func: Callable[[], _T]) -> _T:
+    start = time.monotonic()
+    try:
+        return func()
+    finally:
+        timings[name] = round(time.monotonic() - start, 2)
+
+
+def _clean_up_after_killed_builds(work: Path, opts: Options) -> None:
+    """Steps a killed build of this recipe left running (the lock is ours now), and its staging directories."""
+    groups = RunningGroups(work / "running")
+    groups.stop_orphans()
+    if isinstance(opts.runner, HostRunner):
+        opts.runner.groups = groups
+    stale_staging_cleanup(opts.prefix)
+
+
+@contextmanager
+def _build_log(work: Path) -> Iterator[tuple[IO[str], Path]]:
+    """This build's log under work/logs; work/build.log points at the latest."""
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"build-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.log"
+    with log_path.open("w") as log:
+        latest = work / "build.log"
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(log_path)
+        yield log, log_path
+
+
+@contextmanager
+def _staging(prefix: Path) -> Iterator[Path]:
+    """Where the install is made, beside the prefix (same file system: the swap is a rename); always removed."""
+    staging = prefix.parent / f".qemuprov-stage-{prefix.name}-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fetch(ctx: Context, tree: Source, revision: Resolution, name: str, section: str) -> Path:
+    """The tree at work/NAME, fetched again only when the revision changed."""
+    src = ctx.work / name
+    stamp = ctx.work / f"{name}.stamp"
+    if src.is_dir() and stamp.exists() and stamp.read_text() == revision.record.revision:
+        return src
+    stamp.unlink(missing_ok=True)
+    trees.fetch(tree, src, section, report=ctx.report, resolution=revision)
+    stamp.write_text(revision.record.revision)
+    return src
+
+
+def _up_to_date(prefix: Path, key: str) -> Manifest | None:
+    record = installs.read_manifest(prefix)
+    if record is None or record.inputs != key:
+        return None
+    return None if installs.Install(record.name, prefix, record).missing_binaries() else record
+
+
+@contextmanager
+def _file_lock(key: str, what: str, hint: str) -> Iterator[None]:
+    lock_file = paths.cache_dir() / "locks" / f"{key}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    held = filelock.FileLock(str(lock_file))
+    try:
+        held.acquire(timeout=0)
+    except filelock.Timeout:
+        raise InfraError(f"{what} (lock {lock_file})", hint=hint) from None
+    try:
+        yield
+    finally:
+        held.release()
+
+
+def builder_image_record(runner: Runner) -> BuilderImageRecord | None:
+    image = getattr(runner, "image", None)
+    if image is None:
+        return None
+    return BuilderImageRecord(tag=image.tag, id=str(getattr(runner, "image_id", "")), base=image.base,
+                              dockerfile=image.dockerfile.name, builder=image.builder)
+
+
+def ccache_stats(stats_log: Path) -> dict[str, Any] | None:
+    """Hits and misses of this build's compilations, from ccache's per-call stats log (None: ccache unused)."""
+    try:
+        text = stats_log.read_text(errors="replace")
+    except OSError:
+        return None
+    hits = misses = 0
+    for record in text.split("# ")[1:]:
+        outcomes = set(record.splitlines()[1:])
+        if outcomes & {"direct_cache_hit", "preprocessed_cache_hit"}:
+            hits += 1
+        elif "cache_miss" in outcomes:
+            misses += 1
+    total = hits + misses
+    remote = text.count("\nremote_storage_hit")
+    return {"hits": hits, "misses": misses, "hit_rate": round(hits / total, 3) if total else None,
+            "remote_hits": remote}
+
+
+def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[probe.Probe]) -> list[str]:
+    problems = [f"{r.path}: {r.error}" for r in results if r.error]
+    qemus = [r for r in results if isinstance(r, probe.QemuProbe) and not r.error]
+    daemons = [r for r in results if isinstance(r, probe.VirtiofsdProbe) and not r.error]
+    expect = recipe.expect
+    built = {q.arch for q in qemus}
+    for arch in arches:
+        if arch not in built:
+            problems.append(f"no working qemu-system-{arch}")
+    for q in qemus:
+        if not q.vhost_user_fs:
+            problems.append(f"qemu-system-{q.arch} has no vhost-user-fs-pci")
+        if expect.dax is not None and q.dax != expect.dax:
+            problems.append(f"qemu-system-{q.arch} DAX window (cache-size): expected {expect.dax}, got {q.dax}")
+        if expect.version and not _version_matches(q.version, expect.version):
+            problems.append(f"qemu-system-{q.arch} is QEMU {q.version}, expected {expect.version}")
+        lacking = [n for n in expect.netdevs if n not in (q.netdevs or ())]
+        if lacking:
+            problems.append(f"qemu-system-{q.arch} lacks the netdev backend {', '.join(lacking)} "
+                            f"(it has: {', '.join(q.netdevs or ()) or 'none listed'})")
+        if expect.aio_native is not None and q.aio_native is not None and q.aio_native != expect.aio_native:
+            problems.append(f"qemu-system-{q.arch} aio=native (linux-aio): expected {expect.aio_native}, "
+                            f"got {q.aio_native}")
+    if expect.virtiofsd is not None:
+        flavours = [d.flavour for d in daemons] or ["none"]
+        if expect.virtiofsd.value not in flavours:
+            problems.append(f"virtiofsd: expected {expect.virtiofsd.value}, got {', '.join(map(str, flavours))}")
+    return problems
+
+
+def _version_matches(actual: str | None, prefix: str) -> bool:
+    if actual is None:
+        return False
+    return actual.split(".")[: len(prefix.split("."))] == prefix.split(".")
+
+
+def validate_arches(recipe: Recipe, requested: str | None) -> tuple[str, ...]:
+    if requested is None:
+        return recipe.arches
+    if recipe.qemu is None:
+        raise UserError(f"--arch: {recipe.name} builds no QEMU, only virtiofsd (which serves guests of any arch)",
+                        hint="leave out --arch")
+    arches = split_arches(requested)
+    for arch in arches:
+        if arch not in recipe.qemu.arches:
+            built = ", ".join(recipe.qemu.arches)
+            raise UserError(f'--arch: "{arch}" is not built by {recipe.name} (it builds {built})',
+                            hint="pick from the recipe's qemu.arches, or extend the recipe")
+    return arches

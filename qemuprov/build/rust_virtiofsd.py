@@ -1,0 +1,67 @@
+"""The Rust virtiofsd (QEMU 8.0+ has no daemon of its own): cargo build of its tree with a runner, the binary
+placed at libexec/virtiofsd in the staged prefix (the install step moves it onto PATH)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import IO
+
+from qemuprov.recipe import Crates, VirtiofsdSpec
+from qemuprov.infra.runners import LineCallback, Runner
+
+DEBIAN_REGISTRY = "/usr/share/cargo/registry"
+# Offline, against the crates Debian packages: cargo resolves versions afresh from what is there.
+DEBIAN_CARGO_CONFIG = f"""[source.crates-io]
+replace-with = "debian"
+
+[source.debian]
+directory = "{DEBIAN_REGISTRY}"
+
+[net]
+offline = true
+"""
+# libseccomp-sys and capng link dynamically unless told where the static archives are. An explicit --target
+# keeps crt-static off the proc-macros cargo builds for the host.
+STATIC_ENV_SCRIPT = """
+lib=$(dirname "$(gcc -print-file-name=libseccomp.a)")
+export RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$lib \\
+       LIBCAPNG_LINK_TYPE=static LIBCAPNG_LIB_PATH=$lib
+exec "$@" --target "$(rustc -vV | sed -n 's/^host: //p')"
+"""
+
+
+def cargo_argv(spec: VirtiofsdSpec) -> list[str]:
+    argv = ["cargo", "build", "--release"]
+    argv += ["--offline"] if spec.crates is Crates.DEBIAN else ["--locked"]
+    return ["sh", "-c", STATIC_ENV_SCRIPT, "sh", *argv] if spec.static else argv
+
+
+def crate_count(src: Path) -> int | None:
+    """How many crates cargo will compile, from the tree's Cargo.lock (for progress); None without one."""
+    lock = src / "Cargo.lock"
+    return lock.read_text().count("[[package]]") if lock.is_file() else None
+
+
+def prepare_tree(src: Path, spec: VirtiofsdSpec) -> None:
+    """Point cargo at Debian's crates when the recipe asks for them (their versions differ from Cargo.lock)."""
+    config = src / ".cargo" / "config.toml"
+    if spec.crates is Crates.DEBIAN:
+        config.parent.mkdir(exist_ok=True)
+        config.write_text(DEBIAN_CARGO_CONFIG)
+        (src / "Cargo.lock").unlink(missing_ok=True)
+
+
+def build(spec: VirtiofsdSpec, src: Path, target_dir: Path, cargo_home: Path, staged: Path, runner: Runner,
+          log: IO[str], on_line: LineCallback | None = None) -> int:
+    """Build and stage the daemon; the exit status of cargo (0: staged at libexec/virtiofsd)."""
+    prepare_tree(src, spec)
+    env = runner.env({"CARGO_HOME": str(cargo_home), "CARGO_TARGET_DIR": str(target_dir), "LC_ALL": "C"})
+    status = runner.run(cargo_argv(spec), cwd=src, env=env, log=log, on_line=on_line)
+    if status == 0:
+        # target/release/virtiofsd, or target/<triple>/release/virtiofsd for a static build
+        built = max(target_dir.glob("**/release/virtiofsd"), key=lambda p: p.stat().st_mtime)
+        libexec = staged / "libexec"
+        libexec.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, libexec / "virtiofsd")
+    return status

@@ -1,0 +1,97 @@
+"""Shape a staged install into the layout users put on PATH, and swap it into place atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+import stat
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from qemuprov.knowledge.plan import Plan
+from qemuprov.knowledge.probe import RSEQ_TUNABLE
+from qemuprov.infra.procs import signals_deferred
+from qemuprov.recipe import VirtiofsdFlavour
+
+DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+WRAPPER = """#!/bin/sh
+# Installed by qemuprov. This C virtiofsd predates QEMU 7.0: its seccomp filter lacks rseq, which glibc 2.35
+# and later use, so it would be killed (SIGSYS) the moment a guest mounts the share. Turn rseq off for it.
+GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}%s"
+export GLIBC_TUNABLES
+exec "$(dirname "$(readlink -f "$0")")/../libexec/virtiofsd" "$@"
+""".replace("%s", RSEQ_TUNABLE)
+
+
+def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]:
+    """bin/virtiofsd on PATH (a wrapper where rseq must be off); firmware directories recorded.
+    No plan: the recipe built the Rust daemon alone."""
+    bin_dir, daemon = staged / "bin", staged / "libexec" / "virtiofsd"
+    virtiofsd: dict[str, Any] = {"kind": str(plan.virtiofsd if plan else VirtiofsdFlavour.RUST), "wrapper": False}
+    if daemon.exists():
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        if plan and plan.rseq_wrapper:
+            wrapper = bin_dir / "virtiofsd"
+            wrapper.write_text(WRAPPER)
+            wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | 0o644)
+            virtiofsd.update(wrapper=True, binary=str(prefix / "libexec" / "virtiofsd"))
+        else:
+            daemon.rename(bin_dir / "virtiofsd")
+            with contextlib.suppress(OSError):  # libexec held only the daemon
+                daemon.parent.rmdir()
+    if plan is None:
+        return {"virtiofsd": virtiofsd, "firmware": []}
+    firmware = [str(prefix / "share" / "qemu")]
+    if not plan.tree.has_blobs:
+        firmware += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]
+    return {"virtiofsd": virtiofsd, "firmware": firmware}
+
+
+def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A tar member of a shipped install: owned by root, whoever built it."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """renameat2(RENAME_EXCHANGE): swap two paths in one step. False where the kernel or libc lacks it."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    result = libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    return bool(result == 0)
+
+
+def commit_prefix(staged: Path, prefix: Path) -> None:
+    """Put the staged tree at `prefix`. The old tree is replaced in one atomic exchange, then deleted."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    incoming = prefix.parent / f".qemuprov-new-{prefix.name}-{os.getpid()}"
+    with signals_deferred():  # a Ctrl-C now comes after the swap, never between its renames
+        shutil.move(str(staged), incoming)
+        if not prefix.exists():
+            incoming.rename(prefix)
+            return
+        if not _exchange(incoming, prefix):
+            old = prefix.parent / f".qemuprov-old-{prefix.name}-{os.getpid()}"
+            prefix.rename(old)
+            incoming.rename(prefix)
+            incoming = old
+    shutil.rmtree(incoming, ignore_errors=True)
+
+
+def stale_staging_cleanup(prefix: Path) -> None:
+    """Remove what a killed build left beside the prefix (its pid is in the name and no longer runs)."""
+    if not prefix.parent.is_dir():
+        return
+    for leftover in prefix.parent.glob(f".qemuprov-*-{prefix.name}-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Sharing builds between machines: the binary cache (an OCI registry), signatures, runtime images."""

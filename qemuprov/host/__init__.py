@@ -1,0 +1,1 @@
+"""Whether this host is ready for virtio-fs and for building (qemuprov doctor)."""

@@ -1,0 +1,126 @@
+"""Find a reachable container engine: Docker, or Podman through its Docker-compatible API socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qemuprov.errors import InfraError
+from qemuprov.infra import config
+
+TIMEOUT_ENV = "QEMUPROV_ENGINE_TIMEOUT"
+AUTO_TIMEOUT = 5.0  # --runner auto: an engine that is there answers /version in milliseconds, even when busy
+REQUIRED_TIMEOUT = 30.0  # --runner docker|podman: a loaded machine's Podman service has taken seconds
+
+
+@dataclass(frozen=True)
+class Engine:
+    url: str | None
+    reachable: bool
+    name: str = ""
+    version: str = ""
+    detail: str = ""
+
+
+def candidate_urls() -> list[str]:
+    urls = []
+    if os.environ.get("DOCKER_HOST"):
+        urls.append(os.environ["DOCKER_HOST"])
+    runtime = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
+    for sock in ("/var/run/docker.sock", f"{runtime}/podman/podman.sock", "/run/podman/podman.sock",
+                 f"{runtime}/docker.sock"):
+        url = f"unix://{sock}"
+        if url not in urls and Path(sock).exists():
+            urls.append(url)
+    return urls
+
+
+def _unix_get(path: str, request: str, timeout: float) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        conn.sendall(f"GET {request} HTTP/1.0\r\nHost: engine\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def ping(url: str, timeout: float = 2.0) -> Engine:
+    if not url.startswith("unix://"):
+        return _ping_with_sdk(url, timeout)
+    sock = url.removeprefix("unix://")
+    try:
+        answer = _unix_get(sock, "/version", timeout)
+    except TimeoutError:
+        return Engine(url, False, detail=f"{url}: did not answer within {timeout:g} s (a busy engine: "
+                                         f"{TIMEOUT_ENV} gives it longer)")
+    except OSError as exc:
+        return Engine(url, False, detail=f"{url}: {exc.strerror or exc}")
+    head, _, body = answer.partition("\r\n\r\n")
+    status_line = head.splitlines()[0] if head else "nothing"
+    if " 200 " not in status_line:
+        return Engine(url, False, detail=f"{url}: answered {status_line}")
+    try:
+        info = json.loads(body)
+    except ValueError:
+        info = {}
+    components = [c.get("Name", "") for c in info.get("Components", [])]
+    name = "Podman" if any("Podman" in c for c in components) else "Docker"
+    version = str(info.get("Version", "?"))
+    return Engine(url, True, name, version, f"{name} {version} at {url}")
+
+
+def _ping_with_sdk(url: str, timeout: float) -> Engine:
+    import docker  # only for non-unix engines (tcp://, ssh://): a slow import
+
+    try:
+        client = docker.DockerClient(base_url=url, timeout=int(max(1, timeout)))
+        version = client.version()
+    except Exception as exc:  # the SDK raises many kinds for an unreachable engine
+        return Engine(url, False, detail=f"{url}: {exc}")
+    return Engine(url, True, "Docker", str(version.get("Version", "?")), f"Docker {version.get('Version')} at {url}")
+
+
+def answer_timeout(default: float) -> float:
+    """How long an engine gets to answer: $QEMUPROV_ENGINE_TIMEOUT seconds, else default."""
+    return config.seconds(TIMEOUT_ENV, default, most=3600)
+
+
+def find_engine(kind: str = "any", timeout: float = AUTO_TIMEOUT) -> Engine:
+    """The first reachable engine of this kind (any, Docker or Podman) among the candidate sockets."""
+    urls = candidate_urls()
+    failures = []
+    for url in urls:
+        engine = ping(url, answer_timeout(timeout))
+        if engine.reachable and kind in ("any", engine.name):
+            return engine
+        failures.append(engine.detail if not engine.reachable else f"{engine.detail} is not {kind}")
+    detail = "; ".join(failures) if failures else "no Docker or Podman socket found (and DOCKER_HOST is unset)"
+    return Engine(None, False, detail=detail)
+
+
+def client(engine: Engine) -> Any:
+    import docker  # a slow import: only commands that talk to an engine pay for it
+
+    # No client-side timeout: a build step may print nothing for minutes (linking, LTO).
+    return docker.DockerClient(base_url=engine.url, timeout=None)  # type: ignore[arg-type]
+
+
+def require_engine(kind: str = "any") -> Engine:
+    """A reachable engine, or an InfraError saying how to get one (the machine's state, not bad input: exit 1).
+    kind: any | Docker | Podman. An engine asked for by name gets the time a loaded machine needs."""
+    engine = find_engine(kind, REQUIRED_TIMEOUT)
+    if engine.reachable:
+        return engine
+    if kind == "Podman":
+        raise InfraError(f"--runner podman: no reachable Podman API socket ({engine.detail})",
+                        hint="start one: podman system service --time=0 unix://$XDG_RUNTIME_DIR/podman/podman.sock "
+                             "and export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock")
+    raise InfraError(f"no reachable container engine: {engine.detail}",
+                    hint="start Docker (or `podman system service`) and set DOCKER_HOST if its socket is not the "
+                         "default; or use --runner host")

@@ -1,0 +1,57 @@
+"""Where qemuprov keeps things: shipped data, the user's recipes, installs, caches (XDG through platformdirs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+_PACKAGE = Path(__file__).resolve().parent.parent  # qemuprov/, above infra/
+
+
+def shipped_dir(kind: str) -> Path:
+    """`recipes` or `containers`: inside the wheel when installed, at the top of the checkout otherwise."""
+    inside = _PACKAGE / "_data" / kind
+    return inside if inside.is_dir() else _PACKAGE.parent / kind
+
+
+def user_recipes_dir() -> Path:
+    return Path(platformdirs.user_config_dir("qemuprov")) / "recipes"
+
+
+def user_containers_dir() -> Path:
+    return Path(platformdirs.user_config_dir("qemuprov")) / "containers"
+
+
+def builder_names() -> tuple[str, ...]:
+    """Builder images: `containers/builder-<name>.Dockerfile`, shipped or the user's own."""
+    names: set[str] = set()
+    for directory in (shipped_dir("containers"), user_containers_dir()):
+        if directory.is_dir():
+            names.update(p.name[len("builder-"):-len(".Dockerfile")]
+                         for p in directory.glob("builder-*.Dockerfile"))
+    return tuple(sorted(names))
+
+
+def install_root() -> Path:
+    """Where `qemuprov build NAME` installs `<root>/NAME`; QEMUPROV_ROOT overrides."""
+    override = os.environ.get("QEMUPROV_ROOT")
+    return Path(override) if override else Path(platformdirs.user_data_dir("qemuprov")) / "installs"
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("QEMUPROV_CACHE")
+    return Path(override) if override else Path(platformdirs.user_cache_dir("qemuprov"))
+
+
+def fingerprint(path: Path) -> str:
+    """A file as caches know it: real path, size, mtime and ctime; any change to the file changes it."""
+    real = path.resolve()
+    st = real.stat()
+    return f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def work_dir(recipe: str) -> Path:
+    """A recipe's work directory: src/ (the fetched tree), build*/ (build trees), logs/, running/ (its steps)."""
+    return cache_dir() / "work" / recipe

@@ -1,0 +1,328 @@
+"""Where build steps run. The host runner runs them here; the container runner runs them in a builder image
+(Docker, or Podman through its Docker-compatible API). A container sees the recipe's work directory at one fixed
+path, whoever builds and wherever their cache lives, so its objects, generated headers and ccache keys are the
+same on every machine; every other directory it needs is mounted at its own path. Each step streams its output
+into the build log and to a line callback (progress), with container paths shown as the host's."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from packaging.version import InvalidVersion, Version
+
+from qemuprov.errors import InfraError
+from qemuprov.infra import builder_images, engines, procs
+from qemuprov.infra.compilers import CCACHE_MASQUERADE, host_ccache, host_compilers
+from qemuprov.infra.engines import Engine
+from qemuprov.infra.procs import RunningGroups, stop_group
+
+LineCallback = Callable[[str], None]
+CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONTAINER_LABEL = "org.qemuprov.build"
+BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv with a recent meson
+MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
+WORK_IN_CONTAINER = "/qemuprov/work"
+
+
+class PathMap:
+    """Host directories that a container sees elsewhere: rewrites arguments, environment values and working
+    directories inward, and the lines a step prints outward."""
+
+    def __init__(self, moved: Mapping[Path, str]) -> None:
+        self._inward = [(self._pattern(str(host)), inside) for host, inside in moved.items()]
+        self._outward = [(self._pattern(inside), str(host)) for host, inside in moved.items()]
+
+    @staticmethod
+    def _pattern(directory: str) -> re.Pattern[str]:
+        # The directory itself or a path under it, not a sibling that merely starts with the same characters.
+        return re.compile(re.escape(directory.rstrip("/")) + r"(?=/|$|[^\w.-])")
+
+    @staticmethod
+    def _apply(rules: list[tuple[re.Pattern[str], str]], text: str) -> str:
+        for pattern, replacement in rules:
+            text = pattern.sub(replacement.replace("\\", "\\\\"), text)
+        return text
+
+    def inward(self, text: str) -> str:
+        return self._apply(self._inward, text)
+
+    def outward(self, text: str) -> str:
+        return self._apply(self._outward, text)
+
+
+class Runner(Protocol):
+    name: str
+    python: str  # the interpreter that runs a tree's bundled meson.py
+
+    @property
+    def tree_python(self) -> str | None: ...  # an interpreter with a recent meson, for 8.1+ trees without one
+
+    @property
+    def key(self) -> str: ...  # "host", or "ENGINE:IMAGE-TAG": what a build's stamps and inputs key record
+
+    @property
+    def compilers(self) -> dict[str, str]: ...  # CC and CXX the steps get; empty: the environment's own
+
+    def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None: ...
+
+    # A context manager; work: the recipe's work directory, which a container sees at WORK_IN_CONTAINER.
+    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Any: ...
+
+    def visible(self, path: Path) -> str: ...  # where the steps see a host path (in a session)
+
+    def for_builder(self, builder: str) -> Runner: ...  # the same kind of runner, for another builder image
+
+    def env(self, extra: Mapping[str, str]) -> dict[str, str]: ...
+
+    def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
+            on_line: LineCallback | None = None) -> int: ...
+
+
+def _log_command(log: IO[str], argv: Sequence[str], cwd: Path, where: str = "") -> None:
+    log.write(f"{where}$ cd {shlex.quote(str(cwd))} && {shlex.join(argv)}\n")
+    log.flush()
+
+
+class HostRunner:
+    name = "host"
+    python = sys.executable
+    key = "host"
+    groups: RunningGroups | None = None  # where the build records its running steps (see RunningGroups)
+
+    @property
+    def tree_python(self) -> str | None:
+        """The interpreter of the meson on PATH (pip-installed meson runs from the venv it lives in), if that
+        meson is recent enough for 8.1+ trees."""
+        meson = shutil.which("meson")
+        if meson is None:
+            return None
+        try:
+            if Version(procs.run([meson, "--version"], timeout=30).stdout.strip()) < MODERN_MESON:
+                return None
+        except InvalidVersion:
+            return None
+        with open(meson, "rb") as script:
+            first = script.readline().decode(errors="replace")
+        return first[2:].strip().split()[0] if first.startswith("#!") and "python" in first else None
+
+    @functools.cached_property
+    def compilers(self) -> dict[str, str]:
+        return host_compilers()
+
+    def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
+        pass
+
+    @contextmanager
+    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
+        yield
+
+    def visible(self, path: Path) -> str:
+        return str(path)
+
+    def for_builder(self, builder: str) -> Runner:
+        return self
+
+    def env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "TMPDIR", "TERM")}
+        env.update(self.compilers)
+        env.update(extra)
+        if masquerade := host_ccache():
+            env["PATH"] = f"{masquerade}:{env.get('PATH', '/usr/bin:/bin')}"
+        else:
+            env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
+        return env
+
+    def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
+            on_line: LineCallback | None = None) -> int:
+        _log_command(log, argv, cwd)
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        assert proc.stdout is not None
+        try:
+            if self.groups is not None:
+                self.groups.remember(proc.pid)
+            for line in proc.stdout:
+                log.write(line)
+                if on_line is not None:
+                    on_line(line)
+            return proc.wait()
+        except BaseException:
+            # Ctrl-C or any failure here: stop the whole process group (make/ninja and the compilers).
+            with procs.signals_deferred():
+                stop_group(proc, grace=10)
+            raise
+        finally:
+            log.flush()
+            if self.groups is not None:
+                self.groups.forget(proc.pid)
+
+
+class ContainerRunner:
+    """One container per build, started idle; every step is an exec in it, as the calling user.
+    The container is removed when the session ends, whether the build succeeded, failed or was interrupted."""
+
+    python = "python3"
+
+    @property
+    def tree_python(self) -> str | None:
+        return BUILDER_PYTHON
+
+    def __init__(self, engine: Engine, image: builder_images.BuilderImage, user: tuple[int, int] | None = None) -> None:
+        self.engine = engine
+        self.name = engine.name.lower() or "docker"
+        self.user = user or (os.getuid(), os.getgid())
+        self.image_id: str | None = None
+        self._client: Any = None
+        self._container: Any = None
+        self._paths = PathMap({})
+        self.image = image
+        with contextlib.suppress(Exception):  # an engine that went away is reported by the first real step
+            self.image = image.with_base_id(self.client)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.image.tag}"
+
+    @property
+    def compilers(self) -> dict[str, str]:
+        return {}  # the builder image's ENV names them, and its tag covers any change
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = engines.client(self.engine)
+        return self._client
+
+    def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
+        self.image_id = builder_images.ensure_builder(self.client, self.image, log, on_line)
+
+    def for_builder(self, builder: str) -> Runner:
+        if builder == self.image.builder:
+            return self
+        return ContainerRunner(self.engine, builder_images.builder_image(builder), self.user)
+
+    @contextmanager
+    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
+        """network: host networking for steps that download (cargo's registry); builds run without one."""
+        import docker.errors
+
+        self._remove_orphans()
+        self._paths = PathMap({work: WORK_IN_CONTAINER} if work else {})
+        binds = {str(m): {"bind": self.visible(m), "mode": "rw"} for m in {*mounts, *([work] if work else [])}}
+        name = f"qemuprov-build-{os.getpid()}"
+        try:
+            self._container = self.client.containers.run(
+                self.image.tag, ["sleep", "infinity"], detach=True, init=True,
+                network_mode="host" if network else "none",
+                volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
+                name=name, **self._engine_quirks())
+        except BaseException as exc:
+            # Ctrl-C while the engine creates it: the container may exist without our having its handle.
+            with contextlib.suppress(Exception):
+                self.client.containers.get(name).remove(force=True)
+            if not isinstance(exc, docker.errors.APIError):
+                raise
+            hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get install "
+                    "catatonit)") if "catatonit" in str(exc) else "see `qemuprov doctor`; or build with --runner host"
+            raise InfraError(f"{self.engine.detail}: cannot start the build container: "
+                             f"{exc.explanation or exc}", hint=hint) from None
+        try:
+            yield
+        finally:
+            container, self._container, self._paths = self._container, None, PathMap({})
+            try:
+                with procs.signals_deferred():
+                    container.remove(force=True)
+            except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
+                print(f"qemuprov: warning: could not remove container {container.name}: {exc}", file=sys.stderr)
+
+    def visible(self, path: Path) -> str:
+        return self._paths.inward(str(path))
+
+    def _remove_orphans(self) -> None:
+        """Build containers of qemuprov processes that died without cleaning up (SIGKILL, a crash)."""
+        host = socket.gethostname()
+        for container in self.client.containers.list(all=True, filters={"label": CONTAINER_LABEL}):
+            owner = container.labels.get(CONTAINER_LABEL, "")
+            pid, _, owner_host = owner.partition("@")
+            if owner_host == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+
+    def _engine_quirks(self) -> dict[str, Any]:
+        if self.name != "podman":
+            return {}
+        import docker.types
+
+        # Rootless podman refuses the default ulimits of a root engine's clients.
+        return {"ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=1024),
+                            docker.types.Ulimit(name="nproc", soft=4096, hard=4096)]}
+
+    def env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        return {"PATH": CONTAINER_PATH, "HOME": "/tmp", "TERM": os.environ.get("TERM", "dumb"), **extra}
+
+    def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
+            on_line: LineCallback | None = None) -> int:
+        if self._container is None:
+            raise InfraError("internal: a container step ran outside a container session")
+        _log_command(log, argv, cwd, where=f"[{self.image.tag}] ")
+        import docker.errors
+        import requests
+
+        try:
+            return self._exec(argv, cwd, env, log, on_line)
+        except (requests.RequestException, docker.errors.DockerException) as exc:
+            raise InfraError(f"lost the container engine during `{shlex.join(argv)[:80]}` ({self.engine.detail}): "
+                             f"{str(exc)[:200]}",
+                             hint="start the engine again and rerun the build; the previous install is "
+                                  "untouched") from None
+
+    def _exec(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], log: IO[str],
+              on_line: LineCallback | None) -> int:
+        assert self._container is not None
+        api = self.client.api
+        inward = self._paths.inward
+        exec_id = api.exec_create(self._container.id, [inward(a) for a in argv], workdir=self.visible(cwd),
+                                  environment={k: inward(v) for k, v in env.items()},
+                                  user=f"{self.user[0]}:{self.user[1]}")["Id"]
+        pending = ""
+        try:
+            for chunk in api.exec_start(exec_id, stream=True):
+                pending += chunk.decode(errors="replace")
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    line = self._paths.outward(line)
+                    log.write(line + "\n")
+                    if on_line is not None:
+                        on_line(line + "\n")
+            if pending:
+                log.write(self._paths.outward(pending) + "\n")
+        finally:
+            log.flush()
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        return int(code) if code is not None else 255
+
+
+def get_runner(name: str, builder: str, base: str | None = None) -> tuple[Runner, str | None]:
+    """The runner for --runner NAME, and a notice when `auto` had to fall back to the host."""
+    if name == "host":
+        return HostRunner(), None
+    if name == "auto":
+        engine = engines.find_engine()
+        if not engine.reachable:
+            return HostRunner(), f"no container engine reachable ({engine.detail}); building on the host"
+    else:
+        engine = engines.require_engine("Podman" if name == "podman" else "any")
+    return ContainerRunner(engine, builder_images.builder_image(builder, base)), None

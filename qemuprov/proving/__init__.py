@@ -1,0 +1,1 @@
+"""Proving an install works: guest boots over virtio-fs with the guest kit."""

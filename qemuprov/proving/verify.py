@@ -1,0 +1,336 @@
+"""Boot a guest over virtio-fs: virtiofsd serves a temporary directory, QEMU boots the guest kit with shared
+memory and vhost-user-fs-pci, the guest reads the host's file and writes one back. Every process is bounded
+in time and stopped, and every temporary file removed, whatever happens."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qemuprov.errors import UserError
+from qemuprov.infra.procs import stop_group
+from qemuprov.infra.progress import notice
+from qemuprov.knowledge import osv, probe
+from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.proving import guestkit
+from qemuprov.proving.guestkit import TAG, Kit
+from qemuprov.records import installs
+
+GUEST_TIMEOUT = 120.0
+SOCKET_TIMEOUT = 10.0
+MEMORY_MB = 512
+DAX_WINDOW = "64M"
+
+
+@dataclass
+class BootResult:
+    """One arch's guest boot: PASS or FAIL with the side that failed, and what DAX did."""
+
+    arch: str
+    ok: bool
+    seconds: float
+    accel: str
+    dax: bool | None = None  # None: not tried (the QEMU has no DAX window, or the guest kernel cannot use one)
+    failure: str | None = None  # "virtiofsd", "qemu", "guest"
+    message: str = ""
+    log: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # combinations known to break (probe.pairing_warnings)
+    mode: str = "plain"  # "osv": with the QEMU and virtiofsd command lines of OSv's scripts/run.py
+    dax_status: str = "-"  # "yes", "no", "not tested", "-" (no DAX window)
+    dax_reason: str = ""  # why not "yes", and what to do
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The two command lines of one verify run, and where the guest's console ends up."""
+
+    virtiofsd: list[str]
+    qemu: list[str]
+    socket: Path
+    console: Path
+    disk: Path | None = None  # made for the run (OSv's line has a disk), removed after it
+
+
+def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[str]:
+    if daemon.flavour == "rust":
+        sandbox = "namespace" if os.geteuid() == 0 else "none"
+        return [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
+    return [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", "cache=auto"]
+
+
+def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
+    console = "ttyS0" if qemu.arch == "x86_64" else "ttyAMA0"
+    return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
+
+
+def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
+              firmware: list[str]) -> list[str]:
+    append = kernel_append(qemu)
+    device = f"vhost-user-fs-pci,chardev=vfs,tag={TAG}" + (f",cache-size={DAX_WINDOW}" if qemu.dax else "")
+    argv = [qemu.path, "-accel", accel, "-m", str(MEMORY_MB), "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", f"file:{serial}", "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
+            "-object", f"memory-backend-memfd,id=mem,size={MEMORY_MB}M,share=on", "-numa", "node,memdev=mem",
+            "-chardev", f"socket,id=vfs,path={socket}", "-device", device]
+    if qemu.arch == "aarch64":
+        argv += ["-machine", "virt", "-cpu", "max"]
+    for directory in firmware:
+        argv += ["-L", directory]
+    return argv
+
+
+RSEQ_EXPLANATION = ("a C virtiofsd from before QEMU 7.0 lacks rseq in its seccomp filter, and glibc 2.35+ uses "
+                    "rseq, so the filter kills it (SIGSYS) as the guest mounts; run it with "
+                    "GLIBC_TUNABLES=glibc.pthread.rseq=0 (qemuprov installs wrap it)")
+
+
+def _died(proc: subprocess.Popen[bytes], daemon: VirtiofsdProbe) -> str:
+    code = proc.returncode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        if name == "SIGSYS":
+            return f"virtiofsd was killed by SIGSYS: its seccomp filter refused a system call; {RSEQ_EXPLANATION}"
+        return f"virtiofsd was killed by {name}"
+    if daemon.rseq_risk:
+        # The sandboxed C daemon runs in a child process; the parent only reports failure.
+        seen = " (the kernel log shows the seccomp kill on rseq)" if probe.seen_rseq_kill() else ""
+        return f"virtiofsd exited with status {code} while the guest mounted{seen}: {RSEQ_EXPLANATION}"
+    return f"virtiofsd exited with status {code}"
+
+
+def _write_failed(error: str) -> str:
+    message = f"the guest mounted the share and read the host's file but could not write back ({error or '?'})"
+    if "read-only" in error.lower():
+        message += ("; the share is read-only: virtiofsd was started with --readonly (or -o readonly) or serves "
+                    "a read-only directory or mount; verify needs a writable share")
+    return message
+
+
+def plain_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, accel: str,
+                 firmware: list[str]) -> Launch:
+    socket, serial = work / "vfs.sock", work / "serial.log"
+    return Launch(virtiofsd_argv(daemon, socket, work / "share"),
+                  qemu_argv(qemu, kit, socket, serial, accel, firmware), socket, serial)
+
+
+def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, accel: str,
+               firmware: list[str]) -> Launch:
+    """OSv's scripts/run.py lines with the guest kit's kernel in place of OSv's; `-display none` stands in
+    for run.py's VNC listener, and the gdb listener is left out."""
+    socket = work / "vhostqemu"
+    disk = probe.direct_io_file(f"qemuprov-verify-{os.getpid()}-{secrets.token_hex(4)}.img", 1 << 20)
+    if disk is None:
+        raise UserError("verify --osv: no directory here takes O_DIRECT (cache=none), which OSv's disk line needs",
+                        hint="set XDG_CACHE_HOME (or QEMUPROV_CACHE) to a directory on a disk, not tmpfs")
+    argv = osv.qemu_argv(qemu.path, str(qemu.arch), disk, socket, osv.DEFAULT_TAG,
+                         DAX_WINDOW if qemu.dax else None, accel, boot_disk=False)
+    argv += ["-display", "none"] if qemu.arch == "x86_64" else []
+    argv += ["-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", kernel_append(qemu, osv.DEFAULT_TAG)]
+    if accel != "kvm":
+        argv += ["-accel", accel]
+    for directory in firmware:
+        argv += ["-L", directory]
+    return Launch(osv.virtiofsd_argv(daemon.path, socket, work / "share"), argv, socket, work / "qemu.log", disk)
+
+
+LAUNCHERS = {"plain": plain_launch, "osv": osv_launch}
+
+
+def dax_verdict(qemu: QemuProbe, lines: list[str], kit: Kit) -> tuple[bool | None, str, str]:
+    """(dax, status, reason) from the guest's own report. Three ways to miss: the QEMU has no window, the guest
+    kernel cannot use one (it never reports the window), the daemon cannot map into it (mount or read fails)."""
+    if not qemu.dax:
+        return None, "-", "this QEMU has no DAX window (cache-size)"
+    window = any(ln.startswith("QEMUPROV: dax-window") for ln in lines)
+    mounted = any("dax=always" in ln for ln in lines if ln.startswith("QEMUPROV: dax-mount "))
+    read = next((ln.removeprefix("QEMUPROV: dax-read ").strip() for ln in lines
+                 if ln.startswith("QEMUPROV: dax-read ")), None)
+    token = next((ln.removeprefix("QEMUPROV: read ").strip() for ln in lines if ln.startswith("QEMUPROV: read ")),
+                 None)
+    if window and mounted and read is not None and read == token:
+        return True, "yes", ""
+    if not window:
+        config = {True: "", False: " (its config has no CONFIG_FUSE_DAX, which needs ZONE_DEVICE)",
+                  None: ""}[kit.fuse_dax]
+        return None, "not tested", (f"{kit.description} cannot use DAX: it reported no DAX window{config}; "
+                                    "boot a kernel built with CONFIG_FUSE_DAX with --kernel/--initrd")
+    failed = next((ln for ln in lines if ln.startswith(("QEMUPROV: dax-mount-failed", "QEMUPROV: dmesg"))), "")
+    what = f"reading through it failed ({read})" if mounted else f"mount -o dax failed ({failed.strip()})"
+    return False, "no", (f"the guest found the DAX window but {what}: the virtiofsd does not serve DAX mappings "
+                         "(FUSE_SETUPMAPPING); pair the virtio-fs-dev QEMU with its own C virtiofsd")
+
+
+def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> None:
+    """Until the guest powers off, GUEST_TIMEOUT passes, or virtiofsd dies (the guest would only hang then)."""
+    deadline = time.monotonic() + GUEST_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            vm.wait(timeout=0.2)
+            return
+        if vfs.poll() is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                vm.wait(timeout=2)  # let the guest's last lines reach the serial file
+            return
+
+
+def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str],
+        mode: str = "plain") -> BootResult:
+    return run_launch(qemu, daemon, kit, lambda work: LAUNCHERS[mode](qemu, daemon, kit, work, accel, firmware),
+                      accel, mode)
+
+
+def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: Callable[[Path], Launch],
+               accel: str, mode: str) -> BootResult:
+    """Boot what make_launch(work dir) describes; the work dir holds share/ with the host's file in it."""
+    start = time.monotonic()
+    outcome = BootResult(str(qemu.arch), False, 0.0, accel, mode=mode)
+    vfs: subprocess.Popen[bytes] | None = None
+    vm: subprocess.Popen[bytes] | None = None
+    launch: Launch | None = None
+    with tempfile.TemporaryDirectory(prefix="qemuprov-verify-") as tmp:
+        work = Path(tmp)
+        share = work / "share"
+        share.mkdir()
+        token = secrets.token_hex(8)
+        (share / "from-host.txt").write_text(token + "\n")
+        vfs_log = (work / "virtiofsd.log").open("wb")
+        qemu_log = (work / "qemu.log").open("wb")
+        try:
+            launch = make_launch(work)
+            socket = launch.socket
+            vfs = subprocess.Popen(launch.virtiofsd, stdout=vfs_log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+            deadline = time.monotonic() + SOCKET_TIMEOUT
+            while not socket.exists() and vfs.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not socket.exists():
+                outcome.failure = "virtiofsd"
+                outcome.message = _died(vfs, daemon) if vfs.poll() is not None else "virtiofsd made no socket in time"
+                outcome.log = (work / "virtiofsd.log").read_text(errors="replace").splitlines()[-10:]
+                return outcome
+            # stdin stays open and silent: run.py's line reads the console from stdio
+            vm = subprocess.Popen(launch.qemu, stdin=subprocess.PIPE, stdout=qemu_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+            _wait_for_guest(vm, vfs)
+            console = launch.console.read_text(errors="replace") if launch.console.exists() else ""
+            lines = [ln.strip() for ln in console.splitlines() if ln.startswith("QEMUPROV:")]
+            outcome.log = lines
+            qemu_out = (work / "qemu.log").read_text(errors="replace")
+            qemu_said = [ln for ln in qemu_out.splitlines() if not ln.startswith("QEMUPROV:")]
+            if vfs.poll() is not None and vfs.returncode != 0:
+                outcome.failure, outcome.message = "virtiofsd", _died(vfs, daemon)
+                outcome.log = [*lines, *qemu_said[-5:]]
+            elif not lines and vm.returncode not in (0, None):
+                outcome.failure = "qemu"
+                outcome.message = f"QEMU refused to run: {qemu_said[-1:] or ['?']}"
+                outcome.log = qemu_said[-10:]
+            elif "QEMUPROV: mounted" not in lines:
+                outcome.failure = "guest"
+                outcome.message = "the guest could not mount the share" if lines else \
+                    f"the guest did not answer within {GUEST_TIMEOUT:.0f} s"
+            else:
+                written = share / "from-guest.txt"
+                got = written.read_text().strip() if written.exists() else None
+                write_failure = next((ln.split("write-failed", 1)[1].strip() for ln in lines
+                                      if ln.startswith("QEMUPROV: write-failed")), None)
+                if write_failure is not None:
+                    outcome.failure, outcome.message = "virtiofsd", _write_failed(write_failure)
+                elif f"QEMUPROV: read {token}" not in lines or got != token:
+                    outcome.failure, outcome.message = "guest", f"file round trip failed (guest wrote {got!r})"
+                else:
+                    outcome.ok = True
+                    outcome.message = "the guest read the host's file and wrote one back" + (
+                        " (OSv's run.py command lines)" if mode == "osv" else "")
+                outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit)
+        finally:
+            stop_group(vm)
+            stop_group(vfs)
+            vfs_log.close()
+            qemu_log.close()
+            if launch is not None and launch.disk is not None:
+                launch.disk.unlink(missing_ok=True)
+    outcome.seconds = round(time.monotonic() - start, 2)
+    return outcome
+
+
+def choose_accel(arch: str, requested: str) -> str:
+    """auto: KVM only where doctor's bounded test guest runs under it (the verdict is cached)."""
+    import platform
+    import shutil
+
+    from qemuprov.infra import paths
+    from qemuprov.knowledge import kvm
+
+    if requested != "auto":
+        return requested
+    if arch != platform.machine() or not kvm.device().accessible:
+        return "tcg"
+    host_qemu = shutil.which("qemu-system-x86_64")
+    if host_qemu and kvm.verdict(Path(host_qemu), paths.cache_dir() / "kvm.json")["usable"]:
+        return "kvm"
+    notice("KVM is present but unusable here (see `qemuprov doctor`): using TCG")
+    return "tcg"
+
+
+@dataclass(frozen=True)
+class Targets:
+    qemus: list[Path]
+    virtiofsd: Path
+    firmware: list[str]  # -L directories
+
+
+def install_targets(entry: installs.Install) -> Targets:
+    """An install's QEMUs and virtiofsd; for an install of virtiofsd alone, the QEMUs on PATH it will serve."""
+    qemus = sorted((entry.prefix / "bin").glob("qemu-system-*")) or probe.qemus_on_path()
+    if not qemus:
+        raise UserError(f"{entry.name} holds no QEMU and there is no qemu-system-x86_64 or -aarch64 on PATH",
+                        hint=f"qemuprov verify --qemu PATH --virtiofsd {entry.prefix / 'bin' / 'virtiofsd'}")
+    return Targets(qemus, entry.prefix / "bin" / "virtiofsd", entry.firmware_dirs)
+
+
+def binary_targets(qemus: list[Path], virtiofsd: Path) -> Targets:
+    """Binaries given by path; a QEMU from a qemuprov install brings the firmware directories it recorded."""
+    manifests = [installs.read_manifest(q.resolve().parent.parent) for q in qemus]
+    firmware = [d for m in manifests if m for d in m.firmware]
+    return Targets(qemus, virtiofsd, list(dict.fromkeys(firmware)))
+
+
+def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
+               accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain") -> list[BootResult]:
+    cache = probe.ProbeCache()
+    daemon = probe.probe_binary(daemon_path, cache)
+    if daemon.error or not isinstance(daemon, VirtiofsdProbe):
+        raise UserError(f"virtiofsd {daemon_path}: {daemon.error}", hint="give a working virtiofsd")
+    if daemon.needs_root and os.geteuid() != 0:
+        raise UserError(f"virtiofsd {daemon_path} is the C daemon, which needs root to serve a share "
+                        f"({daemon.note or 'it sets up namespaces and drops capabilities'})",
+                        hint="run verify with sudo (HOME and PATH kept: sudo -E env PATH=\"$PATH\" qemuprov verify "
+                             "...), or pair the QEMU with the Rust virtiofsd, which runs as you")
+    outcomes = []
+    for path in qemus:
+        qemu = probe.probe_binary(path, cache)
+        if qemu.error or not isinstance(qemu, QemuProbe):
+            raise UserError(f"QEMU {path}: {qemu.error}", hint="give a qemu-system-* binary")
+        if arches and qemu.arch not in arches:
+            continue
+        if qemu.arch not in guestkit.DEB_ARCH:
+            raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
+        if not qemu.vhost_user_fs:
+            outcomes.append(BootResult(str(qemu.arch), False, 0.0, "-", failure="qemu",
+                                    message=f"{path} has no vhost-user-fs-pci device"))
+            continue
+        kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
+        outcome = run(qemu, daemon, kit, choose_accel(str(qemu.arch), accel), firmware, mode)
+        outcome.warnings = probe.pairing_warnings(qemu, daemon)
+        outcomes.append(outcome)
+    cache.save()
+    if not outcomes:
+        raise UserError(f"--arch: none of {', '.join(arches or ())} among the QEMU binaries given")
+    return outcomes

@@ -1,0 +1,1 @@
+"""What is written down: qemuprov.json, the installs on this machine, recipe lock files."""

@@ -1,0 +1,1 @@
+"""Getting source trees: git mirrors and commits, tarballs, safe unpacking, and what is newest upstream."""
