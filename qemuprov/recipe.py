@@ -34,7 +34,7 @@ class VirtiofsdSource(StrEnum):
 
 
 class Crates(StrEnum):
-    PREFIXES_FILE = "registry"  # cargo fetches the locked crates from its registry (needs the network)
+    REGISTRY = "registry"  # cargo fetches the locked crates from its registry (needs the network)
     DEBIAN = "debian"  # offline, from the librust-*-dev packages in the builder (/usr/share/cargo/registry)
 
 
@@ -107,7 +107,7 @@ class VirtiofsdSpec:
     tree: Source | None = None  # the rest only for source = "rust"
     builder: str | None = None  # None: the recipe's builder
     static: bool = False  # a static binary runs on hosts older than its builder
-    crates: Crates = Crates.PREFIXES_FILE
+    crates: Crates = Crates.REGISTRY
 
 
 @dataclass(frozen=True)

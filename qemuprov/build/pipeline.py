@@ -35,7 +35,7 @@ from qemuprov.infra.progress import Reporter, notice
 from qemuprov.build.qemu_steps import Configured
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.infra.render import safe_text
-from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner
+from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner, get_runner
 from qemuprov.sources.trees import Resolution
 from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.build.context import Context, Options, missing_dependency_hint
@@ -215,7 +215,7 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
     with ctx.phase("fetch", str(ctx.work / "src")):
         src = _fetch(ctx, ctx.recipe.qemu.source, revision, "src", "qemu")
     tree = plan.inspect(src)
-    the_plan = plan.make_plan(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner.tree_python)
+    the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner)
     if ctx.runner.key != "host":
         with ctx.phase("builder", ctx.runner.key):
             ctx.runner.prepare(ctx.log, ctx.report.line)
@@ -226,12 +226,32 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
     with ctx.runner.session(mounts, network=bool(tree.missing_subprojects), work=ctx.work):
         ctx.remote_ccache = qemu_steps.shared_ccache(ctx)
         if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
-            the_plan = plan.make_plan(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner.tree_python,
-                                      system_slirp=False)
+            the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner, system_slirp=False)
         configured = qemu_steps.configure(ctx, tree, the_plan, revision.record.revision)
         qemu_steps.compile_targets(ctx, tree, the_plan, configured)
         qemu_steps.install(ctx, tree, configured)
     return the_plan, configured
+
+
+def plan_for(recipe: Recipe, tree: plan.Tree, prefix: Path, arches: tuple[str, ...], runner: Runner,
+             system_slirp: bool = True) -> plan.Plan:
+    """The one way a build plans a tree: for this runner's python, into this prefix."""
+    return plan.make_plan(recipe, tree, prefix, arches, runner.tree_python, system_slirp=system_slirp)
+
+
+def known_plan(recipe: Recipe) -> dict[str, object] | None:
+    """The plan the last install of this recipe recorded; else, once an earlier build fetched the source, the
+    plan a default build (--runner auto) would follow; None before either."""
+    if recipe.qemu is None:
+        return None
+    for entry in installs.list_installs():
+        if entry.recipe == recipe.name and entry.manifest and entry.manifest.plan:
+            return dict(entry.manifest.plan)
+    src = paths.work_dir(recipe.name) / "src"
+    if not (src / "VERSION").exists():
+        return None
+    runner, _ = get_runner("auto", recipe.builder)
+    return plan_for(recipe, plan.inspect(src), paths.install_root() / recipe.name, recipe.arches, runner).to_dict()
 
 
 def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> BuilderImageRecord | None:
@@ -246,7 +266,7 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> Bu
             runner.prepare(ctx.log, ctx.report.line)
     cargo_home = paths.cache_dir() / "cargo"
     cargo_home.mkdir(parents=True, exist_ok=True)
-    online = spec.crates is Crates.PREFIXES_FILE
+    online = spec.crates is Crates.REGISTRY
     with ctx.phase("virtiofsd", f"cargo build ({spec.crates.value} crates{', static' if spec.static else ''})",
                    timing="virtiofsd-build"):
         if crates := rust_virtiofsd.crate_count(src):

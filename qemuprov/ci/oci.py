@@ -82,7 +82,7 @@ def parse(reference: str) -> Location:
     if scheme not in ("", "http", "https") or not _HOST.match(host) or not repository or \
             not re.fullmatch(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*", repository):
         shown = reference if len(reference) < 80 and reference.isprintable() else repr(reference[:80])
-        raise UserError(f'binary cache "{shown}": give PREFIXES_FILE/REPOSITORY, e.g. ghcr.io/me/qemu-cache or '
+        raise UserError(f'binary cache "{shown}": give REGISTRY/REPOSITORY, e.g. ghcr.io/me/qemu-cache or '
                         "127.0.0.1:5000/qemuprov")
     local = host.rsplit(":", 1)[0] in ("localhost", "127.0.0.1", "[::1]") if not host.startswith("[") \
         else host.startswith("[::1]")

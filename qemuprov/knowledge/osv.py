@@ -69,6 +69,22 @@ class RunPyLine:
         return f'sudo env "PATH=$PATH" {words}' if self.needs_root else words
 
 
+def env_lines(install: str, qemus: dict[str, Path], share: Path, tag: str, dax_size: str | None,
+              firmware: tuple[str, ...], needs_root: bool) -> list[str]:
+    """What `qemuprov env --osv` prints as comments: run.py's command line per arch, and how to run it."""
+    lines = [f"OSv's scripts/run.py with {install}. Run it in your OSv checkout, after",
+             "the export above (run.py starts `virtiofsd` from PATH), once the shared directory exists:",
+             f"  mkdir -p {shlex.quote(str(share))}"]
+    if needs_root:
+        lines.append("The C virtiofsd needs root, so run.py runs under sudo; `env PATH=$PATH` keeps this build on "
+                     "sudo's PATH.")
+    for arch, qemu in sorted(qemus.items()):
+        lines += [f"{arch}:", f"  {RunPyLine(arch, qemu, share, tag, dax_size, firmware, needs_root).shell()}"]
+    if dax_size:
+        lines.append(f"--virtio-fs-dax={dax_size} is the DAX window (cache-size); choose another with --dax-size.")
+    return lines
+
+
 def virtiofsd_argv(daemon: str, socket: Path, share: Path) -> list[str]:
     """How run.py starts virtiofsd (found on PATH there; here the install's own)."""
     return [daemon, f"--socket-path={socket}", "-o", f"source={share}"]

@@ -1,0 +1,134 @@
+"""qemuprov build: the options, the pipeline, and what it says when done."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from qemuprov.commands.base import Command, book
+from qemuprov.commands.verify import render_outcomes
+from qemuprov.errors import UserError
+from qemuprov.infra import render
+from qemuprov.records import installs
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    import functools
+    import os
+
+    from qemuprov.build import pipeline
+    from qemuprov.ci import binary_cache, signing
+    from qemuprov.infra import config, paths
+    from qemuprov.infra.progress import Reporter
+    from qemuprov.infra.runners import get_runner
+
+    recipe = book(args).load(args.recipe)
+    arches = pipeline.validate_arches(recipe, args.arch)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError("-j: give a number of parallel jobs of 1 or more")
+    if args.prefix is not None and not args.prefix.strip():
+        raise UserError("--prefix: an empty directory name", hint="leave --prefix out for the default, or name a "
+                                                                  "directory")
+    prefix = Path(args.prefix).resolve() if args.prefix else paths.install_root() / recipe.name
+    installs.check_prefix(prefix)
+    settings = binary_cache.configured(args.cache)
+    if args.push and settings is None:
+        raise UserError("--push: no binary cache configured",
+                        hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in "
+                             "~/.config/qemuprov/config.toml")
+    runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
+    if notice:
+        print(f"qemuprov: note: {notice}", file=sys.stderr)
+    if args.cache_only and (settings is None or not args.use_cache):
+        raise UserError("--cache-only: " + ("no binary cache configured" if settings is None else
+                                            "and --no-cache contradict each other"),
+                        hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in config.toml")
+    if settings is not None and runner.key == "host":
+        if args.push or args.cache_only:
+            raise UserError(f"{'--push' if args.push else '--cache-only'}: a host build never comes from or goes "
+                            "to a binary cache (its libraries are the host's)",
+                            hint="build with --runner docker (or podman)")
+        print(f"qemuprov: note: the binary cache {settings.location} is not used: it holds container builds, and "
+              "this is a host build", file=sys.stderr)
+    opts = pipeline.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
+                         force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
+                         update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
+                         cache_only=args.cache_only,
+                         shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
+                         or config.value("ccache", "remote", str, "a URL in quotes"))
+    if args.push and settings is not None and settings.signing_key:
+        signing.load_private(settings.signing_key)  # an unreadable key is found now, not after the build
+    outcome = pipeline.Build(recipe, opts, Reporter()).run()
+    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON
+    entry = installs.Install(prefix.name, prefix, outcome.manifest)
+    if outcome.up_to_date:
+        say(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
+    elif outcome.manifest.substituted:
+        say(f"{recipe.name}: installed in {outcome.prefix} from the binary cache "
+            f"{outcome.manifest.substituted['cache']}: {entry.summary()} ({outcome.timings['total']:.1f} s)")
+    else:
+        cache = outcome.manifest.ccache or {}
+        cached = f", ccache {cache['hits']}/{cache['hits'] + cache['misses']} hits" if cache.get("hit_rate") else ""
+        cached += f" ({cache['remote_hits']} from the shared ccache)" if cache.get("remote_hits") else ""
+        say(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
+            f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
+    say(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
+    pushed = None
+    if args.push and settings is not None and outcome.manifest.substituted:
+        say(f"not pushed: the binary cache {settings.location} already holds this build")
+    elif args.push and settings is not None:
+        pushed = binary_cache.push(prefix, outcome.manifest, settings)
+        signed = f", signed with {settings.signing_key}" if settings.signing_key else ", unsigned"
+        say(f"pushed to the binary cache {settings.location}:{pushed[:16]}…{signed}")
+    if args.json and not args.verify:
+        render.print_json({"recipe": recipe.name, "prefix": str(outcome.prefix), "up_to_date": outcome.up_to_date,
+                           "from_cache": bool(outcome.manifest.substituted),
+                           "substituted": outcome.manifest.substituted, "pushed": pushed,
+                           "summary": entry.summary(), "timings": outcome.timings,
+                           "log": str(outcome.log) if outcome.log else None})
+    if not args.verify:
+        return 0
+    from qemuprov.proving import verify
+    from qemuprov.records import manifest
+
+    targets = verify.install_targets(entry)
+    outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, arches or None, "auto", None,
+                                 "osv" if recipe.verify_osv else "plain")
+    manifest.write(prefix, dataclasses.replace(outcome.manifest, verify=tuple(asdict(o) for o in outcomes)))
+    return render_outcomes(outcomes, args.json)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--arch", metavar="A,B", help="build only these of the recipe's arches")
+    p.add_argument("--runner", choices=("auto", "docker", "podman", "host"), default="auto",
+                   help="where to build: auto uses a reachable Docker/Podman engine, else the host (default: auto)")
+    p.add_argument("--builder-base", metavar="IMAGE",
+                   help="base image for the recipe's builder Dockerfile (default: its ARG BASE)")
+    p.add_argument("--prefix", metavar="DIR", help="install into DIR itself (default: <data dir>/installs/RECIPE)")
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel build jobs (default: all cores)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the install is up to date")
+    p.add_argument("--no-pch", dest="pch", action="store_false",
+                   help="compile without the precompiled qemu/osdep.h that clang builds use")
+    p.add_argument("--verify", action="store_true", help="boot a guest over virtio-fs after installing")
+    p.add_argument("--cache", metavar="REGISTRY/REPO",
+                   help="a binary cache to install from when it has this very build (also QEMUPROV_BINARY_CACHE, "
+                        "or [cache] url in ~/.config/qemuprov/config.toml)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="build even where the cache has it")
+    p.add_argument("--cache-only", action="store_true",
+                   help="install from the binary cache or fail (exit 1, with the reason), never compile: for CI jobs")
+    p.add_argument("--push", action="store_true", help="push the result to the binary cache")
+    p.add_argument("--shared-ccache", metavar="URL",
+                   help="ccache's remote storage shared by machines: redis://HOST:PORT, or redis+unix:/PATH for "
+                        "container builds (also QEMUPROV_SHARED_CCACHE, or [ccache] remote in config.toml)")
+    p.add_argument("--update-lock", action="store_true",
+                   help="resolve the refs again and move the recipe's lock file (qemuprov lock) to them")
+
+
+BUILD = Command("build", "fetch, configure, build, install and probe a recipe", cmd_build, _arguments, json=True,
+                description="Build RECIPE and install QEMU + virtiofsd into a prefix for PATH. An unchanged "
+                            "rebuild is a no-op; a failed build leaves the previous install untouched.")

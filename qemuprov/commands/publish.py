@@ -1,0 +1,91 @@
+"""The commands that hand an install on, or take it away: image, push, remove."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qemuprov.commands.base import Command
+from qemuprov.errors import UserError
+from qemuprov.records import installs
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from qemuprov.ci import image
+    from qemuprov.infra import paths
+
+    entry = installs.find_install(args.name).intact()
+    if args.tag:
+        image.check_tag(args.tag)
+    if args.tar:
+        if not Path(args.tar).absolute().parent.is_dir():
+            raise UserError(f"--tar: {Path(args.tar).absolute().parent} is not a directory",
+                            hint="make it first, or write the tarball elsewhere")
+        tarball = image.export_tarball(entry, Path(args.tar))
+        print(f"{entry.name}: {tarball} ({tarball.stat().st_size / 1e6:.1f} MB); unpack anywhere and put "
+              f"<dir>/{entry.name}/bin on PATH")
+        if not args.tag:
+            return 0
+    tag = args.tag or f"qemuprov/{entry.name}:latest"
+    logs = paths.work_dir(entry.name) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"image-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.log"
+    print(f"==> image {tag} from {entry.prefix} (log {log_path})", file=sys.stderr)
+    with log_path.open("w") as log:
+        image_id = image.build_runtime_image(entry, tag, args.base, log)
+    print(f"{tag}: {image_id[:19]} ({entry.summary()})")
+    print(f"try it: docker run --rm {tag} qemu-system-x86_64 --version")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from qemuprov.ci import binary_cache
+
+    entry = installs.find_install(args.name).intact()
+    settings = binary_cache.configured(args.to)
+    if settings is None:
+        raise UserError("push: no binary cache given",
+                        hint=f"qemuprov push NAME REGISTRY/REPO, or set {binary_cache.ENV}")
+    tag = binary_cache.push(entry.prefix, entry.record, settings)
+    signed = f"signed with {settings.signing_key}" if settings.signing_key else "unsigned"
+    print(f"{entry.name}: pushed to {settings.location}:{tag} ({entry.summary()}; {signed})")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    entry = installs.find_install(args.name)
+    installs.remove(entry)
+    print(f"removed {entry.name} ({entry.prefix})")
+    return 0
+
+
+def _image_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("--tag", metavar="T", help="image tag (default: qemuprov/NAME:latest)")
+    p.add_argument("--base", metavar="IMAGE",
+                   help="base image (default: the builder's base, or this host's distribution for host builds)")
+    p.add_argument("--tar", metavar="FILE", help="write a relocatable .tar.gz of the prefix instead of an image")
+
+
+def _push_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("to", nargs="?", metavar="REGISTRY/REPO")
+
+
+def _remove_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME|PREFIX")
+
+
+IMAGE = Command("image", "a runtime container image (or a tarball) of an install, for CI", cmd_image,
+                _image_arguments,
+                description="Build a container image holding the install on PATH with only the runtime libraries "
+                            "it needs, labelled with its manifest; or, with --tar, a relocatable tarball of the "
+                            "prefix.")
+PUSH = Command("push", "publish an install to a binary cache (an OCI registry)", cmd_push, _push_arguments,
+               description="Push the install as an OCI artifact (its prefix as a layer, qemuprov.json as the config) "
+                           "tagged with its cache key, so that `qemuprov build --cache` elsewhere installs it in "
+                           "seconds. Credentials: docker login (~/.docker/config.json or $DOCKER_CONFIG).")
+REMOVE = Command("remove", "delete an installed build", cmd_remove, _remove_arguments)
