@@ -114,7 +114,7 @@ class Context:
 
 def missing_dependency_hint(log_tail: str, runner: Runner) -> str:
     package = hostdeps.package_missing_in(log_tail)
-    if package and runner.name == "host":
+    if package and runner.is_host:
         return f"a build dependency is missing: install {package} (Debian/Ubuntu), or use --runner docker"
     if package:
         return f"the builder image lacks {package}: add it to the recipe's builder Dockerfile under containers/"

@@ -36,7 +36,7 @@ from qemuprov.build.qemu_steps import Configured
 from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.infra.render import safe_text
 from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner, get_runner
-from qemuprov.sources.trees import Resolution
+from qemuprov.sources.revision import Resolution
 from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.build.context import Context, Options, missing_dependency_hint
 
@@ -175,12 +175,11 @@ def _revisions(resolved: Resolved) -> tuple[str | None, str | None]:
 
 def _builders(recipe: Recipe, opts: Options) -> list[dict[str, str]] | None:
     """The builder images a container build runs in, as the cache key sees them; None for a host build."""
-    if not isinstance(opts.runner, ContainerRunner):
+    if opts.runner.is_host:
         return None
     names = ([recipe.builder] if recipe.qemu else []) + \
         ([recipe.virtiofsd.builder or recipe.builder] if recipe.virtiofsd.tree else [])
-    images = [runner.image for runner in (opts.runner.for_builder(n) for n in dict.fromkeys(names))
-              if isinstance(runner, ContainerRunner)]
+    images = [image for n in dict.fromkeys(names) if (image := opts.runner.for_builder(n).image) is not None]
     return [{"builder": i.builder, "dockerfile": hashlib.sha256(i.dockerfile.read_bytes()).hexdigest(),
              "base": i.base, "base_id": i.base_id} for i in images]
 
@@ -216,13 +215,13 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
         src = _fetch(ctx, ctx.recipe.qemu.source, revision, "src", "qemu")
     tree = plan.inspect(src)
     the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner)
-    if ctx.runner.key != "host":
+    if not ctx.runner.is_host:
         with ctx.phase("builder", ctx.runner.key):
             ctx.runner.prepare(ctx.log, ctx.report.line)
     ccache = paths.cache_dir() / "ccache"
     ccache.mkdir(parents=True, exist_ok=True)
     shared = qemu_steps.socket_dir(ctx.opts.shared_ccache)
-    mounts = [ctx.staging, ccache, *([shared] if shared and ctx.runner.key != "host" else [])]
+    mounts = [ctx.staging, ccache, *([shared] if shared and not ctx.runner.is_host else [])]
     with ctx.runner.session(mounts, network=bool(tree.missing_subprojects), work=ctx.work):
         ctx.remote_ccache = qemu_steps.shared_ccache(ctx)
         if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
@@ -261,7 +260,7 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> Bu
     with ctx.phase("fetch", f"virtiofsd {spec.tree.describe()}", timing="virtiofsd-fetch"):
         src = _fetch(ctx, spec.tree, revision, "virtiofsd-src", "virtiofsd")
     runner = ctx.runner.for_builder(spec.builder or ctx.recipe.builder)
-    if runner.key != "host":
+    if not runner.is_host:
         with ctx.phase("builder", f"virtiofsd: {runner.key}", timing="virtiofsd-builder"):
             runner.prepare(ctx.log, ctx.report.line)
     cargo_home = paths.cache_dir() / "cargo"
@@ -355,8 +354,7 @@ def _clean_up_after_killed_builds(work: Path, opts: Options) -> None:
     """Steps a killed build of this recipe left running (the lock is ours now), and its staging directories."""
     groups = RunningGroups(work / "running")
     groups.stop_orphans()
-    if isinstance(opts.runner, HostRunner):
-        opts.runner.groups = groups
+    opts.runner.groups = groups
     stale_staging_cleanup(opts.prefix)
 
 
@@ -419,10 +417,10 @@ def _file_lock(key: str, what: str, hint: str) -> Iterator[None]:
 
 
 def builder_image_record(runner: Runner) -> BuilderImageRecord | None:
-    image = getattr(runner, "image", None)
+    image = runner.image
     if image is None:
         return None
-    return BuilderImageRecord(tag=image.tag, id=str(getattr(runner, "image_id", "")), base=image.base,
+    return BuilderImageRecord(tag=image.tag, id=str(runner.image_id or ""), base=image.base,
                               dockerfile=image.dockerfile.name, builder=image.builder)
 
 

@@ -43,7 +43,7 @@ def has_system_slirp(ctx: Context, tree: plan.Tree) -> bool:
     if not missing:
         return "slirp" in found
     what = f"{' and '.join(missing)} (-netdev user and aio=native, which OSv's scripts/run.py uses)"
-    if ctx.runner.key == "host":
+    if ctx.runner.is_host:
         raise InfraError(f"this host lacks {what}",
                          hint=f"apt-get install {' '.join(missing)} (Debian/Ubuntu), or build in a container: "
                               "--runner docker")
@@ -61,7 +61,7 @@ def shared_ccache(ctx: Context) -> str | None:
     url = ctx.opts.shared_ccache
     if not url:
         return None
-    if ctx.runner.key != "host" and not url.startswith("redis+unix:"):
+    if not ctx.runner.is_host and not url.startswith("redis+unix:"):
         notice(f"the shared ccache {url} is not used: a container build has no network; serve it on a unix "
                 "socket (redis+unix:/PATH), which qemuprov mounts into the container")
         return None
@@ -85,7 +85,7 @@ def socket_dir(url: str | None) -> Path | None:
 def build_dir(ctx: Context) -> Path:
     """One build tree per runner and builder, so host and container builds of a recipe don't undo each other."""
     runner = ctx.runner
-    return ctx.work / ("build" if runner.key == "host" else f"build-{runner.name}-{ctx.recipe.builder}")
+    return ctx.work / ("build" if runner.is_host else f"build-{runner.name}-{ctx.recipe.builder}")
 
 
 def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str) -> Configured:

@@ -47,7 +47,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UserError("--cache-only: " + ("no binary cache configured" if settings is None else
                                             "and --no-cache contradict each other"),
                         hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in config.toml")
-    if settings is not None and runner.key == "host":
+    if settings is not None and runner.is_host:
         if args.push or args.cache_only:
             raise UserError(f"{'--push' if args.push else '--cache-only'}: a host build never comes from or goes "
                             "to a binary cache (its libraries are the host's)",

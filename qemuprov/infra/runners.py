@@ -65,6 +65,16 @@ class PathMap:
 class Runner(Protocol):
     name: str
     python: str  # the interpreter that runs a tree's bundled meson.py
+    groups: RunningGroups | None  # where running steps are recorded, for the next build to stop after a kill
+
+    @property
+    def is_host(self) -> bool: ...  # steps run on this machine, with its libraries (no image, not cacheable)
+
+    @property
+    def image(self) -> builder_images.BuilderImage | None: ...  # the builder image steps run in; None: the host
+
+    @property
+    def image_id(self) -> str | None: ...  # that image's id, once prepared
 
     @property
     def tree_python(self) -> str | None: ...  # an interpreter with a recent meson, for 8.1+ trees without one
@@ -99,6 +109,9 @@ class HostRunner:
     name = "host"
     python = sys.executable
     key = "host"
+    is_host = True
+    image: builder_images.BuilderImage | None = None
+    image_id: str | None = None
     groups: RunningGroups | None = None  # where the build records its running steps (see RunningGroups)
 
     @property
@@ -174,6 +187,8 @@ class ContainerRunner:
     The container is removed when the session ends, whether the build succeeded, failed or was interrupted."""
 
     python = "python3"
+    is_host = False
+    groups: RunningGroups | None = None  # a step dies with its container, which the next build removes
 
     @property
     def tree_python(self) -> str | None:

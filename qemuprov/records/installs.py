@@ -12,7 +12,8 @@ from typing import Any
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import jsonfile, paths
 from qemuprov.records import manifest
-from qemuprov.records.manifest import Manifest, ManifestError, SourceRecord
+from qemuprov.records.manifest import Manifest, ManifestError
+from qemuprov.sources.revision import SourceRecord
 
 MANIFEST = manifest.FILE
 PREFIXES_FILE = "prefixes.json"  # installs made with --prefix DIR, outside the root

@@ -14,9 +14,8 @@ from pathlib import Path
 from qemuprov.errors import UserError
 from qemuprov.infra import paths
 from qemuprov.recipe import Recipe, Source
-from qemuprov.records.manifest import SourceRecord
 from qemuprov.sources import trees
-from qemuprov.sources.trees import Resolution
+from qemuprov.sources.revision import Resolution, SourceRecord
 
 FORMAT = 1
 

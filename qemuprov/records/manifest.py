@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qemuprov.infra import jsonfile
+from qemuprov.sources.revision import SourceRecord
 
 FILE = "qemuprov.json"
 FORMAT = 1
@@ -21,21 +22,6 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "manifest.schema.jso
 
 class ManifestError(Exception):
     """A qemuprov.json that cannot be used: the message says why."""
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    """Where a tree came from: a git URL at a ref resolved to a commit, or a tarball with its sha256."""
-
-    url: str
-    ref: str | None = None
-    commit: str | None = None
-    sha256: str | None = None
-
-    @property
-    def revision(self) -> str:
-        """The commit, or sha256:<checksum> for a tarball: what the build's stamps and inputs key use."""
-        return self.commit or f"sha256:{self.sha256}"
 
 
 @dataclass(frozen=True)

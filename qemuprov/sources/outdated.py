@@ -55,15 +55,7 @@ def release(tag: str) -> Version | None:
 
 def remote_refs(url: str) -> dict[str, str]:
     """name -> commit of every tag and branch of the remote (peeled tags: the commit they point at)."""
-    listing = str(git.cmd.Git().ls_remote("--tags", "--heads", "--", url))
-    refs: dict[str, str] = {}
-    for line in listing.splitlines():
-        sha, _, name = line.partition("\t")
-        if name.endswith("^{}"):
-            refs[name.removesuffix("^{}")] = sha  # the peeled commit wins over the tag object
-        else:
-            refs.setdefault(name, sha)
-    return refs
+    return trees.ls_remote(url, flags=("--tags", "--heads"))
 
 
 def check_source(recipe: str, section: str, src: Source) -> Report:

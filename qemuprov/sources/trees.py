@@ -26,8 +26,8 @@ from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import config, paths
 from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import Source
-from qemuprov.records.manifest import SourceRecord
 from qemuprov.sources import unpack
+from qemuprov.sources.revision import Resolution, SourceRecord
 
 MIRROR_HINT = ("check the URL and your network; offline, point the URL at a local mirror with "
                "`git config --global url.<mirror>.insteadOf <url>` or a recipe that extends this one")
@@ -71,20 +71,29 @@ def git_command_failure(section: str, url: str, exc: git.GitCommandError) -> Use
     return git_failure(section, url, stderr)
 
 
+def ls_remote(url: str, patterns: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> dict[str, str]:
+    """`git ls-remote` of url: ref name -> commit. A tag is named by what it points at (its peeled `^{}` line
+    wins over the tag object's), so an annotated tag names its commit."""
+    listing = str(git.cmd.Git().ls_remote(*flags, "--", url, *patterns))
+    refs: dict[str, str] = {}
+    for line in listing.splitlines():
+        sha, _, name = line.partition("\t")
+        if name.endswith("^{}"):
+            refs[name.removesuffix("^{}")] = sha
+        else:
+            refs.setdefault(name, sha)
+    return refs
+
+
 def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
     """(commit, refspec) for a branch or tag; a full commit id is taken as it is."""
     try:
-        listing = str(git.cmd.Git().ls_remote("--", url, ref, f"{ref}^{{}}"))
+        refs = ls_remote(url, patterns=(ref, f"{ref}^{{}}"))
     except git.GitCommandError as exc:
         raise git_command_failure(section, url, exc) from None
-    refs = {}
-    for line in listing.splitlines():
-        sha, _, name = line.partition("\t")
-        refs[name] = sha
-    for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
+    for name in (f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
         if name in refs:
-            target = name.removesuffix("^{}")
-            return refs[name], f"+{target}:{target}"
+            return refs[name], f"+{name}:{name}"
     if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
         return ref, ref
     raise UserError(f'{section}.ref: "{ref}" is neither a branch, a tag nor a commit of {url}',
@@ -163,15 +172,6 @@ def _submodules(repo: git.Repo, commit: str, url: str) -> list[tuple[str, str, s
         if len(entry) >= 3 and entry[1] == "commit":
             wanted.append((path, sub_url, entry[2]))
     return wanted
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """A source resolved once: the record the manifest keeps, and for git what to fetch."""
-
-    record: SourceRecord
-    refspec: str | None = None
-    locked: Path | None = None  # the lock file the commit came from
 
 
 def resolve(source: Source, section: str = "qemu") -> Resolution:
