@@ -17,6 +17,7 @@ from qemuprov.infra import paths
 from qemuprov.knowledge import hostdeps
 from qemuprov.errors import BuildError, InfraError
 from qemuprov.infra.progress import Reporter
+from qemuprov.infra.timing import Timer
 from qemuprov.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -45,19 +46,52 @@ class Options:
 
 @dataclass
 class Context:
+    """One build, from before resolve to the swap: every path it uses, its log, its timer, its runner."""
+
     recipe: Recipe
     opts: Options
     report: Reporter
     work: Path  # paths.work_dir(recipe)
-    log: IO[str]
-    log_path: Path
-    staging: Path  # the install is made here, beside the prefix, then swapped in
-    timings: dict[str, float] = field(default_factory=dict)
+    timer: Timer = field(default_factory=Timer)
+    _log: tuple[IO[str], Path] | None = None  # opened once the build proper starts (an up-to-date one has none)
+    _staging: Path | None = None  # the install is made here, beside the prefix, then swapped in
     remote_ccache: str | None = None  # the shared compiler cache, where the build environment's ccache can use it
+    tree_prefix: Path | None = None  # the prefix the tree is configured for, once planned (else the install's)
 
     @property
     def runner(self) -> Runner:
         return self.opts.runner
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.timer.timings
+
+    def begin(self, log: IO[str], log_path: Path, staging: Path) -> None:
+        self._log, self._staging = (log, log_path), staging
+
+    @property
+    def log(self) -> IO[str]:
+        assert self._log is not None, "the build has not begun"
+        return self._log[0]
+
+    @property
+    def log_path(self) -> Path:
+        assert self._log is not None, "the build has not begun"
+        return self._log[1]
+
+    @property
+    def staging(self) -> Path:
+        assert self._staging is not None, "the build has not begun"
+        return self._staging
+
+    @property
+    def staged(self) -> Path:
+        """Where the install is made: the tree's configured prefix under staging (as `DESTDIR=staging` puts it)."""
+        return self.staging / (self.tree_prefix or self.opts.prefix).relative_to("/")
+
+    def final(self, path: Path) -> Path:
+        """Where a path of the staged tree will be once the install is swapped in."""
+        return self.opts.prefix / path.relative_to(self.staged)
 
     @property
     def ccache_log(self) -> Path:
@@ -68,11 +102,8 @@ class Context:
         """A named phase: announced (when detail is given), timed under `timing` (default: its name)."""
         if detail:
             self.report.step(name, detail)
-        start = time.monotonic()
-        try:
+        with self.timer.phase(timing or name):
             yield
-        finally:
-            self.timings[timing or name] = round(time.monotonic() - start, 2)
 
     def env(self) -> dict[str, str]:
         # Host and container builds with the same compiler share entries: the compiler is checked by content,

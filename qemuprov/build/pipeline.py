@@ -86,46 +86,49 @@ class Build:
 
     def _phases(self) -> Outcome:
         """The build, top to bottom."""
-        started = time.monotonic()
-        recipe, opts, work = self.recipe, self.opts, paths.work_dir(self.recipe.name)
-        _clean_up_after_killed_builds(work, opts)
-        timings: dict[str, float] = {}
-        resolved = _timed(timings, "resolve", lambda: resolve(recipe, opts, self.report))
+        recipe, opts = self.recipe, self.opts
+        ctx = Context(recipe, opts, self.report, paths.work_dir(recipe.name))
+        _clean_up_after_killed_builds(ctx.work, opts)
+        with ctx.timer.phase("resolve"):
+            resolved = resolve(recipe, opts, self.report)
         if not opts.force and (record := _up_to_date(opts.prefix, resolved.key)) is not None:
-            timings["total"] = round(time.monotonic() - started, 2)
-            return Outcome(opts.prefix, True, timings, None, record)
+            return Outcome(opts.prefix, True, ctx.timer.total(), None, record)
         cache_key = binary_cache.key(recipe.to_dict(), opts.arches, *_revisions(resolved), _builders(recipe, opts))
-        with _build_log(work) as (log, log_path), _staging(opts.prefix) as staging:
-            ctx = Context(recipe, opts, self.report, work, log, log_path, staging, timings)
+        with _build_log(ctx.work) as (log, log_path), _staging(opts.prefix) as staging:
+            ctx.begin(log, log_path, staging)
             if opts.cache_only and not (opts.binary_cache and cache_key):
                 raise CacheMiss(binary_cache.Miss("not-cacheable", "this build cannot come from a binary cache: "
                                                   + ("none is configured" if not opts.binary_cache else
                                                      "host builds and trees before QEMU 5.2 are not cached")))
             if opts.binary_cache and opts.use_cache and cache_key and (
                     record := substitute(ctx, resolved, opts.binary_cache, cache_key)) is not None:
-                timings["total"] = round(time.monotonic() - started, 2)
-                return Outcome(opts.prefix, False, timings, log_path, record)
+                return Outcome(opts.prefix, False, ctx.timings, log_path, record)
             the_plan, configured = build_qemu(ctx, resolved.qemu) if resolved.qemu else (None, None)
-            staged = staging / (the_plan.prefix if the_plan else opts.prefix).relative_to("/")  # configure's prefix
-            vfs_image = build_rust_virtiofsd(ctx, resolved.virtiofsd, staged) if resolved.virtiofsd else None
+            vfs_image = build_rust_virtiofsd(ctx, resolved.virtiofsd) if resolved.virtiofsd else None
             with ctx.phase("finish"):
-                finished = finish_tree(staged, opts.prefix, the_plan)
+                finished = finish_tree(ctx.staged, opts.prefix, the_plan)
             with ctx.phase("probe", "checking the build against the recipe's [expect]"):
-                probes = probe_and_check(ctx, staged)
-            timings["total"] = round(time.monotonic() - started, 2)
+                probes = probe_and_check(ctx)
+            ctx.timer.total()
             record = make_manifest(ctx, resolved, the_plan, configured, vfs_image, probes, finished)
             if not the_plan or the_plan.tree.relocatable:  # only such an install can go to a binary cache
                 record = dataclasses.replace(record, cache_key=cache_key)
-            write_manifest(staged, record)
-            with ctx.phase("commit", str(opts.prefix)):
-                commit_prefix(staged, opts.prefix)
-                installs.register_prefix(opts.prefix)
-        return Outcome(opts.prefix, False, timings, log_path, record)
+            install(ctx, record)
+        return Outcome(opts.prefix, False, ctx.timings, log_path, record)
+
+
+def install(ctx: Context, record: Manifest) -> None:
+    """The tail every install shares, built or pulled: its record into the staged tree, the swap, and the
+    prefix remembered."""
+    write_manifest(ctx.staged, record)
+    with ctx.phase("commit", str(ctx.opts.prefix)):
+        commit_prefix(ctx.staged, ctx.opts.prefix)
+        installs.register_prefix(ctx.opts.prefix)
 
 
 def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings, cache_key: str) -> Manifest | None:
     """The build from the binary cache, installed like a built one (probed against [expect], swapped in)."""
-    staged = ctx.staging / ctx.opts.prefix.relative_to("/")
+    staged = ctx.staged  # a pulled tree is relocatable: it is staged at the install's own prefix
     location = settings.location
     with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
         hit = binary_cache.pull(settings, cache_key, ctx.recipe.name, ctx.opts.arches, staged, ctx.report)
@@ -139,13 +142,14 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
         return None
     ctx.timings.update(hit.timings)
     with ctx.phase("probe", "checking the pulled build against the recipe's [expect]"):
-        probes = probe_and_check(ctx, staged, pulled=True)
+        probes = probe_and_check(ctx, pulled=True)
     pulled, prefix = hit.record, ctx.opts.prefix
     old = Path(pulled.prefix)
     # What the entry says of itself is taken only where it describes the bytes it shipped (plan, tools,
     # virtiofsd, firmware layout); what was looked up, resolved and checked here is this machine's own.
     record = dataclasses.replace(
-        pulled, name=prefix.name, prefix=str(prefix), probe=tuple(probes), inputs=resolved.key, timings=ctx.timings,
+        pulled, name=prefix.name, prefix=str(prefix), probe=tuple(probes), inputs=resolved.key,
+        timings=ctx.timer.total(),
         source=resolved.qemu.record if resolved.qemu else None,
         virtiofsd_source=resolved.virtiofsd.record if resolved.virtiofsd else None,
         recipe=ctx.recipe.to_dict(), cache_key=cache_key, verify=None, ccache=None, runner=ctx.opts.runner.name,
@@ -161,10 +165,7 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
                      "checked_here": ["signature" if not settings.allow_unsigned else "unsigned (allowed)",
                                       "digests and sizes", "every tar member", "probe against [expect]"],
                      "from_entry": ["plan", "tools", "builder_image", "virtiofsd", "firmware"]})
-    write_manifest(staged, record)
-    with ctx.phase("commit", str(prefix)):
-        commit_prefix(staged, prefix)
-        installs.register_prefix(prefix)
+    install(ctx, record)
     return record
 
 
@@ -215,6 +216,7 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
         src = _fetch(ctx, ctx.recipe.qemu.source, revision, "src", "qemu")
     tree = plan.inspect(src)
     the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner)
+    ctx.tree_prefix = the_plan.prefix  # a relocatable tree is configured for a fixed prefix, then moved
     if not ctx.runner.is_host:
         with ctx.phase("builder", ctx.runner.key):
             ctx.runner.prepare(ctx.log, ctx.report.line)
@@ -253,7 +255,7 @@ def known_plan(recipe: Recipe) -> dict[str, object] | None:
     return plan_for(recipe, plan.inspect(src), paths.install_root() / recipe.name, recipe.arches, runner).to_dict()
 
 
-def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> BuilderImageRecord | None:
+def build_rust_virtiofsd(ctx: Context, revision: Resolution) -> BuilderImageRecord | None:
     """cargo build of the Rust virtiofsd, staged at libexec/virtiofsd; the builder image it ran in."""
     spec = ctx.recipe.virtiofsd
     assert spec.tree is not None
@@ -271,7 +273,7 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> Bu
         if crates := rust_virtiofsd.crate_count(src):
             ctx.report.expect_crates(crates)
         with runner.session([ctx.staging, cargo_home], network=online, work=ctx.work):
-            status = rust_virtiofsd.build(spec, src, ctx.work / "virtiofsd-target", cargo_home, staged, runner,
+            status = rust_virtiofsd.build(spec, src, ctx.work / "virtiofsd-target", cargo_home, ctx.staged, runner,
                                           ctx.log, ctx.report.line)
     if status != 0:
         hint = "cargo could not fetch or compile a crate" if online else \
@@ -280,8 +282,8 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution, staged: Path) -> Bu
     return builder_image_record(runner)
 
 
-def probe_and_check(ctx: Context, staged: Path, pulled: bool = False) -> list[dict[str, Any]]:
-    results = [probe.probe_binary(p) for p in probe.binaries_in_prefix(staged)]
+def probe_and_check(ctx: Context, pulled: bool = False) -> list[dict[str, Any]]:
+    results = [probe.probe_binary(p) for p in probe.binaries_in_prefix(ctx.staged)]
     problems = check_expectations(ctx.recipe, ctx.opts.arches, results)
     if problems and pulled:
         raise BuildError(f"the build of {ctx.recipe.name} from the binary cache does not deliver what its recipe "
@@ -295,7 +297,7 @@ def probe_and_check(ctx: Context, staged: Path, pulled: bool = False) -> list[di
                               "(the previous install is untouched)")
     data = [asdict(r) for r in results]
     for entry in data:  # record final paths, not staging paths
-        entry["path"] = str(ctx.opts.prefix / Path(entry["path"]).relative_to(staged))
+        entry["path"] = str(ctx.final(Path(entry["path"])))
     return data
 
 
@@ -340,14 +342,6 @@ def _inputs_key(recipe: Recipe, opts: Options, qemu: Resolution | None, vfs: Res
                        "runner": opts.runner.key, "compilers": opts.runner.compilers,
                        "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _timed(timings: dict[str, float], name: str, func: Callable[[], _T]) -> _T:
-    start = time.monotonic()
-    try:
-        return func()
-    finally:
-        timings[name] = round(time.monotonic() - start, 2)
 
 
 def _clean_up_after_killed_builds(work: Path, opts: Options) -> None:

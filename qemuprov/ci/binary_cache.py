@@ -27,7 +27,7 @@ from qemuprov.errors import QemuprovError, UserError
 from qemuprov.infra import config
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.render import safe_text
-from qemuprov.infra.timing import Laps
+from qemuprov.infra.timing import Timer
 from qemuprov.records import installs, manifest
 from qemuprov.records.manifest import Manifest
 from qemuprov.sources import unpack
@@ -187,7 +187,7 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
     which a killed build's successor removes)."""
     location = settings.location
     trusted = [signing.load_public(path) for path in settings.trusted_keys]
-    timer = Laps()
+    timer = Timer()
     try:
         cache = Client(location)
         found = cache.get_manifest(cache_key)

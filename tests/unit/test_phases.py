@@ -57,8 +57,8 @@ def _context(tmp_path: Path, runner: FakeRunner) -> tuple[Context, plan.Tree, pl
     the_plan = plan.make_plan(recipe, tree, Path("/opt/q"), ("x86_64",))
     opts = Options(arches=("x86_64",), prefix=tmp_path / "prefix", runner=runner, jobs=2)  # type: ignore[arg-type]
     log_path = tmp_path / "build.log"
-    ctx = Context(recipe, opts, Reporter(io.StringIO()), tmp_path / "work", log_path.open("w"), log_path,
-                  tmp_path / "staging")
+    ctx = Context(recipe, opts, Reporter(io.StringIO()), tmp_path / "work")
+    ctx.begin(log_path.open("w"), log_path, tmp_path / "staging")
     ctx.work.mkdir()
     return ctx, tree, the_plan
 
