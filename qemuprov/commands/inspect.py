@@ -12,7 +12,7 @@ from qemuprov.commands.base import Command, book
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import render
 from qemuprov.knowledge import probe
-from qemuprov.recipe import Recipe
+from qemuprov.recipe import Recipe, VirtiofsdFlavour
 from qemuprov.records import installs
 
 
@@ -187,7 +187,8 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     daemon = entry.virtiofsd_probe or {}
     own = str(entry.prefix / "share" / "qemu")
     return osv.env_lines(f"{entry.name}: {entry.summary()}", qemus, share, tag, dax_size,
-                         tuple(d for d in entry.firmware_dirs if d != own), needs_root=daemon.get("flavour") == "c")
+                         tuple(d for d in entry.firmware_dirs if d != own),
+                         needs_root=daemon.get("flavour") == VirtiofsdFlavour.C)
 
 
 def _show_arguments(p: argparse.ArgumentParser) -> None:

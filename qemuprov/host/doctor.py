@@ -14,6 +14,7 @@ from qemuprov.infra import paths
 from qemuprov.infra.compilers import describe_host_compilers
 from qemuprov.knowledge import hostdeps, kvm, probe
 from qemuprov.knowledge.probe_parse import version_tuple
+from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
 
 MIN_QEMU = "5.0"
@@ -182,7 +183,7 @@ def check_virtiofsd(ctx: Context) -> Iterator[Check]:
         yield Check("virtiofsd", "virtiofsd works", Status.FAIL, f"{on_path}: {result.error}",
                     "reinstall it or put a working virtiofsd first on PATH")
         return
-    flavour = "C (from QEMU)" if result.flavour == "c" else "Rust"
+    flavour = "C (from QEMU)" if result.flavour == VirtiofsdFlavour.C else "Rust"
     yield Check("virtiofsd", "virtiofsd flavour", Status.PASS, f"{flavour} virtiofsd {result.version}")
     yield from _check_can_run(result)
     yield from _check_rseq(result)

@@ -31,6 +31,7 @@ from qemuprov.knowledge.probe_parse import (
     version_tuple,
     virtiofsd_facts,
 )
+from qemuprov.recipe import VirtiofsdFlavour
 
 PROBE_TIMEOUT = 15.0
 CACHE_VERSION = 7  # bump when what a probe records or concludes changes
@@ -211,7 +212,7 @@ def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
             (help_run if help_run.overflowed else version_run).why()
         return result
     facts = virtiofsd_facts(help_run.stdout + help_run.stderr, version_run.stdout + version_run.stderr)
-    if not help_run.ok and (carried := _facts_carried_by(path)).flavour == "c":
+    if not help_run.ok and (carried := _facts_carried_by(path)).flavour == VirtiofsdFlavour.C:
         # The C virtiofsd of 7.x calls setgroups() before it reads its arguments: as a normal user even --help
         # fails. Its help and version texts are in the binary itself.
         facts = carried
@@ -222,9 +223,9 @@ def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
         return result
     result.flavour, result.version = facts.flavour, facts.version
     result.source_option, result.sandboxes = facts.source_option, facts.sandboxes
-    result.needs_root = facts.flavour == "c"
+    result.needs_root = facts.flavour == VirtiofsdFlavour.C
     result.rseq_wrapper = sets_rseq_tunable(path)
-    result.rseq_risk = (facts.flavour == "c" and c_virtiofsd_lacks_rseq(facts.version)
+    result.rseq_risk = (facts.flavour == VirtiofsdFlavour.C and c_virtiofsd_lacks_rseq(facts.version)
                         and glibc_has_rseq() and not result.rseq_wrapper)
     return result
 
@@ -376,15 +377,15 @@ def expand_targets(targets: list[str]) -> list[Path]:
 def pairing_warnings(qemu: QemuProbe, daemon: VirtiofsdProbe) -> list[str]:
     """Combinations of QEMU and virtiofsd known to break, in words a user can act on."""
     warnings = []
-    if qemu.dax and daemon.flavour == "rust":
+    if qemu.dax and daemon.flavour == VirtiofsdFlavour.RUST:
         warnings.append(f"QEMU {qemu.version} has the DAX window, but the Rust virtiofsd does not serve DAX mappings "
                         "(FUSE_SETUPMAPPING): mount -o dax fails; pair it with the C virtiofsd built from the same "
                         "virtio-fs-dev tree")
-    elif qemu.dax and daemon.flavour == "c" and daemon.version != qemu.version:
+    elif qemu.dax and daemon.flavour == VirtiofsdFlavour.C and daemon.version != qemu.version:
         warnings.append(f"the DAX QEMU {qemu.version} and C virtiofsd {daemon.version} come from different trees: "
                         "only the virtio-fs-dev tree's own virtiofsd serves DAX mappings")
     version = version_tuple(qemu.version)
-    if daemon.flavour == "rust" and version is not None and Version("7.1") <= version < Version("8.1"):
+    if daemon.flavour == VirtiofsdFlavour.RUST and version is not None and Version("7.1") <= version < Version("8.1"):
         warnings.append(f"start this virtiofsd without --tag: QEMU {qemu.version} (7.1 to 8.0) cannot take the tag "
                         "from the daemon; give tag= to vhost-user-fs-pci instead")
     return warnings

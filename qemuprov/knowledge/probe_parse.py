@@ -9,6 +9,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from qemuprov.recipe import VirtiofsdFlavour
+
 VIRTIO_FS_DEVICES = ("vhost-user-fs-pci", "vhost-user-fs-device")
 DAX_PROPERTY = "cache-size"
 
@@ -156,7 +158,7 @@ def properties_from_help(text: str) -> set[str]:
 
 @dataclass
 class VirtiofsdFacts:
-    flavour: str | None = None  # "c" or "rust"
+    flavour: VirtiofsdFlavour | None = None
     version: str | None = None
     source_option: str | None = None  # how the shared directory is given
     sandboxes: list[str] = field(default_factory=list)
@@ -171,7 +173,7 @@ def virtiofsd_facts(help_text: str, version_text: str) -> VirtiofsdFacts:
     facts = VirtiofsdFacts()
     c_match = _C_VERSION.search(version_text)
     if "--shared-dir" in help_text:
-        facts.flavour = "rust"
+        facts.flavour = VirtiofsdFlavour.RUST
         facts.source_option = "--shared-dir"
         rust = _RUST_VERSION.search(version_text)
         facts.version = rust.group(1) if rust else None
@@ -179,7 +181,7 @@ def virtiofsd_facts(help_text: str, version_text: str) -> VirtiofsdFacts:
         block = sandbox.group(0) if sandbox else ""
         facts.sandboxes = [mode for mode in ("namespace", "chroot", "none") if mode in block] or ["namespace"]
     elif "-o source=" in help_text or c_match:
-        facts.flavour = "c"
+        facts.flavour = VirtiofsdFlavour.C
         facts.source_option = "-o source="
         facts.version = c_match.group(1) if c_match else None
         sandbox = re.search(r"-o sandbox=([\w|]+)", help_text)

@@ -22,6 +22,7 @@ from qemuprov.knowledge import osv, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import guestkit
 from qemuprov.proving.guestkit import TAG, Kit
+from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
 
 GUEST_TIMEOUT = 120.0
@@ -60,7 +61,7 @@ class Launch:
 
 
 def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[str]:
-    if daemon.flavour == "rust":
+    if daemon.flavour == VirtiofsdFlavour.RUST:
         sandbox = "namespace" if os.geteuid() == 0 else "none"
         return [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
     return [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", "cache=auto"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import jsonfile, paths
+from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import manifest
 from qemuprov.records.manifest import Manifest, ManifestError
 from qemuprov.sources.revision import SourceRecord
@@ -83,7 +84,7 @@ class Install:
         version = qemus[0].get("version") if qemus else "?"
         arches = ",".join(sorted(str(p.get("arch")) for p in qemus)) or "?"
         vfs = self.virtiofsd_probe
-        daemon = f"{'C' if vfs.get('flavour') == 'c' else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
+        daemon = f"{'C' if vfs.get('flavour') == VirtiofsdFlavour.C else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
         if vfs and not qemus and self.manifest and self.manifest.source is None:
             return f"{daemon} {vfs.get('version') or '?'} alone (no QEMU)"
         return f"QEMU {version} ({arches}), {daemon}, DAX {'yes' if self.dax else 'no'}"
