@@ -146,11 +146,29 @@ class Recipe:
     def arches(self) -> tuple[str, ...]:
         return self.qemu.arches if self.qemu else ()
 
+    def sources(self) -> dict[str, Source]:
+        """The trees this recipe builds, by section ("qemu", "virtiofsd"): the one list of them."""
+        found = {"qemu": self.qemu.source} if self.qemu else {}
+        if self.virtiofsd.tree is not None:
+            found["virtiofsd"] = self.virtiofsd.tree
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["path"] = str(self.path)
         data["chain"] = list(self.chain)
         return data
+
+    def build_inputs(self, *, of_the_bytes: bool = False) -> dict[str, Any]:
+        """The recipe less what does not change a build: where it was read from and its description; with
+        of_the_bytes, also what only names or checks it ([expect], [verify], its name and parent), which a
+        binary cache key leaves out since they do not change a single byte of the install."""
+        left_out = DESCRIPTIVE_KEYS + (PROMISE_KEYS if of_the_bytes else ())
+        return {k: v for k, v in self.to_dict().items() if k not in left_out}
+
+
+DESCRIPTIVE_KEYS = ("path", "origin", "chain", "description")
+PROMISE_KEYS = ("expect", "verify_osv", "name", "extends")
 
 
 @dataclass(frozen=True)

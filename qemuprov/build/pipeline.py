@@ -93,7 +93,8 @@ class Build:
             resolved = resolve(recipe, opts, self.report)
         if not opts.force and (record := _up_to_date(opts.prefix, resolved.key)) is not None:
             return Outcome(opts.prefix, True, ctx.timer.total(), None, record)
-        cache_key = binary_cache.key(recipe.to_dict(), opts.arches, *_revisions(resolved), _builders(recipe, opts))
+        cache_key = binary_cache.key(recipe.build_inputs(of_the_bytes=True), opts.arches, *_revisions(resolved),
+                                     _builders(recipe, opts))
         with _build_log(ctx.work) as (log, log_path), _staging(opts.prefix) as staging:
             ctx.begin(log, log_path, staging)
             if opts.cache_only and not (opts.binary_cache and cache_key):
@@ -194,10 +195,7 @@ def resolve(recipe: Recipe, opts: Options, report: Reporter) -> Resolved:
         lockfiles.write(locked)
         report.step("lock", f"{locked.path} moved to what the refs name now")
     found: dict[str, Resolution] = {}
-    for section, src in (("qemu", recipe.qemu.source if recipe.qemu else None),
-                         ("virtiofsd", recipe.virtiofsd.tree)):
-        if src is None:
-            continue
+    for section, src in recipe.sources().items():
         label = "" if section == "qemu" else "virtiofsd "
         if locked and section in locked.sources:
             found[section] = lockfiles.resolution(locked, section)
@@ -334,10 +332,7 @@ def make_manifest(ctx: Context, resolved: Resolved, the_plan: plan.Plan | None, 
 
 
 def _inputs_key(recipe: Recipe, opts: Options, qemu: Resolution | None, vfs: Resolution | None) -> str:
-    recipe_data = recipe.to_dict()
-    for volatile in ("path", "origin", "chain", "description"):
-        recipe_data.pop(volatile, None)
-    blob = json.dumps({"recipe": recipe_data, "source": qemu.record.revision if qemu else "",
+    blob = json.dumps({"recipe": recipe.build_inputs(), "source": qemu.record.revision if qemu else "",
                        "virtiofsd": vfs.record.revision if vfs else None, "arches": opts.arches,
                        "runner": opts.runner.key, "compilers": opts.runner.compilers,
                        "prefix": str(opts.prefix), "qemuprov": __version__}, sort_keys=True, default=str)

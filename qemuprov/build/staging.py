@@ -14,6 +14,7 @@ from typing import Any
 
 from qemuprov.knowledge.plan import Plan
 from qemuprov.knowledge.probe import RSEQ_TUNABLE
+from qemuprov.infra import paths
 from qemuprov.infra.procs import signals_deferred
 from qemuprov.recipe import VirtiofsdFlavour
 
@@ -88,10 +89,6 @@ def commit_prefix(staged: Path, prefix: Path) -> None:
 
 
 def stale_staging_cleanup(prefix: Path) -> None:
-    """Remove what a killed build left beside the prefix (its pid is in the name and no longer runs)."""
-    if not prefix.parent.is_dir():
-        return
-    for leftover in prefix.parent.glob(f".qemuprov-*-{prefix.name}-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(leftover, ignore_errors=True)
+    """Remove what a killed build left beside the prefix (its pid ends the name and no longer runs)."""
+    paths.remove_dead_leftovers(prefix.parent, f".qemuprov-*-{prefix.name}-*",
+                                lambda name: name.rsplit("-", 1)[-1].split(".")[0])  # PID, or PID.layer.tar.gz

@@ -70,13 +70,13 @@ def configured(option: str | None) -> Settings | None:
 
 def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, virtiofsd: str | None,
         builder: list[dict[str, str]] | None) -> str | None:
-    """What makes a build the same: the resolved commits, the recipe less what does not change the result, the
-    arches, the builder image (its Dockerfile and base image; the compiler is the image's), and qemuprov's
-    version and manifest format (the plan is a function of these). None: not cacheable (a host build)."""
+    """What makes a build the same: the resolved commits, the recipe less what does not change the result
+    (Recipe.build_inputs(of_the_bytes=True)), the arches, the builder image (its Dockerfile and base image; the
+    compiler is the image's), and qemuprov's version and manifest format (the plan is a function of these).
+    None: not cacheable (a host build)."""
     if builder is None:
         return None
-    relevant = {k: v for k, v in recipe.items() if k not in ("path", "origin", "chain", "description", "expect",
-                                                             "verify_osv", "name", "extends")}
+    relevant = recipe
     blob = json.dumps({"recipe": relevant, "arches": sorted(arches), "qemu": qemu, "virtiofsd": virtiofsd,
                        "builder": builder, "qemuprov": __version__, "format": manifest.FORMAT},
                       sort_keys=True, default=str)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import platformdirs
@@ -55,3 +57,17 @@ def fingerprint(path: Path) -> str:
 def work_dir(recipe: str) -> Path:
     """A recipe's work directory: src/ (the fetched tree), build*/ (build trees), logs/, running/ (its steps)."""
     return cache_dir() / "work" / recipe
+
+
+def remove_dead_leftovers(directory: Path, pattern: str, pid_of: Callable[[str], str]) -> None:
+    """Remove what a killed qemuprov left in directory: the entries matching pattern whose name holds the pid
+    (pid_of: the pid's part of the name) of a process that no longer runs."""
+    if not directory.is_dir():
+        return
+    for leftover in directory.glob(pattern):
+        pid = pid_of(leftover.name)
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():  # no pid at all: no live owner either
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)

@@ -45,10 +45,7 @@ def lock_path(recipe: Recipe) -> Path:
 
 
 def git_sources(recipe: Recipe) -> dict[str, Source]:
-    found = {"qemu": recipe.qemu.source} if recipe.qemu and recipe.qemu.source.git else {}
-    if recipe.virtiofsd.tree is not None and recipe.virtiofsd.tree.git:
-        found["virtiofsd"] = recipe.virtiofsd.tree
-    return found
+    return {section: src for section, src in recipe.sources().items() if src.git}
 
 
 def make(recipe: Recipe) -> Lock:

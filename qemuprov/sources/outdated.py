@@ -93,10 +93,7 @@ def check_source(recipe: str, section: str, src: Source) -> Report:
 
 
 def check(recipe: Recipe) -> list[Report]:
-    sources = [("qemu", recipe.qemu.source)] if recipe.qemu else []
-    if recipe.virtiofsd.tree is not None:
-        sources.append(("virtiofsd", recipe.virtiofsd.tree))
-    return [check_source(recipe.name, section, src) for section, src in sources]
+    return [check_source(recipe.name, section, src) for section, src in recipe.sources().items()]
 
 
 def _message(error: QemuprovError) -> str:

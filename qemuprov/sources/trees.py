@@ -132,10 +132,7 @@ def _git_fetch(mirror: Path, url: str, refspec: str, section: str, report: Repor
 
 def _remove_abandoned_inits(directory: Path) -> None:
     """What a fetch killed while it made a mirror left behind (its pid is in the name and no longer runs)."""
-    for leftover in directory.glob(".init-*"):
-        pid = leftover.name.split("-")[1]
-        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(leftover, ignore_errors=True)
+    paths.remove_dead_leftovers(directory, ".init-*", lambda name: name.split("-")[1])
 
 
 def _export(repo: git.Repo, commit: str, dest: Path) -> None:
