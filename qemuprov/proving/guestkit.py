@@ -8,7 +8,6 @@ import lzma
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,10 @@ def ensure_kit(arch: str) -> Kit:
         if shutil.which("apt-get") and shutil.which("dpkg-deb"):
             _download([_kernel_package(deb_arch), "busybox-static"], deb_arch, work)
             for deb in work.glob("*.deb"):
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+                unpacked = procs.run(["dpkg-deb", "-x", deb, root], timeout=300, env=procs.base_env())
+                if not unpacked.ok:
+                    raise InfraError(f"dpkg-deb -x {deb.name} {unpacked.why()}: {unpacked.stderr.strip()[-300:]}",
+                                     hint="give your own guest with --kernel and --initrd")
         else:
             _unpack_in_container(deb_arch, work)
         kernels = sorted((root / "boot").glob("vmlinuz-*"))

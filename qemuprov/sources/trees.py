@@ -23,7 +23,7 @@ import git
 import requests
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import config, paths
+from qemuprov.infra import config, paths, procs
 from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import Source
 from qemuprov.sources import unpack
@@ -190,8 +190,8 @@ def _commit_in_mirror(source: Source, resolution: Resolution, section: str,
     assert source.git is not None
     commit = str(resolution.record.commit)
     mirror = _mirror_dir(source.git)
-    if resolution.locked and (mirror / "HEAD").exists() and subprocess.run(
-            ["git", "-C", str(mirror), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True).returncode == 0:
+    if resolution.locked and (mirror / "HEAD").exists() and procs.run(
+            ["git", "-C", mirror, "cat-file", "-e", f"{commit}^{{commit}}"], timeout=60).ok:
         return git.Repo(mirror)
     try:
         return _fetch_into_mirror(source.git, str(resolution.refspec), section, report)
