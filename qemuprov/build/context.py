@@ -41,6 +41,7 @@ class Options:
     use_cache: bool = True  # --no-cache: build even where the cache has the build
     cache_only: bool = False  # --cache-only: install from the cache or fail, never compile
     push: bool = False  # push the result to the binary cache
+    verify: str | None = None  # "plain" or "osv": boot a guest over virtio-fs (before the swap where it can)
     shared_ccache: str | None = None  # ccache's remote storage (redis://HOST:PORT, redis+unix:/PATH), for near misses
 
 

@@ -25,6 +25,7 @@ from qemuprov.build import qemu_steps, rust_virtiofsd
 from qemuprov.ci import binary_cache
 from qemuprov.infra import paths
 from qemuprov.knowledge import plan, probe
+from qemuprov.proving import verify
 from qemuprov.records import installs, lockfiles
 from qemuprov.sources import trees
 from qemuprov.errors import BuildError, InfraError, UserError
@@ -61,6 +62,21 @@ class Outcome:
     timings: dict[str, float]
     log: Path | None
     manifest: Manifest
+    verified: list[verify.BootResult] | None = None  # --verify's guest boots
+    pushed: str | None = None  # --push: the tag it went under
+
+
+class VerifyFailed(BuildError):
+    """--verify: a guest boot failed. Before the swap, nothing was installed; after it (a tree that cannot move),
+    the install stays, recorded with the failure."""
+
+    def __init__(self, recipe: str, outcomes: list[verify.BootResult], installed: bool) -> None:
+        failed = ", ".join(o.arch for o in outcomes if not o.ok)
+        super().__init__(f"the build of {recipe} failed its guest boot on {failed}: "
+                         + ("installed, and recorded so" if installed else "not installed"),
+                         hint="see the table above; qemuprov verify NAME --arch A repeats one boot"
+                              + ("" if installed else " (the previous install, if any, is untouched)"))
+        self.outcomes = outcomes
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,9 @@ class Build:
         with ctx.timer.phase("resolve"):
             resolved = resolve(recipe, opts, self.report)
         if not opts.force and (record := _up_to_date(opts.prefix, resolved.key)) is not None:
-            return Outcome(opts.prefix, True, ctx.timer.total(), None, record)
+            verified, record = _verify_installed(ctx, record)
+            pushed = None if record.substituted else _push(ctx, record)
+            return Outcome(opts.prefix, True, ctx.timer.total(), None, record, verified, pushed)
         cache_key = binary_cache.key(recipe.build_inputs(of_the_bytes=True), opts.arches, *_revisions(resolved),
                                      _builders(recipe, opts))
         with _build_log(ctx.work) as (log, log_path), _staging(opts.prefix) as staging:
@@ -103,7 +121,8 @@ class Build:
                                                      "host builds and trees before QEMU 5.2 are not cached")))
             if opts.binary_cache and opts.use_cache and cache_key and (
                     record := substitute(ctx, resolved, opts.binary_cache, cache_key)) is not None:
-                return Outcome(opts.prefix, False, ctx.timings, log_path, record)
+                verified, record = _verify_and_install(ctx, record)
+                return Outcome(opts.prefix, False, ctx.timings, log_path, record, verified)
             the_plan, configured = build_qemu(ctx, resolved.qemu) if resolved.qemu else (None, None)
             vfs_image = build_rust_virtiofsd(ctx, resolved.virtiofsd) if resolved.virtiofsd else None
             with ctx.phase("finish"):
@@ -114,8 +133,63 @@ class Build:
             record = make_manifest(ctx, resolved, the_plan, configured, vfs_image, probes, finished)
             if not the_plan or the_plan.tree.relocatable:  # only such an install can go to a binary cache
                 record = dataclasses.replace(record, cache_key=cache_key)
-            install(ctx, record)
-        return Outcome(opts.prefix, False, ctx.timings, log_path, record)
+                verified, record = _verify_and_install(ctx, record)
+            else:  # its binaries find their data only at the prefix they were built for: verify them there
+                install(ctx, record)
+                verified, record = _verify_installed(ctx, record)
+            pushed = _push(ctx, record)
+        return Outcome(opts.prefix, False, ctx.timings, log_path, record, verified, pushed)
+
+
+def _verify_and_install(ctx: Context, record: Manifest) -> tuple[list[verify.BootResult] | None, Manifest]:
+    try:
+        verified, record = _verify_staged(ctx, record)
+    except UserError:
+        install(ctx, record)  # the build stands: only its proof cannot run here (a C daemon as a normal user)
+        raise
+    install(ctx, record)
+    return verified, record
+
+
+def _verify_staged(ctx: Context, record: Manifest) -> tuple[list[verify.BootResult] | None, Manifest]:
+    """--verify before the swap: the staged tree's QEMUs and virtiofsd, with its firmware where it will be
+    staged; a failure installs nothing."""
+    if ctx.opts.verify is None:
+        return None, record
+    staged_bin = ctx.staged / "bin"
+    firmware = [str(ctx.staged / Path(d).relative_to(ctx.opts.prefix)) if Path(d).is_relative_to(ctx.opts.prefix)
+                else d for d in record.firmware]
+    with ctx.phase("verify", "booting a guest over virtio-fs with the staged install"):
+        outcomes = verify.verify_all(sorted(staged_bin.glob("qemu-system-*")) or probe.qemus_on_path(),
+                                     staged_bin / "virtiofsd", firmware, ctx.opts.arches or None, "auto", None,
+                                     ctx.opts.verify)
+    if not all(o.ok for o in outcomes):
+        raise VerifyFailed(ctx.recipe.name, outcomes, installed=False)
+    return outcomes, dataclasses.replace(record, verify=tuple(asdict(o) for o in outcomes))
+
+
+def _verify_installed(ctx: Context, record: Manifest) -> tuple[list[verify.BootResult] | None, Manifest]:
+    """--verify of what is installed (up to date, or a tree that cannot move), recorded in its manifest."""
+    if ctx.opts.verify is None:
+        return None, record
+    targets = verify.install_targets(installs.Install(record.name, ctx.opts.prefix, record))
+    with ctx.phase("verify", "booting a guest over virtio-fs with the install"):
+        outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, ctx.opts.arches or None,
+                                     "auto", None, ctx.opts.verify)
+    record = dataclasses.replace(record, verify=tuple(asdict(o) for o in outcomes))
+    write_manifest(ctx.opts.prefix, record)
+    if not all(o.ok for o in outcomes):
+        raise VerifyFailed(ctx.recipe.name, outcomes, installed=True)
+    return outcomes, record
+
+
+def _push(ctx: Context, record: Manifest) -> str | None:
+    """--push of what was just built here (a pulled install is never pushed on: see binary_cache.push)."""
+    settings = ctx.opts.binary_cache
+    if not ctx.opts.push or settings is None:
+        return None
+    with ctx.phase("push", f"{settings.location}"):
+        return binary_cache.push(ctx.opts.prefix, record, settings)
 
 
 def install(ctx: Context, record: Manifest) -> None:
@@ -128,7 +202,8 @@ def install(ctx: Context, record: Manifest) -> None:
 
 
 def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings, cache_key: str) -> Manifest | None:
-    """The build from the binary cache, installed like a built one (probed against [expect], swapped in)."""
+    """The build from the binary cache, staged and recorded like a built one (probed against [expect]); the
+    caller swaps it in."""
     staged = ctx.staged  # a pulled tree is relocatable: it is staged at the install's own prefix
     location = settings.location
     with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
@@ -166,7 +241,6 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
                      "checked_here": ["signature" if not settings.allow_unsigned else "unsigned (allowed)",
                                       "digests and sizes", "every tar member", "probe against [expect]"],
                      "from_entry": ["plan", "tools", "builder_image", "virtiofsd", "firmware"]})
-    install(ctx, record)
     return record
 
 

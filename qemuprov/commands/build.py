@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from qemuprov.commands.base import Command, book
@@ -57,12 +55,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     opts = pipeline.Options(arches=arches, prefix=prefix, runner=runner, jobs=args.jobs or os.cpu_count() or 1,
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
-                         cache_only=args.cache_only,
+                         cache_only=args.cache_only, push=args.push,
+                         verify=("osv" if recipe.verify_osv else "plain") if args.verify else None,
                          shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
                          or config.value("ccache", "remote", str, "a URL in quotes"))
     if args.push and settings is not None and settings.signing_key:
         signing.load_private(settings.signing_key)  # an unreadable key is found now, not after the build
-    outcome = pipeline.Build(recipe, opts, Reporter()).run()
+    try:
+        outcome = pipeline.Build(recipe, opts, Reporter()).run()
+    except pipeline.VerifyFailed as failed:
+        render_outcomes(failed.outcomes, args.json)
+        raise
     say = functools.partial(print, file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON
     entry = installs.Install(prefix.name, prefix, outcome.manifest)
     if outcome.up_to_date:
@@ -77,29 +80,20 @@ def cmd_build(args: argparse.Namespace) -> int:
         say(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
             f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     say(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
-    pushed = None
     if args.push and settings is not None and outcome.manifest.substituted:
         say(f"not pushed: the binary cache {settings.location} already holds this build")
-    elif args.push and settings is not None:
-        pushed = binary_cache.push(prefix, outcome.manifest, settings)
+    elif outcome.pushed and settings is not None:
         signed = f", signed with {settings.signing_key}" if settings.signing_key else ", unsigned"
-        say(f"pushed to the binary cache {settings.location}:{pushed[:16]}…{signed}")
-    if args.json and not args.verify:
+        say(f"pushed to the binary cache {settings.location}:{outcome.pushed[:16]}…{signed}")
+    if outcome.verified is not None:
+        return render_outcomes(outcome.verified, args.json)
+    if args.json:
         render.print_json({"recipe": recipe.name, "prefix": str(outcome.prefix), "up_to_date": outcome.up_to_date,
                            "from_cache": bool(outcome.manifest.substituted),
-                           "substituted": outcome.manifest.substituted, "pushed": pushed,
+                           "substituted": outcome.manifest.substituted, "pushed": outcome.pushed,
                            "summary": entry.summary(), "timings": outcome.timings,
                            "log": str(outcome.log) if outcome.log else None})
-    if not args.verify:
-        return 0
-    from qemuprov.proving import verify
-    from qemuprov.records import manifest
-
-    targets = verify.install_targets(entry)
-    outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, arches or None, "auto", None,
-                                 "osv" if recipe.verify_osv else "plain")
-    manifest.write(prefix, dataclasses.replace(outcome.manifest, verify=tuple(asdict(o) for o in outcomes)))
-    return render_outcomes(outcomes, args.json)
+    return 0
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

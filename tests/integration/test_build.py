@@ -210,3 +210,15 @@ def compilers_used(qenv: Env, recipe: str) -> set[str]:
         words = entry["command"].split()
         programs.add(Path(words[1] if Path(words[0]).name == "pch-cc" else words[0]).name)
     return programs
+
+
+def test_build_verify_boots_the_staged_tree_before_the_swap(qenv: Env, built: Built) -> None:
+    """--verify is a phase of the build: the guest boots with the staged install, before the swap, and only the
+    build writes the manifest, with the result in it. Last in this module: it rebuilds the shared install."""
+    result = qenv.run("build", "fixture-7.2", "--runner", "host", "--force", "--verify", timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "==> verify: booting a guest over virtio-fs with the staged install" in result.stderr
+    assert result.stderr.index("==> verify") < result.stderr.index("==> commit") and "PASS" in result.stdout
+    record = json.loads((built.prefix / "qemuprov.json").read_text())
+    assert sorted((v["arch"], v["ok"]) for v in record["verify"]) == [("aarch64", True), ("x86_64", True)]
+    assert not list(qenv.root.glob(".qemuprov-*"))

@@ -273,3 +273,4 @@ def test_kill_9_during_the_fetch_leaves_the_install(qenv: Env, tmp_path: Path) -
     finally:
         server.shutdown()
         server.server_close()
+
