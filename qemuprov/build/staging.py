@@ -55,13 +55,6 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]
     return {"virtiofsd": virtiofsd, "firmware": firmware}
 
 
-def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    """A tar member of a shipped install: owned by root, whoever built it."""
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """renameat2(RENAME_EXCHANGE): swap two paths in one step. False where the kernel or libc lacks it."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

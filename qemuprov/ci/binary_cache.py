@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from qemuprov import __version__
-from qemuprov.build.staging import owned_by_root
 from qemuprov.ci import signing
 from qemuprov.ci.oci import BadAnswer, Client, Location, RegistryTrouble, RegistryUnreachable, parse
 from qemuprov.errors import QemuprovError, UserError
@@ -112,6 +111,13 @@ def push(prefix: Path, record: Manifest, settings: Settings) -> str:
                         "org.qemuprov.summary": f"qemuprov {__version__} install of {record.recipe.get('name')}",
                         **signature}})
     return record.cache_key
+
+
+def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A tar member of a shipped install (a cache layer, an image, a tarball): owned by root, whoever built it."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
 
 
 def _layer(prefix: Path) -> bytes:

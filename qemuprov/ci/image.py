@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from qemuprov.build.staging import owned_by_root
+from qemuprov.ci.binary_cache import owned_by_root
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import builder_images, engines, paths
 from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner
