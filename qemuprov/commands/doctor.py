@@ -17,7 +17,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         render.print_json([asdict(c) for c in checks])
     else:
         print(render.checks(checks))
-    return 1 if any(c.status == doctor.Status.FAIL for c in checks) else 0
+    return 1 if any(c.status == doctor.Verdict.FAIL for c in checks) else 0
 
 
 DOCTOR = Command("doctor", "is this host ready for virtio-fs, and for building QEMU?", cmd_doctor, json=True,

@@ -25,7 +25,7 @@ def cmd_outdated(args: argparse.Namespace) -> int:
         print(render.table(("RECIPE", "SOURCE", "NAMES", "NEWEST IN SERIES", "NEWEST", "STATUS", "DETAIL"), rows))
     if any(r.due for r in reports):
         return OUTDATED_EXIT
-    return 1 if any(r.status == outdated.Status.UNREACHABLE for r in reports) else 0
+    return 1 if any(r.status == outdated.Currency.UNREACHABLE for r in reports) else 0
 
 
 def cmd_lock(args: argparse.Namespace) -> int:

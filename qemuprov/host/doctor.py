@@ -22,7 +22,7 @@ SHM_MIN_BYTES = 256 * 1024 * 1024
 DEBIAN_QEMU_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 
 
-class Status(StrEnum):
+class Verdict(StrEnum):
     PASS = "PASS"
     WARN = "WARN"
     FAIL = "FAIL"
@@ -32,13 +32,15 @@ class Status(StrEnum):
 class Check:
     area: str
     what: str
-    status: Status
+    status: Verdict
     detail: str = ""
     hint: str = ""
 
 
 @dataclass
-class Context:
+class Probing:
+    """What the checks share: the probe cache, and where the KVM verdict is kept."""
+
     cache: probe.ProbeCache
     kvm_cache_file: Path
 
@@ -46,38 +48,38 @@ class Context:
         return probe.probe_binary(path, self.cache)
 
 
-def check_kvm(ctx: Context) -> Iterator[Check]:
+def check_kvm(ctx: Probing) -> Iterator[Check]:
     dev = kvm.device()
     if not dev.present:
-        yield Check("KVM", "/dev/kvm exists", Status.WARN, "no /dev/kvm: guests run under TCG (slow)",
+        yield Check("KVM", "/dev/kvm exists", Verdict.WARN, "no /dev/kvm: guests run under TCG (slow)",
                     "enable virtualization in the firmware and load kvm_intel or kvm_amd; in a VM, enable "
                     "nested virtualization")
         return
     if not dev.accessible:
-        yield Check("KVM", "/dev/kvm is accessible", Status.WARN, f"/dev/kvm: {dev.error}",
+        yield Check("KVM", "/dev/kvm is accessible", Verdict.WARN, f"/dev/kvm: {dev.error}",
                     f"sudo usermod -aG kvm {os.environ.get('USER', '$USER')} (then log in again)")
         return
-    yield Check("KVM", "/dev/kvm is accessible", Status.PASS)
+    yield Check("KVM", "/dev/kvm is accessible", Verdict.PASS)
     if platform.machine() != "x86_64":
-        yield Check("KVM", "a guest runs under KVM", Status.WARN,
+        yield Check("KVM", "a guest runs under KVM", Verdict.WARN,
                     f"the bounded KVM run is only done on x86_64 hosts, this is {platform.machine()}")
         return
     qemu = shutil.which("qemu-system-x86_64") or _installed_binary("qemu-system-x86_64")
     if qemu is None:
-        yield Check("KVM", "a guest runs under KVM", Status.WARN, "no qemu-system-x86_64 to test KVM with",
+        yield Check("KVM", "a guest runs under KVM", Verdict.WARN, "no qemu-system-x86_64 to test KVM with",
                     "install QEMU (see the QEMU checks below), then run doctor again")
         return
     tester = ctx.probe(Path(qemu))
     if tester.error:  # a broken QEMU says nothing about KVM
-        yield Check("KVM", "a guest runs under KVM", Status.WARN,
+        yield Check("KVM", "a guest runs under KVM", Verdict.WARN,
                     f"cannot test KVM: {qemu}, the first qemu-system-x86_64 on PATH, does not work: {tester.error}",
                     "put a working QEMU first on PATH (see the QEMU checks below), then run doctor again")
         return
     run = kvm.verdict(Path(qemu), ctx.kvm_cache_file)
     if run["usable"]:
-        yield Check("KVM", "a guest runs under KVM", Status.PASS, str(run["detail"]))
+        yield Check("KVM", "a guest runs under KVM", Verdict.PASS, str(run["detail"]))
     else:
-        yield Check("KVM", "a guest runs under KVM", Status.WARN, "KVM is present but unusable: " + str(run["detail"]),
+        yield Check("KVM", "a guest runs under KVM", Verdict.WARN, "KVM is present but unusable: " + str(run["detail"]),
                     "boot guests with TCG: qemuprov verify --accel tcg, or QEMU's -accel tcg; "
                     "for a VM host, check its nested virtualization")
 
@@ -90,7 +92,7 @@ def _installed_binary(name: str) -> str | None:
     return None
 
 
-def check_qemu(ctx: Context) -> Iterator[Check]:
+def check_qemu(ctx: Probing) -> Iterator[Check]:
     dax_found: list[str] = []
     for arch in ("x86_64", "aarch64"):
         name = f"qemu-system-{arch}"
@@ -99,46 +101,46 @@ def check_qemu(ctx: Context) -> Iterator[Check]:
             installed = _installed_binary(name)
             if installed:
                 prefix = Path(installed).parent.parent
-                yield Check("QEMU", f"{name} on PATH", Status.WARN,
+                yield Check("QEMU", f"{name} on PATH", Verdict.WARN,
                             f"not on PATH, but qemuprov installed it in {prefix}",
                             f'eval "$(qemuprov env {prefix.name})"')
                 found = installed
             else:
-                yield Check("QEMU", f"{name} on PATH", Status.FAIL, f"no {name} found",
+                yield Check("QEMU", f"{name} on PATH", Verdict.FAIL, f"no {name} found",
                             f"qemuprov build qemu-7.2 --arch {arch}, or your distribution's QEMU "
                             f"(Debian/Ubuntu: apt-get install {DEBIAN_QEMU_PACKAGE[arch]})")
                 continue
         result = ctx.probe(Path(found))
         if result.error or not isinstance(result, probe.QemuProbe):
-            yield Check("QEMU", f"{name} works", Status.FAIL, f"{found}: {result.error}",
+            yield Check("QEMU", f"{name} works", Verdict.FAIL, f"{found}: {result.error}",
                         "reinstall it, or point PATH at a working build")
             continue
         version = version_tuple(result.version)
         if version is None or version < version_tuple(MIN_QEMU):  # type: ignore[operator]
-            yield Check("QEMU", f"{name} is {MIN_QEMU} or later", Status.FAIL,
+            yield Check("QEMU", f"{name} is {MIN_QEMU} or later", Verdict.FAIL,
                         f"{found} is QEMU {result.version}: vhost-user-fs arrived in 5.0",
                         "qemuprov build qemu-7.2 (or virtio-fs-dev for DAX)")
             continue
         if not result.vhost_user_fs:
-            yield Check("QEMU", f"{name} has vhost-user-fs-pci", Status.FAIL,
+            yield Check("QEMU", f"{name} has vhost-user-fs-pci", Verdict.FAIL,
                         f"{found} (QEMU {result.version}) was built without vhost-user-fs",
                         "use a build configured with --enable-vhost-user, e.g. qemuprov build qemu-7.2")
             continue
         if not result.shared_memory:
-            yield Check("QEMU", f"{name} has a shareable memory backend", Status.FAIL,
+            yield Check("QEMU", f"{name} has a shareable memory backend", Verdict.FAIL,
                         f"{found} has neither memory-backend-memfd nor memory-backend-file",
                         "virtio-fs needs shared guest memory; use another QEMU build")
             continue
         dax = "DAX window (cache-size): yes" if result.dax else "no DAX window"
         if result.dax:
             dax_found.append(found)
-        yield Check("QEMU", f"{name} has vhost-user-fs-pci", Status.PASS,
+        yield Check("QEMU", f"{name} has vhost-user-fs-pci", Verdict.PASS,
                     f"{found}: QEMU {result.version}, {dax}")
         yield _check_osv_line(name, found, result)
     if dax_found:
-        yield Check("QEMU", "a QEMU with the DAX window", Status.PASS, ", ".join(dax_found))
+        yield Check("QEMU", "a QEMU with the DAX window", Verdict.PASS, ", ".join(dax_found))
     else:
-        yield Check("QEMU", "a QEMU with the DAX window", Status.WARN,
+        yield Check("QEMU", "a QEMU with the DAX window", Verdict.WARN,
                     "no QEMU here has cache-size on vhost-user-fs-pci (only the virtio-fs-dev fork does)",
                     "only needed for -o dax: qemuprov build virtio-fs-dev")
 
@@ -149,42 +151,42 @@ def _check_osv_line(name: str, found: str, result: probe.QemuProbe) -> Check:
         (["aio=native (linux-aio)"] if result.aio_native is False else [])
     what = f"{name} takes OSv's run.py line (-netdev user, aio=native)"
     if lacking:
-        return Check("QEMU", what, Status.WARN, f"{found} was built without {' and '.join(lacking)}",
+        return Check("QEMU", what, Verdict.WARN, f"{found} was built without {' and '.join(lacking)}",
                      "build QEMU with libslirp-dev and libaio-dev installed, e.g. qemuprov build qemu-7.2")
-    return Check("QEMU", what, Status.PASS)
+    return Check("QEMU", what, Verdict.PASS)
 
 
-def check_virtiofsd(ctx: Context) -> Iterator[Check]:
+def check_virtiofsd(ctx: Probing) -> Iterator[Check]:
     on_path = shutil.which("virtiofsd")
     if on_path is None:
         hidden = [str(p) for p in probe.distro_virtiofsd()]
         installed = _installed_binary("virtiofsd")
         if hidden:
             directory = str(Path(hidden[0]).parent)
-            yield Check("virtiofsd", "virtiofsd on PATH", Status.WARN,
+            yield Check("virtiofsd", "virtiofsd on PATH", Verdict.WARN,
                         f"found at {hidden[0]}, which is not on PATH",
                         f'export PATH="{directory}:$PATH"')
             on_path = hidden[0]
         elif installed:
             prefix = Path(installed).parent.parent
-            yield Check("virtiofsd", "virtiofsd on PATH", Status.WARN,
+            yield Check("virtiofsd", "virtiofsd on PATH", Verdict.WARN,
                         f"not on PATH, but qemuprov installed it in {prefix}",
                         f'eval "$(qemuprov env {prefix.name})"')
             on_path = installed
         else:
-            yield Check("virtiofsd", "virtiofsd on PATH", Status.FAIL, "no virtiofsd found",
+            yield Check("virtiofsd", "virtiofsd on PATH", Verdict.FAIL, "no virtiofsd found",
                         "apt-get install virtiofsd (Debian 12+/Ubuntu 24.04+), dnf install virtiofsd, "
                         "or qemuprov build qemu-7.2")
             return
     else:
-        yield Check("virtiofsd", "virtiofsd on PATH", Status.PASS, on_path)
+        yield Check("virtiofsd", "virtiofsd on PATH", Verdict.PASS, on_path)
     result = ctx.probe(Path(on_path))
     if result.error or not isinstance(result, probe.VirtiofsdProbe):
-        yield Check("virtiofsd", "virtiofsd works", Status.FAIL, f"{on_path}: {result.error}",
+        yield Check("virtiofsd", "virtiofsd works", Verdict.FAIL, f"{on_path}: {result.error}",
                     "reinstall it or put a working virtiofsd first on PATH")
         return
     flavour = "C (from QEMU)" if result.flavour == VirtiofsdFlavour.C else "Rust"
-    yield Check("virtiofsd", "virtiofsd flavour", Status.PASS, f"{flavour} virtiofsd {result.version}")
+    yield Check("virtiofsd", "virtiofsd flavour", Verdict.PASS, f"{flavour} virtiofsd {result.version}")
     yield from _check_can_run(result)
     yield from _check_rseq(result)
 
@@ -192,17 +194,17 @@ def check_virtiofsd(ctx: Context) -> Iterator[Check]:
 def _check_can_run(result: probe.VirtiofsdProbe) -> Iterator[Check]:
     root = os.geteuid() == 0
     if result.needs_root and not root:
-        yield Check("virtiofsd", "virtiofsd can run as this user", Status.WARN,
+        yield Check("virtiofsd", "virtiofsd can run as this user", Verdict.WARN,
                     "the C virtiofsd needs root (it sets up namespaces and capabilities)",
                     "run it with sudo, or use the Rust virtiofsd with --sandbox namespace")
         return
     if not root and not _user_namespaces():
-        yield Check("virtiofsd", "virtiofsd can run as this user", Status.WARN,
+        yield Check("virtiofsd", "virtiofsd can run as this user", Verdict.WARN,
                     "unprivileged user namespaces are off, so --sandbox namespace fails",
                     "sysctl kernel.unprivileged_userns_clone=1, or run virtiofsd with --sandbox none")
         return
     who = "root" if root else "this user (user namespaces)"
-    yield Check("virtiofsd", "virtiofsd can run as this user", Status.PASS, f"runs as {who}")
+    yield Check("virtiofsd", "virtiofsd can run as this user", Verdict.PASS, f"runs as {who}")
 
 
 def _user_namespaces() -> bool:
@@ -223,84 +225,84 @@ RSEQ_HINT = ("run it with GLIBC_TUNABLES=glibc.pthread.rseq=0 in its environment
 def _check_rseq(result: probe.VirtiofsdProbe) -> Iterator[Check]:
     if result.rseq_risk:
         glibc = ".".join(map(str, probe.glibc_version() or ()))
-        yield Check("virtiofsd", "virtiofsd survives a guest mount (rseq)", Status.FAIL,
+        yield Check("virtiofsd", "virtiofsd survives a guest mount (rseq)", Verdict.FAIL,
                     f"C virtiofsd {result.version or '(prints no version: older than 6.1)'} predates QEMU 7.0: "
                     "its seccomp filter lacks rseq, which glibc "
                     f"{glibc} uses, so it is killed (SIGSYS) the moment a guest mounts the share and QEMU reports "
                     "'Unexpected end-of-file before all data were read'", RSEQ_HINT)
     elif result.rseq_wrapper:
-        yield Check("virtiofsd", "virtiofsd survives a guest mount (rseq)", Status.PASS,
+        yield Check("virtiofsd", "virtiofsd survives a guest mount (rseq)", Verdict.PASS,
                     "wrapped with GLIBC_TUNABLES=glibc.pthread.rseq=0")
     if probe.seen_rseq_kill():
         # A past event: a FAIL when the daemon on PATH is the kind that gets killed, a WARN otherwise.
         yield Check("virtiofsd", "no virtiofsd killed by seccomp (kernel log)",
-                    Status.FAIL if result.rseq_risk else Status.WARN,
+                    Verdict.FAIL if result.rseq_risk else Verdict.WARN,
                     "the kernel log shows virtiofsd killed by its seccomp filter on rseq (syscall 334 on x86_64)",
                     RSEQ_HINT)
 
 
-def check_shared_memory(ctx: Context) -> Iterator[Check]:
+def check_shared_memory(ctx: Probing) -> Iterator[Check]:
     try:
         fd = os.memfd_create("qemuprov-doctor", os.MFD_CLOEXEC)
         os.close(fd)
-        yield Check("memory", "memfd_create works (memory-backend-memfd)", Status.PASS)
+        yield Check("memory", "memfd_create works (memory-backend-memfd)", Verdict.PASS)
     except (OSError, AttributeError) as exc:
-        yield Check("memory", "memfd_create works (memory-backend-memfd)", Status.WARN, str(exc),
+        yield Check("memory", "memfd_create works (memory-backend-memfd)", Verdict.WARN, str(exc),
                     "use -object memory-backend-file,mem-path=/dev/shm,share=on instead")
     try:
         st = os.statvfs("/dev/shm")
     except OSError:
-        yield Check("memory", "/dev/shm is mounted", Status.WARN, "no /dev/shm",
+        yield Check("memory", "/dev/shm is mounted", Verdict.WARN, "no /dev/shm",
                     "mount -t tmpfs tmpfs /dev/shm (needed by memory-backend-file)")
         return
     size = st.f_frsize * st.f_blocks
     if size < SHM_MIN_BYTES:
-        yield Check("memory", "/dev/shm is large enough", Status.WARN, f"/dev/shm holds {size >> 20} MiB",
+        yield Check("memory", "/dev/shm is large enough", Verdict.WARN, f"/dev/shm holds {size >> 20} MiB",
                     "mount -o remount,size=2G /dev/shm (in Docker: --shm-size=2g)")
     else:
-        yield Check("memory", "/dev/shm is large enough", Status.PASS, f"{size >> 20} MiB")
+        yield Check("memory", "/dev/shm is large enough", Verdict.PASS, f"{size >> 20} MiB")
 
 
-def check_container_engine(ctx: Context) -> Iterator[Check]:
+def check_container_engine(ctx: Probing) -> Iterator[Check]:
     from qemuprov.infra import engines
 
     found = engines.find_engine()
     if found.reachable:
-        yield Check("build", "a container engine is reachable", Status.PASS, found.detail)
+        yield Check("build", "a container engine is reachable", Verdict.PASS, found.detail)
     else:
-        yield Check("build", "a container engine is reachable", Status.WARN, found.detail,
+        yield Check("build", "a container engine is reachable", Verdict.WARN, found.detail,
                     "start Docker (or `podman system service` and set DOCKER_HOST), or build with --runner host")
 
 
-def check_build_deps(ctx: Context) -> Iterator[Check]:
+def check_build_deps(ctx: Probing) -> Iterator[Check]:
     missing = hostdeps.missing_build_packages()
     if missing:
-        yield Check("build", "host build dependencies", Status.WARN, "missing: " + ", ".join(missing),
+        yield Check("build", "host build dependencies", Verdict.WARN, "missing: " + ", ".join(missing),
                     "apt-get install " + " ".join(missing) + " (or build in a container: --runner docker)")
     else:
-        yield Check("build", "host build dependencies", Status.PASS,
+        yield Check("build", "host build dependencies", Verdict.PASS,
                     f"compiler, meson, ninja and the -dev libraries; QEMU compiles with {describe_host_compilers()}")
 
 
-def check_installs(ctx: Context) -> Iterator[Check]:
+def check_installs(ctx: Probing) -> Iterator[Check]:
     found = installs.list_installs()
     if not found:
-        yield Check("qemuprov", "installs", Status.PASS, f"none yet in {paths.install_root()}",
+        yield Check("qemuprov", "installs", Verdict.PASS, f"none yet in {paths.install_root()}",
                     "qemuprov build qemu-7.2 (or virtio-fs-dev for DAX)")
         return
     for entry in found:
         broken = entry.missing_binaries()
         if entry.damaged:
-            yield Check("qemuprov", f"install {entry.name}", Status.FAIL, f"{entry.prefix}: {entry.damaged}",
+            yield Check("qemuprov", f"install {entry.name}", Verdict.FAIL, f"{entry.prefix}: {entry.damaged}",
                         f"qemuprov build {entry.name} again, or qemuprov remove {entry.prefix}")
         elif broken:
-            yield Check("qemuprov", f"install {entry.name}", Status.FAIL,
+            yield Check("qemuprov", f"install {entry.name}", Verdict.FAIL,
                         f"{entry.prefix}: missing {', '.join(broken)}", f"qemuprov build {entry.recipe} again")
         else:
-            yield Check("qemuprov", f"install {entry.name}", Status.PASS, f"{entry.prefix}: {entry.summary()}")
+            yield Check("qemuprov", f"install {entry.name}", Verdict.PASS, f"{entry.prefix}: {entry.summary()}")
 
 
-def check_pairing(ctx: Context) -> Iterator[Check]:
+def check_pairing(ctx: Probing) -> Iterator[Check]:
     """The QEMU and virtiofsd a user would run together: the first of each on PATH."""
     daemon_path = shutil.which("virtiofsd")
     qemus = probe.qemus_on_path()
@@ -315,14 +317,14 @@ def check_pairing(ctx: Context) -> Iterator[Check]:
         if isinstance(qemu, probe.QemuProbe) and not qemu.error:
             warnings += [w for w in probe.pairing_warnings(qemu, daemon) if w not in warnings]
     for warning in warnings:
-        yield Check("virtiofsd", "QEMU and virtiofsd pair well", Status.WARN, warning,
+        yield Check("virtiofsd", "QEMU and virtiofsd pair well", Verdict.WARN, warning,
                     "see the detail; `qemuprov build` installs matching pairs")
     if not warnings:
-        yield Check("virtiofsd", "QEMU and virtiofsd pair well", Status.PASS,
+        yield Check("virtiofsd", "QEMU and virtiofsd pair well", Verdict.PASS,
                     f"{daemon_path} with {', '.join(map(str, qemus))}")
 
 
-CHECKS: tuple[Callable[[Context], Iterator[Check]], ...] = (
+CHECKS: tuple[Callable[[Probing], Iterator[Check]], ...] = (
     check_kvm, check_qemu, check_virtiofsd, check_pairing, check_shared_memory, check_container_engine,
     check_build_deps,
     check_installs,
@@ -330,7 +332,7 @@ CHECKS: tuple[Callable[[Context], Iterator[Check]], ...] = (
 
 
 def run_checks() -> list[Check]:
-    ctx = Context(cache=probe.ProbeCache(), kvm_cache_file=paths.cache_dir() / "kvm.json")
+    ctx = Probing(cache=probe.ProbeCache(), kvm_cache_file=paths.cache_dir() / "kvm.json")
     results = [check for func in CHECKS for check in func(ctx)]
     ctx.cache.save()
     return results

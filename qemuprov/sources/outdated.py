@@ -17,7 +17,7 @@ from qemuprov.sources import trees
 RELEASE_TAG = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)$")  # v11.1.1, v1.14.0; not v11.1.0-rc3, not dax-2022-...
 
 
-class Status(StrEnum):
+class Currency(StrEnum):
     CURRENT = "current"
     OUTDATED = "outdated"  # a newer release in the same series: a fix release is due
     NEWER_SERIES = "newer series"  # current in its series, but a newer series is out
@@ -35,12 +35,12 @@ class Report:
     names: str  # what the recipe names (its ref, and pin)
     series_newest: str | None = None
     newest: str | None = None
-    status: Status = Status.CURRENT
+    status: Currency = Currency.CURRENT
     detail: str = ""
 
     @property
     def due(self) -> bool:
-        return self.status in (Status.OUTDATED, Status.NEWER_SERIES, Status.MOVED)
+        return self.status in (Currency.OUTDATED, Currency.NEWER_SERIES, Currency.MOVED)
 
 
 def release(tag: str) -> Version | None:
@@ -61,13 +61,13 @@ def remote_refs(url: str) -> dict[str, str]:
 def check_source(recipe: str, section: str, src: Source) -> Report:
     if not src.git:
         return Report(recipe, section, src.url, f"tarball (sha256 {str(src.sha256)[:12]}…)",
-                      status=Status.NOT_CHECKABLE, detail="a tarball names no release to compare")
+                      status=Currency.NOT_CHECKABLE, detail="a tarball names no release to compare")
     names = str(src.ref) + (f" @ {src.commit}" if src.commit else "")
     try:
         refs = remote_refs(src.git)
     except git.GitCommandError as exc:
         problem = trees.git_command_failure(section, src.git, exc)
-        return Report(recipe, section, src.git, names, status=Status.UNREACHABLE, detail=_message(problem))
+        return Report(recipe, section, src.git, names, status=Currency.UNREACHABLE, detail=_message(problem))
     releases = {v: name.removeprefix("refs/tags/") for name in refs if name.startswith("refs/tags/")
                 if (v := release(name.removeprefix("refs/tags/"))) is not None and not v.is_prerelease}
     newest = max(releases, default=None)
@@ -76,18 +76,18 @@ def check_source(recipe: str, section: str, src: Source) -> Report:
         head = refs.get(f"refs/heads/{src.ref}")
         if head is None:
             return Report(recipe, section, src.git, names, None, releases.get(newest) if newest else None,
-                          Status.NOT_CHECKABLE, f"{src.ref} is neither a release tag nor a branch there")
+                          Currency.NOT_CHECKABLE, f"{src.ref} is neither a release tag nor a branch there")
         moved = src.commit is not None and not head.startswith(src.commit)
         return Report(recipe, section, src.git, names, None, releases.get(newest) if newest else None,
-                      Status.MOVED if moved else Status.BRANCH, f"head {head[:12]}"
+                      Currency.MOVED if moved else Currency.BRANCH, f"head {head[:12]}"
                       + (f", the recipe pins {src.commit}" if moved else ""))
     series = [v for v in releases if v.release[:2] == named.release[:2]]
     series_newest = max(series, default=None)
-    status = Status.CURRENT
+    status = Currency.CURRENT
     if series_newest is not None and series_newest > named:
-        status = Status.OUTDATED
+        status = Currency.OUTDATED
     elif newest is not None and newest > named:
-        status = Status.NEWER_SERIES
+        status = Currency.NEWER_SERIES
     return Report(recipe, section, src.git, names, releases.get(series_newest) if series_newest else None,
                   releases.get(newest) if newest else None, status)
 

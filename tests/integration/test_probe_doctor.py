@@ -88,7 +88,7 @@ def test_kvm_verdict_comes_from_a_real_guest_run() -> None:
         pytest.skip("no accessible /dev/kvm on this machine: the KVM run cannot be made")
     real = kvm.test_run(qemu, accel="kvm")
     checks = [c for c in doctor.run_checks() if c.area == "KVM" and c.what == "a guest runs under KVM"]
-    assert checks and (checks[0].status == doctor.Status.PASS) == real.usable
+    assert checks and (checks[0].status == doctor.Verdict.PASS) == real.usable
     if not real.usable:
         assert "present but unusable" in checks[0].detail
 
@@ -103,7 +103,7 @@ def test_second_doctor_is_served_from_the_cache(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(probe, "probe_virtiofsd", no_probing)
     monkeypatch.setattr(kvm, "test_run", no_probing)
     checks = doctor.run_checks()
-    assert any(c.area == "QEMU" and c.status == doctor.Status.PASS for c in checks)
+    assert any(c.area == "QEMU" and c.status == doctor.Verdict.PASS for c in checks)
 
 
 def test_a_broken_qemu_first_on_path_is_not_reported_as_unusable_kvm(tmp_path: Path,
@@ -115,5 +115,5 @@ def test_a_broken_qemu_first_on_path_is_not_reported_as_unusable_kvm(tmp_path: P
     broken.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     (check,) = [c for c in doctor.run_checks() if c.area == "KVM" and c.what == "a guest runs under KVM"]
-    assert check.status == doctor.Status.WARN and "cannot test KVM" in check.detail and str(broken) in check.detail
+    assert check.status == doctor.Verdict.WARN and "cannot test KVM" in check.detail and str(broken) in check.detail
     assert "present but unusable" not in check.detail
