@@ -38,7 +38,7 @@ from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.infra.render import safe_text
 from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner, get_runner
 from qemuprov.sources.revision import Resolution
-from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup, write_vhost_user_descriptor
 from qemuprov.build.context import Context, Options, missing_dependency_hint
 
 _T = TypeVar("_T")
@@ -220,6 +220,8 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
     with ctx.phase("probe", "checking the pulled build against the recipe's [expect]"):
         probes = probe_and_check(ctx, pulled=True)
     pulled, prefix = hit.record, ctx.opts.prefix
+    if (staged / "bin" / "virtiofsd").exists():
+        write_vhost_user_descriptor(staged, prefix)  # it named the prefix of the machine that built it
     old = Path(pulled.prefix)
     # What the entry says of itself is taken only where it describes the bytes it shipped (plan, tools,
     # virtiofsd, firmware layout); what was looked up, resolved and checked here is this machine's own.

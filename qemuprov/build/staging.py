@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import ctypes.util
 import os
 import shutil
@@ -47,12 +48,30 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]
             daemon.rename(bin_dir / "virtiofsd")
             with contextlib.suppress(OSError):  # libexec held only the daemon
                 daemon.parent.rmdir()
+    if (bin_dir / "virtiofsd").exists():
+        write_vhost_user_descriptor(staged, prefix)
     if plan is None:
         return {"virtiofsd": virtiofsd, "firmware": []}
     firmware = [str(prefix / "share" / "qemu")]
     if not plan.tree.has_blobs:
         firmware += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]
     return {"virtiofsd": virtiofsd, "firmware": firmware}
+
+
+VHOST_USER_DIR = Path("share") / "qemu" / "vhost-user"
+DESCRIPTOR = "50-qemuprov-virtiofsd.json"
+
+
+def write_vhost_user_descriptor(staged: Path, prefix: Path) -> None:
+    """share/qemu/vhost-user/ describes the install's own virtiofsd (docs/interop/vhost-user.json of QEMU: type
+    fs, the binary's path), so libvirt and other readers of those directories find the binary at its final
+    path. QEMU's own descriptor names the configure prefix, which exists on no machine: it goes."""
+    directory = staged / VHOST_USER_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "50-qemu-virtiofsd.json").unlink(missing_ok=True)
+    descriptor = {"description": f"virtiofsd of the qemuprov install {prefix.name}", "type": "fs",
+                  "binary": str(prefix / "bin" / "virtiofsd")}
+    (directory / DESCRIPTOR).write_text(json.dumps(descriptor, indent=2) + "\n")
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -47,6 +47,15 @@ def test_manifest_records_the_build(qenv: Env, built: Built) -> None:
     assert compilers_used(qenv, "fixture-7.2") == {"clang"}
 
 
+def test_the_install_describes_its_own_virtiofsd_for_libvirt(built: Built) -> None:
+    """share/qemu/vhost-user/ (QEMU's docs/interop/vhost-user.json) names the installed daemon, not the
+    configure prefix QEMU's own descriptor names, which exists on no machine."""
+    vhost_user = built.prefix / "share" / "qemu" / "vhost-user"
+    (descriptor,) = [json.loads(p.read_text()) for p in vhost_user.glob("*.json")]
+    assert descriptor["type"] == "fs" and descriptor["binary"] == str(built.prefix / "bin" / "virtiofsd")
+    assert os.access(descriptor["binary"], os.X_OK)
+
+
 def test_probe_of_the_install(qenv: Env, built: Built) -> None:
     result = qenv.run("probe", str(built.prefix), "--json")
     assert result.returncode == 0, result.stderr
