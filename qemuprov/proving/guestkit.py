@@ -71,6 +71,21 @@ class Kit:
     def description(self) -> str:
         return f"the guest kernel {self.kernel}"
 
+    def record(self) -> dict[str, str]:
+        """Which guest booted, for verify's result in qemuprov.json: the kernel's version (where the kit knows
+        it) and the sha256 of the kernel and initramfs, so two machines' PASSes can be told the same claim."""
+        version_file = self.kernel.with_name("kernel-version")
+        return {"kernel": version_file.read_text().strip() if version_file.exists() else self.kernel.name,
+                "kernel_sha256": _sha256(self.kernel), "initrd_sha256": _sha256(self.initrd)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 def fuse_dax_from_config(text: str) -> bool | None:
     """CONFIG_FUSE_DAX in a kernel's config file: True, False (not set), None (the file does not say)."""
@@ -189,5 +204,6 @@ def ensure_kit(arch: str) -> Kit:
         if config.exists():
             shutil.copyfile(config, home / "config")
         shutil.copyfile(kernels[-1], kit.kernel)
+        (home / "kernel-version").write_text(kernels[-1].name.removeprefix("vmlinuz-") + "\n")
         kit.initrd.write_bytes(_cpio_newc(entries))
     return Kit(arch, kit.kernel, kit.initrd, _kit_fuse_dax(home / "config"))

@@ -47,6 +47,7 @@ class BootResult:
     mode: str = "plain"  # "osv": with the QEMU and virtiofsd command lines of OSv's scripts/run.py
     dax_status: str = "-"  # "yes", "no", "not tested", "-" (no DAX window)
     dax_reason: str = ""  # why not "yes", and what to do
+    kit: dict[str, str] = field(default_factory=dict)  # the guest that booted (Kit.record)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
                accel: str, mode: str) -> BootResult:
     """Boot what make_launch(work dir) describes; the work dir holds share/ with the host's file in it."""
     start = time.monotonic()
-    outcome = BootResult(str(qemu.arch), False, 0.0, accel, mode=mode)
+    outcome = BootResult(str(qemu.arch), False, 0.0, accel, mode=mode, kit=kit.record())
     vfs: subprocess.Popen[bytes] | None = None
     vm: subprocess.Popen[bytes] | None = None
     launch: Launch | None = None

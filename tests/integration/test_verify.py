@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def test_verify_both_arches_round_trip(qenv: Env) -> None:
         assert outcome["ok"] is True
         assert "QEMUPROV: mounted" in outcome["log"] and "QEMUPROV: wrote" in outcome["log"]
         assert outcome["dax"] is None  # Debian's QEMU has no DAX window to try
+        kit = outcome["kit"]  # which guest booted: two machines' PASSes can be compared
+        kernel = Path(qenv.vars["QEMUPROV_CACHE"]).glob(f"guest/{outcome['arch']}-*/vmlinuz")
+        assert kit["kernel"] and kit["kernel_sha256"] in {hashlib.sha256(k.read_bytes()).hexdigest() for k in kernel}
+        assert len(kit["initrd_sha256"]) == 64
 
 
 def test_verify_fails_for_a_qemu_without_the_device(qenv: Env) -> None:
