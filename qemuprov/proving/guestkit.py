@@ -1,5 +1,7 @@
-"""A tiny Linux guest per arch for `verify`: a distribution cloud kernel and a busybox initramfs whose init
-mounts the virtio-fs share, reads the host's file, writes one back, and powers off. Fetched once with apt."""
+"""A tiny Linux guest per arch for `verify`: Debian 13's cloud kernel and a busybox initramfs whose init mounts
+the virtio-fs share, reads the host's file, writes one back, and powers off. The packages are pinned by version
+and sha256, fetched once through an apt configuration of qemuprov's own (or a Debian container), so every host
+boots the same guest."""
 
 from __future__ import annotations
 
@@ -115,34 +117,116 @@ def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _download(packages: list[str], deb_arch: str, into: Path) -> None:
-    result = procs.run(["apt-get", "download", f"-oAPT::Architecture={deb_arch}", *packages], timeout=600, cwd=into)
-    if not result.ok:
-        raise InfraError(f"could not fetch the guest kit ({' '.join(packages)}): {result.stderr.strip()[-300:]}",
-                         hint="on Debian/Ubuntu with apt; or bring your own with --kernel and --initrd")
+@dataclass(frozen=True)
+class Pin:
+    """One Debian package of the kit, by exact version, checked against its sha256 before it is unpacked."""
+
+    package: str
+    version: str
+    sha256: str
+
+    def spec(self, deb_arch: str) -> str:
+        return f"{self.package}:{deb_arch}={self.version}"
 
 
-def _kernel_package(deb_arch: str) -> str:
-    meta = f"linux-image-cloud-{deb_arch}"
-    result = procs.run(["apt-cache", f"-oAPT::Architecture={deb_arch}", "depends", meta], timeout=60)
-    for line in result.stdout.splitlines():
-        name = line.split(":", 1)[-1].strip()
-        if line.strip().startswith("Depends:") and name.startswith("linux-image-"):
-            return name.split(":")[0]
-    raise InfraError(f"apt knows no {meta}",
-                     hint=f"as root: dpkg --add-architecture {deb_arch} && apt-get update; "
-                          "or bring your own --kernel/--initrd")
+# The same guest on every host (Debian 13's cloud kernel: virtio-fs, FUSE and, on both arches, FUSE_DAX; and
+# busybox), whatever the host's own distribution. Moving a pin re-fetches the kit (its directory is keyed by it).
+SUITE = "trixie"
+PINS = {
+    "amd64": (Pin("linux-image-6.12.117+deb13-cloud-amd64", "6.12.117-1",
+                  "e9893e5295d0549b8852611f12a4b8b5f6cc4b8128dcc2086b9847793b904ab7"),
+              Pin("busybox-static", "1:1.37.0-6+b9",
+                  "598a3fd92bdafc34cd81196b2952ad36e910e47a4ecf162f8ce5e8e262598e53")),
+    "arm64": (Pin("linux-image-6.12.117+deb13-cloud-arm64", "6.12.117-1",
+                  "cc33e288505c3271539beab498aeb4f25e27b8f7c0c49ddb6c506b6d3c50c22f"),
+              Pin("busybox-static", "1:1.37.0-6+b9",
+                  "c833be48abfa16bc19c4966ec93e289ff1ce5d2f1476cad3a57bd105378cd15c")),
+}
+MIRROR_ENV = "QEMUPROV_DEBIAN_MIRROR"
+APT_SOURCES = Path("/etc/apt")
+DEBIAN_SUITES = ("bookworm", "trixie", "forky", "bullseye", "sid", "stable", "testing", "unstable")
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 
-# Run in a Debian container where the host has no apt: the same packages, unpacked into /out/root.
+def debian_mirror(sources: Path = APT_SOURCES) -> str | None:
+    """The Debian mirror this host's apt already uses (any Debian suite), else $QEMUPROV_DEBIAN_MIRROR; None on
+    a host whose apt knows no Debian mirror (Ubuntu, Fedora's dnf, none): then a Debian container fetches the kit."""
+    if mirror := os.environ.get(MIRROR_ENV):
+        return mirror
+    texts = [f.read_text(errors="replace") for f in sorted(sources.glob("sources.list.d/*.sources"))
+             + sorted(sources.glob("sources.list.d/*.list")) + [sources / "sources.list"] if f.is_file()]
+    for text in texts:
+        for stanza in text.split("\n\n"):  # deb822: URIs and Suites of one stanza
+            uris = re.findall(r"^URIs:\s*(\S+)", stanza, re.M)
+            suites = " ".join(re.findall(r"^Suites:\s*(.+)$", stanza, re.M)).split()
+            if uris and any(s.split("-")[0] in DEBIAN_SUITES for s in suites):
+                return uris[0]
+        for line in text.splitlines():  # one-line style: deb [opts] URI SUITE COMPONENTS
+            words = re.sub(r"\[[^]]*\]", "", line).split()
+            if len(words) >= 3 and words[0] == "deb" and words[2].split("-")[0] in DEBIAN_SUITES:
+                return words[1]
+    return None
+
+
+def _private_apt(work: Path, mirror: str) -> list[str]:
+    """apt options for a configuration of qemuprov's own: its sources list (the pinned suite, both arches), its
+    lists and cache, no lock on the host's; the host's apt is neither read nor changed, and no root is needed."""
+    etc = work / "apt" / "etc"
+    for d in (etc / "apt.conf.d", etc / "preferences.d", etc / "sources.list.d", work / "apt" / "lists" / "partial",
+              work / "apt" / "cache" / "archives" / "partial"):
+        d.mkdir(parents=True, exist_ok=True)
+    # Each .deb is checked against its pinned sha256, so an index without the Debian keyring is trusted only
+    # for the names it maps.
+    trust = f"signed-by={KEYRING}" if KEYRING.exists() else "trusted=yes"
+    (etc / "sources.list").write_text(f"deb [arch=amd64,arm64 {trust}] {mirror} {SUITE} main\n")
+    return [f"-oDir::Etc={etc}", f"-oDir::Etc::sourcelist={etc / 'sources.list'}",
+            f"-oDir::Etc::sourceparts={etc / 'sources.list.d'}", f"-oDir::State::Lists={work / 'apt' / 'lists'}",
+            f"-oDir::Cache={work / 'apt' / 'cache'}", "-oAPT::Architectures::=amd64", "-oAPT::Architectures::=arm64",
+            "-oDebug::NoLocking=1"]
+
+
+def _download_pinned(deb_arch: str, work: Path, mirror: str) -> list[Path]:
+    options = _private_apt(work, mirror)
+    env = procs.base_env()
+    updated = procs.run(["apt-get", "-q", *options, "update"], timeout=600, env=env)
+    if not updated.ok:
+        raise InfraError(f"could not read the Debian {SUITE} index from {mirror}: {updated.stderr.strip()[-300:]}",
+                         hint=f"set {MIRROR_ENV} to a reachable Debian mirror, or bring your own --kernel/--initrd")
+    pins = PINS[deb_arch]
+    got = procs.run(["apt-get", "-q", *options, "download", *(p.spec(deb_arch) for p in pins)], timeout=900,
+                    cwd=work, env=env)
+    if not got.ok:
+        raise InfraError(f"could not fetch the pinned guest kit ({', '.join(p.spec(deb_arch) for p in pins)}): "
+                         f"{got.stderr.strip()[-300:]}",
+                         hint="a newer qemuprov pins the kernel Debian serves now; or bring your own --kernel/--initrd")
+    return [_checked(work, pin, deb_arch) for pin in pins]
+
+
+def _checked(work: Path, pin: Pin, deb_arch: str) -> Path:
+    (deb,) = work.glob(f"{pin.package}_*_{deb_arch}.deb") or [None]  # type: ignore[list-item]
+    if deb is None:
+        raise InfraError(f"the guest kit's {pin.package} did not arrive")
+    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+    if digest != pin.sha256:
+        deb.unlink()
+        raise InfraError(f"{deb.name} has sha256 {digest}, not the pinned {pin.sha256}: refused",
+                         hint="the mirror serves another file under this version; check the mirror")
+    return deb
+
+
+# Run in a Debian container where the host has no apt, or no Debian mirror: the same pinned packages, checked
+# against their sha256 and unpacked into /out/root.
 CONTAINER_UNPACK = r"""set -e
 dpkg --add-architecture "$1" && apt-get update -q >/dev/null
-kernel=$(apt-cache depends "linux-image-cloud-$1:$1" | sed -n 's/.*Depends: \(linux-image-[^: ]*\).*/\1/p' | head -1)
-cd /out && apt-get download -q "$kernel:$1" "busybox-static:$1" >/dev/null 2>&1
+cd /out && shift 2 && apt-get download -q "$@" >/dev/null 2>&1
+while read -r sum package; do
+  set -- /out/"${package}"_*_"$ARCH".deb
+  [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$sum" ] || { echo "$1: not the pinned sha256 $sum" >&2; exit 1; }
+done < /out/pins
 for deb in /out/*.deb; do dpkg-deb -x "$deb" /out/root; done
-rm -f /out/*.deb && chown -R "$2" /out/root
+rm -f /out/*.deb /out/pins && chown -R "$OWNER" /out/root
 """
-KIT_IMAGE = "debian:bookworm"
+KIT_IMAGE = f"debian:{SUITE}"
 
 
 def _unpack_in_container(deb_arch: str, work: Path) -> None:
@@ -151,34 +235,40 @@ def _unpack_in_container(deb_arch: str, work: Path) -> None:
     try:
         engine = engines.require_engine()
     except QemuprovError as exc:
-        raise InfraError("this host has no apt to fetch the guest kit with, and " + exc.message,
-                         hint="start Docker or Podman, or bring your own guest with --kernel and --initrd") from None
+        raise InfraError("this host has no apt with a Debian mirror to fetch the guest kit with, and " + exc.message,
+                         hint=f"start Docker or Podman, set {MIRROR_ENV}, or bring your own guest with --kernel and "
+                              "--initrd") from None
     client = engines.client(engine)
-    owner = f"{os.getuid()}:{os.getgid()}"
+    pins = PINS[deb_arch]
+    (work / "pins").write_text("".join(f"{p.sha256} {p.package}\n" for p in pins))
     try:
-        client.containers.run(KIT_IMAGE, ["sh", "-c", CONTAINER_UNPACK, "sh", deb_arch, owner], remove=True,
-                              network_mode="host", volumes={str(work): {"bind": "/out", "mode": "rw"}})
+        client.containers.run(KIT_IMAGE, ["sh", "-c", CONTAINER_UNPACK, "sh", deb_arch, "-",
+                                          *(p.spec(deb_arch) for p in pins)], remove=True, network_mode="host",
+                              environment={"OWNER": f"{os.getuid()}:{os.getgid()}", "ARCH": deb_arch},
+                              volumes={str(work): {"bind": "/out", "mode": "rw"}})
     except Exception as exc:  # the SDK's ContainerError, ImageNotFound, APIError: all mean no kit
-        raise InfraError(f"could not fetch the guest kit in a {KIT_IMAGE} container: {exc}",
+        raise InfraError(f"could not fetch the guest kit in a {KIT_IMAGE} container: {str(exc)[-300:]}",
                          hint="bring your own guest with --kernel and --initrd") from None
 
 
 def ensure_kit(arch: str) -> Kit:
-    # Keyed by what goes into the initramfs, so a changed init never meets a stale kit.
-    recipe = hashlib.sha256((INIT + " ".join(MODULES)).encode()).hexdigest()[:12]
+    # Keyed by what goes into it (the pinned packages, the init), so a moved pin never meets a stale kit.
+    deb_arch = DEB_ARCH[arch]
+    pinned = " ".join(f"{p.package}={p.version}@{p.sha256}" for p in PINS[deb_arch])
+    recipe = hashlib.sha256((INIT + " ".join(MODULES) + pinned).encode()).hexdigest()[:12]
     home = paths.cache_dir() / "guest" / f"{arch}-{recipe}"
     kit = Kit(arch, home / "vmlinuz", home / "initrd.cpio", _kit_fuse_dax(home / "config"))
     if kit.kernel.exists() and kit.initrd.exists():
         return kit
-    deb_arch = DEB_ARCH[arch]
-    Reporter().step("guest kit", f"fetching Debian's cloud kernel and busybox for {arch} into {home} (once)")
+    Reporter().step("guest kit", f"fetching Debian {SUITE}'s cloud kernel and busybox for {arch} (pinned: "
+                                 f"{PINS[deb_arch][0].package} {PINS[deb_arch][0].version}) into {home} (once)")
     paths.cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qemuprov-kit-", dir=paths.cache_dir()) as tmp:
         work = Path(tmp)
         root = work / "root"
-        if shutil.which("apt-get") and shutil.which("dpkg-deb"):
-            _download([_kernel_package(deb_arch), "busybox-static"], deb_arch, work)
-            for deb in work.glob("*.deb"):
+        mirror = debian_mirror() if shutil.which("apt-get") and shutil.which("dpkg-deb") else None
+        if mirror:
+            for deb in _download_pinned(deb_arch, work, mirror):
                 unpacked = procs.run(["dpkg-deb", "-x", deb, root], timeout=300, env=procs.base_env())
                 if not unpacked.ok:
                     raise InfraError(f"dpkg-deb -x {deb.name} {unpacked.why()}: {unpacked.stderr.strip()[-300:]}",
@@ -190,11 +280,13 @@ def ensure_kit(arch: str) -> Kit:
             raise InfraError(f"the kernel package for {arch} holds no /boot/vmlinuz-*")
         entries: list[tuple[str, int, bytes]] = [
             ("bin", 0o040755, b""), ("lib", 0o040755, b""), ("lib/modules", 0o040755, b""),
-            ("bin/busybox", 0o100755, (root / "bin" / "busybox").read_bytes()),
+            ("bin/busybox", 0o100755, next(b for b in (root / "usr" / "bin" / "busybox", root / "bin" / "busybox")
+                                           if b.exists()).read_bytes()),  # Debian 13 is usr-merged
             ("init", 0o100755, (INIT % {"modules": " ".join(MODULES), "tag": TAG}).encode()),
         ]
         for module in MODULES:
-            found = sorted(root.glob(f"lib/modules/*/kernel/**/{module}.ko*"))
+            found = sorted(root.glob(f"lib/modules/*/kernel/**/{module}.ko*")) or \
+                sorted(root.glob(f"usr/lib/modules/*/kernel/**/{module}.ko*"))
             if found:
                 data = found[0].read_bytes()
                 data = lzma.decompress(data) if found[0].suffix == ".xz" else data

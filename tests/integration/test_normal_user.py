@@ -57,3 +57,5 @@ def test_verify_as_a_normal_user_with_the_rust_virtiofsd(normal_user: NormalUser
     assert result.returncode == 0, result.stdout + result.stderr
     (outcome,) = json.loads(result.stdout)
     assert outcome["ok"] is True and outcome["accel"] == "tcg"
+    # the pinned kit came through qemuprov's own apt configuration, without root
+    assert outcome["kit"]["kernel"] == "6.12.117+deb13-cloud-amd64", outcome["kit"]

@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import Env
 
 DEBIAN_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -89,3 +91,24 @@ def test_no_stray_processes_or_sockets_after_the_runs(qenv: Env) -> None:
     assert leftovers == [], f"verify left {leftovers}"
     ps = subprocess.run(["pgrep", "-af", "qemuprov-verify-"], capture_output=True, text=True)
     assert ps.stdout.strip() == "", f"processes outlived verify:\n{ps.stdout}"
+
+
+def test_the_pinned_kit_comes_to_a_host_whose_apt_knows_no_debian(engine: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host with apt, but an Ubuntu sources list (no Debian mirror): the same pinned Debian 13 kit comes
+    through a Debian container, byte for byte the kernel a Debian host fetches with its own private apt."""
+    from qemuprov.proving import guestkit
+
+    ubuntu = tmp_path / "etc-apt"
+    (ubuntu / "sources.list.d").mkdir(parents=True)
+    (ubuntu / "sources.list.d" / "ubuntu.sources").write_text(
+        "Types: deb\nURIs: http://archive.invalid/ubuntu\nSuites: noble noble-updates\nComponents: main\n")
+    assert guestkit.debian_mirror(ubuntu) is None and guestkit.debian_mirror() is not None
+    monkeypatch.setattr(guestkit, "APT_SOURCES", ubuntu)
+    monkeypatch.setenv("QEMUPROV_CACHE", str(tmp_path / "cache"))
+    kit = guestkit.ensure_kit("x86_64")
+    record = kit.record()
+    assert record["kernel"] == "6.12.117+deb13-cloud-amd64" and kit.fuse_dax is True
+    monkeypatch.setattr(guestkit, "APT_SOURCES", guestkit.Path("/etc/apt"))
+    monkeypatch.setenv("QEMUPROV_CACHE", str(tmp_path / "cache-debian"))
+    assert guestkit.ensure_kit("x86_64").record()["kernel_sha256"] == record["kernel_sha256"]

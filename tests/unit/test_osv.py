@@ -209,3 +209,44 @@ def test_kernel_config_fuse_dax() -> None:
     assert fuse_dax_from_config("CONFIG_FUSE_FS=m\nCONFIG_VIRTIO_FS=m\nCONFIG_FUSE_DAX=y\n") is True
     assert fuse_dax_from_config("CONFIG_FUSE_FS=m\nCONFIG_VIRTIO_FS=m\n") is False
     assert fuse_dax_from_config("") is None
+
+
+def test_the_aarch64_kit_can_verify_dax_as_the_real_guest_did() -> None:
+    """Debian 13's arm64 cloud kernel (the pinned kit) has FUSE_DAX: with the lines a real aarch64 guest of the
+    DAX fork printed (captured), verify says yes; a user's own kernel without FUSE_DAX stays "not tested"."""
+    from qemuprov.proving import guestkit
+
+    assert guestkit.PINS["arm64"][0].package.endswith("-cloud-arm64") and "deb13" in guestkit.PINS["arm64"][0].package
+    window = "QEMUPROV: dax-window " + (DAX_CAPTURES / "guest-dmesg-dax-aarch64.txt").read_text().strip()
+    mounts = "QEMUPROV: dax-mount " + (DAX_CAPTURES / "guest-proc-mounts-dax-aarch64.txt").read_text().strip()
+    arm_kit = Kit("aarch64", Path("vmlinuz"), Path("initrd"), fuse_dax=True)
+    lines = ["QEMUPROV: mounted", "QEMUPROV: read 1234", window, mounts, "QEMUPROV: dax-read 1234"]
+    assert dax_verdict(DAX_QEMU, lines, arm_kit) == (True, "yes", "")
+    own = Kit("aarch64", Path("/home/me/Image"), Path("initrd"), fuse_dax=False)
+    dax, status, reason = dax_verdict(DAX_QEMU, ["QEMUPROV: mounted", "QEMUPROV: dax-mount-failed x"], own)
+    assert (dax, status) == (None, "not tested") and "CONFIG_FUSE_DAX" in reason
+
+
+def test_a_qemu_without_the_window_never_gets_a_dax_yes() -> None:
+    window = "QEMUPROV: dax-window " + (DAX_CAPTURES / "guest-dmesg-dax-aarch64.txt").read_text().strip()
+    no_window = QemuProbe("q", arch="aarch64", dax=False)
+    verdict = dax_verdict(no_window, ["QEMUPROV: mounted", window], Kit("aarch64", Path("k"), Path("i"), True))
+    assert verdict[1] == "-" and verdict[0] is not True
+
+
+def test_the_debian_mirror_is_read_off_the_hosts_own_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qemuprov.proving import guestkit
+
+    monkeypatch.delenv(guestkit.MIRROR_ENV, raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    assert guestkit.debian_mirror(tmp_path) is None  # no apt sources at all
+    (tmp_path / "sources.list.d" / "ubuntu.sources").write_text(
+        "Types: deb\nURIs: http://ubuntu.invalid/ubuntu\nSuites: noble\nComponents: main\n")
+    assert guestkit.debian_mirror(tmp_path) is None  # another distribution's
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://mirror.invalid/debian bookworm main\n")
+    assert guestkit.debian_mirror(tmp_path) == "http://mirror.invalid/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb822.invalid/debian\nSuites: trixie trixie-updates\nComponents: main\n")
+    assert guestkit.debian_mirror(tmp_path) == "http://deb822.invalid/debian"
+    monkeypatch.setenv(guestkit.MIRROR_ENV, "http://chosen.invalid/debian")
+    assert guestkit.debian_mirror(tmp_path) == "http://chosen.invalid/debian"
