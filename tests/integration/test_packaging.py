@@ -24,3 +24,7 @@ def test_wheel_install_in_a_fresh_venv(tmp_path: Path) -> None:
     show = subprocess.run([venv / "bin" / "qemuprov", "show", "virtio-fs-dev"], capture_output=True, text=True,
                           cwd=tmp_path)
     assert show.returncode == 0 and "dax=yes" in show.stdout
+    # every module of the checkout is installed (a .gitignore pattern such as build/ once left a layer out)
+    site = next((venv / "lib").glob("python3*/site-packages/qemuprov"))
+    ours = {p.relative_to(REPO / "qemuprov") for p in (REPO / "qemuprov").rglob("*.py") if "__pycache__" not in p.parts}
+    assert ours <= {p.relative_to(site) for p in site.rglob("*.py")}

@@ -1,0 +1,1 @@
+"""The build pipeline, from recipe to installed prefix, and its phases."""
