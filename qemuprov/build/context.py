@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import io
 import shlex
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from qemuprov.infra import paths
-from qemuprov.knowledge import hostdeps
 from qemuprov.errors import BuildError, InfraError
+from qemuprov.infra import paths
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.timing import Timer
+from qemuprov.knowledge import hostdeps
 from qemuprov.recipe import Recipe
 
 if TYPE_CHECKING:

@@ -10,8 +10,7 @@ import os
 import shlex
 import shutil
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -22,24 +21,24 @@ import filelock
 
 from qemuprov import __version__
 from qemuprov.build import qemu_steps, rust_virtiofsd
+from qemuprov.build.context import Context, Options, missing_dependency_hint
+from qemuprov.build.qemu_steps import Configured
+from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup, write_vhost_user_descriptor
 from qemuprov.ci import binary_cache
-from qemuprov.infra import paths
-from qemuprov.knowledge import plan, probe
-from qemuprov.proving import verify
-from qemuprov.records import installs, lockfiles
-from qemuprov.sources import trees
 from qemuprov.errors import BuildError, InfraError, UserError
-from qemuprov.records.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
-from qemuprov.records.manifest import write as write_manifest
+from qemuprov.infra import paths
 from qemuprov.infra.procs import RunningGroups
 from qemuprov.infra.progress import Reporter, notice
-from qemuprov.build.qemu_steps import Configured
-from qemuprov.recipe import Crates, Recipe, Source, split_arches
 from qemuprov.infra.render import safe_text
-from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner, get_runner
+from qemuprov.infra.runners import Runner, get_runner
+from qemuprov.knowledge import plan, probe
+from qemuprov.proving import verify
+from qemuprov.recipe import Crates, Recipe, Source, split_arches
+from qemuprov.records import installs, lockfiles
+from qemuprov.records.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
+from qemuprov.records.manifest import write as write_manifest
+from qemuprov.sources import trees
 from qemuprov.sources.revision import Resolution
-from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup, write_vhost_user_descriptor
-from qemuprov.build.context import Context, Options, missing_dependency_hint
 
 _T = TypeVar("_T")
 __all__ = ["Build", "Options", "Outcome", "check_expectations", "missing_dependency_hint", "validate_arches"]

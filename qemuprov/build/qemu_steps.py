@@ -11,10 +11,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemuprov.knowledge import hostdeps, plan
+from qemuprov.build.context import Context
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra.progress import notice
-from qemuprov.build.context import Context
+from qemuprov.knowledge import hostdeps, plan
 
 PCH_WRAPPER = Path(__file__).resolve().parent / "assets" / "pch-cc"
 FEATURE_LIBRARIES_SCRIPT = ("pkg-config --exists slirp 2>/dev/null && echo slirp; "

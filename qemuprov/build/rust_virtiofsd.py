@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 from typing import IO
 
-from qemuprov.recipe import Crates, VirtiofsdSpec
 from qemuprov.infra.runners import LineCallback, Runner
+from qemuprov.recipe import Crates, VirtiofsdSpec
 
 DEBIAN_REGISTRY = "/usr/share/cargo/registry"
 # Offline, against the crates Debian packages: cargo resolves versions afresh from what is there.

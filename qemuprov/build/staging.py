@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import ctypes.util
+import json
 import os
 import shutil
 import stat
-import tarfile
 from pathlib import Path
 from typing import Any
 
-from qemuprov.knowledge.plan import Plan
-from qemuprov.knowledge.probe import RSEQ_TUNABLE
 from qemuprov.infra import paths
 from qemuprov.infra.procs import signals_deferred
+from qemuprov.knowledge.plan import Plan
+from qemuprov.knowledge.probe import RSEQ_TUNABLE
 from qemuprov.recipe import VirtiofsdFlavour
 
 DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")

@@ -237,31 +237,30 @@ class ContainerRunner:
         self._paths = PathMap({work: WORK_IN_CONTAINER} if work else {})
         binds = {str(m): {"bind": self.visible(m), "mode": "rw"} for m in {*mounts, *([work] if work else [])}}
         name = f"qemuprov-build-{os.getpid()}"
-        try:
-            self._container = self.client.containers.run(
-                self.image.tag, ["sleep", "infinity"], detach=True, init=True,
-                network_mode="host" if network else "none",
-                volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
-                name=name, **self._engine_quirks())
-        except BaseException as exc:
-            # Ctrl-C while the engine creates it: the container may exist without our having its handle.
-            with contextlib.suppress(Exception):
-                self.client.containers.get(name).remove(force=True)
-            if not isinstance(exc, docker.errors.APIError):
-                raise
-            hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get install "
-                    "catatonit)") if "catatonit" in str(exc) else "see `qemuprov doctor`; or build with --runner host"
-            raise InfraError(f"{self.engine.detail}: cannot start the build container: "
-                             f"{exc.explanation or exc}", hint=hint) from None
-        try:
+        self._container = None
+        try:  # one try from before the container exists: a Ctrl-C at any moment of its creation removes it
+            try:
+                self._container = self.client.containers.run(
+                    self.image.tag, ["sleep", "infinity"], detach=True, init=True,
+                    network_mode="host" if network else "none",
+                    volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
+                    name=name, **self._engine_quirks())
+            except docker.errors.APIError as exc:
+                hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get "
+                        "install catatonit)") if "catatonit" in str(exc) else \
+                    "see `qemuprov doctor`; or build with --runner host"
+                raise InfraError(f"{self.engine.detail}: cannot start the build container: "
+                                 f"{exc.explanation or exc}", hint=hint) from None
             yield
         finally:
             container, self._container, self._paths = self._container, None, PathMap({})
             try:
                 with procs.signals_deferred():
-                    container.remove(force=True)
+                    (container or self.client.containers.get(name)).remove(force=True)
+            except docker.errors.NotFound:
+                pass
             except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
-                print(f"qemuprov: warning: could not remove container {container.name}: {exc}", file=sys.stderr)
+                print(f"qemuprov: warning: could not remove container {name}: {exc}", file=sys.stderr)
 
     def visible(self, path: Path) -> str:
         return self._paths.inward(str(path))
