@@ -75,8 +75,7 @@ def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, vi
     None: not cacheable (a host build)."""
     if builder is None:
         return None
-    relevant = recipe
-    blob = json.dumps({"recipe": relevant, "arches": sorted(arches), "qemu": qemu, "virtiofsd": virtiofsd,
+    blob = json.dumps({"recipe": recipe, "arches": sorted(arches), "qemu": qemu, "virtiofsd": virtiofsd,
                        "builder": builder, "qemuprov": __version__, "format": manifest.FORMAT},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

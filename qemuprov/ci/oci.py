@@ -187,8 +187,9 @@ class Client:
 
     def _request(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
                  data: bytes | None = None, cap: int = MANIFEST_CAP) -> tuple[requests.Response, bytes]:
-        """A small request, authenticated where the registry asks for it: the response and its body (capped)."""
-        deadline = time.monotonic() + self.deadline
+        """A request, authenticated where the registry asks for it: the response and its body (capped). An upload
+        gets the time MIN_RATE needs for its size on top of the deadline."""
+        deadline = time.monotonic() + self.deadline + (len(data) / MIN_RATE if data else 0)
         for attempt in range(2):
             response = self._send(method, url, deadline, headers, data)
             if response.status_code == 401 and attempt == 0 and not self._bearer and self._token(response, deadline):
@@ -230,7 +231,12 @@ class Client:
                     raise RegistryUnreachable(f"the binary cache {self.location} did not send {what} within its "
                                               f"deadline ({done} bytes came)", hint="check the registry and the "
                                               "network")
-                chunk = response.raw.read1(BLOB_CHUNK, decode_content=False)
+                try:
+                    chunk = response.raw.read1(BLOB_CHUNK, decode_content=False)
+                except (requests.RequestException, OSError, ValueError) as exc:  # the network's, not the disk's
+                    raise RegistryUnreachable(f"the binary cache {self.location} broke off {what} after {done} "
+                                              f"bytes ({type(exc).__name__})",
+                                              hint="check the registry and the network") from None
                 if not chunk:
                     break
                 done += len(chunk)
@@ -239,14 +245,9 @@ class Client:
                 if on_chunk is not None:
                     on_chunk(chunk)
                 if sink is not None:
-                    sink.write(chunk)
+                    sink.write(chunk)  # a full disk is the machine's state: it reaches the user as one
                 else:
                     kept += chunk
-        except (requests.RequestException, OSError, ValueError) as exc:
-            if isinstance(exc, RegistryTrouble):
-                raise
-            raise RegistryUnreachable(f"the binary cache {self.location} broke off {what} after {done} bytes "
-                                      f"({type(exc).__name__})", hint="check the registry and the network") from None
         finally:
             response.close()
         return bytes(kept)

@@ -59,14 +59,15 @@ def work_dir(recipe: str) -> Path:
     return cache_dir() / "work" / recipe
 
 
-def remove_dead_leftovers(directory: Path, pattern: str, pid_of: Callable[[str], str]) -> None:
+def remove_dead_leftovers(directory: Path, pattern: str, pid_of: Callable[[str], str], pidless: bool = False) -> None:
     """Remove what a killed qemuprov left in directory: the entries matching pattern whose name holds the pid
-    (pid_of: the pid's part of the name) of a process that no longer runs."""
+    (pid_of: the pid's part of the name) of a process that no longer runs; with pidless, also those whose name
+    holds no pid (only in a directory qemuprov alone writes: beside a user's prefix, such a name is the user's)."""
     if not directory.is_dir():
         return
     for leftover in directory.glob(pattern):
         pid = pid_of(leftover.name)
-        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():  # no pid at all: no live owner either
+        if (not pid.isdigit() and pidless) or (pid.isdigit() and not Path(f"/proc/{pid}").exists()):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:

@@ -132,7 +132,7 @@ def _git_fetch(mirror: Path, url: str, refspec: str, section: str, report: Repor
 
 def _remove_abandoned_inits(directory: Path) -> None:
     """What a fetch killed while it made a mirror left behind (its pid is in the name and no longer runs)."""
-    paths.remove_dead_leftovers(directory, ".init-*", lambda name: name.split("-")[1])
+    paths.remove_dead_leftovers(directory, ".init-*", lambda name: name.split("-")[1], pidless=True)
 
 
 def _export(repo: git.Repo, commit: str, dest: Path) -> None:

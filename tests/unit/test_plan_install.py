@@ -274,3 +274,21 @@ def test_plan_configures_relocatable_trees_with_one_fixed_prefix(tmp_path: Path)
     older = plan.make_plan(recipe, plan.inspect(make_tree(tmp_path / "o", "5.1.0", [], virtiofsd=True)),
                            Path("/a"), ("x86_64",))
     assert older.argv[0] == "--prefix=/a" and older.prefix == Path("/a")
+
+
+def test_stale_staging_cleanup_removes_only_what_a_dead_build_left(tmp_path: Path) -> None:
+    """Beside a user's --prefix, only names that carry the pid of a dead qemuprov go; a name like the user's own
+    stays, as does the leftover of a build still running."""
+    import os
+
+    from qemuprov.build.staging import stale_staging_cleanup
+
+    tmp_path = tmp_path / "tools"
+    tmp_path.mkdir()
+    prefix = tmp_path / "q"
+    dead, alive = 2 ** 22 + 12345, os.getpid()  # 2**22 is the largest pid_max
+    for name in (f".qemuprov-stage-q-{dead}", f".qemuprov-new-q-{alive}", ".qemuprov-notes-q-backup"):
+        (tmp_path / name).mkdir()
+    (tmp_path / f".qemuprov-stage-q-{dead}.layer.tar.gz").write_bytes(b"partial")
+    stale_staging_cleanup(prefix)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".qemuprov-new-q-" + str(alive), ".qemuprov-notes-q-backup"]
