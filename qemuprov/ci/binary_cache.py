@@ -21,7 +21,7 @@ from typing import Any
 
 from qemuprov import __version__
 from qemuprov.ci import signing
-from qemuprov.ci.oci import BadAnswer, Client, Location, RegistryTrouble, RegistryUnreachable, parse
+from qemuprov.ci.oci import BadAnswer, Client, Location, RegistryTrouble, RegistryUnreachable, parse, small_deadline
 from qemuprov.errors import QemuprovError, UserError
 from qemuprov.infra import config
 from qemuprov.infra.progress import Reporter
@@ -63,6 +63,7 @@ def configured(option: str | None) -> Settings | None:
     url = option or os.environ.get(ENV) or configured_url
     if not url:
         return None
+    small_deadline()  # a deadline that is no number of seconds is one line now, not at the first request
     return Settings(parse(url), Path(signing).expanduser() if signing else None,
                     tuple(Path(p).expanduser() for p in trusted if p), unsigned)
 

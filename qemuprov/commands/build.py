@@ -23,6 +23,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from qemuprov.infra import config, paths
     from qemuprov.infra.progress import Reporter
     from qemuprov.infra.runners import get_runner
+    from qemuprov.sources import trees, unpack
 
     recipe = book(args).load(args.recipe)
     arches = pipeline.validate_arches(recipe, args.arch)
@@ -34,17 +35,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     prefix = Path(args.prefix).resolve() if args.prefix else paths.install_root() / recipe.name
     installs.check_prefix(prefix)
     settings = binary_cache.configured(args.cache)
-    if args.push and settings is None:
-        raise UserError("--push: no binary cache configured",
+    if (args.push or args.cache_only) and settings is None:
+        raise UserError(f"{'--push' if args.push else '--cache-only'}: no binary cache configured",
                         hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in "
                              "~/.config/qemuprov/config.toml")
+    if args.cache_only and not args.use_cache:
+        raise UserError("--cache-only and --no-cache contradict each other", hint="keep one of them")
+    unpack.limit()  # every limit a build may need is checked before any work
+    trees.download_limit()
     runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
-    if args.cache_only and (settings is None or not args.use_cache):
-        raise UserError("--cache-only: " + ("no binary cache configured" if settings is None else
-                                            "and --no-cache contradict each other"),
-                        hint=f"--cache REGISTRY/REPO, {binary_cache.ENV}, or [cache] url in config.toml")
     if settings is not None and runner.is_host:
         if args.push or args.cache_only:
             raise UserError(f"{'--push' if args.push else '--cache-only'}: a host build never comes from or goes "

@@ -202,7 +202,7 @@ def find_install(name_or_prefix: str) -> Install:
     if not name_or_prefix.strip():
         raise UserError("an empty install name", hint="give a name from `qemuprov list`, or a prefix qemuprov built")
     path = Path(name_or_prefix)
-    if "/" in name_or_prefix or (path / MANIFEST).exists():  # a bare name that is also a directory here: a name
+    if "/" in name_or_prefix or name_or_prefix in (".", "..") or (path / MANIFEST).exists():
         entry = _install_at(path)
         if entry is None:
             raise UserError(f"{name_or_prefix}: no {MANIFEST} here, so it is not a qemuprov install",

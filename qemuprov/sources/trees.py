@@ -229,6 +229,10 @@ def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporte
 DOWNLOAD_LIMIT = 4 << 30  # QEMU's release tarballs are about 130 MB
 
 
+def download_limit() -> int:
+    return config.limit("QEMUPROV_DOWNLOAD_LIMIT", "download", DOWNLOAD_LIMIT)
+
+
 class TooLarge(Exception):
     """A download that goes on past its limit."""
 
@@ -282,7 +286,7 @@ def _download_checked(source: Source, store: Path, section: str, report: Reporte
                 out.truncate(start)  # start < have: the server sent the whole file again
                 while start and (piece := out.read(1 << 20)):
                     digest.update(piece)
-                done, most = start, config.limit("QEMUPROV_DOWNLOAD_LIMIT", "download", DOWNLOAD_LIMIT)
+                done, most = start, download_limit()
                 for chunk in chunks:
                     digest.update(chunk)
                     out.write(chunk)
