@@ -206,7 +206,7 @@ def _checked(work: Path, pin: Pin, deb_arch: str) -> Path:
     (deb,) = work.glob(f"{pin.package}_*_{deb_arch}.deb") or [None]  # type: ignore[list-item]
     if deb is None:
         raise InfraError(f"the guest kit's {pin.package} did not arrive")
-    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+    digest = _sha256(deb)
     if digest != pin.sha256:
         deb.unlink()
         raise InfraError(f"{deb.name} has sha256 {digest}, not the pinned {pin.sha256}: refused",

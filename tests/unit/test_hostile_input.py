@@ -212,3 +212,11 @@ def test_probe_of_a_binary_that_prints_without_end_stays_small(tmp_path: Path, n
     assert result.returncode == 2, result.stderr
     (found,) = json.loads(result.stdout)
     assert "printed more than 8 MiB and was stopped" in found["error"], found
+
+
+def test_list_of_a_hostile_manifest_prints_no_terminal_escapes(tmp_path: Path) -> None:
+    probe = {"kind": "qemu", "path": "/x", "arch": "x86_64\x1b]0;owned\x07", "version": "7.2\x1b[2J", "dax": False,
+             "error": None}
+    _install(tmp_path / "root", name="q", probe=[probe])
+    listed = _qemuprov("list", QEMUPROV_ROOT=str(tmp_path / "root"))
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout and "\x07" not in listed.stdout, listed.stdout
