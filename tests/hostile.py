@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import io
 import json
 import tarfile
@@ -25,13 +24,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from qemuprov.ci import signing
+from qemuprov.ci.oci import digest_of as digest
 
 USER, PASSWORD = "ci", "s3cret-registry-password"
 BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-
-
-def digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass
