@@ -104,11 +104,11 @@ def find_engine(kind: str = "any", timeout: float = AUTO_TIMEOUT) -> Engine:
     return Engine(None, False, detail=detail)
 
 
-def client(engine: Engine) -> Any:
+def client(engine: Engine, timeout: float | None = None) -> Any:
+    """timeout: for each answer; none by default, as a build step may print nothing for minutes (linking, LTO)."""
     import docker  # a slow import: only commands that talk to an engine pay for it
 
-    # No client-side timeout: a build step may print nothing for minutes (linking, LTO).
-    return docker.DockerClient(base_url=engine.url, timeout=None)  # type: ignore[arg-type]
+    return docker.DockerClient(base_url=engine.url, timeout=timeout)  # type: ignore[arg-type]
 
 
 def require_engine(kind: str = "any") -> Engine:

@@ -34,6 +34,7 @@ CONTAINER_LABEL = "org.qemuprov.build"
 BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv with a recent meson
 MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
 WORK_IN_CONTAINER = "/qemuprov/work"
+CREATE_TIMEOUT = 120.0  # a loaded machine's Podman has taken seconds to make a container, never minutes
 
 
 class PathMap:
@@ -220,6 +221,11 @@ class ContainerRunner:
             self._client = engines.client(self.engine)
         return self._client
 
+    @property
+    def _creating_client(self) -> Any:
+        """A client that gives up: creating a container is quick, and Ctrl-C waits for it."""
+        return engines.client(self.engine, timeout=CREATE_TIMEOUT)
+
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
         self.image_id = builder_images.ensure_builder(self.client, self.image, log, on_line)
 
@@ -232,6 +238,7 @@ class ContainerRunner:
     def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
         """network: host networking for steps that download (cargo's registry); builds run without one."""
         import docker.errors
+        import requests
 
         self._remove_orphans()
         self._paths = PathMap({work: WORK_IN_CONTAINER} if work else {})
@@ -240,17 +247,25 @@ class ContainerRunner:
         self._container = None
         try:  # one try from before the container exists: a Ctrl-C at any moment of its creation removes it
             try:
-                self._container = self.client.containers.run(
-                    self.image.tag, ["sleep", "infinity"], detach=True, init=True,
-                    network_mode="host" if network else "none",
-                    volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
-                    name=name, **self._engine_quirks())
+                # An engine finishes a creation whose request was broken off: Ctrl-C waits for its answer.
+                with procs.signals_deferred():
+                    self._container = self._creating_client.containers.create(
+                        self.image.tag, ["sleep", "infinity"], detach=True, init=True,
+                        network_mode="host" if network else "none",
+                        volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
+                        name=name, **self._engine_quirks())
+                self._container.start()
             except docker.errors.APIError as exc:
                 hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get "
                         "install catatonit)") if "catatonit" in str(exc) else \
                     "see `qemuprov doctor`; or build with --runner host"
                 raise InfraError(f"{self.engine.detail}: cannot start the build container: "
                                  f"{exc.explanation or exc}", hint=hint) from None
+            except requests.RequestException as exc:  # APIError is one, too: it comes first
+                raise InfraError(f"{self.engine.detail}: no answer while making the build container "
+                                 f"(waited up to {CREATE_TIMEOUT:g} s: {str(exc)[:160]})",
+                                 hint="see `qemuprov doctor`; the next build removes the container if it "
+                                      "comes late") from None
             yield
         finally:
             container, self._container, self._paths = self._container, None, PathMap({})
