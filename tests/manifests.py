@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records.manifest import Manifest, VirtiofsdRecord
 
 
 def manifest_json(**changes: Any) -> str:
     record = Manifest(name="q", prefix="/x/q", recipe={"name": "q"}, inputs="k", runner="host", binaries=(),
-                      probe=(), virtiofsd=VirtiofsdRecord("c"), firmware=(), tools={}, timings={},
+                      probe=(), virtiofsd=VirtiofsdRecord(VirtiofsdFlavour.C), firmware=(), tools={}, timings={},
                       built_at="2026-12-01T00:00:00+00:00", log="/x/log", reproduce="qemuprov build q")
     return json.dumps({**record.to_json(), **changes})

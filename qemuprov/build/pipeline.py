@@ -12,10 +12,10 @@ import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 import filelock
 
@@ -33,9 +33,16 @@ from qemuprov.infra.render import safe_text
 from qemuprov.infra.runners import Runner, get_runner
 from qemuprov.knowledge import plan, probe
 from qemuprov.proving import verify
-from qemuprov.recipe import Crates, Recipe, Source, split_arches
+from qemuprov.recipe import Crates, Recipe, Source, VirtiofsdFlavour, split_arches
 from qemuprov.records import installs, lockfiles
-from qemuprov.records.manifest import BuilderImageRecord, Manifest, VirtiofsdRecord
+from qemuprov.records.manifest import (
+    BootResult,
+    BuilderImageRecord,
+    CcacheStats,
+    Manifest,
+    Substitution,
+    VirtiofsdRecord,
+)
 from qemuprov.records.manifest import write as write_manifest
 from qemuprov.sources import trees
 from qemuprov.sources.revision import Resolution
@@ -61,7 +68,7 @@ class Outcome:
     timings: dict[str, float]
     log: Path | None
     manifest: Manifest
-    verified: list[verify.BootResult] | None = None  # --verify's guest boots
+    verified: list[BootResult] | None = None  # --verify's guest boots
     pushed: str | None = None  # --push: the tag it went under
 
 
@@ -69,7 +76,7 @@ class VerifyFailed(BuildError):
     """--verify: a guest boot failed. Before the swap, nothing was installed; after it (a tree that cannot move),
     the install stays, recorded with the failure."""
 
-    def __init__(self, recipe: str, outcomes: list[verify.BootResult], installed: bool) -> None:
+    def __init__(self, recipe: str, outcomes: list[BootResult], installed: bool) -> None:
         failed = ", ".join(o.arch for o in outcomes if not o.ok)
         super().__init__(f"the build of {recipe} failed its guest boot on {failed}: "
                          + ("installed, and recorded so" if installed else "not installed"),
@@ -125,11 +132,11 @@ class Build:
             the_plan, configured = build_qemu(ctx, resolved.qemu) if resolved.qemu else (None, None)
             vfs_image = build_rust_virtiofsd(ctx, resolved.virtiofsd) if resolved.virtiofsd else None
             with ctx.phase("finish"):
-                finished = finish_tree(ctx.staged, opts.prefix, the_plan)
+                virtiofsd, firmware = finish_tree(ctx.staged, opts.prefix, the_plan)
             with ctx.phase("probe", "checking the build against the recipe's [expect]"):
                 probes = probe_and_check(ctx)
             ctx.timer.total()
-            record = make_manifest(ctx, resolved, the_plan, configured, vfs_image, probes, finished)
+            record = make_manifest(ctx, resolved, the_plan, configured, vfs_image, probes, virtiofsd, firmware)
             if not the_plan or the_plan.tree.relocatable:  # only such an install can go to a binary cache
                 record = dataclasses.replace(record, cache_key=cache_key)
                 verified, record = _verify_and_install(ctx, record)
@@ -140,7 +147,7 @@ class Build:
         return Outcome(opts.prefix, False, ctx.timings, log_path, record, verified, pushed)
 
 
-def _verify_and_install(ctx: Context, record: Manifest) -> tuple[list[verify.BootResult] | None, Manifest]:
+def _verify_and_install(ctx: Context, record: Manifest) -> tuple[list[BootResult] | None, Manifest]:
     try:
         verified, record = _verify_staged(ctx, record)
     except UserError:
@@ -150,7 +157,7 @@ def _verify_and_install(ctx: Context, record: Manifest) -> tuple[list[verify.Boo
     return verified, record
 
 
-def _verify_staged(ctx: Context, record: Manifest) -> tuple[list[verify.BootResult] | None, Manifest]:
+def _verify_staged(ctx: Context, record: Manifest) -> tuple[list[BootResult] | None, Manifest]:
     """--verify before the swap: the staged tree's QEMUs and virtiofsd, with its firmware where it will be
     staged; a failure installs nothing."""
     if ctx.opts.verify is None:
@@ -164,10 +171,10 @@ def _verify_staged(ctx: Context, record: Manifest) -> tuple[list[verify.BootResu
                                      ctx.opts.verify)
     if not all(o.ok for o in outcomes):
         raise VerifyFailed(ctx.recipe.name, outcomes, installed=False)
-    return outcomes, dataclasses.replace(record, verify=tuple(asdict(o) for o in outcomes))
+    return outcomes, dataclasses.replace(record, verify=tuple(outcomes))
 
 
-def _verify_installed(ctx: Context, record: Manifest) -> tuple[list[verify.BootResult] | None, Manifest]:
+def _verify_installed(ctx: Context, record: Manifest) -> tuple[list[BootResult] | None, Manifest]:
     """--verify of what is installed (up to date, or a tree that cannot move), recorded in its manifest."""
     if ctx.opts.verify is None:
         return None, record
@@ -175,7 +182,7 @@ def _verify_installed(ctx: Context, record: Manifest) -> tuple[list[verify.BootR
     with ctx.phase("verify", "booting a guest over virtio-fs with the install"):
         outcomes = verify.verify_all(targets.qemus, targets.virtiofsd, targets.firmware, ctx.opts.arches or None,
                                      "auto", None, ctx.opts.verify)
-    record = dataclasses.replace(record, verify=tuple(asdict(o) for o in outcomes))
+    record = dataclasses.replace(record, verify=tuple(outcomes))
     write_manifest(ctx.opts.prefix, record)
     if not all(o.ok for o in outcomes):
         raise VerifyFailed(ctx.recipe.name, outcomes, installed=True)
@@ -237,11 +244,11 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
         log=str(ctx.log_path), built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         lock=next((str(r.locked) for r in (resolved.qemu, resolved.virtiofsd) if r and r.locked), None),
         reproduce=" ".join(["qemuprov", *map(shlex.quote, ctx.opts.argv)]),
-        substituted={"cache": str(location), "tag": cache_key, "digest": hit.digest,
-                     "built_at": safe_text(str(pulled.built_at))[:40],
-                     "checked_here": ["signature" if not settings.allow_unsigned else "unsigned (allowed)",
-                                      "digests and sizes", "every tar member", "probe against [expect]"],
-                     "from_entry": ["plan", "tools", "builder_image", "virtiofsd", "firmware"]})
+        substituted=Substitution(
+            cache=str(location), tag=cache_key, digest=hit.digest, built_at=safe_text(str(pulled.built_at))[:40],
+            checked_here=("signature" if not settings.allow_unsigned else "unsigned (allowed)",
+                          "digests and sizes", "every tar member", "probe against [expect]"),
+            from_entry=("plan", "tools", "builder_image", "virtiofsd", "firmware")))
     return record
 
 
@@ -355,7 +362,7 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution) -> BuilderImageReco
     return builder_image_record(runner)
 
 
-def probe_and_check(ctx: Context, pulled: bool = False) -> list[dict[str, Any]]:
+def probe_and_check(ctx: Context, pulled: bool = False) -> list[probe.Probe]:
     results = [probe.probe_binary(p) for p in probe.binaries_in_prefix(ctx.staged)]
     problems = check_expectations(ctx.recipe, ctx.opts.arches, results)
     if problems and pulled:
@@ -368,15 +375,12 @@ def probe_and_check(ctx: Context, pulled: bool = False) -> list[dict[str, Any]]:
                          + "; ".join(problems),
                          hint=f"see {ctx.log_path}; fix the recipe's [expect] or its configure arguments "
                               "(the previous install is untouched)")
-    data = [asdict(r) for r in results]
-    for entry in data:  # record final paths, not staging paths
-        entry["path"] = str(ctx.final(Path(entry["path"])))
-    return data
+    return [dataclasses.replace(r, path=str(ctx.final(Path(r.path)))) for r in results]  # final, not staged
 
 
 def make_manifest(ctx: Context, resolved: Resolved, the_plan: plan.Plan | None, configured: Configured | None,
-                  vfs_image: BuilderImageRecord | None, probes: list[dict[str, Any]],
-                  finished: dict[str, Any]) -> Manifest:
+                  vfs_image: BuilderImageRecord | None, probes: list[probe.Probe],
+                  virtiofsd: VirtiofsdRecord, firmware: tuple[str, ...]) -> Manifest:
     opts = ctx.opts
     return Manifest(
         name=opts.prefix.name,
@@ -393,10 +397,10 @@ def make_manifest(ctx: Context, resolved: Resolved, the_plan: plan.Plan | None, 
         tools={"qemuprov": __version__, "python": sys.version.split()[0],
                "cc": configured.compiler if configured else None,
                "precompiled_header": "qemu/osdep.h" if configured and configured.precompiled_header else None},
-        binaries=tuple(Path(p["path"]).name for p in probes),
+        binaries=tuple(Path(p.path).name for p in probes),
         probe=tuple(probes),
-        virtiofsd=VirtiofsdRecord(**finished["virtiofsd"]),
-        firmware=tuple(finished["firmware"]),
+        virtiofsd=virtiofsd,
+        firmware=firmware,
         timings=ctx.timings,
         ccache=ccache_stats(ctx.ccache_log),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -488,7 +492,7 @@ def builder_image_record(runner: Runner) -> BuilderImageRecord | None:
                               dockerfile=image.dockerfile.name, builder=image.builder)
 
 
-def ccache_stats(stats_log: Path) -> dict[str, Any] | None:
+def ccache_stats(stats_log: Path) -> CcacheStats | None:
     """Hits and misses of this build's compilations, from ccache's per-call stats log (None: ccache unused)."""
     try:
         text = stats_log.read_text(errors="replace")
@@ -503,8 +507,7 @@ def ccache_stats(stats_log: Path) -> dict[str, Any] | None:
             misses += 1
     total = hits + misses
     remote = text.count("\nremote_storage_hit")
-    return {"hits": hits, "misses": misses, "hit_rate": round(hits / total, 3) if total else None,
-            "remote_hits": remote}
+    return CcacheStats(hits, misses, round(hits / total, 3) if total else None, remote)
 
 
 def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[probe.Probe]) -> list[str]:
@@ -531,7 +534,7 @@ def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[pr
             problems.append(f"qemu-system-{q.arch} aio=native (linux-aio): expected {expect.aio_native}, "
                             f"got {q.aio_native}")
     if expect.virtiofsd is not None:
-        flavours = [d.flavour for d in daemons] or ["none"]
+        flavours = [d.flavour for d in daemons] or [VirtiofsdFlavour.NONE]
         if expect.virtiofsd.value not in flavours:
             problems.append(f"virtiofsd: expected {expect.virtiofsd.value}, got {', '.join(map(str, flavours))}")
     return problems

@@ -5,18 +5,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import json
 import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
 
 from qemuprov.infra import paths
 from qemuprov.infra.procs import signals_deferred
 from qemuprov.knowledge.plan import Plan
 from qemuprov.knowledge.probe import RSEQ_TUNABLE
 from qemuprov.recipe import VirtiofsdFlavour
+from qemuprov.records.manifest import VirtiofsdRecord
 
 DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
 RENAME_EXCHANGE = 2
@@ -31,18 +32,18 @@ exec "$(dirname "$(readlink -f "$0")")/../libexec/virtiofsd" "$@"
 """.replace("%s", RSEQ_TUNABLE)
 
 
-def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]:
-    """bin/virtiofsd on PATH (a wrapper where rseq must be off); firmware directories recorded.
+def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> tuple[VirtiofsdRecord, tuple[str, ...]]:
+    """bin/virtiofsd on PATH (a wrapper where rseq must be off); the firmware directories QEMU needs.
     No plan: the recipe built the Rust daemon alone."""
     bin_dir, daemon = staged / "bin", staged / "libexec" / "virtiofsd"
-    virtiofsd: dict[str, Any] = {"kind": str(plan.virtiofsd if plan else VirtiofsdFlavour.RUST), "wrapper": False}
+    virtiofsd = VirtiofsdRecord(plan.virtiofsd if plan else VirtiofsdFlavour.RUST)
     if daemon.exists():
         bin_dir.mkdir(parents=True, exist_ok=True)
         if plan and plan.rseq_wrapper:
             wrapper = bin_dir / "virtiofsd"
             wrapper.write_text(WRAPPER)
             wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | 0o644)
-            virtiofsd.update(wrapper=True, binary=str(prefix / "libexec" / "virtiofsd"))
+            virtiofsd = dataclasses.replace(virtiofsd, wrapper=True, binary=str(prefix / "libexec" / "virtiofsd"))
         else:
             daemon.rename(bin_dir / "virtiofsd")
             with contextlib.suppress(OSError):  # libexec held only the daemon
@@ -50,11 +51,11 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> dict[str, Any]
     if (bin_dir / "virtiofsd").exists():
         write_vhost_user_descriptor(staged, prefix)
     if plan is None:
-        return {"virtiofsd": virtiofsd, "firmware": []}
+        return virtiofsd, ()
     firmware = [str(prefix / "share" / "qemu")]
     if not plan.tree.has_blobs:
         firmware += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]
-    return {"virtiofsd": virtiofsd, "firmware": firmware}
+    return virtiofsd, tuple(firmware)
 
 
 VHOST_USER_DIR = Path("share") / "qemu" / "vhost-user"

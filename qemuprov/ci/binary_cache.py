@@ -89,7 +89,7 @@ def push(prefix: Path, record: Manifest, settings: Settings) -> str:
                         "the host's) or from a tree that is not relocatable (QEMU before 5.2)",
                         hint="build it with --runner docker (or podman), then push")
     if record.substituted:
-        came_from = safe_text(str(record.substituted.get("cache")))
+        came_from = safe_text(record.substituted.cache)
         raise UserError(f"{prefix} was installed from the binary cache {came_from}, not built here: pushing it "
                         "would sign for a build this machine did not make",
                         hint="push from the machine that built it, or build it here with --no-cache and push that")

@@ -73,11 +73,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         say(f"{recipe.name}: up to date in {outcome.prefix} ({outcome.timings['total']:.2f} s)")
     elif outcome.manifest.substituted:
         say(f"{recipe.name}: installed in {outcome.prefix} from the binary cache "
-            f"{outcome.manifest.substituted['cache']}: {entry.summary()} ({outcome.timings['total']:.1f} s)")
+            f"{outcome.manifest.substituted.cache}: {entry.summary()} ({outcome.timings['total']:.1f} s)")
     else:
-        cache = outcome.manifest.ccache or {}
-        cached = f", ccache {cache['hits']}/{cache['hits'] + cache['misses']} hits" if cache.get("hit_rate") else ""
-        cached += f" ({cache['remote_hits']} from the shared ccache)" if cache.get("remote_hits") else ""
+        cache = outcome.manifest.ccache
+        cached = f", ccache {cache.hits}/{cache.hits + cache.misses} hits" if cache and cache.hit_rate else ""
+        cached += f" ({cache.remote_hits} from the shared ccache)" if cache and cache.remote_hits else ""
         say(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
             f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
     say(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
@@ -91,7 +91,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json({"recipe": recipe.name, "prefix": str(outcome.prefix), "up_to_date": outcome.up_to_date,
                            "from_cache": bool(outcome.manifest.substituted),
-                           "substituted": outcome.manifest.substituted, "pushed": outcome.pushed,
+                           "substituted": outcome.manifest.to_json()["substituted"], "pushed": outcome.pushed,
                            "summary": entry.summary(), "timings": outcome.timings,
                            "log": str(outcome.log) if outcome.log else None})
     return 0

@@ -145,7 +145,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json([{"name": e.name, "prefix": str(e.prefix), "recipe": e.recipe,
                             "commit": e.commit, "summary": e.summary(), "damaged": e.damaged,
-                            "probe": list(e.probes)} for e in found])
+                            "probe": [asdict(p) for p in e.probes]} for e in found])
         return 0
     if not found:
         print("no installs yet: qemuprov build qemu-7.2 (or virtio-fs-dev for DAX)")
@@ -172,7 +172,7 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     """Comment lines: OSv's scripts/run.py command line per arch of the install, to paste in an OSv checkout."""
     from qemuprov.knowledge import osv
 
-    qemus = {str(p.get("arch")): entry.prefix / "bin" / Path(str(p["path"])).name for p in entry.qemu_probes}
+    qemus = {str(p.arch): entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
     if not qemus:
         raise UserError(f"--osv: {entry.name} holds no QEMU of its own (it is {entry.summary()})",
                         hint=f"use `qemuprov env {args.name}` for PATH, and your own QEMU with run.py's --qemu-path")
@@ -184,11 +184,11 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
                             hint="only a build of the virtio-fs-dev tree has one: qemuprov build virtio-fs-dev")
     dax_size = (args.dax_size or osv.DEFAULT_DAX_SIZE) if entry.dax else None
     share = Path(args.share).expanduser().absolute() if args.share else Path.home() / "osv-share"
-    daemon = entry.virtiofsd_probe or {}
+    daemon = entry.virtiofsd_probe
     own = str(entry.prefix / "share" / "qemu")
     return osv.env_lines(f"{entry.name}: {entry.summary()}", qemus, share, tag, dax_size,
                          tuple(d for d in entry.firmware_dirs if d != own),
-                         needs_root=daemon.get("flavour") == VirtiofsdFlavour.C)
+                         needs_root=daemon is not None and daemon.flavour == VirtiofsdFlavour.C)
 
 
 def _show_arguments(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from qemuprov.infra import jsonfile, paths, procs
+from qemuprov.infra import jsonfile, paths, procs, typedjson
 from qemuprov.knowledge.probe_parse import (
     VirtiofsdFacts,
     c_virtiofsd_lacks_rseq,
@@ -49,6 +49,8 @@ DISTRO_VIRTIOFSD = (
 
 @dataclass
 class QemuProbe:
+    """What one qemu-system binary can do, as it answered over QMP and on its command line."""
+
     path: str
     kind: str = "qemu"
     version: str | None = None
@@ -74,9 +76,11 @@ class QemuProbe:
 
 @dataclass
 class VirtiofsdProbe:
+    """What one virtiofsd is (its flavour and version) and how it must be started."""
+
     path: str
     kind: str = "virtiofsd"
-    flavour: str | None = None
+    flavour: VirtiofsdFlavour | None = None
     version: str | None = None
     source_option: str | None = None
     sandboxes: list[str] = field(default_factory=list)
@@ -275,9 +279,13 @@ class ProbeCache:
         self._dirty = False
 
 
-def _from_dict(data: dict[str, Any]) -> Probe:
-    cls = QemuProbe if data.get("kind") == "qemu" else VirtiofsdProbe
-    return cls(**data)
+def _from_dict(data: dict[str, Any], where: str) -> Probe | None:
+    """A cached result; None where an older qemuprov wrote another shape (then the binary is probed again)."""
+    try:
+        found: Probe = typedjson.build(QemuProbe if data.get("kind") == "qemu" else VirtiofsdProbe, data, where)
+        return found
+    except typedjson.Mismatch:
+        return None
 
 
 def probe_binary(path: Path, cache: ProbeCache | None = None) -> Probe:
@@ -298,8 +306,9 @@ def probe_binary(path: Path, cache: ProbeCache | None = None) -> Probe:
         placeholder.error = "is not executable"
         return placeholder
     key = paths.fingerprint(path)
-    if cache is not None and (cached := cache.get(key)) is not None:
-        return _from_dict(cached)
+    if cache is not None and (cached := cache.get(key)) is not None and (
+            known := _from_dict(cached, str(cache.file))) is not None:
+        return known
     probe: Probe
     if kind == "virtiofsd":
         probe = probe_virtiofsd(path)

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import UserError
@@ -24,30 +24,12 @@ from qemuprov.proving import guestkit
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
+from qemuprov.records.manifest import BootResult
 
 GUEST_TIMEOUT = 120.0
 SOCKET_TIMEOUT = 10.0
 MEMORY_MB = 512
 DAX_WINDOW = "64M"
-
-
-@dataclass
-class BootResult:
-    """One arch's guest boot: PASS or FAIL with the side that failed, and what DAX did."""
-
-    arch: str
-    ok: bool
-    seconds: float
-    accel: str
-    dax: bool | None = None  # None: not tried (the QEMU has no DAX window, or the guest kernel cannot use one)
-    failure: str | None = None  # "virtiofsd", "qemu", "guest"
-    message: str = ""
-    log: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # combinations known to break (probe.pairing_warnings)
-    mode: str = "plain"  # "osv": with the QEMU and virtiofsd command lines of OSv's scripts/run.py
-    dax_status: str = "-"  # "yes", "no", "not tested", "-" (no DAX window)
-    dax_reason: str = ""  # why not "yes", and what to do
-    kit: dict[str, str] = field(default_factory=dict)  # the guest that booted (Kit.record)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import jsonfile, paths
+from qemuprov.knowledge.probe import Probe, QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import manifest
 from qemuprov.records.manifest import Manifest, ManifestError
@@ -44,21 +44,20 @@ class Install:
         return str(self.manifest.recipe.get("name", self.name)) if self.manifest else self.name
 
     @property
-    def probes(self) -> tuple[dict[str, Any], ...]:
+    def probes(self) -> tuple[Probe, ...]:
         return self.manifest.probe if self.manifest else ()
 
     @property
-    def qemu_probes(self) -> list[dict[str, Any]]:
-        return [p for p in self.probes if p.get("kind") == "qemu" and not p.get("error")]
+    def qemu_probes(self) -> list[QemuProbe]:
+        return [p for p in self.probes if isinstance(p, QemuProbe) and p.kind == "qemu" and not p.error]
 
     @property
-    def virtiofsd_probe(self) -> dict[str, Any] | None:
-        found = [p for p in self.probes if p.get("kind") == "virtiofsd"]
-        return found[0] if found else None
+    def virtiofsd_probe(self) -> VirtiofsdProbe | None:
+        return next((p for p in self.probes if isinstance(p, VirtiofsdProbe)), None)
 
     @property
     def dax(self) -> bool:
-        return any(p.get("dax") for p in self.qemu_probes)
+        return any(p.dax for p in self.qemu_probes)
 
     @property
     def firmware_dirs(self) -> list[str]:
@@ -81,12 +80,12 @@ class Install:
         if self.damaged:
             return f"damaged: {self.damaged}"
         qemus = self.qemu_probes
-        version = qemus[0].get("version") if qemus else "?"
-        arches = ",".join(sorted(str(p.get("arch")) for p in qemus)) or "?"
+        version = qemus[0].version if qemus else "?"
+        arches = ",".join(sorted(str(p.arch) for p in qemus)) or "?"
         vfs = self.virtiofsd_probe
-        daemon = f"{'C' if vfs.get('flavour') == VirtiofsdFlavour.C else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
+        daemon = f"{'C' if vfs.flavour == VirtiofsdFlavour.C else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
         if vfs and not qemus and self.manifest and self.manifest.source is None:
-            return f"{daemon} {vfs.get('version') or '?'} alone (no QEMU)"
+            return f"{daemon} {vfs.version or '?'} alone (no QEMU)"
         return f"QEMU {version} ({arches}), {daemon}, DAX {'yes' if self.dax else 'no'}"
 
 

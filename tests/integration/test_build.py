@@ -39,7 +39,7 @@ def test_manifest_records_the_build(qenv: Env, built: Built) -> None:
     assert "fixture-7.2" in m["reproduce"]  # type: ignore[operator]
     # configure runs only when the build tree is new or configured otherwise (a rerun of the suite reuses it)
     assert {"build", "install", "probe"} <= set(m["timings"])  # type: ignore[arg-type]
-    assert m["virtiofsd"]["kind"] == "c" and m["virtiofsd"]["wrapper"] is False  # type: ignore[index]
+    assert m["virtiofsd"]["flavour"] == "c" and m["virtiofsd"]["wrapper"] is False  # type: ignore[index]
     # Debian's tree has no firmware blobs: the install points at the distribution's firmware.
     assert "/usr/share/seabios" in m["firmware"]  # type: ignore[operator]
     # scripts/test installs clang, so the host build compiles with it, through ccache's masquerade link.

@@ -92,7 +92,7 @@ def test_doctor_finds_virtiofsd_in_a_directory_of_its_own(tmp_path: Path, monkey
 
 @pytest.mark.parametrize(("content", "why"), [('{"format": 1, "name": "q", "pro', "is not valid JSON"),
                                               (manifest_json(probe="x"), "probe has the wrong type (str)"),
-                                              (manifest_json(format=2), "format 2, but this qemuprov reads"),
+                                              (manifest_json(format=3), "format 3, but this qemuprov reads"),
                                               (manifest_json(binaries=None), "binaries is null"),
                                               ("[1, 2]", "holds no JSON object")])
 def test_a_damaged_install_is_named_and_can_be_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

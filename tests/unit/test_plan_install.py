@@ -16,7 +16,8 @@ from qemuprov.infra.engines import Engine
 from qemuprov.infra.runners import ContainerRunner, HostRunner
 from qemuprov.knowledge import plan
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
-from qemuprov.recipe import Layer, RecipeBook, default_layers
+from qemuprov.recipe import Layer, RecipeBook, VirtiofsdFlavour, default_layers
+from qemuprov.records.manifest import CcacheStats, VirtiofsdRecord
 
 SHIPPED = RecipeBook(default_layers())
 
@@ -142,8 +143,8 @@ def test_finish_tree_writes_a_working_rseq_wrapper(tmp_path: Path) -> None:
     tree = plan.inspect(make_tree(tmp_path / "q", "5.2.0", ["virtiofsd"], virtiofsd=True, rseq=False))
     p = plan.make_plan(SHIPPED.load("qemu-5.2"), tree, tmp_path / "prefix", ("x86_64",))
     staged = staged_prefix(tmp_path, "a")
-    result = finish_tree(staged, tmp_path / "prefix", p)
-    assert result["virtiofsd"]["wrapper"] is True
+    virtiofsd, _ = finish_tree(staged, tmp_path / "prefix", p)
+    assert virtiofsd.wrapper is True and virtiofsd.binary == str(tmp_path / "prefix" / "libexec" / "virtiofsd")
     out = subprocess.run([staged / "bin" / "virtiofsd", "--help"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "GLIBC_TUNABLES": "glibc.malloc.check=0"}).stdout
     assert out.strip() == "tunables=glibc.malloc.check=0:glibc.pthread.rseq=0 args=--help"
@@ -152,8 +153,8 @@ def test_finish_tree_writes_a_working_rseq_wrapper(tmp_path: Path) -> None:
 
 def test_finish_tree_of_the_daemon_alone_puts_it_on_path(tmp_path: Path) -> None:
     staged = staged_prefix(tmp_path, "d")
-    result = finish_tree(staged, tmp_path / "prefix", None)
-    assert result == {"virtiofsd": {"kind": "rust", "wrapper": False}, "firmware": []}
+    virtiofsd, firmware = finish_tree(staged, tmp_path / "prefix", None)
+    assert (virtiofsd, firmware) == (VirtiofsdRecord(VirtiofsdFlavour.RUST), ())
     assert (staged / "bin" / "virtiofsd").is_file() and not (staged / "libexec").exists()
 
 def test_commit_prefix_swaps_and_cleans(tmp_path: Path) -> None:
@@ -185,7 +186,7 @@ def test_ccache_stats_counts_hits_and_misses(tmp_path: Path) -> None:
     log.write_text("# /t/a.c\ncache_miss\ndirect_cache_miss\npreprocessed_cache_miss\n"
                    "# /t/a.c\ndirect_cache_hit\nlocal_storage_hit\n"
                    "# /t/b.c\npreprocessed_cache_hit\n# /t/c.c\nuncacheable\n")
-    assert ccache_stats(log) == {"hits": 2, "misses": 1, "hit_rate": 0.667, "remote_hits": 0}
+    assert ccache_stats(log) == CcacheStats(hits=2, misses=1, hit_rate=0.667, remote_hits=0)
     assert ccache_stats(tmp_path / "absent") is None
 
 
