@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from qemuprov.build import ccache
 from qemuprov.errors import BuildError, InfraError
-from qemuprov.infra import paths
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.timing import Timer
 from qemuprov.knowledge import hostdeps
@@ -106,16 +106,7 @@ class Context:
             yield
 
     def env(self) -> dict[str, str]:
-        # Host and container builds with the same compiler share entries: the compiler is checked by content,
-        # paths under the work dir are made relative, and the build dir's own name is left out of the hash
-        # (debug info may then name the other build dir; nothing else differs).
-        # Depend mode: a miss costs no extra preprocessor run (plain ccache made a cold build 29% slower, depend
-        # mode 9%); the compiler's own -MD output names the headers, which every meson build of QEMU asks for.
-        return self.runner.env({
-            "LC_ALL": "C", "CCACHE_DIR": str(paths.cache_dir() / "ccache"), "CCACHE_BASEDIR": str(self.work),
-            "CCACHE_COMPILERCHECK": "content", "CCACHE_NOHASHDIR": "1", "CCACHE_DEPEND": "1",
-            "CCACHE_STATSLOG": str(self.ccache_log),
-            **({"CCACHE_REMOTE_STORAGE": self.remote_ccache} if self.remote_ccache else {})})
+        return self.runner.env({"LC_ALL": "C", **ccache.environment(self.work, self.ccache_log, self.remote_ccache)})
 
     def capture(self, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
         """A short command's output, through the runner (the log's first line is the command itself)."""

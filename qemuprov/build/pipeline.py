@@ -20,7 +20,7 @@ from typing import IO, TypeVar
 import filelock
 
 from qemuprov import __version__
-from qemuprov.build import qemu_steps, rust_virtiofsd
+from qemuprov.build import ccache, qemu_steps, rust_virtiofsd
 from qemuprov.build.context import Context, Options, missing_dependency_hint
 from qemuprov.build.qemu_steps import Configured
 from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup, write_vhost_user_descriptor
@@ -38,7 +38,6 @@ from qemuprov.records import installs, lockfiles
 from qemuprov.records.manifest import (
     BootResult,
     BuilderImageRecord,
-    CcacheStats,
     Manifest,
     Substitution,
     VirtiofsdRecord,
@@ -300,12 +299,10 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
     if not ctx.runner.is_host:
         with ctx.phase("builder", ctx.runner.key):
             ctx.runner.prepare(ctx.log, ctx.report.line)
-    ccache = paths.cache_dir() / "ccache"
-    ccache.mkdir(parents=True, exist_ok=True)
-    shared = qemu_steps.socket_dir(ctx.opts.shared_ccache)
-    mounts = [ctx.staging, ccache, *([shared] if shared and not ctx.runner.is_host else [])]
+    shared = ccache.socket_dir(ctx.opts.shared_ccache)
+    mounts = [ctx.staging, ccache.directory(), *([shared] if shared and not ctx.runner.is_host else [])]
     with ctx.runner.session(mounts, network=bool(tree.missing_subprojects), work=ctx.work):
-        ctx.remote_ccache = qemu_steps.shared_ccache(ctx)
+        ctx.remote_ccache = ccache.shared(ctx)
         if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
             the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner, system_slirp=False)
         configured = qemu_steps.configure(ctx, tree, the_plan, revision.record.revision)
@@ -320,19 +317,19 @@ def plan_for(recipe: Recipe, tree: plan.Tree, prefix: Path, arches: tuple[str, .
     return plan.make_plan(recipe, tree, prefix, arches, runner.tree_python, system_slirp=system_slirp)
 
 
-def known_plan(recipe: Recipe) -> dict[str, object] | None:
+def known_plan(recipe: Recipe) -> plan.PlanRecord | None:
     """The plan the last install of this recipe recorded; else, once an earlier build fetched the source, the
     plan a default build (--runner auto) would follow; None before either."""
     if recipe.qemu is None:
         return None
     for entry in installs.list_installs():
         if entry.recipe == recipe.name and entry.manifest and entry.manifest.plan:
-            return dict(entry.manifest.plan)
+            return entry.manifest.plan
     src = paths.work_dir(recipe.name) / "src"
     if not (src / "VERSION").exists():
         return None
     runner, _ = get_runner("auto", recipe.builder)
-    return plan_for(recipe, plan.inspect(src), paths.install_root() / recipe.name, recipe.arches, runner).to_dict()
+    return plan_for(recipe, plan.inspect(src), paths.install_root() / recipe.name, recipe.arches, runner).record()
 
 
 def build_rust_virtiofsd(ctx: Context, revision: Resolution) -> BuilderImageRecord | None:
@@ -391,7 +388,7 @@ def make_manifest(ctx: Context, resolved: Resolved, the_plan: plan.Plan | None, 
         lock=str(next((r.locked for r in (resolved.qemu, resolved.virtiofsd) if r and r.locked), "")) or None,
         virtiofsd_builder_image=vfs_image,
         inputs=resolved.key,
-        plan=the_plan.to_dict() if the_plan else None,
+        plan=the_plan.record() if the_plan else None,
         runner=opts.runner.name,
         builder_image=builder_image_record(opts.runner) if the_plan else vfs_image,
         tools={"qemuprov": __version__, "python": sys.version.split()[0],
@@ -402,7 +399,7 @@ def make_manifest(ctx: Context, resolved: Resolved, the_plan: plan.Plan | None, 
         virtiofsd=virtiofsd,
         firmware=firmware,
         timings=ctx.timings,
-        ccache=ccache_stats(ctx.ccache_log),
+        ccache=ccache.stats(ctx.ccache_log),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         log=str(ctx.log_path),
         reproduce=" ".join([*(f"{k}={shlex.quote(v)}" for k, v in opts.runner.compilers.items()),
@@ -490,24 +487,6 @@ def builder_image_record(runner: Runner) -> BuilderImageRecord | None:
         return None
     return BuilderImageRecord(tag=image.tag, id=str(runner.image_id or ""), base=image.base,
                               dockerfile=image.dockerfile.name, builder=image.builder)
-
-
-def ccache_stats(stats_log: Path) -> CcacheStats | None:
-    """Hits and misses of this build's compilations, from ccache's per-call stats log (None: ccache unused)."""
-    try:
-        text = stats_log.read_text(errors="replace")
-    except OSError:
-        return None
-    hits = misses = 0
-    for record in text.split("# ")[1:]:
-        outcomes = set(record.splitlines()[1:])
-        if outcomes & {"direct_cache_hit", "preprocessed_cache_hit"}:
-            hits += 1
-        elif "cache_miss" in outcomes:
-            misses += 1
-    total = hits + misses
-    remote = text.count("\nremote_storage_hit")
-    return CcacheStats(hits, misses, round(hits / total, 3) if total else None, remote)
 
 
 def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[probe.Probe]) -> list[str]:

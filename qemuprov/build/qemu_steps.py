@@ -5,7 +5,6 @@ plan's targets, install with DESTDIR."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from pathlib import Path
 
 from qemuprov.build.context import Context
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra.progress import notice
 from qemuprov.knowledge import hostdeps, plan
 
 PCH_WRAPPER = Path(__file__).resolve().parent / "assets" / "pch-cc"
@@ -50,36 +48,6 @@ def has_system_slirp(ctx: Context, tree: plan.Tree) -> bool:
     raise InfraError(f"the builder image {ctx.runner.key} lacks {what}",
                      hint=f"add {' '.join(missing)} to the builder's Dockerfile (containers/builder-"
                           f"{ctx.recipe.builder}.Dockerfile or your own copy of it)")
-
-
-REMOTE_STORAGE_SINCE = (4, 4)  # the ccache release that brought remote storage
-
-
-def shared_ccache(ctx: Context) -> str | None:
-    """The shared compiler cache where this build environment can use it; a notice where it cannot (a ccache
-    too old, or a container build, which has no network, given a redis:// address)."""
-    url = ctx.opts.shared_ccache
-    if not url:
-        return None
-    if not ctx.runner.is_host and not url.startswith("redis+unix:"):
-        notice(f"the shared ccache {url} is not used: a container build has no network; serve it on a unix "
-                "socket (redis+unix:/PATH), which qemuprov mounts into the container")
-        return None
-    said = ctx.capture(["sh", "-c", "ccache --version 2>/dev/null | head -1; true"], ctx.work, ctx.env())
-    found = re.search(r"(\d+)\.(\d+)", said)
-    version = (int(found.group(1)), int(found.group(2))) if found else None
-    if version is None or version < REMOTE_STORAGE_SINCE:
-        notice(f"the shared ccache {url} is not used: ccache {'.'.join(map(str, version or ())) or '(none)'} in "
-                f"{ctx.runner.key} predates remote storage (4.4)")
-        return None
-    return url
-
-
-def socket_dir(url: str | None) -> Path | None:
-    """The directory of a redis+unix: socket, which a container must see."""
-    return Path(url.removeprefix("redis+unix:").split("?")[0]).parent if url and url.startswith("redis+unix:") \
-        else None
-
 
 
 def build_dir(ctx: Context) -> Path:

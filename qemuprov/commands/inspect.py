@@ -76,7 +76,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     except UserError as exc:  # the recipe is fine; this host cannot build the fetched tree as it is
         the_plan, problem = None, f"{exc.message}; {exc.hint}"
     if args.json:
-        render.print_json({"recipe": recipe.to_dict(), "plan": the_plan, "plan_problem": problem})
+        render.print_json({"recipe": recipe.to_dict(), "plan": asdict(the_plan) if the_plan else None,
+                           "plan_problem": problem})
         return 0
     width = max(len(key) for key, _ in describe_recipe(recipe))
     for key, value in describe_recipe(recipe):
@@ -90,11 +91,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     if the_plan is None:
         print(f"\nplan: not fetched yet (`qemuprov build {recipe.name}` fetches it)")
         return 0
-    print(f"\nplan for QEMU {the_plan['version']} (virtiofsd: {the_plan['virtiofsd']}):")
-    for arg in the_plan["configure"]:  # type: ignore[attr-defined]
-        print(f"  {arg['arg']:<40}  {arg['reason']}")
-    print("  targets: " + (" ".join(the_plan["targets"]) or "make (all)"))  # type: ignore[arg-type]
-    for note in the_plan["notes"]:  # type: ignore[attr-defined]
+    print(f"\nplan for QEMU {the_plan.version} (virtiofsd: {the_plan.virtiofsd}):")
+    for arg in the_plan.configure:
+        print(f"  {arg.arg:<40}  {arg.reason}")
+    print("  targets: " + (" ".join(the_plan.targets) or "make (all)"))
+    for note in the_plan.notes:
         print(f"  note: {note}")
     return 0
 

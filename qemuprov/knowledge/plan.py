@@ -146,11 +146,31 @@ class Plan:
     def argv(self) -> list[str]:
         return [arg.value for arg in self.configure]
 
-    def to_dict(self) -> dict[str, object]:
-        return {"version": self.tree.version, "arches": list(self.arches),
-                "configure": [{"arg": a.value, "reason": a.reason} for a in self.configure],
-                "targets": list(self.targets), "virtiofsd": self.virtiofsd, "rseq_wrapper": self.rseq_wrapper,
-                "configure_prefix": str(self.prefix), "notes": list(self.notes)}
+    def record(self) -> PlanRecord:
+        return PlanRecord(self.tree.version, self.arches, tuple(PlanArg(a.value, a.reason) for a in self.configure),
+                          tuple(self.targets), self.virtiofsd, self.rseq_wrapper, str(self.prefix), self.notes)
+
+
+@dataclass(frozen=True)
+class PlanArg:
+    """One configure argument and why it is there."""
+
+    arg: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """The plan a build follows, as its manifest and `qemuprov show` keep it."""
+
+    version: str
+    arches: tuple[str, ...]
+    configure: tuple[PlanArg, ...]
+    targets: tuple[str, ...]  # make targets; none: make (all)
+    virtiofsd: VirtiofsdFlavour
+    rseq_wrapper: bool
+    configure_prefix: str
+    notes: tuple[str, ...]
 
 
 def consumer_features(tree: Tree, system_slirp: bool) -> list[Arg]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qemuprov.infra import jsonfile, typedjson
+from qemuprov.knowledge.plan import PlanRecord
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.sources.revision import SourceRecord
@@ -102,7 +103,7 @@ class Manifest:
     reproduce: str  # a command line that builds the same again
     source: SourceRecord | None = None  # QEMU's tree; None for the Rust virtiofsd alone
     virtiofsd_source: SourceRecord | None = None  # the Rust virtiofsd's tree
-    plan: dict[str, Any] | None = None  # configure arguments with reasons, targets (see `qemuprov show`)
+    plan: PlanRecord | None = None  # configure arguments with reasons, targets (see `qemuprov show`)
     builder_image: BuilderImageRecord | None = None
     virtiofsd_builder_image: BuilderImageRecord | None = None
     ccache: CcacheStats | None = None  # None: the build used no ccache (or pulled)

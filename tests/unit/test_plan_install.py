@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov.build.pipeline import ccache_stats, check_expectations, missing_dependency_hint
+from qemuprov.build import ccache
+from qemuprov.build.pipeline import check_expectations, missing_dependency_hint
 from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.errors import UserError
 from qemuprov.infra.builder_images import BuilderImage
@@ -186,8 +187,8 @@ def test_ccache_stats_counts_hits_and_misses(tmp_path: Path) -> None:
     log.write_text("# /t/a.c\ncache_miss\ndirect_cache_miss\npreprocessed_cache_miss\n"
                    "# /t/a.c\ndirect_cache_hit\nlocal_storage_hit\n"
                    "# /t/b.c\npreprocessed_cache_hit\n# /t/c.c\nuncacheable\n")
-    assert ccache_stats(log) == CcacheStats(hits=2, misses=1, hit_rate=0.667, remote_hits=0)
-    assert ccache_stats(tmp_path / "absent") is None
+    assert ccache.stats(log) == CcacheStats(hits=2, misses=1, hit_rate=0.667, remote_hits=0)
+    assert ccache.stats(tmp_path / "absent") is None
 
 
 def test_plan_minimal_aarch64_devices_where_the_tree_offers_them(tmp_path: Path) -> None:
