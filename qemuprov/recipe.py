@@ -80,10 +80,6 @@ class Source:
     sha256: str | None = None
 
     @property
-    def kind(self) -> str:
-        return "git" if self.git else "tarball"
-
-    @property
     def url(self) -> str:
         return self.git or self.tarball or ""
 

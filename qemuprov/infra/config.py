@@ -36,12 +36,12 @@ def table(section: str) -> dict[str, object]:
     return found
 
 
-def value(section: str, key: str, kind: type[_T], what: str) -> _T | None:
-    """`key` of `[section]`, which must be of `kind` (what: how to say that kind to a user); None: not set."""
+def value(section: str, key: str, expected: type[_T], what: str) -> _T | None:
+    """`key` of `[section]`, which must be an `expected` (what: how to say that type to a user); None: not set."""
     found = table(section).get(key)
     if found is None:
         return None
-    if not isinstance(found, kind) or (kind is int and isinstance(found, bool)):
+    if not isinstance(found, expected) or (expected is int and isinstance(found, bool)):
         raise UserError(f"{file()}: [{section}] {key} must be {what}, not {type(found).__name__} {found!r:.60}",
                         hint=f"fix {key} in [{section}] of the file, or remove it")
     return found

@@ -91,15 +91,15 @@ def answer_timeout(default: float) -> float:
     return config.seconds(TIMEOUT_ENV, default, most=3600)
 
 
-def find_engine(kind: str = "any", timeout: float = AUTO_TIMEOUT) -> Engine:
-    """The first reachable engine of this kind (any, Docker or Podman) among the candidate sockets."""
+def find_engine(wanted: str = "any", timeout: float = AUTO_TIMEOUT) -> Engine:
+    """The first reachable engine of the wanted name (any, Docker or Podman) among the candidate sockets."""
     urls = candidate_urls()
     failures = []
     for url in urls:
         engine = ping(url, answer_timeout(timeout))
-        if engine.reachable and kind in ("any", engine.name):
+        if engine.reachable and wanted in ("any", engine.name):
             return engine
-        failures.append(engine.detail if not engine.reachable else f"{engine.detail} is not {kind}")
+        failures.append(engine.detail if not engine.reachable else f"{engine.detail} is not {wanted}")
     detail = "; ".join(failures) if failures else "no Docker or Podman socket found (and DOCKER_HOST is unset)"
     return Engine(None, False, detail=detail)
 
@@ -111,13 +111,13 @@ def client(engine: Engine, timeout: float | None = None) -> Any:
     return docker.DockerClient(base_url=engine.url, timeout=timeout)  # type: ignore[arg-type]
 
 
-def require_engine(kind: str = "any") -> Engine:
+def require_engine(wanted: str = "any") -> Engine:
     """A reachable engine, or an InfraError saying how to get one (the machine's state, not bad input: exit 1).
-    kind: any | Docker | Podman. An engine asked for by name gets the time a loaded machine needs."""
-    engine = find_engine(kind, REQUIRED_TIMEOUT)
+    wanted: any | Docker | Podman. An engine asked for by name gets the time a loaded machine needs."""
+    engine = find_engine(wanted, REQUIRED_TIMEOUT)
     if engine.reachable:
         return engine
-    if kind == "Podman":
+    if wanted == "Podman":
         raise InfraError(f"--runner podman: no reachable Podman API socket ({engine.detail})",
                         hint="start one: podman system service --time=0 unix://$XDG_RUNTIME_DIR/podman/podman.sock "
                              "and export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock")

@@ -1,19 +1,22 @@
-"""The one place that runs short child processes: explicit environment, a time limit, clear failures."""
+"""The one place that runs child processes: `run` a short one to completion (explicit environment, a time limit,
+an output cap, clear failures), `stream` a long one's lines as they come, `spawn` a daemon into a log file. Every
+child gets a process group of its own, so that it is stopped with everything it started."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import selectors
 import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger("qemuprov.procs")
 
@@ -135,6 +138,57 @@ def _collect(proc: subprocess.Popen[bytes], input: str | None, timeout: float,
         _kill_group(proc)
         return (chunks[proc.stdout.fileno()], chunks[proc.stderr.fileno()]), "timeout"
     return (chunks[proc.stdout.fileno()], chunks[proc.stderr.fileno()]), "exit"
+
+
+MAX_LINE = 1 << 20  # a child that never ends a line is cut into lines of this size, not held whole
+
+
+def stream(argv: Sequence[str | Path], *, on_line: Callable[[str], None], cwd: Path | None = None,
+           env: Mapping[str, str] | None = None, groups: RunningGroups | None = None, grace: float = 10.0) -> int:
+    """Run a long child (a compile, a git fetch), handing each line of its output (stderr merged into stdout;
+    a carriage return ends a line, as progress meters use it) to on_line as it comes; its exit status. A Ctrl-C
+    or any failure, in the child's reading or in on_line, stops the whole process group, TERM then KILL after
+    `grace` seconds. env None: qemuprov's own (git needs the user's proxies and ssh agent). groups: where the
+    group is remembered while it runs, so a build killed meanwhile leaves nothing running for long."""
+    proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=dict(env) if env is not None else None,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        if groups is not None:
+            groups.remember(proc.pid)
+        pending = b""
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            data = pending + chunk
+            held = data.endswith(b"\r")  # the \n of a \r\n may be in the next chunk
+            *lines, pending = _LINE_END.split(data[:-1] if held else data)
+            pending += b"\r" if held else b""
+            while len(pending) > MAX_LINE:
+                lines.append(pending[:MAX_LINE])
+                pending = pending[MAX_LINE:]
+            for line in lines:
+                on_line(line.decode(errors="replace"))
+        if pending:
+            on_line(pending.decode(errors="replace"))
+        return proc.wait()
+    except BaseException:
+        with signals_deferred():
+            stop_group(proc, grace)
+        raise
+    finally:
+        proc.stdout.close()
+        if groups is not None:
+            groups.forget(proc.pid)
+
+
+_LINE_END = re.compile(rb"\r\n|[\r\n]")
+
+
+def spawn(argv: Sequence[str | Path], log: IO[bytes], *, stdin_pipe: bool = False) -> subprocess.Popen[bytes]:
+    """Start a daemon (virtiofsd, a guest's QEMU) writing into log, in a process group of its own: stop it with
+    stop_group. stdin_pipe: an open, silent stdin (OSv's run.py reads the console from stdio)."""
+    return subprocess.Popen([str(a) for a in argv], stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

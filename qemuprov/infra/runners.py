@@ -13,7 +13,6 @@ import re
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from qemuprov.errors import InfraError
 from qemuprov.infra import builder_images, engines, procs
 from qemuprov.infra.compilers import CCACHE_MASQUERADE, host_ccache, host_compilers
 from qemuprov.infra.engines import Engine
-from qemuprov.infra.procs import RunningGroups, stop_group
+from qemuprov.infra.procs import RunningGroups
 
 LineCallback = Callable[[str], None]
 CONTAINER_PATH = f"{CCACHE_MASQUERADE}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -161,26 +160,16 @@ class HostRunner:
     def run(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: IO[str],
             on_line: LineCallback | None = None) -> int:
         _log_command(log, argv, cwd)
-        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
-        assert proc.stdout is not None
-        try:
-            if self.groups is not None:
-                self.groups.remember(proc.pid)
-            for line in proc.stdout:
-                log.write(line)
-                if on_line is not None:
-                    on_line(line)
-            return proc.wait()
-        except BaseException:
-            # Ctrl-C or any failure here: stop the whole process group (make/ninja and the compilers).
-            with procs.signals_deferred():
-                stop_group(proc, grace=10)
-            raise
+
+        def each(line: str) -> None:
+            log.write(line + "\n")
+            if on_line is not None:
+                on_line(line + "\n")
+
+        try:  # a Ctrl-C stops make/ninja and the compilers with it
+            return procs.stream(argv, on_line=each, cwd=cwd, env=env, groups=self.groups)
         finally:
             log.flush()
-            if self.groups is not None:
-                self.groups.forget(proc.pid)
 
 
 class ContainerRunner:

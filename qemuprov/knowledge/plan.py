@@ -254,5 +254,5 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
     if rseq:
         notes.append("this virtiofsd's seccomp filter lacks rseq: "
                      "bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
-    kind = VirtiofsdFlavour.C if in_tree else recipe.virtiofsd_flavour
-    return Plan(tree, arches, tuple(args), targets, kind, rseq, configure_prefix, tuple(notes))
+    flavour = VirtiofsdFlavour.C if in_tree else recipe.virtiofsd_flavour
+    return Plan(tree, arches, tuple(args), targets, flavour, rseq, configure_prefix, tuple(notes))

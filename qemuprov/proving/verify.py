@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import UserError
+from qemuprov.infra import procs
 from qemuprov.infra.procs import stop_group
 from qemuprov.infra.progress import notice
 from qemuprov.knowledge import osv, probe
@@ -189,8 +190,7 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
         try:
             launch = make_launch(work)
             socket = launch.socket
-            vfs = subprocess.Popen(launch.virtiofsd, stdout=vfs_log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+            vfs = procs.spawn(launch.virtiofsd, vfs_log)
             deadline = time.monotonic() + SOCKET_TIMEOUT
             while not socket.exists() and vfs.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -200,8 +200,7 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
                 outcome.log = (work / "virtiofsd.log").read_text(errors="replace").splitlines()[-10:]
                 return outcome
             # stdin stays open and silent: run.py's line reads the console from stdio
-            vm = subprocess.Popen(launch.qemu, stdin=subprocess.PIPE, stdout=qemu_log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+            vm = procs.spawn(launch.qemu, qemu_log, stdin_pipe=True)
             _wait_for_guest(vm, vfs)
             console = launch.console.read_text(errors="replace") if launch.console.exists() else ""
             lines = [ln.strip() for ln in console.splitlines() if ln.startswith("QEMUPROV:")]

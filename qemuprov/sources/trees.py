@@ -7,7 +7,6 @@ import configparser
 import hashlib
 import lzma
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -116,18 +115,16 @@ def _fetch_into_mirror(url: str, refspec: str, section: str, report: Reporter | 
 def _git_fetch(mirror: Path, url: str, refspec: str, section: str, report: Reporter | None) -> None:
     """git fetch, its progress (which it writes with carriage returns) passed to the reporter as it comes."""
     argv = ["git", "-C", str(mirror), "fetch", "--progress", "--depth=1", "--no-tags", "--", url, refspec]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
     said: collections.deque[str] = collections.deque(maxlen=100)
-    pending = b""
-    while chunk := os.read(proc.stderr.fileno(), 65536):
-        *parts, pending = re.split(rb"[\r\n]", pending + chunk)
-        for part in filter(None, parts):
-            said.append(part.decode(errors="replace"))
+
+    def each(line: str) -> None:
+        if line:
+            said.append(line)
             if report is not None:
-                report.line(said[-1])
-    if proc.wait() != 0:
-        raise git_failure(section, url, "\n".join([*said, pending.decode(errors="replace")]))
+                report.line(line)
+
+    if procs.stream(argv, on_line=each, grace=2.0) != 0:
+        raise git_failure(section, url, "\n".join(said))
 
 
 def _remove_abandoned_inits(directory: Path) -> None:
