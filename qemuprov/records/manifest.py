@@ -45,6 +45,16 @@ class VirtiofsdRecord:
 
 
 @dataclass(frozen=True)
+class Tools:
+    """What made the install."""
+
+    qemuprov: str
+    python: str
+    cc: str | None = None  # the first line of the compiler's --version; None: no C compile (virtiofsd alone)
+    precompiled_header: str | None = None  # "qemu/osdep.h" where clang built with one
+
+
+@dataclass(frozen=True)
 class CcacheStats:
     """The compiles of one build, from ccache's own per-call log."""
 
@@ -96,7 +106,7 @@ class Manifest:
     probe: tuple[QemuProbe | VirtiofsdProbe, ...]  # one per binary, as `qemuprov probe --json` prints them
     virtiofsd: VirtiofsdRecord
     firmware: tuple[str, ...]  # -L directories QEMU needs
-    tools: dict[str, Any]  # qemuprov, python, cc (--version of the compiler), precompiled_header
+    tools: Tools
     timings: dict[str, float]  # seconds per phase, and total
     built_at: str
     log: str

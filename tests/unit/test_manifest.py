@@ -41,7 +41,8 @@ def test_keys_of_a_newer_qemuprov_are_kept() -> None:
                                               ({"virtiofsd": {"wrapper": True}}, "virtiofsd: flavour is missing"),
                                               ({"virtiofsd": {"flavour": "go"}}, "virtiofsd: flavour is 'go', none of"),
                                               ({"timings": {"x": "1"}}, "timings.x has the wrong type (str)"),
-                                              ({"tools": {"cc": ["any", 1]}}, None),
+                                              ({"tools": {"python": "3.13"}}, "tools: qemuprov is missing"),
+                                              ({"recipe": {"cc": ["any", 1]}}, None),
                                               ({"probe": [{"path": "/q", "kind": "qemu", "dax": "yes"}]},
                                                "probe: dax has the wrong type (str)"),
                                               ({"firmware": [1]}, "firmware has the wrong type (int)")])
