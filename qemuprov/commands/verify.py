@@ -27,8 +27,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
     qemus, daemon_path, firmware = targets.qemus, targets.virtiofsd, targets.firmware
     wanted = split_arches(args.arch) if args.arch is not None else None
-    outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args),
-                                 "osv" if args.osv else "plain")
+    if args.osv and args.libvirt:
+        raise UserError("verify: --osv and --libvirt are two ways to start the guest: give one")
+    if args.connect and not args.libvirt:
+        raise UserError("verify: --connect goes with --libvirt")
+    mode = "osv" if args.osv else "libvirt" if args.libvirt else "plain"
+    outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args), mode, args.connect)
     return render_outcomes(outcomes, args.json)
 
 
@@ -70,6 +74,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--osv", action="store_true",
                    help="boot with the QEMU and virtiofsd command lines of OSv's scripts/run.py (user networking, "
                         "an aio=native disk, memory-backend-file on /dev/shm, queue-size=1024)")
+    p.add_argument("--libvirt", action="store_true",
+                   help="boot through libvirt: a transient domain from the XML `qemuprov env NAME --libvirt` prints "
+                        "(needs a running libvirtd in system mode)")
+    p.add_argument("--connect", metavar="URI",
+                   help="with --libvirt: libvirt's URI (default: LIBVIRT_DEFAULT_URI, or qemu:///system)")
     p.add_argument("--kernel", metavar="FILE", help="your own guest kernel (with --initrd)")
     p.add_argument("--initrd", metavar="FILE",
                    help="your own initramfs; its init mounts the tag given as qemuprov.tag= on the kernel line")

@@ -21,8 +21,9 @@ from qemuprov.infra.procs import stop_group
 from qemuprov.infra.progress import notice
 from qemuprov.knowledge import osv, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
-from qemuprov.proving import guestkit
+from qemuprov.proving import guestkit, libvirt
 from qemuprov.proving.guestkit import TAG, Kit
+from qemuprov.proving.verdict import DAX_WINDOW_MB, judge_round_trip, kernel_append
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
 from qemuprov.records.manifest import BootResult
@@ -30,7 +31,7 @@ from qemuprov.records.manifest import BootResult
 GUEST_TIMEOUT = 120.0
 SOCKET_TIMEOUT = 10.0
 MEMORY_MB = 512
-DAX_WINDOW = "64M"
+DAX_WINDOW = f"{DAX_WINDOW_MB}M"
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,6 @@ def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[st
         sandbox = "namespace" if os.geteuid() == 0 else "none"
         return [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
     return [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", "cache=auto"]
-
-
-def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
-    console = "ttyS0" if qemu.arch == "x86_64" else "ttyAMA0"
-    return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
 
 
 def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
@@ -90,14 +86,6 @@ def _died(proc: subprocess.Popen[bytes], daemon: VirtiofsdProbe) -> str:
     return f"virtiofsd exited with status {code}"
 
 
-def _write_failed(error: str) -> str:
-    message = f"the guest mounted the share and read the host's file but could not write back ({error or '?'})"
-    if "read-only" in error.lower():
-        message += ("; the share is read-only: virtiofsd was started with --readonly (or -o readonly) or serves "
-                    "a read-only directory or mount; verify needs a writable share")
-    return message
-
-
 def plain_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, accel: str,
                  firmware: list[str]) -> Launch:
     socket, serial = work / "vfs.sock", work / "serial.log"
@@ -126,30 +114,6 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
 
 
 LAUNCHERS = {"plain": plain_launch, "osv": osv_launch}
-
-
-def dax_verdict(qemu: QemuProbe, lines: list[str], kit: Kit) -> tuple[bool | None, str, str]:
-    """(dax, status, reason) from the guest's own report. Three ways to miss: the QEMU has no window, the guest
-    kernel cannot use one (it never reports the window), the daemon cannot map into it (mount or read fails)."""
-    if not qemu.dax:
-        return None, "-", "this QEMU has no DAX window (cache-size)"
-    window = any(ln.startswith("QEMUPROV: dax-window") for ln in lines)
-    mounted = any("dax=always" in ln for ln in lines if ln.startswith("QEMUPROV: dax-mount "))
-    read = next((ln.removeprefix("QEMUPROV: dax-read ").strip() for ln in lines
-                 if ln.startswith("QEMUPROV: dax-read ")), None)
-    token = next((ln.removeprefix("QEMUPROV: read ").strip() for ln in lines if ln.startswith("QEMUPROV: read ")),
-                 None)
-    if window and mounted and read is not None and read == token:
-        return True, "yes", ""
-    if not window:
-        config = {True: "", False: " (its config has no CONFIG_FUSE_DAX, which needs ZONE_DEVICE)",
-                  None: ""}[kit.fuse_dax]
-        return None, "not tested", (f"{kit.description} cannot use DAX: it reported no DAX window{config}; "
-                                    "boot a kernel built with CONFIG_FUSE_DAX with --kernel/--initrd")
-    failed = next((ln for ln in lines if ln.startswith(("QEMUPROV: dax-mount-failed", "QEMUPROV: dmesg"))), "")
-    what = f"reading through it failed ({read})" if mounted else f"mount -o dax failed ({failed.strip()})"
-    return False, "no", (f"the guest found the DAX window but {what}: the virtiofsd does not serve DAX mappings "
-                         "(FUSE_SETUPMAPPING); pair the virtio-fs-dev QEMU with its own C virtiofsd")
 
 
 def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> None:
@@ -214,24 +178,8 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
                 outcome.failure = "qemu"
                 outcome.message = f"QEMU refused to run: {qemu_said[-1:] or ['?']}"
                 outcome.log = qemu_said[-10:]
-            elif "QEMUPROV: mounted" not in lines:
-                outcome.failure = "guest"
-                outcome.message = "the guest could not mount the share" if lines else \
-                    f"the guest did not answer within {GUEST_TIMEOUT:.0f} s"
             else:
-                written = share / "from-guest.txt"
-                got = written.read_text().strip() if written.exists() else None
-                write_failure = next((ln.split("write-failed", 1)[1].strip() for ln in lines
-                                      if ln.startswith("QEMUPROV: write-failed")), None)
-                if write_failure is not None:
-                    outcome.failure, outcome.message = "virtiofsd", _write_failed(write_failure)
-                elif f"QEMUPROV: read {token}" not in lines or got != token:
-                    outcome.failure, outcome.message = "guest", f"file round trip failed (guest wrote {got!r})"
-                else:
-                    outcome.ok = True
-                    outcome.message = "the guest read the host's file and wrote one back" + (
-                        " (OSv's run.py command lines)" if mode == "osv" else "")
-                outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit)
+                judge_round_trip(outcome, lines, share, token, qemu, kit, GUEST_TIMEOUT)
         finally:
             stop_group(vm)
             stop_group(vfs)
@@ -286,12 +234,17 @@ def binary_targets(qemus: list[Path], virtiofsd: Path) -> Targets:
 
 
 def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
-               accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain") -> list[BootResult]:
+               accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain",
+               connect: str | None = None) -> list[BootResult]:
+    """mode: plain (our own command lines), osv (OSv's run.py lines) or libvirt (a domain, through libvirtd at
+    connect, or its default URI)."""
     cache = probe.ProbeCache()
     daemon = probe.probe_binary(daemon_path, cache)
     if daemon.error or not isinstance(daemon, VirtiofsdProbe):
         raise UserError(f"virtiofsd {daemon_path}: {daemon.error}", hint="give a working virtiofsd")
-    if daemon.needs_root and os.geteuid() != 0:
+    if mode == "libvirt":
+        libvirt.check_daemon(connect)  # which starts virtiofsd itself, as root
+    elif daemon.needs_root and os.geteuid() != 0:
         raise UserError(f"virtiofsd {daemon_path} is the C daemon, which needs root to serve a share "
                         f"({daemon.note or 'it sets up namespaces and drops capabilities'})",
                         hint="run verify with sudo (HOME and PATH kept: sudo -E env PATH=\"$PATH\" qemuprov verify "
@@ -310,7 +263,9 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches
                                     message=f"{path} has no vhost-user-fs-pci device"))
             continue
         kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
-        outcome = run(qemu, daemon, kit, choose_accel(str(qemu.arch), accel), firmware, mode)
+        chosen = choose_accel(str(qemu.arch), accel)
+        outcome = libvirt.boot(qemu, daemon, kit, chosen == "kvm", firmware, connect) if mode == "libvirt" else \
+            run(qemu, daemon, kit, chosen, firmware, mode)
         outcome.warnings = probe.pairing_warnings(qemu, daemon)
         outcomes.append(outcome)
     cache.save()

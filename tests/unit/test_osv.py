@@ -14,7 +14,7 @@ from qemuprov.knowledge import osv, plan
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.knowledge.probe_parse import aio_native_from_reply, netdevs_from_help
 from qemuprov.proving.guestkit import Kit, fuse_dax_from_config
-from qemuprov.proving.verify import dax_verdict
+from qemuprov.proving.verdict import dax_verdict
 from qemuprov.recipe import RecipeBook, default_layers
 from tests.conftest import CAPTURES
 from tests.manifests import manifest_json

@@ -1,0 +1,73 @@
+"""What a guest's console lines say: did the share mount, did the file go both ways, and what DAX did. The
+guest kit's init speaks the QEMUPROV: lines read here, whichever way the guest was started (our own command
+lines, OSv's, libvirt's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qemuprov.knowledge.probe import QemuProbe
+from qemuprov.proving.guestkit import TAG, Kit
+from qemuprov.records.manifest import BootResult
+
+DAX_WINDOW_MB = 64  # the window verify asks for: enough to map the test file, small enough for any guest
+
+
+def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
+    console = "ttyS0" if qemu.arch == "x86_64" else "ttyAMA0"
+    return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
+
+
+def judge_round_trip(outcome: BootResult, lines: list[str], share: Path, token: str, qemu: QemuProbe,
+                     kit: Kit, waited: float) -> None:
+    """The verdict of a guest that ran: mounted, read the host's token, wrote it back; then the DAX verdict."""
+    if "QEMUPROV: mounted" not in lines:
+        outcome.failure = "guest"
+        outcome.message = "the guest could not mount the share" if lines else \
+            f"the guest did not answer within {waited:.0f} s"
+        return
+    written = share / "from-guest.txt"
+    got = written.read_text().strip() if written.exists() else None
+    write_failure = next((ln.split("write-failed", 1)[1].strip() for ln in lines
+                          if ln.startswith("QEMUPROV: write-failed")), None)
+    if write_failure is not None:
+        outcome.failure, outcome.message = "virtiofsd", _write_failed(write_failure)
+    elif f"QEMUPROV: read {token}" not in lines or got != token:
+        outcome.failure, outcome.message = "guest", f"file round trip failed (guest wrote {got!r})"
+    else:
+        outcome.ok = True
+        outcome.message = "the guest read the host's file and wrote one back" + {
+            "osv": " (OSv's run.py command lines)", "libvirt": " (started by libvirt)"}.get(outcome.mode, "")
+    outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit)
+
+
+def _write_failed(error: str) -> str:
+    message = f"the guest mounted the share and read the host's file but could not write back ({error or '?'})"
+    if "read-only" in error.lower():
+        message += ("; the share is read-only: virtiofsd was started with --readonly (or -o readonly) or serves "
+                    "a read-only directory or mount; verify needs a writable share")
+    return message
+
+
+def dax_verdict(qemu: QemuProbe, lines: list[str], kit: Kit) -> tuple[bool | None, str, str]:
+    """(dax, status, reason) from the guest's own report. Three ways to miss: the QEMU has no window, the guest
+    kernel cannot use one (it never reports the window), the daemon cannot map into it (mount or read fails)."""
+    if not qemu.dax:
+        return None, "-", "this QEMU has no DAX window (cache-size)"
+    window = any(ln.startswith("QEMUPROV: dax-window") for ln in lines)
+    mounted = any("dax=always" in ln for ln in lines if ln.startswith("QEMUPROV: dax-mount "))
+    read = next((ln.removeprefix("QEMUPROV: dax-read ").strip() for ln in lines
+                 if ln.startswith("QEMUPROV: dax-read ")), None)
+    token = next((ln.removeprefix("QEMUPROV: read ").strip() for ln in lines if ln.startswith("QEMUPROV: read ")),
+                 None)
+    if window and mounted and read is not None and read == token:
+        return True, "yes", ""
+    if not window:
+        config = {True: "", False: " (its config has no CONFIG_FUSE_DAX, which needs ZONE_DEVICE)",
+                  None: ""}[kit.fuse_dax]
+        return None, "not tested", (f"{kit.description} cannot use DAX: it reported no DAX window{config}; "
+                                    "boot a kernel built with CONFIG_FUSE_DAX with --kernel/--initrd")
+    failed = next((ln for ln in lines if ln.startswith(("QEMUPROV: dax-mount-failed", "QEMUPROV: dmesg"))), "")
+    what = f"reading through it failed ({read})" if mounted else f"mount -o dax failed ({failed.strip()})"
+    return False, "no", (f"the guest found the DAX window but {what}: the virtiofsd does not serve DAX mappings "
+                         "(FUSE_SETUPMAPPING); pair the virtio-fs-dev QEMU with its own C virtiofsd")
