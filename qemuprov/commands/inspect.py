@@ -158,9 +158,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    if not args.osv and (args.share or args.tag != "myfs" or args.dax_size):
-        raise UserError("env: --share, --tag and --dax-size go with --osv")
+    if args.osv and args.libvirt:
+        raise UserError("env: --osv and --libvirt print for two consumers: give one")
+    if not (args.osv or args.libvirt) and (args.share or args.tag != "myfs" or args.dax_size):
+        raise UserError("env: --share, --tag and --dax-size go with --osv or --libvirt")
+    if args.arch and not args.libvirt:
+        raise UserError("env: --arch goes with --libvirt (one domain per arch)")
     entry = installs.find_install(args.name).intact()
+    if args.libvirt:
+        print(_libvirt_domain(entry, args), end="")
+        return 0
     bin_dir = entry.prefix / "bin"
     lines = _osv_lines(entry, args) if args.osv else []
     print(f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"')
@@ -192,6 +199,48 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
                          needs_root=daemon is not None and daemon.flavour == VirtiofsdFlavour.C)
 
 
+def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
+    """A domain XML for libvirt with the install's QEMU and virtiofsd, after a comment that says what to add."""
+    import platform
+
+    from qemuprov.knowledge import kvm, osv
+    from qemuprov.proving import libvirt
+
+    qemus = {str(p.arch): entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
+    if not qemus:
+        raise UserError(f"--libvirt: {entry.name} holds no QEMU of its own (it is {entry.summary()})",
+                        hint="put the QEMU you use in <emulator>, and this install's bin/virtiofsd in <binary path>")
+    arch = args.arch or (platform.machine() if platform.machine() in qemus else sorted(qemus)[-1])
+    if arch not in qemus:
+        raise UserError(f"--arch: {entry.name} has no QEMU for {arch} (it has: {', '.join(sorted(qemus))})")
+    daemon = entry.virtiofsd_probe
+    if daemon is None:
+        raise UserError(f"--libvirt: {entry.name} holds no virtiofsd",
+                        hint="build one (qemuprov build virtiofsd) and name its bin/virtiofsd in <binary path>")
+    tag = osv.check_tag(args.tag)
+    dax_bytes = osv.dax_size_bytes(args.dax_size) if args.dax_size is not None else None
+    if dax_bytes is not None and not entry.dax:
+        raise UserError(f"--dax-size: {entry.name} has no DAX window (cache-size); leave the option out",
+                        hint="only a build of the virtio-fs-dev tree has one: qemuprov build virtio-fs-dev")
+    if entry.dax and dax_bytes is None:
+        dax_bytes = osv.dax_size_bytes(osv.DEFAULT_DAX_SIZE)
+    share = Path(args.share).expanduser().absolute() if args.share else Path.home() / "libvirt-share"
+    own = str(entry.prefix / "share" / "qemu")
+    on_kvm = arch == platform.machine() and kvm.device().accessible
+    xml = libvirt.domain_xml(f"qemuprov-{entry.name}-{arch}", qemus[arch], arch, Path(daemon.path), share, tag,
+                             dax_bytes, tuple(d for d in entry.firmware_dirs if d != own), on_kvm)
+    descriptor = entry.prefix / "share" / "qemu" / "vhost-user" / "50-qemuprov-virtiofsd.json"
+    notes = [f"qemuprov {entry.name} ({arch}): {entry.summary()}",
+             "libvirt runs virtiofsd itself, as root: use qemu:///system (libvirt 9 and older have no virtiofs in "
+             "session mode)" + ("; this C virtiofsd needs root in any case"
+                                if daemon.flavour == VirtiofsdFlavour.C else ""),
+             f"the guest mounts it with: mount -t virtiofs {tag} /mnt" + (" -o dax" if dax_bytes else ""),
+             "add a disk or <kernel> to <os>, then: virsh define THIS-FILE",
+             f"without <binary path>, libvirt finds this virtiofsd once its descriptor is linked: ln -s {descriptor} "
+             f"/etc/qemu/vhost-user/50-qemuprov-{entry.name}.json (qemuprov remove unlinks it)"]
+    return "".join(f"<!-- {render.xml_comment(n)} -->\n" for n in notes) + xml
+
+
 def _show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", metavar="RECIPE")
 
@@ -204,10 +253,15 @@ def _env_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME|PREFIX")
     p.add_argument("--osv", action="store_true",
                    help="also OSv's scripts/run.py command line per arch, as comments (eval runs only the export)")
-    p.add_argument("--share", metavar="DIR", help="with --osv: the directory to share (default: ~/osv-share)")
-    p.add_argument("--tag", default="myfs", help="with --osv: the virtio-fs tag (default: myfs)")
+    p.add_argument("--libvirt", action="store_true",
+                   help="instead: a libvirt domain XML with this install's QEMU and virtiofsd, memfd shared memory, "
+                        "the virtiofs filesystem and, on a DAX build, the <qemu:override> of cache-size")
+    p.add_argument("--arch", metavar="ARCH", help="with --libvirt: the QEMU of this arch (default: the host's)")
+    p.add_argument("--share", metavar="DIR",
+                   help="with --osv or --libvirt: the directory to share (default: ~/osv-share, ~/libvirt-share)")
+    p.add_argument("--tag", default="myfs", help="with --osv or --libvirt: the virtio-fs tag (default: myfs)")
     p.add_argument("--dax-size", metavar="SIZE",
-                   help="with --osv, on a DAX build: the DAX window, a power of two (default: 1024M)")
+                   help="with --osv or --libvirt, on a DAX build: the DAX window, a power of two (default: 1024M)")
 
 
 RECIPES = Command("recipes", "list the recipes qemuprov can build", cmd_recipes, json=True)

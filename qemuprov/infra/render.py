@@ -33,6 +33,14 @@ def shell_comment(text: str) -> str:
     return f"# {safe_text(text)}" if text else "#"
 
 
+def xml_comment(text: str) -> str:
+    """The text of an XML comment that cannot end early: no "--", and no "-" at its end."""
+    cleaned = safe_text(text)
+    while "--" in cleaned:
+        cleaned = cleaned.replace("--", "- -")
+    return cleaned.rstrip("-")
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemuprov.errors import UserError
+from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import procs
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
@@ -116,8 +116,12 @@ def check_daemon(connect: str | None) -> None:
     """A libvirtd that answers, and runs its QEMU guests privileged: libvirt 9 refuses virtiofs in session mode."""
     said = _virsh(connect, "uri", timeout=30)
     if not said.ok:
-        raise UserError(f"verify --libvirt: libvirt does not answer ({(said.stderr.strip() or said.why())[:200]})",
-                        hint="start libvirtd (systemctl start libvirtd), or name its URI with --connect")
+        why = " ".join((said.stderr or said.why()).split()).removeprefix("error: ")
+        raise InfraError(f"verify --libvirt: libvirt does not answer ({why[:200]})",
+                         hint="start libvirtd (systemctl start libvirtd), or name its URI with --connect")
+    if not said.stdout.strip().startswith("qemu:"):
+        raise UserError(f"verify --libvirt: {said.stdout.strip()[:80]} is not libvirt's QEMU driver",
+                        hint="--connect qemu:///system")
     if said.stdout.strip().startswith("qemu:///session"):
         raise UserError(f"verify --libvirt: {said.stdout.strip()} is a session daemon, where libvirt 9 runs no "
                         "virtiofs", hint="run verify as root against qemu:///system, or --connect qemu:///system")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -151,9 +152,27 @@ def remove(entry: Install) -> None:
     except FileNotFoundError:
         raise UserError(f"{entry.prefix}: already removed (another qemuprov remove was first)") from None
     shutil.rmtree(doomed)
+    _unlink_descriptors((prefix, entry.prefix.absolute()))
     known = [str(p) for p in _registered_prefixes() if p.resolve() != prefix]
     if (paths.install_root() / PREFIXES_FILE).exists():
         jsonfile.write_atomic(paths.install_root() / PREFIXES_FILE, sorted(known))
+
+
+def descriptor_directories() -> list[Path]:
+    """Where libvirt and other readers look for vhost-user descriptors a user may have linked an install's into
+    (QEMU's docs/interop/vhost-user.json; the one under /usr/share belongs to packages)."""
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [Path("/etc/qemu/vhost-user"), config / "qemu" / "vhost-user"]
+
+
+def _unlink_descriptors(prefixes: tuple[Path, ...]) -> None:
+    """Links to the removed install's descriptor would send libvirt to a virtiofsd that is gone."""
+    for directory in descriptor_directories():
+        for link in directory.glob("*.json") if directory.is_dir() else ():
+            target = Path(os.path.normpath(link.parent / os.readlink(link))) if link.is_symlink() else None
+            if target is not None and any(target.is_relative_to(p) for p in prefixes):
+                with contextlib.suppress(OSError):
+                    link.unlink()
 
 
 def _registered_prefixes() -> list[Path]:

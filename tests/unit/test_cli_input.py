@@ -159,3 +159,24 @@ def test_recipes_option_after_the_command(tmp_path: Path) -> None:
     before = _qemuprov("--recipes", str(tmp_path), "show", "mine")
     after = _qemuprov("show", "mine", "--recipes", str(tmp_path))
     assert before.returncode == after.returncode == 0 and before.stdout == after.stdout
+
+
+def test_remove_unlinks_the_vhost_user_descriptor_linked_for_libvirt(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`env --libvirt` says how to link an install's descriptor where libvirt looks; remove takes the link away,
+    and leaves every other descriptor there alone."""
+    root, config = tmp_path / "root", tmp_path / "config"
+    monkeypatch.setenv("QEMUPROV_ROOT", str(root))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    descriptors = root / "q" / "share" / "qemu" / "vhost-user"
+    descriptors.mkdir(parents=True)
+    (descriptors / "50-qemuprov-virtiofsd.json").write_text("{}\n")
+    (root / "q" / "qemuprov.json").write_text(manifest_json(prefix=str(root / "q")))
+    linked = config / "qemu" / "vhost-user"
+    linked.mkdir(parents=True)
+    (linked / "50-qemuprov-q.json").symlink_to(descriptors / "50-qemuprov-virtiofsd.json")
+    (linked / "60-other.json").symlink_to(tmp_path / "elsewhere.json")
+    (linked / "70-file.json").write_text("{}\n")
+    removed = _qemuprov("remove", "q")
+    assert removed.returncode == 0, removed.stderr
+    assert sorted(p.name for p in linked.iterdir()) == ["60-other.json", "70-file.json"]
