@@ -10,13 +10,12 @@ RUN if [ -n "$PACKAGES" ]; then \
     fi
 ARG NAME
 COPY prefix/ /opt/qemuprov/${NAME}/
-# QEMU looks for firmware in its own share/qemu; point the files it lacks at the distribution's copies.
+# QEMU looks for firmware in its own share/qemu; point the files it lacks at the distribution's copies
+# (FIRMWARE: the files its arches load, from the packages installed above).
 ARG FIRMWARE=""
-RUN for dir in $FIRMWARE; do \
-      for file in "$dir"/*; do \
-        [ -e "$file" ] || continue; \
-        target="/opt/qemuprov/${NAME}/share/qemu/${file##*/}"; \
-        [ -e "$target" ] || ln -s "$file" "$target"; \
-      done; \
+RUN for file in $FIRMWARE; do \
+      [ -e "$file" ] || continue; \
+      target="/opt/qemuprov/${NAME}/share/qemu/${file##*/}"; \
+      [ -e "$target" ] || ln -s "$file" "$target"; \
     done
 ENV PATH=/opt/qemuprov/${NAME}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

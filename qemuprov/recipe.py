@@ -38,6 +38,13 @@ class Crates(StrEnum):
     DEBIAN = "debian"  # offline, from the librust-*-dev packages in the builder (/usr/share/cargo/registry)
 
 
+class FirmwareSet(StrEnum):
+    """Which of the tree's firmware blobs an install keeps (knowledge/firmware.py says which are needed)."""
+
+    NEEDED = "needed"  # what the install's arches boot without UEFI
+    ALL = "all"  # every blob the tree installs (edk2 for UEFI guests, other targets' firmware)
+
+
 class VirtiofsdFlavour(StrEnum):
     """What a virtiofsd is, in plans, manifests, probes and [expect]: the one vocabulary for it."""
 
@@ -54,7 +61,7 @@ SCHEMA: dict[str, Any] = {
     "description": str,
     "builder": str,
     "extends": str,
-    "qemu": {**_SOURCE_KEYS, "arches": list, "configure": list},
+    "qemu": {**_SOURCE_KEYS, "arches": list, "configure": list, "firmware": str},
     "virtiofsd": {"source": str, **_SOURCE_KEYS, "builder": str, "static": bool, "crates": str},
     "verify": {"osv": bool},
     "expect": {"dax": bool, "arches": list, "virtiofsd": str, "version": str, "netdevs": list, "aio_native": bool},
@@ -95,6 +102,7 @@ class QemuSpec:
     source: Source
     arches: tuple[str, ...]
     configure: tuple[str, ...] = ()
+    firmware: FirmwareSet = FirmwareSet.NEEDED  # all: keep edk2 and other targets' blobs too
 
 
 @dataclass(frozen=True)
@@ -319,7 +327,8 @@ def _qemu(path: Path, table: Mapping[str, Any]) -> QemuSpec:
     if "arches" not in table or not table["arches"]:
         raise _fail(path, "qemu.arches", f"missing; list the arches to build, e.g. {list(ARCHES)}")
     return QemuSpec(source=_source(path, table, "qemu"), arches=_arches(path, "qemu.arches", table["arches"]),
-                    configure=tuple(table.get("configure", ())))
+                    configure=tuple(table.get("configure", ())),
+                    firmware=_choice(path, "qemu.firmware", table.get("firmware", "needed"), FirmwareSet))
 
 
 def _virtiofsd(path: Path, table: Mapping[str, Any], known_builders: list[str]) -> VirtiofsdSpec:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from qemuprov.infra import paths
 from qemuprov.infra.procs import signals_deferred
+from qemuprov.knowledge import firmware
+from qemuprov.knowledge.firmware import DISTRO_FIRMWARE
 from qemuprov.knowledge.plan import Plan
 from qemuprov.knowledge.probe import RSEQ_TUNABLE
-from qemuprov.recipe import VirtiofsdFlavour
+from qemuprov.recipe import FirmwareSet, VirtiofsdFlavour
 from qemuprov.records.manifest import VirtiofsdRecord
 
-DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
@@ -52,10 +53,12 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> tuple[Virtiofs
         write_vhost_user_descriptor(staged, prefix)
     if plan is None:
         return virtiofsd, ()
-    firmware = [str(prefix / "share" / "qemu")]
+    if plan.firmware == FirmwareSet.NEEDED:
+        firmware.keep_needed(staged / "share" / "qemu", plan.arches)
+    directories = [str(prefix / "share" / "qemu")]
     if not plan.tree.has_blobs:
-        firmware += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]
-    return virtiofsd, tuple(firmware)
+        directories += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]
+    return virtiofsd, tuple(directories)
 
 
 VHOST_USER_DIR = Path("share") / "qemu" / "vhost-user"

@@ -18,6 +18,8 @@ from qemuprov.ci.binary_cache import owned_by_root
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import builder_images, engines, paths
 from qemuprov.infra.runners import ContainerRunner, HostRunner, Runner
+from qemuprov.knowledge import firmware
+from qemuprov.recipe import FirmwareSet
 from qemuprov.records import manifest
 from qemuprov.records.installs import Install
 from qemuprov.records.manifest import Manifest
@@ -44,7 +46,7 @@ for f in $(find bin libexec -type f 2>/dev/null); do ldd "$f" 2>/dev/null; done 
     done
 """
 # The distribution firmware an install uses is the host's: its owners are looked up here, on the host.
-FIRMWARE_OWNERS_SCRIPT = r"""for dir in "$@"; do dpkg -S "$dir"/* 2>/dev/null | sed 's/^/FIRMWARE /'; done"""
+FIRMWARE_OWNERS_SCRIPT = r"""for file in "$@"; do dpkg -S "$file" 2>/dev/null | sed 's/^/FIRMWARE /'; done"""
 TAGS = ("OWNER ", "FIRMWARE ", "MISSING ", "UNOWNED ")
 
 
@@ -95,17 +97,26 @@ def _build_environment(entry: Install) -> Runner:
     return ContainerRunner(engines.require_engine(), builder_images.builder_image(name, builder.base))
 
 
+def distribution_firmware(entry: Install) -> list[str]:
+    """The files of the distribution's firmware directories the install's arches load (a tree without blobs
+    uses them); with a recipe's firmware = "all", every file there."""
+    arches = tuple(str(p.arch) for p in entry.qemu_probes)
+    keep_all = entry.record.plan is not None and entry.record.plan.firmware == FirmwareSet.ALL
+    return [str(f) for d in entry.firmware_dirs if not d.startswith(str(entry.prefix)) and Path(d).is_dir()
+            for f in sorted(Path(d).iterdir()) if keep_all or firmware.needed(f.name, arches)]
+
+
 def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list[str], list[str]]:
-    """(packages, firmware dirs): the distribution packages the install's binaries and firmware come from."""
-    firmware = [d for d in entry.firmware_dirs if not d.startswith(str(entry.prefix))]
+    """(packages, firmware files): the distribution packages the install's binaries and firmware come from."""
+    firmware_files = distribution_firmware(entry)
     output = io.StringIO()
     runner.prepare(log)
     with runner.session([entry.prefix]):
         status = runner.run(["sh", "-c", RUNTIME_DEPS_SCRIPT, "sh", str(entry.prefix)], cwd=entry.prefix,
                             env=runner.env({}), log=output)
-    if firmware:
+    if firmware_files:
         host = HostRunner()
-        host.run(["sh", "-c", FIRMWARE_OWNERS_SCRIPT, "sh", *firmware], cwd=entry.prefix, env=host.env({}),
+        host.run(["sh", "-c", FIRMWARE_OWNERS_SCRIPT, "sh", *firmware_files], cwd=entry.prefix, env=host.env({}),
                  log=output)
     log.write(output.getvalue())
     if status != 0:
@@ -127,7 +138,7 @@ def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list
         raise InfraError(f"{entry.name}: libraries the runtime image could not get from a package: "
                          + "; ".join(problems[:5]),
                          hint="the install links against files no package owns; rebuild it in a container")
-    return sorted(packages), firmware
+    return sorted(packages), firmware_files
 
 
 def check_tag(tag: str) -> None:
@@ -138,7 +149,7 @@ def check_tag(tag: str) -> None:
 
 def build_runtime_image(entry: Install, tag: str, base: str | None, log: IO[str]) -> str:
     runner = _build_environment(entry)
-    packages, firmware = runtime_packages(entry, runner, log)
+    packages, firmware_files = runtime_packages(entry, runner, log)
     engine = engines.require_engine()
     docker_client = engines.client(engine)
     record = dataclasses.replace(entry.record, prefix=f"{IMAGE_PREFIX}/{entry.name}")
@@ -150,7 +161,7 @@ def build_runtime_image(entry: Install, tag: str, base: str | None, log: IO[str]
         manifest.write(context / "prefix", record)
         labels = _labels(entry, record)
         buildargs = {"BASE": base or default_base(entry), "PACKAGES": " ".join(packages), "NAME": entry.name,
-                     "FIRMWARE": " ".join(firmware)}
+                     "FIRMWARE": " ".join(firmware_files)}
         return builder_images.build_image(docker_client, context, "Dockerfile", tag, buildargs, labels, log)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from qemuprov.errors import UserError
-from qemuprov.recipe import Recipe, VirtiofsdFlavour, VirtiofsdSource
+from qemuprov.recipe import FirmwareSet, Recipe, VirtiofsdFlavour, VirtiofsdSource
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ class Plan:
     rseq_wrapper: bool
     prefix: Path  # what configure is told; the install is staged under it, then moved to the real prefix
     notes: tuple[str, ...] = field(default=())
+    firmware: FirmwareSet = FirmwareSet.NEEDED
 
     @property
     def argv(self) -> list[str]:
@@ -148,7 +149,8 @@ class Plan:
 
     def record(self) -> PlanRecord:
         return PlanRecord(self.tree.version, self.arches, tuple(PlanArg(a.value, a.reason) for a in self.configure),
-                          tuple(self.targets), self.virtiofsd, self.rseq_wrapper, str(self.prefix), self.notes)
+                          tuple(self.targets), self.virtiofsd, self.rseq_wrapper, str(self.prefix), self.notes,
+                          self.firmware)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class PlanRecord:
     rseq_wrapper: bool
     configure_prefix: str
     notes: tuple[str, ...]
+    firmware: FirmwareSet = FirmwareSet.ALL  # what a plan recorded before qemuprov kept only the needed ones
 
 
 def consumer_features(tree: Tree, system_slirp: bool) -> list[Arg]:
@@ -255,4 +258,8 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
         notes.append("this virtiofsd's seccomp filter lacks rseq: "
                      "bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
     flavour = VirtiofsdFlavour.C if in_tree else recipe.virtiofsd_flavour
-    return Plan(tree, arches, tuple(args), targets, flavour, rseq, configure_prefix, tuple(notes))
+    kept = recipe.qemu.firmware if recipe.qemu else FirmwareSet.NEEDED
+    if kept == FirmwareSet.NEEDED and tree.has_blobs:
+        notes.append(f"firmware: only what {', '.join(arches)} guests load without UEFI (SeaBIOS, option ROMs, "
+                     "keymaps); firmware = \"all\" in [qemu] keeps edk2 and the other targets' blobs")
+    return Plan(tree, arches, tuple(args), targets, flavour, rseq, configure_prefix, tuple(notes), kept)
