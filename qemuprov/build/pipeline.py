@@ -258,14 +258,16 @@ def _revisions(resolved: Resolved) -> tuple[str | None, str | None]:
 
 
 def _builders(recipe: Recipe, opts: Options) -> list[dict[str, str]] | None:
-    """The builder images a container build runs in, as the cache key sees them; None for a host build."""
+    """The builder images a container build runs in, as the cache key sees them; None for a host build. By the
+    Dockerfile and the base image's name, not its local id: a machine that pulled debian:bookworm another day,
+    or has no engine at all (--cache-only), looks up the same key."""
     if opts.runner.is_host:
         return None
     names = ([recipe.builder] if recipe.qemu else []) + \
         ([recipe.virtiofsd.builder or recipe.builder] if recipe.virtiofsd.tree else [])
     images = [image for n in dict.fromkeys(names) if (image := opts.runner.for_builder(n).image) is not None]
     return [{"builder": i.builder, "dockerfile": hashlib.sha256(i.dockerfile.read_bytes()).hexdigest(),
-             "base": i.base, "base_id": i.base_id} for i in images]
+             "base": i.base} for i in images]
 
 
 def resolve(recipe: Recipe, opts: Options, report: Reporter) -> Resolved:

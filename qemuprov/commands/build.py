@@ -43,7 +43,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UserError("--cache-only and --no-cache contradict each other", hint="keep one of them")
     unpack.limit()  # every limit a build may need is checked before any work
     trees.download_limit()
-    runner, notice = get_runner(args.runner, recipe.builder, args.builder_base)
+    runner, notice = get_runner(args.runner, recipe.builder, args.builder_base, engine_needed=not args.cache_only)
     if notice:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
     if settings is not None and runner.is_host:

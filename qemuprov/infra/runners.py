@@ -333,11 +333,18 @@ class ContainerRunner:
         return int(code) if code is not None else 255
 
 
-def get_runner(name: str, builder: str, base: str | None = None) -> tuple[Runner, str | None]:
-    """The runner for --runner NAME, and a notice when `auto` had to fall back to the host."""
+def get_runner(name: str, builder: str, base: str | None = None,
+               engine_needed: bool = True) -> tuple[Runner, str | None]:
+    """The runner for --runner NAME, and a notice when `auto` had to fall back to the host. engine_needed
+    False (an install that only comes from a binary cache): a container runner even where no engine answers,
+    since the cache key needs only the builder's Dockerfile and base image name."""
     if name == "host":
         return HostRunner(), None
-    if name == "auto":
+    if not engine_needed:
+        engine = engines.find_engine("Podman" if name == "podman" else "any")
+        if not engine.reachable:
+            engine = Engine(None, False, name="Podman" if name == "podman" else "Docker", detail=engine.detail)
+    elif name == "auto":
         engine = engines.find_engine()
         if not engine.reachable:
             return HostRunner(), f"no container engine reachable ({engine.detail}); building on the host"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,26 @@ def daemon_only(qenv: Env, engine: str) -> Built:
     recipe = (f'extends = "virtiofsd"\n[virtiofsd]\ngit = "file://{VIRTIOFSD_TREE}"\nref = "v1.13.2-debian"\n'
               'builder = "debian-trixie-crates"\ncrates = "debian"\n')
     return qenv.build_fresh("fixture-virtiofsd", "docker", recipe, (VIRTIOFSD_TREE,))
+
+
+@dataclass
+class ContainerBuild:
+    prefix: Path
+    manifest: dict[str, object]
+    seconds: float
+
+
+def container_build(qenv: Env, prefix: Path, *extra: str) -> ContainerBuild:
+    started = time.monotonic()
+    result = qenv.run("build", "fixture-7.2", "--runner", "docker", "--prefix", str(prefix), *extra)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return ContainerBuild(prefix, json.loads((prefix / "qemuprov.json").read_text()), seconds)
+
+
+@pytest.fixture(scope="session")
+def in_docker(qenv: Env, engine: str) -> ContainerBuild:
+    return container_build(qenv, qenv.root / "fixture-7.2-docker", "--force")
 
 
 @dataclass

@@ -92,6 +92,19 @@ def test_a_fresh_home_installs_what_another_pushed(qenv: Env, cache: dict[str, s
     assert "up to date" in again.stdout, again.stdout + again.stderr
 
 
+def test_a_ci_job_without_an_engine_installs_with_cache_only(qenv: Env, cache: dict[str, str],
+                                                            pushed: dict[str, object], tmp_path: Path) -> None:
+    """A CI job that must not compile, on a machine with no container engine (or one whose debian:bookworm
+    is another day's): the key is the builder's Dockerfile and base image name, so it finds the entry."""
+    env = _fresh_home(qenv, tmp_path / "c", cache["good"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
+                      DOCKER_HOST="unix:///nonexistent/docker.sock")
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", cache["url"], "--cache-only",
+                      "--json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "c" / "root" / "standin-cache" / "qemuprov.json").read_text())
+    assert record["substituted"]["tag"] == pushed["cache_key"] and json.loads(result.stdout)["from_cache"] is True
+
+
 def test_a_registry_that_is_down_costs_a_notice(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
                                                  tmp_path: Path) -> None:
     with socket.socket() as closed:

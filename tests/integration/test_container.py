@@ -9,15 +9,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 from qemuprov.records import manifest
-from tests.integration.conftest import FIXTURES, Env
+from tests.integration.conftest import FIXTURES, ContainerBuild, Env, container_build
 
 LABEL = "org.qemuprov.build"
 
@@ -28,26 +25,6 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def build_containers() -> list[str]:
     return docker("ps", "-aq", "--filter", f"label={LABEL}").stdout.split()
-
-
-@dataclass
-class ContainerBuild:
-    prefix: Path
-    manifest: dict[str, object]
-    seconds: float
-
-
-def container_build(qenv: Env, prefix: Path, *extra: str) -> ContainerBuild:
-    started = time.monotonic()
-    result = qenv.run("build", "fixture-7.2", "--runner", "docker", "--prefix", str(prefix), *extra)
-    seconds = time.monotonic() - started
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    return ContainerBuild(prefix, json.loads((prefix / "qemuprov.json").read_text()), seconds)
-
-
-@pytest.fixture(scope="session")
-def in_docker(qenv: Env, engine: str) -> ContainerBuild:
-    return container_build(qenv, qenv.root / "fixture-7.2-docker", "--force")
 
 
 def test_container_build_installs_and_probes(qenv: Env, in_docker: ContainerBuild) -> None:
