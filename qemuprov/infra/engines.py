@@ -111,6 +111,19 @@ def client(engine: Engine, timeout: float | None = None) -> Any:
     return docker.DockerClient(base_url=engine.url, timeout=timeout)  # type: ignore[arg-type]
 
 
+def is_rootless(docker_client: Any) -> bool:
+    """Does the engine run as a normal user (rootless Podman, or rootless Docker)? Podman says so in its own
+    API's info; Docker among its security options."""
+    api = docker_client.api
+    try:
+        if "name=rootless" in (api.info().get("SecurityOptions") or []):
+            return True
+        answer = api._get(api._url("/libpod/info"), timeout=30)
+        return bool(answer.ok and answer.json().get("host", {}).get("security", {}).get("rootless"))
+    except Exception:  # an engine without the libpod API (Docker), or one that went away: the next call says
+        return False
+
+
 def require_engine(wanted: str = "any") -> Engine:
     """A reachable engine, or an InfraError saying how to get one (the machine's state, not bad input: exit 1).
     wanted: any | Docker | Podman. An engine asked for by name gets the time a loaded machine needs."""

@@ -191,6 +191,7 @@ class ContainerRunner:
         self.image_id: str | None = None
         self._client: Any = None
         self._container: Any = None
+        self._rootless: bool | None = None
         self._paths = PathMap({})
         self.image = image
         with contextlib.suppress(Exception):  # an engine that went away is reported by the first real step
@@ -269,6 +270,13 @@ class ContainerRunner:
     def visible(self, path: Path) -> str:
         return self._paths.inward(str(path))
 
+    def _step_user(self) -> str:
+        """Who a step runs as: the caller's uid, whose files the mounts hold; in a rootless engine, root, which
+        its user namespace maps to the user who runs the engine (the caller's uid there would be a subuid)."""
+        if self._rootless is None:
+            self._rootless = engines.is_rootless(self.client)
+        return "0:0" if self._rootless else f"{self.user[0]}:{self.user[1]}"
+
     def _remove_orphans(self) -> None:
         """Build containers of qemuprov processes that died without cleaning up (SIGKILL, a crash)."""
         host = socket.gethostname()
@@ -314,7 +322,7 @@ class ContainerRunner:
         inward = self._paths.inward
         exec_id = api.exec_create(self._container.id, [inward(a) for a in argv], workdir=self.visible(cwd),
                                   environment={k: inward(v) for k, v in env.items()},
-                                  user=f"{self.user[0]}:{self.user[1]}")["Id"]
+                                  user=self._step_user())["Id"]
         pending = ""
         try:
             for chunk in api.exec_start(exec_id, stream=True):

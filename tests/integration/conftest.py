@@ -135,10 +135,11 @@ class NormalUser:
     home: Path
     venv: Path
 
-    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 900,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         tmp = self.home / "tmp"
         env = {"HOME": str(self.home), "TMPDIR": str(tmp), "USER": self.name, "LC_ALL": "C.UTF-8",
-               "PATH": "/usr/local/bin:/usr/bin:/bin"}
+               "PATH": "/usr/local/bin:/usr/bin:/bin", **(extra_env or {})}
         return subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups",
                                str(self.venv / "bin" / "python"), "-m", "qemuprov", *args],
                               env=env, cwd=self.home, capture_output=True, text=True, timeout=timeout, check=False)

@@ -4,9 +4,14 @@ normal user even `--help`, and verify with the Rust virtiofsd, all as the user s
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
-from tests.integration.conftest import Built, Env, NormalUser
+import pytest
+
+from tests.integration.conftest import Built, ContainerBuild, Env, NormalUser
 from tests.integration.standin import make_tree, set_delays
 
 DEBIAN_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -59,3 +64,36 @@ def test_verify_as_a_normal_user_with_the_rust_virtiofsd(normal_user: NormalUser
     assert outcome["ok"] is True and outcome["accel"] == "tcg"
     # the pinned kit came through qemuprov's own apt configuration, without root
     assert outcome["kit"]["kernel"] == "6.12.117+deb13-cloud-amd64", outcome["kit"]
+
+
+def test_a_rootless_podman_build_as_the_normal_user(normal_user: NormalUser, in_docker: ContainerBuild) -> None:
+    """--runner podman through the user's own rootless Podman (Fedora's and RHEL's default): the steps run as
+    root in the container, which the user namespace maps to the user, so every file is the user's."""
+    host = os.environ.get("QEMUPROV_TEST_ROOTLESS_PODMAN", "")
+    if not host:
+        pytest.fail("no rootless Podman: run scripts/test, which starts one (QEMUPROV_TEST_ROOTLESS_PODMAN)")
+    runtime = str(Path(host.removeprefix("unix://")).parent)
+    user = ["setpriv", f"--reuid={normal_user.uid}", f"--regid={normal_user.uid}", "--init-groups", "env", "-i",
+            f"HOME={normal_user.home}", f"XDG_RUNTIME_DIR={runtime}", "PATH=/usr/bin:/bin"]
+    tag = str(in_docker.manifest["builder_image"]["tag"])  # type: ignore[index]
+    # the builder image, as a registry would give it to the user's Podman (a rootless vfs build takes long)
+    saved = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
+    loaded = subprocess.run([*user, "podman", "load"], stdin=saved.stdout, capture_output=True, text=True,
+                            timeout=900, cwd="/")
+    assert saved.wait() == 0 and loaded.returncode == 0, loaded.stderr
+    base = normal_user.home / "rootless"
+    recipes = base / "recipes"
+    recipes.mkdir(parents=True)
+    body = make_tree(base / "tree", base / "control")
+    set_delays(base / "control")
+    (recipes / "standin-rootless.toml").write_text(f'format = 1\nname = "standin-rootless"\n{body}')
+    normal_user.give(base)
+    built = normal_user.run("--recipes", str(recipes), "build", "standin-rootless", "--runner", "podman",
+                            extra_env={"DOCKER_HOST": host, "XDG_RUNTIME_DIR": runtime})
+    assert built.returncode == 0, built.stdout + built.stderr
+    prefix = normal_user.home / ".local/share/qemuprov/installs/standin-rootless"
+    record = json.loads((prefix / "qemuprov.json").read_text())
+    assert record["runner"] == "podman" and record["builder_image"]["tag"] == tag
+    work = normal_user.home / ".cache/qemuprov/work/standin-rootless"
+    owners = {(p.stat().st_uid, p.stat().st_gid) for tree in (prefix, work) for p in tree.rglob("*")}
+    assert owners == {(normal_user.uid, normal_user.uid)}
