@@ -35,14 +35,20 @@ def test_doctor_as_a_normal_user(normal_user: NormalUser) -> None:
     assert checks["virtiofsd can run as this user"]["status"] == "WARN"
 
 
-def test_build_of_a_c_daemon_holds_its_promise_for_a_normal_user(normal_user: NormalUser) -> None:
-    base = normal_user.home / "standin"
+def _standin_recipe(normal_user: NormalUser, name: str) -> Path:
+    """A recipe of the stand-in tree in the user's home, the user's; the recipes directory."""
+    base = normal_user.home / name
     recipes = base / "recipes"
     recipes.mkdir(parents=True)
     body = make_tree(base / "tree", base / "control")
     set_delays(base / "control")
-    (recipes / "standin.toml").write_text(f'format = 1\nname = "standin"\n{body}')
+    (recipes / f"{name}.toml").write_text(f'format = 1\nname = "{name}"\n{body}')
     normal_user.give(base)
+    return recipes
+
+
+def test_build_of_a_c_daemon_holds_its_promise_for_a_normal_user(normal_user: NormalUser) -> None:
+    recipes = _standin_recipe(normal_user, "standin")
     built = normal_user.run("--recipes", str(recipes), "build", "standin", "--runner", "host")
     assert built.returncode == 0, built.stdout + built.stderr  # [expect] virtiofsd = "c"
     prefix = normal_user.home / ".local/share/qemuprov/installs/standin"
@@ -81,13 +87,7 @@ def test_a_rootless_podman_build_as_the_normal_user(normal_user: NormalUser, in_
     loaded = subprocess.run([*user, "podman", "load"], stdin=saved.stdout, capture_output=True, text=True,
                             timeout=900, cwd="/")
     assert saved.wait() == 0 and loaded.returncode == 0, loaded.stderr
-    base = normal_user.home / "rootless"
-    recipes = base / "recipes"
-    recipes.mkdir(parents=True)
-    body = make_tree(base / "tree", base / "control")
-    set_delays(base / "control")
-    (recipes / "standin-rootless.toml").write_text(f'format = 1\nname = "standin-rootless"\n{body}')
-    normal_user.give(base)
+    recipes = _standin_recipe(normal_user, "standin-rootless")
     built = normal_user.run("--recipes", str(recipes), "build", "standin-rootless", "--runner", "podman",
                             extra_env={"DOCKER_HOST": host, "XDG_RUNTIME_DIR": runtime})
     assert built.returncode == 0, built.stdout + built.stderr
