@@ -138,8 +138,9 @@ def test_a_pulled_install_keeps_the_key_looked_up_not_the_entrys_word(previous: 
     env, _ = previous
     real = json.loads((env.root / RECIPE / "qemuprov.json").read_text())["source"]
     forged = {**real, "url": "https://evil.example/qemu.git", "commit": "e" * 40}
-    hostile.entry(_config(env, cache_key="f" * 64, verify=[{"arch": "x86_64", "ok": True, "forged": True}],
-                          source=forged, runner="docker"), _install_layer(env))
+    claimed = {"arch": "x86_64", "ok": True, "seconds": 1.0, "accel": "kvm", "message": "forged"}  # well formed
+    hostile.entry(_config(env, cache_key="f" * 64, verify=[claimed], source=forged, runner="docker"),
+                  _install_layer(env))
     prefix = tmp_path / "pulled"
     result = _run(env, hostile, tmp_path, "--prefix", str(prefix))
     assert result.returncode == 0 and "from the binary cache" in result.stdout, result.stdout + result.stderr
