@@ -256,6 +256,8 @@ class ContainerRunner:
                                  f"(waited up to {CREATE_TIMEOUT:g} s: {str(exc)[:160]})",
                                  hint="see `qemuprov doctor`; the next build removes the container if it "
                                       "comes late") from None
+            if work is not None:
+                self._check_the_engine_sees(work)
             yield
         finally:
             container, self._container, self._paths = self._container, None, PathMap({})
@@ -269,6 +271,23 @@ class ContainerRunner:
 
     def visible(self, path: Path) -> str:
         return self._paths.inward(str(path))
+
+    def _check_the_engine_sees(self, work: Path) -> None:
+        """The build bind-mounts this machine's directories: an engine elsewhere (docker:dind, a tcp:// or ssh://
+        host, another mount namespace) mounts empty ones, and the build would fail far from the cause."""
+        marker = work / f".qemuprov-seen-{os.getpid()}"
+        marker.write_text("")
+        try:
+            assert self._container is not None
+            status, _ = self._container.exec_run(["test", "-e", self.visible(marker)], user=self._step_user())
+        finally:
+            marker.unlink(missing_ok=True)
+        if status != 0:
+            raise InfraError(f"{self.engine.detail} cannot see this machine's files: the build container's "
+                             f"{WORK_IN_CONTAINER} is not {work} (a remote engine, docker:dind, or another "
+                             "mount namespace)",
+                             hint="container builds bind-mount their work directory: run qemuprov where the "
+                                  "engine runs, build with --runner host, or install with --cache-only")
 
     def _step_user(self) -> str:
         """Who a step runs as: the caller's uid, whose files the mounts hold; in a rootless engine, root, which
