@@ -21,29 +21,37 @@ def directory() -> Path:
     return found
 
 
-def environment(work: Path, stats_log: Path, remote: str | None) -> dict[str, str]:
+def environment(work: Path, stats_log: Path, remote: str | None, reshare: bool = False) -> dict[str, str]:
     """Host and container builds with the same compiler share entries: the compiler is checked by content, paths
     under the work dir are made relative, and the build dir's own name is left out of the hash (debug info may
     then name the other build dir; nothing else differs). Depend mode: a miss costs no extra preprocessor run
     (plain ccache made a cold build 29% slower, depend mode 9%); the compiler's own -MD output names the
-    headers, which every meson build of QEMU asks for."""
+    headers, which every meson build of QEMU asks for. reshare: local hits are written to the shared cache too
+    (a new shared cache fills from a warm local one)."""
     return {"CCACHE_DIR": str(paths.cache_dir() / "ccache"), "CCACHE_BASEDIR": str(work),
             "CCACHE_COMPILERCHECK": "content", "CCACHE_NOHASHDIR": "1", "CCACHE_DEPEND": "1",
-            "CCACHE_STATSLOG": str(stats_log), **({"CCACHE_REMOTE_STORAGE": remote} if remote else {})}
+            "CCACHE_STATSLOG": str(stats_log), **({"CCACHE_REMOTE_STORAGE": remote} if remote else {}),
+            **({"CCACHE_RESHARE": "1"} if remote and reshare else {})}
 
 
 REMOTE_STORAGE_SINCE = (4, 4)  # the ccache release that brought remote storage
 
 
+def needs_network(url: str | None) -> bool:
+    """A container build reaches a shared cache at redis://HOST:PORT through the network of the engine's host
+    (builds otherwise run without one); a redis+unix: socket is mounted instead."""
+    return bool(url) and not str(url).startswith("redis+unix:")
+
+
 def shared(ctx: Context) -> str | None:
     """The shared compiler cache where this build environment can use it; a notice where it cannot (a ccache
-    too old, or a container build, which has no network, given a redis:// address)."""
+    too old, or a socket the build's container cannot see)."""
     url = ctx.opts.shared_ccache
     if not url:
         return None
-    if not ctx.runner.is_host and not url.startswith("redis+unix:"):
-        notice(f"the shared ccache {url} is not used: a container build has no network; serve it on a unix "
-                "socket (redis+unix:/PATH), which qemuprov mounts into the container")
+    if url.startswith("redis+unix:") and not ctx.runner.sees_local_files:
+        notice(f"the shared ccache {url} is not used: the engine cannot see this machine's files, so it cannot "
+               "reach the socket either; serve Redis on TCP (redis://HOST:PORT) where the engine's host reaches it")
         return None
     said = ctx.capture(["sh", "-c", "ccache --version 2>/dev/null | head -1; true"], ctx.work, ctx.env())
     found = re.search(r"(\d+)\.(\d+)", said)

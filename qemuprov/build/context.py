@@ -42,6 +42,7 @@ class Options:
     push: bool = False  # push the result to the binary cache
     verify: str | None = None  # "plain" or "osv": boot a guest over virtio-fs (before the swap where it can)
     shared_ccache: str | None = None  # ccache's remote storage (redis://HOST:PORT, redis+unix:/PATH), for near misses
+    reshare: bool = False  # write local ccache hits to the shared cache too
 
 
 @dataclass
@@ -106,7 +107,8 @@ class Context:
             yield
 
     def env(self) -> dict[str, str]:
-        return self.runner.env({"LC_ALL": "C", **ccache.environment(self.work, self.ccache_log, self.remote_ccache)})
+        return self.runner.env({"LC_ALL": "C", **ccache.environment(self.work, self.ccache_log, self.remote_ccache,
+                                                                      self.opts.reshare)})
 
     def capture(self, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
         """A short command's output, through the runner (the log's first line is the command itself)."""
@@ -116,6 +118,23 @@ class Context:
         if status != 0:
             raise InfraError(f"{shlex.join(argv)} failed in {cwd} (exit status {status}): {text.strip()[-300:]}")
         return text
+
+    # Files where the steps keep them (which a container build through a remote engine keeps in a volume, not
+    # here): read, written and made through the runner.
+    def read_step_file(self, path: Path) -> str | None:
+        text = self.capture(["sh", "-c", 'cat "$1" 2>/dev/null && echo . || true', "sh", str(path)], self.work,
+                            self.env())
+        return text[:-2] if text.endswith(".\n") else None
+
+    def write_step_file(self, path: Path, text: str) -> None:
+        self.capture(["sh", "-c", 'printf %s "$2" > "$1"', "sh", str(path), text], self.work, self.env())
+
+    def fresh_step_dir(self, path: Path) -> None:
+        self.capture(["sh", "-c", 'rm -rf "$1" && mkdir -p "$1"', "sh", str(path)], self.work, self.env())
+
+    def step_file_exists(self, path: Path) -> bool:
+        return self.capture(["sh", "-c", 'test -e "$1" && echo yes || true', "sh", str(path)], self.work,
+                            self.env()).strip() == "yes"
 
     def step(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         """A tool's step, its output into the log and its progress to the reporter; a failure is a BuildError."""

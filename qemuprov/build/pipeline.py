@@ -302,9 +302,14 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
     if not ctx.runner.is_host:
         with ctx.phase("builder", ctx.runner.key):
             ctx.runner.prepare(ctx.log, ctx.report.line)
-    shared = ccache.socket_dir(ctx.opts.shared_ccache)
-    mounts = [ctx.staging, ccache.directory(), *([shared] if shared and not ctx.runner.is_host else [])]
-    with ctx.runner.session(mounts, network=bool(tree.missing_subprojects), work=ctx.work):
+    socket_dir = ccache.socket_dir(ctx.opts.shared_ccache)
+    network = bool(tree.missing_subprojects) or ccache.needs_network(ctx.opts.shared_ccache)
+    with ctx.runner.session(inputs=[src, qemu_steps.pch_wrapper_path(ctx)], outputs=[ctx.staging, ctx.ccache_log],
+                            caches=[ccache.directory()], local_only=[socket_dir] if socket_dir else [],
+                            network=network, work=ctx.work):
+        if ctx.runner.transport == "copy":
+            ctx.report.step("copy", f"{ctx.runner.key} cannot see this machine's files: the sources go in and the "
+                                    "install comes out through its API, the build tree stays in a named volume")
         ctx.remote_ccache = ccache.shared(ctx)
         if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
             the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner, system_slirp=False)
@@ -352,7 +357,8 @@ def build_rust_virtiofsd(ctx: Context, revision: Resolution) -> BuilderImageReco
                    timing="virtiofsd-build"):
         if crates := rust_virtiofsd.crate_count(src):
             ctx.report.expect_crates(crates)
-        with runner.session([ctx.staging, cargo_home], network=online, work=ctx.work):
+        with runner.session(inputs=[src], outputs=[ctx.staging], caches=[cargo_home], network=online,
+                            work=ctx.work):
             status = rust_virtiofsd.build(spec, src, ctx.work / "virtiofsd-target", cargo_home, ctx.staged, runner,
                                           ctx.log, ctx.report.line)
     if status != 0:

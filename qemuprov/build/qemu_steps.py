@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +66,12 @@ def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str)
     stamp = where / "qemuprov-configure.json"
     configure_id = json.dumps({"source": revision, "argv": argv, "runner": ctx.runner.key,
                                "compilers": ctx.runner.compilers, "seen_at": ctx.runner.visible(where)})
-    if not (stamp.exists() and stamp.read_text() == configure_id):
+    if ctx.read_step_file(stamp) != configure_id:
         with ctx.phase("configure", f"QEMU {tree.version} with {compiler}"
                        + (" and a precompiled qemu/osdep.h" if pch else "") + ", " + " ".join(the_plan.argv[1:])):
-            if where.exists():
-                shutil.rmtree(where)
-            where.mkdir(parents=True)
+            ctx.fresh_step_dir(where)
             ctx.step("configure", [str(tree.root / "configure"), *argv], where, env)
-        stamp.write_text(configure_id)
+        ctx.write_step_file(stamp, configure_id)
     return Configured(where, tuple(argv), compiler, pch)
 
 
@@ -114,9 +111,13 @@ def _compiler(ctx: Context, the_plan: plan.Plan, env: dict[str, str]) -> tuple[s
     return command, version.partition("\n")[0].strip()
 
 
+def pch_wrapper_path(ctx: Context) -> Path:
+    return ctx.work / "pch-cc"
+
+
 def _pch_wrapper(ctx: Context) -> Path:
     """assets/pch-cc, copied into the work dir, which the build's container sees too."""
-    wrapper = ctx.work / "pch-cc"
+    wrapper = pch_wrapper_path(ctx)
     text = PCH_WRAPPER.read_bytes()
     if not wrapper.exists() or wrapper.read_bytes() != text:
         wrapper.write_bytes(text)
@@ -139,7 +140,7 @@ def _targets(ctx: Context, tree: plan.Tree, where: Path, wanted: tuple[str, ...]
 def _meson(ctx: Context, tree: plan.Tree, where: Path) -> list[str]:
     """The meson that configured the build dir: 8.1+ configure's venv, the tree's submodule, or the system's."""
     venv_meson = where / "pyvenv" / "bin" / "meson"
-    if venv_meson.exists():
+    if ctx.step_file_exists(venv_meson):
         return [str(venv_meson)]
     if tree.has_meson_submodule:
         return [ctx.runner.python, str(tree.root / "meson" / "meson.py")]

@@ -3,7 +3,6 @@ placed at libexec/virtiofsd in the staged prefix (the install step moves it onto
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +27,14 @@ lib=$(dirname "$(gcc -print-file-name=libseccomp.a)")
 export RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$lib \\
        LIBCAPNG_LINK_TYPE=static LIBCAPNG_LIB_PATH=$lib
 exec "$@" --target "$(rustc -vV | sed -n 's/^host: //p')"
+"""
+
+
+# target/release/virtiofsd, or target/<triple>/release/virtiofsd for a static build: the newest
+STAGE_SCRIPT = """
+built=$(ls -t "$1"/release/virtiofsd "$1"/*/release/virtiofsd 2>/dev/null | head -n 1)
+[ -n "$built" ] || { echo "cargo left no virtiofsd under $1" >&2; exit 1; }
+mkdir -p "$2" && cp -p "$built" "$2/virtiofsd"
 """
 
 
@@ -58,10 +65,7 @@ def build(spec: VirtiofsdSpec, src: Path, target_dir: Path, cargo_home: Path, st
     prepare_tree(src, spec)
     env = runner.env({"CARGO_HOME": str(cargo_home), "CARGO_TARGET_DIR": str(target_dir), "LC_ALL": "C"})
     status = runner.run(cargo_argv(spec), cwd=src, env=env, log=log, on_line=on_line)
-    if status == 0:
-        # target/release/virtiofsd, or target/<triple>/release/virtiofsd for a static build
-        built = max(target_dir.glob("**/release/virtiofsd"), key=lambda p: p.stat().st_mtime)
-        libexec = staged / "libexec"
-        libexec.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(built, libexec / "virtiofsd")
+    if status == 0:  # copied where the build ran: a remote engine's target dir is in its volume
+        status = runner.run(["sh", "-c", STAGE_SCRIPT, "sh", str(target_dir), str(staged / "libexec")], cwd=src,
+                            env=env, log=log, on_line=on_line)
     return status

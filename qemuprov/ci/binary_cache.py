@@ -29,8 +29,8 @@ from qemuprov.infra.render import safe_text
 from qemuprov.infra.timing import Timer
 from qemuprov.records import installs, manifest
 from qemuprov.records.manifest import Manifest
-from qemuprov.sources import unpack
-from qemuprov.sources.unpack import UnsafeArchive
+from qemuprov.infra import unpack
+from qemuprov.infra.unpack import UnsafeArchive
 
 CONFIG_MEDIA_TYPE = "application/vnd.qemuprov.install.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -111,7 +111,7 @@ def runtime_packages(entry: Install, runner: Runner, log: IO[str]) -> tuple[list
     firmware_files = distribution_firmware(entry)
     output = io.StringIO()
     runner.prepare(log)
-    with runner.session([entry.prefix]):
+    with runner.session(inputs=[entry.prefix]):
         status = runner.run(["sh", "-c", RUNTIME_DEPS_SCRIPT, "sh", str(entry.prefix)], cwd=entry.prefix,
                             env=runner.env({}), log=output)
     if firmware_files:

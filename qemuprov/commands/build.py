@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,14 +17,13 @@ from qemuprov.records import installs
 
 def cmd_build(args: argparse.Namespace) -> int:
     import functools
-    import os
 
     from qemuprov.build import pipeline
     from qemuprov.ci import binary_cache, signing
-    from qemuprov.infra import config, paths
+    from qemuprov.infra import config, paths, unpack
     from qemuprov.infra.progress import Reporter
     from qemuprov.infra.runners import get_runner
-    from qemuprov.sources import trees, unpack
+    from qemuprov.sources import trees
 
     recipe = book(args).load(args.recipe)
     arches = pipeline.validate_arches(recipe, args.arch)
@@ -59,7 +59,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                          cache_only=args.cache_only, push=args.push,
                          verify=("osv" if recipe.verify_osv else "plain") if args.verify else None,
                          shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
-                         or config.value("ccache", "remote", str, "a URL in quotes"))
+                         or config.value("ccache", "remote", str, "a URL in quotes"),
+                         reshare=_reshare())
     if args.push and settings is not None and settings.signing_key:
         signing.load_private(settings.signing_key)  # an unreadable key is found now, not after the build
     try:
@@ -97,6 +98,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reshare() -> bool:
+    """QEMUPROV_CCACHE_RESHARE=1 (or [ccache] reshare = true): write local hits to the shared cache too."""
+    from qemuprov.infra import config
+
+    found = os.environ.get("QEMUPROV_CCACHE_RESHARE")
+    if found is None:
+        return bool(config.value("ccache", "reshare", bool, "true or false"))
+    if found not in ("0", "1", ""):
+        raise UserError(f'QEMUPROV_CCACHE_RESHARE: "{found[:20]}" is neither 1 nor 0',
+                        hint="1 writes local ccache hits to the shared cache as well (to fill a new one)")
+    return found == "1"
+
+
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--arch", metavar="A,B", help="build only these of the recipe's arches")
@@ -118,8 +132,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="install from the binary cache or fail (exit 1, with the reason), never compile: for CI jobs")
     p.add_argument("--push", action="store_true", help="push the result to the binary cache")
     p.add_argument("--shared-ccache", metavar="URL",
-                   help="ccache's remote storage shared by machines: redis://HOST:PORT, or redis+unix:/PATH for "
-                        "container builds (also QEMUPROV_SHARED_CCACHE, or [ccache] remote in config.toml)")
+                   help="ccache's remote storage shared by machines: redis://HOST:PORT, or redis+unix:/PATH (also "
+                        "QEMUPROV_SHARED_CCACHE, or [ccache] remote in config.toml)")
     p.add_argument("--update-lock", action="store_true",
                    help="resolve the refs again and move the recipe's lock file (qemuprov lock) to them")
 

@@ -1,13 +1,17 @@
 """Where build steps run. The host runner runs them here; the container runner runs them in a builder image
 (Docker, or Podman through its Docker-compatible API). A container sees the recipe's work directory at one fixed
 path, whoever builds and wherever their cache lives, so its objects, generated headers and ccache keys are the
-same on every machine; every other directory it needs is mounted at its own path. Each step streams its output
-into the build log and to a line callback (progress), with container paths shown as the host's."""
+same on every machine; every other directory it needs is seen at its own path. Where the engine sees this
+machine's files the directories are bind-mounted; where it cannot (docker:dind, a remote host) the work directory
+and the caches are named volumes and the files go in and out through the engine's API (infra/transfer). Each
+step streams its output into the build log and to a line callback (progress), with container paths shown as the
+host's."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import shlex
@@ -21,8 +25,8 @@ from typing import IO, Any, Protocol
 
 from packaging.version import InvalidVersion, Version
 
-from qemuprov.errors import InfraError
-from qemuprov.infra import builder_images, engines, procs
+from qemuprov.errors import InfraError, UserError
+from qemuprov.infra import builder_images, engines, procs, transfer, unpack
 from qemuprov.infra.compilers import CCACHE_MASQUERADE, host_ccache, host_compilers
 from qemuprov.infra.engines import Engine
 from qemuprov.infra.procs import RunningGroups
@@ -34,6 +38,26 @@ BUILDER_PYTHON = "/opt/qemuprov/python/bin/python3"  # builder images: a venv wi
 MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
 WORK_IN_CONTAINER = "/qemuprov/work"
 CREATE_TIMEOUT = 120.0  # a loaded machine's Podman has taken seconds to make a container, never minutes
+TRANSPORTS = ("auto", "bind", "copy")
+
+
+def container_transport() -> str:
+    """How a container build reaches this machine's files ($QEMUPROV_CONTAINER_TRANSPORT): bind mounts, copies
+    through the engine's API into named volumes, or auto (bind where the engine sees them, else copy)."""
+    found = os.environ.get("QEMUPROV_CONTAINER_TRANSPORT") or "auto"
+    if found not in TRANSPORTS:
+        raise UserError(f'QEMUPROV_CONTAINER_TRANSPORT: "{found[:40]}" is none of {", ".join(TRANSPORTS)}',
+                        hint="auto (the default) binds where the engine sees this machine's files and copies "
+                             "where it does not")
+    return found
+
+
+def volume_name(what: str, path: Path) -> str:
+    """The named volume that stands for one directory of this machine ("work" or a cache) in an engine that
+    cannot see it: builds of one recipe find their build tree again."""
+    digest = hashlib.sha256(f"{socket.gethostname()}:{path}".encode()).hexdigest()[:12]
+    label = re.sub(r"[^A-Za-z0-9_.-]", "-", path.name)
+    return f"qemuprov-work-{label}-{digest}" if what == "work" else f"qemuprov-{label}-{digest}"
 
 
 class PathMap:
@@ -88,7 +112,13 @@ class Runner(Protocol):
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None: ...
 
     # A context manager; work: the recipe's work directory, which a container sees at WORK_IN_CONTAINER.
-    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Any: ...
+    def session(self, inputs: Sequence[Path] = (), outputs: Sequence[Path] = (), caches: Sequence[Path] = (),
+                network: bool = False, work: Path | None = None, local_only: Sequence[Path] = ()) -> Any: ...
+
+    @property
+    def sees_local_files(self) -> bool: ...  # in a session: the steps see this machine's files (local_only too)
+
+    transport: str | None  # in a container session: "bind" or "copy"
 
     def visible(self, path: Path) -> str: ...  # where the steps see a host path (in a session)
 
@@ -137,8 +167,12 @@ class HostRunner:
     def prepare(self, log: IO[str], on_line: LineCallback | None = None) -> None:
         pass
 
+    sees_local_files = True
+    transport: str | None = None
+
     @contextmanager
-    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
+    def session(self, inputs: Sequence[Path] = (), outputs: Sequence[Path] = (), caches: Sequence[Path] = (),
+                network: bool = False, work: Path | None = None, local_only: Sequence[Path] = ()) -> Iterator[None]:
         yield
 
     def visible(self, path: Path) -> str:
@@ -191,6 +225,8 @@ class ContainerRunner:
         self.image_id: str | None = None
         self._client: Any = None
         self._container: Any = None
+        self._copier: transfer.Copier | None = None
+        self.transport: str | None = None  # in a session: "bind" or "copy"
         self._rootless: bool | None = None
         self._paths = PathMap({})
         self.image = image
@@ -200,6 +236,10 @@ class ContainerRunner:
     @property
     def key(self) -> str:
         return f"{self.name}:{self.image.tag}"
+
+    @property
+    def sees_local_files(self) -> bool:
+        return self.transport == "bind"
 
     @property
     def compilers(self) -> dict[str, str]:
@@ -225,69 +265,139 @@ class ContainerRunner:
         return ContainerRunner(self.engine, builder_images.builder_image(builder), self.user)
 
     @contextmanager
-    def session(self, mounts: Sequence[Path], network: bool = False, work: Path | None = None) -> Iterator[None]:
-        """network: host networking for steps that download (cargo's registry); builds run without one."""
+    def session(self, inputs: Sequence[Path] = (), outputs: Sequence[Path] = (), caches: Sequence[Path] = (),
+                network: bool = False, work: Path | None = None, local_only: Sequence[Path] = ()) -> Iterator[None]:
+        """inputs: read by the steps; outputs: written by them, wanted here afterwards; caches: kept between
+        builds; local_only: bind-mounted where the engine sees this machine's files, else left out (a socket's
+        directory). network: host networking, for steps that download (cargo's registry) or reach a shared
+        compiler cache; builds run without one."""
         import docker.errors
-        import requests
 
         self._remove_orphans()
         self._paths = PathMap({work: WORK_IN_CONTAINER} if work else {})
-        binds = {str(m): {"bind": self.visible(m), "mode": "rw"} for m in {*mounts, *([work] if work else [])}}
         name = f"qemuprov-build-{os.getpid()}"
-        self._container = None
+        self._container, self._copier, self.transport = None, None, None
         try:  # one try from before the container exists: a Ctrl-C at any moment of its creation removes it
-            try:
-                # An engine finishes a creation whose request was broken off: Ctrl-C waits for its answer.
-                with procs.signals_deferred():
-                    self._container = self._creating_client.containers.create(
-                        self.image.tag, ["sleep", "infinity"], detach=True, init=True,
-                        network_mode="host" if network else "none",
-                        volumes=binds, labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"},
-                        name=name, **self._engine_quirks())
-                self._container.start()
-            except docker.errors.APIError as exc:
-                hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get "
-                        "install catatonit)") if "catatonit" in str(exc) else \
-                    "see `qemuprov doctor`; or build with --runner host"
-                raise InfraError(f"{self.engine.detail}: cannot start the build container: "
-                                 f"{exc.explanation or exc}", hint=hint) from None
-            except requests.RequestException as exc:  # APIError is one, too: it comes first
-                raise InfraError(f"{self.engine.detail}: no answer while making the build container "
-                                 f"(waited up to {CREATE_TIMEOUT:g} s: {str(exc)[:160]})",
-                                 hint="see `qemuprov doctor`; the next build removes the container if it "
-                                      "comes late") from None
-            if work is not None:
-                self._check_the_engine_sees(work)
+            wanted = container_transport()
+            marker_dir = work or next((p for p in (*inputs, *outputs, *caches) if p.is_dir()), None)
+            if wanted != "copy":
+                binds = [p for p in (*inputs, *outputs, *caches, *local_only) if not work or not p.is_relative_to(work)]
+                mounts = [self._mount(path, self.visible(path)) for path in dict.fromkeys([*binds, *([work] if work else [])])]
+                sees = self._start(name, network, mounts, missing_is_blind=wanted == "auto") and \
+                    (marker_dir is None or self._sees(marker_dir))
+                if not sees and wanted == "bind":
+                    raise InfraError(f"{self.engine.detail} cannot see this machine's files: the build container's "
+                                     f"{self.visible(marker_dir or Path('/'))} is not {marker_dir} (a remote engine, "
+                                     "docker:dind, or another mount namespace)",
+                                     hint="QEMUPROV_CONTAINER_TRANSPORT=bind insists on bind mounts: unset it (or set "
+                                          "auto or copy) to copy the build's files through the engine")
+                if sees:
+                    self.transport = "bind"
+                else:
+                    self._remove(name)
+            if self.transport is None:
+                self._start_copying(name, network, inputs, outputs, caches, work)
             yield
+            if self._copier is not None:
+                with self._engine_trouble("copying the build's results out"):
+                    self._copier.finish()
         finally:
-            container, self._container, self._paths = self._container, None, PathMap({})
-            try:
-                with procs.signals_deferred():
-                    (container or self.client.containers.get(name)).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
-                print(f"qemuprov: warning: could not remove container {name}: {exc}", file=sys.stderr)
+            self._copier, self._paths = None, PathMap({})
+            self._remove(name)
+
+    def _start(self, name: str, network: bool, mounts: list[Any], missing_is_blind: bool = False) -> bool:
+        """Create and start the idle build container; False (nothing left behind) when missing_is_blind and the
+        engine has no such directory to bind."""
+        import docker.errors
+        import requests
+
+        try:
+            # An engine finishes a creation whose request was broken off: Ctrl-C waits for its answer.
+            with procs.signals_deferred():
+                self._container = self._creating_client.containers.create(
+                    self.image.tag, ["sleep", "infinity"], detach=True, init=True,
+                    network_mode="host" if network else "none", mounts=mounts,
+                    labels={CONTAINER_LABEL: f"{os.getpid()}@{socket.gethostname()}"}, name=name,
+                    **self._engine_quirks())
+            self._container.start()
+        except docker.errors.APIError as exc:
+            said = str(exc.explanation or exc)
+            if missing_is_blind and ("bind source path does not exist" in said or "no such file or directory" in said):
+                self._remove(name)
+                return False
+            hint = ("Podman runs its containers' init from catatonit: install it (Debian/Ubuntu: apt-get "
+                    "install catatonit)") if "catatonit" in said else \
+                "see `qemuprov doctor`; or build with --runner host"
+            raise InfraError(f"{self.engine.detail}: cannot start the build container: {said}", hint=hint) from None
+        except requests.RequestException as exc:  # APIError is one, too: it comes first
+            raise InfraError(f"{self.engine.detail}: no answer while making the build container "
+                             f"(waited up to {CREATE_TIMEOUT:g} s: {str(exc)[:160]})",
+                             hint="see `qemuprov doctor`; the next build removes the container if it "
+                                  "comes late") from None
+        return True
+
+    def _start_copying(self, name: str, network: bool, inputs: Sequence[Path], outputs: Sequence[Path],
+                       caches: Sequence[Path], work: Path | None) -> None:
+        """The engine cannot see this machine's files: the work directory and the caches are named volumes
+        that outlive the container, inputs go in and outputs come out through the engine's archive API."""
+        import docker.types
+
+        volumes = {**({WORK_IN_CONTAINER: volume_name("work", work)} if work else {}),
+                   **{self.visible(c): volume_name("cache", c) for c in caches}}
+        mounts = [docker.types.Mount(inside, volume, type="volume") for inside, volume in volumes.items()]
+        self._start(name, network, mounts)
+        self.transport = "copy"
+        user = self._step_user().split(":")
+        self._copier = transfer.Copier(self._container, {self.visible(p): p for p in inputs},
+                                       {self.visible(p): p for p in outputs},
+                                       transfer.Owner(int(user[0]), int(user[1])),
+                                       WORK_IN_CONTAINER if work else None)
+        with self._engine_trouble("preparing the build container's volumes"):
+            self._copier.prepare([*volumes, *(self.visible(p) for p in outputs)])
+
+    @contextmanager
+    def _engine_trouble(self, doing: str) -> Iterator[None]:
+        import docker.errors
+        import requests
+
+        try:
+            yield
+        except (OSError, requests.RequestException, docker.errors.DockerException, unpack.UnsafeArchive) as exc:
+            raise InfraError(f"{self.engine.detail}: {doing} failed: {str(exc)[:240]}",
+                             hint="see `qemuprov doctor`; the previous install is untouched") from None
+
+    def _mount(self, path: Path, inside: str) -> Any:
+        import docker.types
+
+        # A bind of a directory the engine lacks fails (rather than making an empty one there, as -v does)
+        return docker.types.Mount(inside, str(path), type="bind")
+
+    def _remove(self, name: str) -> None:
+        import docker.errors
+
+        container, self._container = self._container, None
+        try:
+            with procs.signals_deferred():
+                (container or self.client.containers.get(name)).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception as exc:  # the engine may be gone; say so rather than hide the build's own error
+            print(f"qemuprov: warning: could not remove container {name}: {exc}", file=sys.stderr)
 
     def visible(self, path: Path) -> str:
         return self._paths.inward(str(path))
 
-    def _check_the_engine_sees(self, work: Path) -> None:
-        """The build bind-mounts this machine's directories: an engine elsewhere (docker:dind, a tcp:// or ssh://
-        host, another mount namespace) mounts empty ones, and the build would fail far from the cause."""
-        marker = work / f".qemuprov-seen-{os.getpid()}"
+    def _sees(self, directory: Path) -> bool:
+        """Whether the build container sees this machine's directory where it was bound: an engine elsewhere
+        (docker:dind, a tcp:// or ssh:// host, another mount namespace) may have a directory of its own there."""
+        marker = directory / f".qemuprov-seen-{os.getpid()}"
         marker.write_text("")
         try:
             assert self._container is not None
             status, _ = self._container.exec_run(["test", "-e", self.visible(marker)], user=self._step_user())
         finally:
             marker.unlink(missing_ok=True)
-        if status != 0:
-            raise InfraError(f"{self.engine.detail} cannot see this machine's files: the build container's "
-                             f"{WORK_IN_CONTAINER} is not {work} (a remote engine, docker:dind, or another "
-                             "mount namespace)",
-                             hint="container builds bind-mount their work directory: run qemuprov where the "
-                                  "engine runs, build with --runner host, or install with --cache-only")
+        return status == 0
 
     def _step_user(self) -> str:
         """Who a step runs as: the caller's uid, whose files the mounts hold; in a rootless engine, root, which
@@ -327,8 +437,10 @@ class ContainerRunner:
         import requests
 
         try:
+            if self._copier is not None:
+                self._copier.sync()
             return self._exec(argv, cwd, env, log, on_line)
-        except (requests.RequestException, docker.errors.DockerException) as exc:
+        except (requests.RequestException, docker.errors.DockerException, OSError) as exc:
             raise InfraError(f"lost the container engine during `{shlex.join(argv)[:80]}` ({self.engine.detail}): "
                              f"{str(exc)[:200]}",
                              hint="start the engine again and rerun the build; the previous install is "
@@ -377,4 +489,5 @@ def get_runner(name: str, builder: str, base: str | None = None,
             return HostRunner(), f"no container engine reachable ({engine.detail}); building on the host"
     else:
         engine = engines.require_engine("Podman" if name == "podman" else "any")
+    container_transport()  # a bad setting is one line now, not after the fetch
     return ContainerRunner(engine, builder_images.builder_image(builder, base)), None

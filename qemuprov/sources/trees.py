@@ -25,7 +25,7 @@ from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import config, paths, procs
 from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import Source
-from qemuprov.sources import unpack
+from qemuprov.infra import unpack
 from qemuprov.sources.revision import Resolution, SourceRecord
 
 MIRROR_HINT = ("check the URL and your network; offline, point the URL at a local mirror with "

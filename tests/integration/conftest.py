@@ -113,9 +113,10 @@ class ContainerBuild:
     seconds: float
 
 
-def container_build(qenv: Env, prefix: Path, *extra: str) -> ContainerBuild:
+def container_build(qenv: Env, prefix: Path, *extra: str, env: dict[str, str] | None = None) -> ContainerBuild:
     started = time.monotonic()
-    result = qenv.run("build", "fixture-7.2", "--runner", "docker", "--prefix", str(prefix), *extra)
+    result = qenv.run("build", "fixture-7.2", "--runner", "docker", "--prefix", str(prefix), *extra,
+                      env={**qenv.vars, **(env or {})})
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return ContainerBuild(prefix, json.loads((prefix / "qemuprov.json").read_text()), seconds)
@@ -123,7 +124,12 @@ def container_build(qenv: Env, prefix: Path, *extra: str) -> ContainerBuild:
 
 @pytest.fixture(scope="session")
 def in_docker(qenv: Env, engine: str) -> ContainerBuild:
-    return container_build(qenv, qenv.root / "fixture-7.2-docker", "--force")
+    """Also fills the test Redis (through its socket, local hits too) for the build through the remote engine."""
+    redis = os.environ.get("QEMUPROV_TEST_REDIS")
+    if not redis:
+        pytest.fail("no test Redis: run scripts/test, which starts one (QEMUPROV_TEST_REDIS)")
+    return container_build(qenv, qenv.root / "fixture-7.2-docker", "--force", "--shared-ccache", redis,
+                           env={"QEMUPROV_CCACHE_RESHARE": "1"})
 
 
 @dataclass

@@ -15,8 +15,9 @@ STEP = r"""#!/bin/sh
 # standin-step PHASE [DESTDIR]: sleep as long as CONTROL/PHASE.delay says, then do the phase's work.
 control=%(control)s
 src=$(cd "$(dirname "$0")" && pwd)
-# A build container sees the work dir at another path: there the control dir is found beside the source.
-[ -d "$control" ] || control=$src/../control
+# A build container sees the work dir at another path: there the control dir is found beside the source (and
+# made, where the engine cannot see this machine's files and the work dir is a volume of its own).
+[ -d "$control" ] || { control=$src/../control; mkdir -p "$control"; }
 echo $$ > "$control/$1.pid"
 delay=$(cat "$control/$1.delay" 2>/dev/null || echo 0)
 sleep "$delay" &

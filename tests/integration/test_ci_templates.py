@@ -1,11 +1,13 @@
 """The CI templates in examples/ci run as written: their steps, in their order, each job on a machine of its own
-(its own HOME, install root and Docker login), against the suite's registry and Docker engine. What this machine
+(its own HOME, install root and Docker login), against the suite's registry, its Docker engine and (GitLab's
+docker:dind service) its engine in a container. What this machine
 cannot be is stood in for, and only that: `pipx install` is this checkout's qemuprov (a shim on PATH), `sudo`
 (the suite runs as root and has none) runs its command, and qemu-7.2 is the fixture tree of QEMU 7.2 (the
 upstream one cannot be reached), as a recipe layer over the shipped one."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -102,20 +104,45 @@ def test_the_github_actions_workflow_builds_once_and_installs_everywhere(machine
     _assert_installed_from_the_cache(env, said, Path(env["RUNNER_TEMP"]) / "install.json")
 
 
-def test_the_gitlab_pipeline_builds_once_and_installs_everywhere(machine_parts: dict[str, Any], qenv: Env) -> None:
+def test_the_gitlab_pipeline_builds_once_and_installs_everywhere(machine_parts: dict[str, Any], qenv: Env,
+                                                                 in_docker: ContainerBuild) -> None:
+    """The build job's docker:dind service is the suite's engine in a container (scripts/test-dind), which cannot
+    see the job's files; its SHARED_CCACHE is the suite's Redis on TCP, which in_docker filled."""
     pipeline = yaml.safe_load((TEMPLATES / "gitlab-ci.yml").read_text())
     parts = machine_parts
+    remote, redis = os.environ.get("QEMUPROV_TEST_REMOTE_ENGINE"), os.environ.get("QEMUPROV_TEST_REDIS_TCP")
+    if not remote or not redis:
+        pytest.fail("no remote engine or Redis on TCP: run scripts/test, which starts them")
     supplied = {"REGISTRY": parts["host"], "REGISTRY_USER": "qemuprov", "REGISTRY_PASSWORD": parts["password"],
                 "QEMUPROV_SOURCE": "(this checkout)", "QEMUPROV_SIGNING_KEY": str(parts["key"]),
-                "QEMUPROV_TRUSTED_KEY": str(parts["pub"])}
-    variables = {k: os.path.expandvars(v.replace("$REGISTRY", parts["host"] + f"/ci-gitlab-{os.getpid()}"))
+                "QEMUPROV_TRUSTED_KEY": str(parts["pub"]), "SHARED_CCACHE": redis}
+    variables = {k: v.replace("$REGISTRY", parts["host"] + f"/ci-gitlab-{os.getpid()}")
                  for k, v in pipeline["variables"].items()}
     jobs = [(name, job) for stage in pipeline["stages"] for name, job in pipeline.items()
             if isinstance(job, dict) and job.get("stage") == stage]
     assert [name for name, _ in jobs] == ["build-qemu", "use-qemu"]
+    build_job = pipeline["build-qemu"]
+    assert any("dind" in str(service) for service in build_job["services"])
+    assert build_job["variables"]["DOCKER_HOST"] == "tcp://docker:2375"  # the service, here the suite's dind
     for name, job in jobs:
         template = pipeline[job["extends"]] if "extends" in job else {}
         env = {**_machine(parts, qenv, f"gitlab-{name}"), **supplied, **variables}
+        for key, value in job.get("variables", {}).items():
+            env[key] = remote if key == "DOCKER_HOST" else re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), ""), value)
         workspace = Path(env["HOME"])
         said = _steps([*template.get("before_script", []), *job["script"]], env, workspace)
+        if name == "build-qemu":
+            built = env
+            assert "cannot see this machine's files: the sources go in" in said, said[-3000:]
     _assert_installed_from_the_cache(env, said, workspace / "install.json")
+    # The build through the engine that sees nothing of ours compiled what the local build had (through Redis)
+    # and made the same bytes.
+    manifest = json.loads((Path(built["QEMUPROV_ROOT"]) / "qemu-7.2" / "qemuprov.json").read_text())
+    assert manifest["ccache"]["remote_hits"] > 0.9 * (manifest["ccache"]["hits"] + manifest["ccache"]["misses"])
+    installed = Path(env["QEMUPROV_ROOT"]) / "qemu-7.2"
+    for binary in ("bin/qemu-system-x86_64", "bin/qemu-system-aarch64", "libexec/virtiofsd", "bin/qemu-img"):
+        assert _digest(installed / binary) == _digest(in_docker.prefix / binary), f"{binary} differs"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

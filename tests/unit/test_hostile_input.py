@@ -127,7 +127,7 @@ def test_config_values_of_the_wrong_type_are_named(isolated_home: Path, body: st
     result = _qemuprov("build", "qemu-7.2", "--runner", "docker", "--cache-only", "--arch", "x86_64",
                        DOCKER_HOST="unix:///nonexistent.sock")
     if "[limits]" in body:
-        from qemuprov.sources import unpack  # the setting is read where a tarball or layer is unpacked
+        from qemuprov.infra import unpack  # the setting is read where a tarball or layer is unpacked
         with pytest.raises(Exception, match=r"\[limits\] unpack must be a size"):
             unpack.limit()
         return

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov.sources import unpack
+from qemuprov.infra import unpack
 from tests.hostile import Member, archive, gzip_bomb
 
 

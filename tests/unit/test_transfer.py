@@ -1,0 +1,62 @@
+"""What the copy transport sends into a container that cannot see this machine's files: only what changed since
+the last copy, removals within the copied roots only, owners set for the step user, and the listing kept."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from qemuprov.infra import transfer
+
+
+def _tree(root: Path) -> Path:
+    (root / "src" / "sub").mkdir(parents=True)
+    (root / "src" / "configure").write_text("#!/bin/sh\n")
+    (root / "src" / "configure").chmod(0o755)
+    (root / "src" / "sub" / "a.c").write_text("int a;\n")
+    os.symlink("a.c", root / "src" / "sub" / "link.c")
+    return root / "src"
+
+
+def test_a_first_copy_sends_everything_and_a_second_nothing(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    roots = {"/w/src": transfer.listing(src, "/w/src")}
+    first = transfer.changes(roots, {})
+    assert first.put == ["/w/src", "/w/src/configure", "/w/src/sub", "/w/src/sub/a.c", "/w/src/sub/link.c"]
+    again = transfer.changes({"/w/src": transfer.listing(src, "/w/src")}, first.listing)
+    assert again.put == [] and again.removed == []
+
+
+def test_a_changed_file_goes_again_and_a_removed_one_is_removed_within_its_root(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    before = transfer.changes({"/w/src": transfer.listing(src, "/w/src")}, {}).listing
+    before["/w/other/kept.c"] = ["f", 1, 1, 0o644, ""]  # copied by another session (another root)
+    (src / "sub" / "a.c").write_text("int a = 1;\n")
+    (src / "configure").unlink()
+    found = transfer.changes({"/w/src": transfer.listing(src, "/w/src")}, before)
+    assert found.put == ["/w/src/sub/a.c"] and found.removed == ["/w/src/configure"]
+    assert "/w/other/kept.c" in found.listing and "/w/src/configure" not in found.listing
+
+
+def test_a_missing_input_is_an_empty_listing(tmp_path: Path) -> None:
+    assert transfer.listing(tmp_path / "not-yet", "/w/not-yet") == {}
+
+
+def test_the_archive_holds_the_files_for_the_step_user_with_their_modes(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    found = transfer.changes({"/w/src": transfer.listing(src, "/w/src")}, {})
+    out = io.BytesIO()
+    transfer.write_archive(out, found.put, transfer.host_paths({"/w/src": src}, found.put), transfer.Owner(4242, 42),
+                           {"/w/.listing": b"{}"})
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert set(members) == {"w/src", "w/src/configure", "w/src/sub", "w/src/sub/a.c", "w/src/sub/link.c",
+                                "w/.listing"}
+        assert all((m.uid, m.gid) == (4242, 42) for m in members.values())
+        assert members["w/src/configure"].mode & 0o100 and members["w/src/sub/link.c"].linkname == "a.c"
+        handle = tar.extractfile("w/src/sub/a.c")
+        assert handle is not None and handle.read() == b"int a;\n"
+        assert members["w/src/sub/a.c"].mtime == os.stat(src / "sub" / "a.c").st_mtime  # to the ns, for make
