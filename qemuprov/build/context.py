@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 from qemuprov.infra.runners import Runner
 
 LOG_TAIL = 25
+READ_SCRIPT = 'cat "$1" 2>/dev/null && echo . || true'  # the dot: an empty file is not a missing one
+WRITE_SCRIPT = 'printf %s "$2" > "$1"'
+FRESH_DIR_SCRIPT = 'rm -rf "$1" && mkdir -p "$1"'
+EXISTS_SCRIPT = 'test -e "$1" && echo yes || true'
+STEP_FILE_SCRIPTS = (READ_SCRIPT, WRITE_SCRIPT, FRESH_DIR_SCRIPT, EXISTS_SCRIPT)
 
 
 @dataclass
@@ -122,19 +127,20 @@ class Context:
     # Files where the steps keep them (which a container build through a remote engine keeps in a volume, not
     # here): read, written and made through the runner.
     def read_step_file(self, path: Path) -> str | None:
-        text = self.capture(["sh", "-c", 'cat "$1" 2>/dev/null && echo . || true', "sh", str(path)], self.work,
-                            self.env())
+        text = self._step_file(READ_SCRIPT, path)
         return text[:-2] if text.endswith(".\n") else None
 
     def write_step_file(self, path: Path, text: str) -> None:
-        self.capture(["sh", "-c", 'printf %s "$2" > "$1"', "sh", str(path), text], self.work, self.env())
+        self._step_file(WRITE_SCRIPT, path, text)
 
     def fresh_step_dir(self, path: Path) -> None:
-        self.capture(["sh", "-c", 'rm -rf "$1" && mkdir -p "$1"', "sh", str(path)], self.work, self.env())
+        self._step_file(FRESH_DIR_SCRIPT, path)
 
     def step_file_exists(self, path: Path) -> bool:
-        return self.capture(["sh", "-c", 'test -e "$1" && echo yes || true', "sh", str(path)], self.work,
-                            self.env()).strip() == "yes"
+        return self._step_file(EXISTS_SCRIPT, path).strip() == "yes"
+
+    def _step_file(self, script: str, path: Path, *more: str) -> str:
+        return self.capture(["sh", "-c", script, "sh", str(path), *more], self.work, self.env())
 
     def step(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         """A tool's step, its output into the log and its progress to the reporter; a failure is a BuildError."""

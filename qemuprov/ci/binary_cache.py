@@ -23,14 +23,13 @@ from qemuprov import __version__
 from qemuprov.ci import signing
 from qemuprov.ci.oci import BadAnswer, Client, Location, RegistryTrouble, RegistryUnreachable, parse, small_deadline
 from qemuprov.errors import QemuprovError, UserError
-from qemuprov.infra import config
+from qemuprov.infra import config, unpack
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.render import safe_text
 from qemuprov.infra.timing import Timer
+from qemuprov.infra.unpack import UnsafeArchive
 from qemuprov.records import installs, manifest
 from qemuprov.records.manifest import Manifest
-from qemuprov.infra import unpack
-from qemuprov.infra.unpack import UnsafeArchive
 
 CONFIG_MEDIA_TYPE = "application/vnd.qemuprov.install.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -271,7 +271,6 @@ class ContainerRunner:
         builds; local_only: bind-mounted where the engine sees this machine's files, else left out (a socket's
         directory). network: host networking, for steps that download (cargo's registry) or reach a shared
         compiler cache; builds run without one."""
-        import docker.errors
 
         self._remove_orphans()
         self._paths = PathMap({work: WORK_IN_CONTAINER} if work else {})
@@ -281,9 +280,11 @@ class ContainerRunner:
             wanted = container_transport()
             marker_dir = work or next((p for p in (*inputs, *outputs, *caches) if p.is_dir()), None)
             if wanted != "copy":
-                binds = [p for p in (*inputs, *outputs, *caches, *local_only) if not work or not p.is_relative_to(work)]
-                mounts = [self._mount(path, self.visible(path)) for path in dict.fromkeys([*binds, *([work] if work else [])])]
-                sees = self._start(name, network, mounts, missing_is_blind=wanted == "auto") and \
+                every = (*inputs, *outputs, *caches, *local_only)
+                outside = [p for p in every if not work or not p.is_relative_to(work)]
+                binds = dict.fromkeys([*outside, *([work] if work else [])])  # under work: seen through its mount
+                mounts = [self._mount(path, self.visible(path)) for path in binds]
+                sees = self._start(name, network, mounts, missing_is_blind=True) and \
                     (marker_dir is None or self._sees(marker_dir))
                 if not sees and wanted == "bind":
                     raise InfraError(f"{self.engine.detail} cannot see this machine's files: the build container's "
@@ -353,7 +354,7 @@ class ContainerRunner:
                                        transfer.Owner(int(user[0]), int(user[1])),
                                        WORK_IN_CONTAINER if work else None)
         with self._engine_trouble("preparing the build container's volumes"):
-            self._copier.prepare([*volumes, *(self.visible(p) for p in outputs)])
+            self._copier.prepare([*volumes, *(self.visible(p) for p in outputs if p.is_dir())])
 
     @contextmanager
     def _engine_trouble(self, doing: str) -> Iterator[None]:

@@ -91,8 +91,8 @@ def write_archive(out: IO[bytes], paths: Iterable[str], host_of: Mapping[str, Pa
             info = tar.gettarinfo(str(host_of[inside]), arcname=inside.lstrip("/"))
             info.uid, info.gid, info.uname, info.gname = owner.uid, owner.gid, "", ""
             if info.isreg():
-                with open(host_of[inside], "rb") as data:
-                    tar.addfile(info, data)
+                with open(host_of[inside], "rb") as handle:
+                    tar.addfile(info, handle)
             else:
                 tar.addfile(info)
         for inside, data in extra.items():

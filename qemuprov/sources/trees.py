@@ -22,10 +22,9 @@ import git
 import requests
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import config, paths, procs
+from qemuprov.infra import config, paths, procs, unpack
 from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import Source
-from qemuprov.infra import unpack
 from qemuprov.sources.revision import Resolution, SourceRecord
 
 MIRROR_HINT = ("check the URL and your network; offline, point the URL at a local mirror with "
