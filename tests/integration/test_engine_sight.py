@@ -16,15 +16,18 @@ from tests.integration.conftest import Env
 from tests.integration.standin import make_tree
 
 
-def _build_unseen(qenv: Env, tmp_path: Path, transport: str) -> tuple[subprocess.CompletedProcess[str], int]:
+def _build_unseen(qenv: Env, tmp_path: Path, transport: str,
+                  *extra: str) -> tuple[subprocess.CompletedProcess[str], int]:
     cache = tmp_path / "cache"
-    cache.mkdir()
+    cache.mkdir(exist_ok=True)
     control = cache / "work" / "standin-sight" / "control"
-    qenv.write_recipe("standin-sight", make_tree(tmp_path / "tree", control))
+    if not (tmp_path / "tree").exists():
+        qenv.write_recipe("standin-sight", make_tree(tmp_path / "tree", control))
     env = {**qenv.vars, "QEMUPROV_CACHE": str(cache), "QEMUPROV_ROOT": str(tmp_path / "root"),
            "QEMUPROV_CONTAINER_TRANSPORT": transport}
     build = (f'mount -t tmpfs qemuprov-sight "{cache}" && mkdir -p "{control}" && '
-             f'exec "{sys.executable}" -m qemuprov --recipes "{qenv.recipes}" build standin-sight --runner docker')
+             f'exec "{sys.executable}" -m qemuprov --recipes "{qenv.recipes}" build standin-sight --runner docker '
+             + " ".join(extra))
     # unshare and sh exec what they run: qemuprov keeps this process's pid, which labels its container
     proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", build], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path.cwd())
@@ -54,6 +57,12 @@ def test_a_build_through_an_engine_that_cannot_see_its_files_copies_them(qenv: E
         # the object the step compiled came back from the volume with the install's own file
         assert (prefix / "share" / "standin").read_bytes() == (tmp_path / "tree" / "payload" / "standin.c").read_bytes()
         assert manifest["ccache"] is not None, "ccache's stats log did not come out of the container"
+        # Another build from a new namespace (nothing of the first one's files left here): the compile comes
+        # from the ccache volume, which outlived the first build's container.
+        again, _ = _build_unseen(qenv, tmp_path, "auto", "--force")
+        assert again.returncode == 0, again.stdout + again.stderr
+        stats = json.loads((prefix / "qemuprov.json").read_text())["ccache"]
+        assert (stats["hits"], stats["remote_hits"]) == (1, 0), stats
     finally:
         _remove_volumes(tmp_path)
 
