@@ -60,3 +60,52 @@ def test_the_archive_holds_the_files_for_the_step_user_with_their_modes(tmp_path
         handle = tar.extractfile("w/src/sub/a.c")
         assert handle is not None and handle.read() == b"int a;\n"
         assert members["w/src/sub/a.c"].mtime == os.stat(src / "sub" / "a.c").st_mtime  # to the ns, for make
+
+
+class _Engine:
+    """A container whose engine answers get_archive with the bytes it is given (an engine we do not control)."""
+
+    def __init__(self, archive: bytes) -> None:
+        self.archive = archive
+
+    def get_archive(self, path: str) -> tuple[list[bytes], dict[str, object]]:
+        return [self.archive[i:i + 4096] for i in range(0, len(self.archive), 4096)], {}
+
+
+def _tar(*members: tuple[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_outputs_that_climb_out_are_refused_and_nothing_lands_outside(tmp_path: Path) -> None:
+    import pytest
+
+    from qemuprov.infra.unpack import UnsafeArchive
+
+    dest = tmp_path / "staging-parent"
+    engine = _Engine(_tar(("stage/bin/qemu", b"ok"), ("stage/../../escaped", b"bad")))
+    with pytest.raises(UnsafeArchive):
+        transfer.copy_out(engine, "/stage", dest)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_outputs_larger_than_the_limit_stop_there(tmp_path: Path, monkeypatch: object) -> None:
+    import pytest
+
+    from qemuprov.infra.unpack import UnsafeArchive
+
+    monkeypatch.setenv("QEMUPROV_UNPACK_LIMIT", "64K")  # type: ignore[attr-defined]
+    engine = _Engine(_tar(("stage/big", b"\0" * (256 << 10))))
+    with pytest.raises(UnsafeArchive, match="more than"):
+        transfer.copy_out(engine, "/stage", tmp_path)
+    assert not (tmp_path / "stage" / "big").exists()
+
+
+def test_a_listing_that_is_not_one_is_taken_as_none(tmp_path: Path) -> None:
+    assert transfer.read_listing(_Engine(_tar((".qemuprov-copied.json", b"[1, 2]"))), "/w/x") == {}
+    assert transfer.read_listing(_Engine(b"not a tar at all"), "/w/x") == {}
