@@ -4,6 +4,7 @@ plan's targets, install with DESTDIR."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -64,8 +65,10 @@ def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str)
     argv = [*the_plan.argv, f"--cc={_pch_wrapper(ctx)} {cc_command}"] if pch else the_plan.argv
     where = build_dir(ctx)
     stamp = where / "qemuprov-configure.json"
-    configure_id = json.dumps({"source": revision, "argv": argv, "runner": ctx.runner.key,
-                               "compilers": ctx.runner.compilers, "seen_at": ctx.runner.visible(where)})
+    # A digest: the stamp is read back through the runner, whose output shows container paths as the host's.
+    configure_id = hashlib.sha256(json.dumps({"source": revision, "argv": argv, "runner": ctx.runner.key,
+                                              "compilers": ctx.runner.compilers,
+                                              "seen_at": ctx.runner.visible(where)}).encode()).hexdigest()
     if ctx.read_step_file(stamp) != configure_id:
         with ctx.phase("configure", f"QEMU {tree.version} with {compiler}"
                        + (" and a precompiled qemu/osdep.h" if pch else "") + ", " + " ".join(the_plan.argv[1:])):
