@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -136,12 +137,29 @@ def copy_out(container: Any, inside: str, host_parent: Path) -> bool:
     except docker.errors.NotFound:
         return False
     host_parent.mkdir(parents=True, exist_ok=True)
+    wanted = os.path.basename(inside.rstrip("/"))
+    # Unpacked aside first: an engine that sends other names beside the one asked for (another install under
+    # the same parent, say) gets nothing of this machine's overwritten.
     with tempfile.TemporaryDirectory(prefix=".qemuprov-out-", dir=host_parent) as scratch:
-        archive = Path(scratch) / "out.tar"
+        archive, landed = Path(scratch) / "out.tar", Path(scratch) / "unpacked"
         with archive.open("wb") as out:
             _copy_bounded(chunks, out, unpack.limit())
-        unpack.unpack(archive, host_parent)
+        landed.mkdir()
+        unpack.unpack(archive, landed)
+        found = sorted(p.name for p in landed.iterdir())
+        if found != [wanted]:
+            raise unpack.UnsafeArchive(f"the engine sent {found[:5]} for {inside}, not {wanted} alone")
+        _merge(landed / wanted, host_parent / wanted)
     return True
+
+
+def _merge(source: Path, target: Path) -> None:
+    """Move source to target; into it, file by file, where target is a directory already (the staging of an
+    earlier session of the same build)."""
+    if not target.is_dir() or source.is_symlink() or not source.is_dir():
+        os.replace(source, target)
+        return
+    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True, copy_function=os.replace)
 
 
 @contextlib.contextmanager

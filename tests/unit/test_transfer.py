@@ -109,3 +109,26 @@ def test_outputs_larger_than_the_limit_stop_there(tmp_path: Path, monkeypatch: o
 def test_a_listing_that_is_not_one_is_taken_as_none(tmp_path: Path) -> None:
     assert transfer.read_listing(_Engine(_tar((".qemuprov-copied.json", b"[1, 2]"))), "/w/x") == {}
     assert transfer.read_listing(_Engine(b"not a tar at all"), "/w/x") == {}
+
+
+def test_outputs_beside_the_one_asked_for_touch_nothing_here(tmp_path: Path) -> None:
+    import pytest
+
+    from qemuprov.infra.unpack import UnsafeArchive
+
+    neighbour = tmp_path / "other-install" / "bin" / "qemu"
+    neighbour.parent.mkdir(parents=True)
+    neighbour.write_text("the user's")
+    engine = _Engine(_tar(("stage/bin/qemu", b"ok"), ("other-install/bin/qemu", b"replaced")))
+    with pytest.raises(UnsafeArchive, match="not stage alone"):
+        transfer.copy_out(engine, "/stage", tmp_path)
+    assert neighbour.read_text() == "the user's" and not (tmp_path / "stage").exists()
+
+
+def test_outputs_merge_into_a_staging_an_earlier_session_filled(tmp_path: Path) -> None:
+    (tmp_path / "stage" / "bin").mkdir(parents=True)
+    (tmp_path / "stage" / "bin" / "qemu").write_text("from the QEMU session")
+    transfer.copy_out(_Engine(_tar(("stage/libexec/virtiofsd", b"daemon"))), "/stage", tmp_path)
+    assert (tmp_path / "stage" / "bin" / "qemu").read_text() == "from the QEMU session"
+    assert (tmp_path / "stage" / "libexec" / "virtiofsd").read_bytes() == b"daemon"
+    assert not list(tmp_path.glob(".qemuprov-out-*"))  # no scratch left behind
