@@ -480,6 +480,7 @@ def get_runner(name: str, builder: str, base: str | None = None,
     since the cache key needs only the builder's Dockerfile and base image name."""
     if name == "host":
         return HostRunner(), None
+    container_transport()  # a bad setting is one line now, before the engine is looked for or the fetch
     if not engine_needed:
         engine = engines.find_engine("Podman" if name == "podman" else "any")
         if not engine.reachable:
@@ -490,5 +491,4 @@ def get_runner(name: str, builder: str, base: str | None = None,
             return HostRunner(), f"no container engine reachable ({engine.detail}); building on the host"
     else:
         engine = engines.require_engine("Podman" if name == "podman" else "any")
-    container_transport()  # a bad setting is one line now, not after the fetch
     return ContainerRunner(engine, builder_images.builder_image(builder, base)), None
