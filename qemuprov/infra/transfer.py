@@ -197,8 +197,9 @@ class Copier:
         an earlier copy left in the volume."""
         made = sorted({*owned, *(os.path.dirname(p) for p in self.outputs)})
         parents = sorted({os.path.dirname(p) for p in self.inputs} - set(made))
-        self._root_exec(["sh", "-c", 'mkdir -p "$@" && chown "$0" "$@"', f"{self.owner.uid}:{self.owner.gid}",
-                         *made])
+        if made:
+            self._root_exec(["sh", "-c", 'mkdir -p "$@" && chown "$0" "$@"', f"{self.owner.uid}:{self.owner.gid}",
+                             *made])
         if parents:
             self._root_exec(["mkdir", "-p", *parents])
         if self.volume:

@@ -94,6 +94,18 @@ def test_runtime_image_runs_qemu_and_virtiofsd(qenv: Env, in_docker: ContainerBu
     assert not any(p.endswith("-dev") for p in packages), "the runtime image carries build dependencies"
 
 
+def test_runtime_image_through_an_engine_that_cannot_see_the_install(qenv: Env, in_docker: ContainerBuild) -> None:
+    # As through docker:dind: the install goes into the container through the engine's API, not a bind mount.
+    tag = "qemuprov-test/fixture-copied:latest"
+    result = qenv.run("image", str(in_docker.prefix), "--tag", tag,
+                      env={**qenv.vars, "QEMUPROV_CONTAINER_TRANSPORT": "copy"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    packages = docker("run", "--rm", "--network", "none", tag, "dpkg-query", "-W", "-f", "${Package}\n").stdout.split()
+    assert "libglib2.0-0" in packages and "libseccomp2" in packages  # the libraries were found from the copy
+    version = docker("run", "--rm", "--network", "none", tag, "qemu-system-x86_64", "--version")
+    assert "QEMU emulator version 7.2" in version.stdout
+
+
 def test_tarball_is_relocatable(qenv: Env, in_docker: ContainerBuild, tmp_path: Path) -> None:
     tarball = tmp_path / "fixture.tar.gz"
     result = qenv.run("image", str(in_docker.prefix), "--tar", str(tarball))
