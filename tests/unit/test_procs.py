@@ -54,8 +54,13 @@ def test_a_failure_in_the_reader_stops_the_child_and_what_it_started(tmp_path: P
 def test_a_ctrl_c_while_waiting_for_output_stops_the_group(tmp_path: Path) -> None:
     groups = procs.RunningGroups(tmp_path / "running")
     remembered: list[str] = []
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "an earlier test left Ctrl-C blocked"
+    main = threading.main_thread().ident
+    assert main is not None
+    # To the main thread, where Ctrl-C interrupts the read: a process-wide kill may land in any other thread the
+    # suite left running (the Docker SDK's, pytest's), and the main thread would go on waiting for output.
     timer = threading.Timer(0.5, lambda: (remembered.extend(os.listdir(groups.directory)),
-                                          os.kill(os.getpid(), signal.SIGINT)))
+                                          signal.pthread_kill(main, signal.SIGINT)))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         procs.stream(["sleep", "300"], on_line=lambda _: None, groups=groups, grace=2.0)
