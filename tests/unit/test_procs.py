@@ -57,10 +57,17 @@ def test_a_ctrl_c_while_waiting_for_output_stops_the_group(tmp_path: Path) -> No
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "an earlier test left Ctrl-C blocked"
     main = threading.main_thread().ident
     assert main is not None
-    # To the main thread, where Ctrl-C interrupts the read: a process-wide kill may land in any other thread the
-    # suite left running (the Docker SDK's, pytest's), and the main thread would go on waiting for output.
-    timer = threading.Timer(0.5, lambda: (remembered.extend(os.listdir(groups.directory)),
-                                          signal.pthread_kill(main, signal.SIGINT)))
+
+    def ctrl_c_once_it_runs() -> None:
+        # Once the group is remembered (a big process, late in the suite, has taken over 0.5 s to start the
+        # child), and to the main thread, where Ctrl-C interrupts the read.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (groups.directory.is_dir() and os.listdir(groups.directory)):
+            time.sleep(0.05)
+        remembered.extend(os.listdir(groups.directory) if groups.directory.is_dir() else [])
+        signal.pthread_kill(main, signal.SIGINT)
+
+    timer = threading.Thread(target=ctrl_c_once_it_runs)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         procs.stream(["sleep", "300"], on_line=lambda _: None, groups=groups, grace=2.0)
