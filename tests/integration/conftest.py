@@ -124,10 +124,16 @@ def container_build(qenv: Env, prefix: Path, *extra: str, env: dict[str, str] | 
 
 @pytest.fixture(scope="session")
 def in_docker(qenv: Env, engine: str) -> ContainerBuild:
-    """Also fills the test Redis (through its socket, local hits too) for the build through the remote engine."""
+    """Also fills the test Redis (through its socket, local hits too) for the build through the remote engine.
+
+    The Redis of a run starts empty, but the fixture cache's build tree may be left from an earlier run, and a build
+    with nothing to compile would share nothing: the container build tree goes first, so every object is compiled
+    (from the local ccache) and written to Redis in this run."""
     redis = os.environ.get("QEMUPROV_TEST_REDIS")
     if not redis:
         pytest.fail("no test Redis: run scripts/test, which starts one (QEMUPROV_TEST_REDIS)")
+    for tree in (FIXTURES / "cache" / "work" / "fixture-7.2").glob("build-docker-*"):
+        shutil.rmtree(tree)
     return container_build(qenv, qenv.root / "fixture-7.2-docker", "--force", "--shared-ccache", redis,
                            env={"QEMUPROV_CCACHE_RESHARE": "1"})
 
