@@ -17,14 +17,7 @@ from qemuprov.records import installs
 def cmd_verify(args: argparse.Namespace) -> int:
     from qemuprov.proving import verify
 
-    if args.target and (args.qemu or args.virtiofsd):
-        raise UserError("verify: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
-    if args.target:
-        targets = verify.install_targets(installs.find_install(args.target).intact())
-    elif args.qemu and args.virtiofsd:
-        targets = verify.binary_targets([Path(q) for q in args.qemu], Path(args.virtiofsd))
-    else:
-        raise UserError("verify: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
+    targets = targets_of(args, "verify")
     qemus, daemon_path, firmware = targets.qemus, targets.virtiofsd, targets.firmware
     wanted = split_arches(args.arch) if args.arch is not None else None
     if args.osv and args.libvirt:
@@ -34,6 +27,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     mode = "osv" if args.osv else "libvirt" if args.libvirt else "plain"
     outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args), mode, args.connect)
     return render_outcomes(outcomes, args.json)
+
+
+def targets_of(args: argparse.Namespace, command: str) -> Any:
+    """The QEMUs and virtiofsd an install holds, or the ones given by path."""
+    from qemuprov.proving import verify
+
+    if args.target and (args.qemu or args.virtiofsd):
+        raise UserError(f"{command}: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
+    if args.target:
+        return verify.install_targets(installs.find_install(args.target).intact())
+    if args.qemu and args.virtiofsd:
+        return verify.binary_targets([Path(q) for q in args.qemu], Path(args.virtiofsd))
+    raise UserError(f"{command}: give an install name or prefix, or both --qemu PATH and --virtiofsd PATH")
 
 
 def _own_kit(args: argparse.Namespace) -> tuple[Path, Path] | None:
@@ -64,13 +70,18 @@ def render_outcomes(outcomes: list[Any], as_json: bool) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-def _arguments(p: argparse.ArgumentParser) -> None:
+def target_arguments(p: argparse.ArgumentParser) -> None:
+    """What to boot: an install, or binaries by path; which arches; which accelerator."""
     p.add_argument("target", nargs="?", metavar="NAME|PREFIX")
     p.add_argument("--qemu", action="append", metavar="PATH", help="a qemu-system-* binary (repeatable)")
     p.add_argument("--virtiofsd", metavar="PATH", help="the virtiofsd to pair it with")
     p.add_argument("--arch", metavar="A,B", help="only these arches")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="auto: KVM only where it really works (default)")
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    target_arguments(p)
     p.add_argument("--osv", action="store_true",
                    help="boot with the QEMU and virtiofsd command lines of OSv's scripts/run.py (user networking, "
                         "an aio=native disk, memory-backend-file on /dev/shm, queue-size=1024)")

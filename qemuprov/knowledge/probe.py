@@ -17,6 +17,7 @@ from packaging.version import Version
 
 from qemuprov.infra import jsonfile, paths, procs, typedjson
 from qemuprov.knowledge.probe_parse import (
+    PROBED_DEVICES,
     VirtiofsdFacts,
     c_virtiofsd_lacks_rseq,
     devices_from_help,
@@ -34,7 +35,7 @@ from qemuprov.knowledge.probe_parse import (
 from qemuprov.recipe import VirtiofsdFlavour
 
 PROBE_TIMEOUT = 15.0
-CACHE_VERSION = 7  # bump when what a probe records or concludes changes
+CACHE_VERSION = 8  # bump when what a probe records or concludes changes
 RSEQ_TUNABLE = "glibc.pthread.rseq=0"
 
 # Where distributions put virtiofsd instead of PATH.
@@ -87,6 +88,7 @@ class VirtiofsdProbe:
     needs_root: bool = True
     rseq_wrapper: bool = False  # a wrapper that sets GLIBC_TUNABLES=glibc.pthread.rseq=0
     rseq_risk: bool = False  # C virtiofsd < 7.0 without the wrapper, on glibc >= 2.35
+    thread_pool_default: int | None = None  # --thread-pool-size's default (0: no pool), where --help says
     note: str = ""  # how the probe got its answer where the daemon would not answer this user
     error: str | None = None
 
@@ -157,7 +159,7 @@ def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) 
     result.arch = path.name.removeprefix("qemu-system-")
     result.netdevs = _netdevs(path)
     devices = devices_from_help(procs.run([path, "-device", "help"], timeout=PROBE_TIMEOUT).stdout)
-    result.devices = {dev: dev in devices for dev in ("vhost-user-fs-pci", "vhost-user-fs-device")}
+    result.devices = {dev: dev in devices for dev in PROBED_DEVICES}
     result.vhost_user_fs = result.devices["vhost-user-fs-pci"]
     if result.vhost_user_fs:
         props = procs.run([path, "-device", "vhost-user-fs-pci,help"], timeout=PROBE_TIMEOUT).stdout
@@ -227,6 +229,7 @@ def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
         return result
     result.flavour, result.version = facts.flavour, facts.version
     result.source_option, result.sandboxes = facts.source_option, facts.sandboxes
+    result.thread_pool_default = facts.thread_pool_default
     result.needs_root = facts.flavour == VirtiofsdFlavour.C
     result.rseq_wrapper = sets_rseq_tunable(path)
     result.rseq_risk = (facts.flavour == VirtiofsdFlavour.C and c_virtiofsd_lacks_rseq(facts.version)

@@ -12,6 +12,8 @@ from packaging.version import InvalidVersion, Version
 from qemuprov.recipe import VirtiofsdFlavour
 
 VIRTIO_FS_DEVICES = ("vhost-user-fs-pci", "vhost-user-fs-device")
+NINE_P_DEVICE = "virtio-9p-pci"  # 9p, the share most users know: bench's baseline where QEMU has it
+PROBED_DEVICES = (*VIRTIO_FS_DEVICES, NINE_P_DEVICE)
 DAX_PROPERTY = "cache-size"
 
 
@@ -34,7 +36,7 @@ PROBE_COMMANDS: dict[str, QmpCommand] = {
     "target": QmpCommand("query-target"),
     "backends": QmpCommand("qom-list-types", {"implements": "memory-backend", "abstract": False}),
     "accels": QmpCommand("qom-list-types", {"implements": "accel", "abstract": False}),
-    **{dev: QmpCommand("device-list-properties", {"typename": dev}) for dev in VIRTIO_FS_DEVICES},
+    **{dev: QmpCommand("device-list-properties", {"typename": dev}) for dev in PROBED_DEVICES},
     "quit": QmpCommand("quit"),
 }
 
@@ -116,7 +118,7 @@ def qemu_facts_from_qmp(replies: dict[str, dict[str, Any]]) -> QemuFacts:
     target = _returned(replies, "target")
     if target:
         facts.arch = target.get("arch")
-    for dev in VIRTIO_FS_DEVICES:
+    for dev in PROBED_DEVICES:
         props = _returned(replies, dev)
         facts.devices[dev] = props is not None
         if dev == "vhost-user-fs-pci" and props:
@@ -163,6 +165,7 @@ class VirtiofsdFacts:
     source_option: str | None = None  # how the shared directory is given
     sandboxes: list[str] = field(default_factory=list)
     caps_json: bool = False  # --print-capabilities (vhost-user.json)
+    thread_pool_default: int | None = None  # --thread-pool-size's default, as --help states it
 
 
 _C_VERSION = re.compile(r"virtiofsd version (\d+\.\d+\.\d+)")
@@ -187,7 +190,15 @@ def virtiofsd_facts(help_text: str, version_text: str) -> VirtiofsdFacts:
         sandbox = re.search(r"-o sandbox=([\w|]+)", help_text)
         facts.sandboxes = sandbox.group(1).split("|") if sandbox else ["namespace"]
     facts.caps_json = "--print-capabilities" in help_text
+    facts.thread_pool_default = thread_pool_default(help_text)
     return facts
+
+
+def thread_pool_default(help_text: str) -> int | None:
+    """The daemon's own default for --thread-pool-size, as its --help states it: 64 in QEMU 5.2's C daemon, 0
+    (no pool: requests served on the queue's thread) from QEMU 6.0 on and in the Rust daemon."""
+    match = re.search(r"--thread-pool-size[^\n]*(?:\n[^\n-][^\n]*){0,4}?\(?\[?default:? (\d+)", help_text)
+    return int(match.group(1)) if match else None
 
 
 def version_tuple(version: str | None) -> Version | None:

@@ -21,6 +21,7 @@ from qemuprov.infra.progress import Reporter
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "fuse",
            "virtiofs")
+NINE_P_MODULES = ("netfs", "9pnet", "9pnet_virtio", "9p")  # in the generic kernel; the cloud kernel has no 9p
 TAG = "qemuprov"
 
 INIT = """#!/bin/busybox sh
@@ -78,10 +79,10 @@ class Kit:
         it) and the sha256 of the kernel and initramfs, so two machines' PASSes can be told the same claim."""
         version_file = self.kernel.with_name("kernel-version")
         return {"kernel": version_file.read_text().strip() if version_file.exists() else self.kernel.name,
-                "kernel_sha256": _sha256(self.kernel), "initrd_sha256": _sha256(self.initrd)}
+                "kernel_sha256": sha256_of(self.kernel), "initrd_sha256": sha256_of(self.initrd)}
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -105,7 +106,7 @@ def _kit_fuse_dax(config: Path) -> bool | None:
         return None
 
 
-def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+def cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     """A newc cpio archive (what the kernel unpacks as an initramfs) of (name, mode, data)."""
     out = bytearray()
     for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
@@ -132,7 +133,7 @@ class Pin:
 # The same guest on every host (Debian 13's cloud kernel: virtio-fs, FUSE and, on both arches, FUSE_DAX; and
 # busybox), whatever the host's own distribution. Moving a pin re-fetches the kit (its directory is keyed by it).
 SUITE = "trixie"
-PINS = {
+PINS: dict[str, tuple[Pin, ...]] = {
     "amd64": (Pin("linux-image-6.12.117+deb13-cloud-amd64", "6.12.117-1",
                   "e9893e5295d0549b8852611f12a4b8b5f6cc4b8128dcc2086b9847793b904ab7"),
               Pin("busybox-static", "1:1.37.0-6+b9",
@@ -142,6 +143,28 @@ PINS = {
               Pin("busybox-static", "1:1.37.0-6+b9",
                   "c833be48abfa16bc19c4966ec93e289ff1ce5d2f1476cad3a57bd105378cd15c")),
 }
+# The same kernel release in Debian's generic flavour (about 100 MB a package against 20): virtio-fs and FUSE_DAX
+# built in on both arches as in the cloud kernel, and 9p as modules, which the cloud kernel lacks. bench boots it,
+# so that virtio-fs, DAX and 9p are measured on one kernel.
+GENERIC_PINS: dict[str, tuple[Pin, ...]] = {
+    "amd64": (Pin("linux-image-6.12.117+deb13-amd64", "6.12.117-1",
+                  "ca712d36790184f6ac125ce2b20ea4e2202ae6bb7817b7de268f1f0115ccda73"), PINS["amd64"][1]),
+    "arm64": (Pin("linux-image-6.12.117+deb13-arm64", "6.12.117-1",
+                  "73805585385c78e048e63fdfba66da36bab724c2cdebd96a3055a8a4f1ae287a"), PINS["arm64"][1]),
+}
+
+
+@dataclass(frozen=True)
+class KitSpec:
+    """Which kernel flavour a kit boots, and which of its modules go into the initramfs."""
+
+    name: str
+    pins: dict[str, tuple[Pin, ...]]
+    modules: tuple[str, ...]
+
+
+CLOUD = KitSpec("cloud", PINS, MODULES)
+GENERIC = KitSpec("generic", GENERIC_PINS, MODULES + NINE_P_MODULES)
 MIRROR_ENV = "QEMUPROV_DEBIAN_MIRROR"
 APT_SOURCES = Path("/etc/apt")
 DEBIAN_SUITES = ("bookworm", "trixie", "forky", "bullseye", "sid", "stable", "testing", "unstable")
@@ -185,14 +208,13 @@ def _private_apt(work: Path, mirror: str) -> list[str]:
             "-oDebug::NoLocking=1"]
 
 
-def _download_pinned(deb_arch: str, work: Path, mirror: str) -> list[Path]:
+def _download_pinned(pins: tuple[Pin, ...], deb_arch: str, work: Path, mirror: str) -> list[Path]:
     options = _private_apt(work, mirror)
     env = procs.base_env()
     updated = procs.run(["apt-get", "-q", *options, "update"], timeout=600, env=env)
     if not updated.ok:
         raise InfraError(f"could not read the Debian {SUITE} index from {mirror}: {updated.stderr.strip()[-300:]}",
                          hint=f"set {MIRROR_ENV} to a reachable Debian mirror, or bring your own --kernel/--initrd")
-    pins = PINS[deb_arch]
     got = procs.run(["apt-get", "-q", *options, "download", *(p.spec(deb_arch) for p in pins)], timeout=900,
                     cwd=work, env=env)
     if not got.ok:
@@ -206,7 +228,7 @@ def _checked(work: Path, pin: Pin, deb_arch: str) -> Path:
     (deb,) = work.glob(f"{pin.package}_*_{deb_arch}.deb") or [None]  # type: ignore[list-item]
     if deb is None:
         raise InfraError(f"the guest kit's {pin.package} did not arrive")
-    digest = _sha256(deb)
+    digest = sha256_of(deb)
     if digest != pin.sha256:
         deb.unlink()
         raise InfraError(f"{deb.name} has sha256 {digest}, not the pinned {pin.sha256}: refused",
@@ -229,7 +251,7 @@ rm -f /out/*.deb /out/pins && chown -R "$OWNER" /out/root
 KIT_IMAGE = f"debian:{SUITE}"
 
 
-def _unpack_in_container(deb_arch: str, work: Path) -> None:
+def _unpack_in_container(pins: tuple[Pin, ...], deb_arch: str, work: Path) -> None:
     from qemuprov.infra import engines
 
     try:
@@ -239,7 +261,6 @@ def _unpack_in_container(deb_arch: str, work: Path) -> None:
                          hint=f"start Docker or Podman, set {MIRROR_ENV}, or bring your own guest with --kernel and "
                               "--initrd") from None
     client = engines.client(engine)
-    pins = PINS[deb_arch]
     (work / "pins").write_text("".join(f"{p.sha256} {p.package}\n" for p in pins))
     try:
         client.containers.run(KIT_IMAGE, ["sh", "-c", CONTAINER_UNPACK, "sh", deb_arch, "-",
@@ -251,30 +272,31 @@ def _unpack_in_container(deb_arch: str, work: Path) -> None:
                          hint="bring your own guest with --kernel and --initrd") from None
 
 
-def ensure_kit(arch: str) -> Kit:
+def ensure_kit(arch: str, spec: KitSpec = CLOUD) -> Kit:
     # Keyed by what goes into it (the pinned packages, the init), so a moved pin never meets a stale kit.
     deb_arch = DEB_ARCH[arch]
-    pinned = " ".join(f"{p.package}={p.version}@{p.sha256}" for p in PINS[deb_arch])
-    recipe = hashlib.sha256((INIT + " ".join(MODULES) + pinned).encode()).hexdigest()[:12]
-    home = paths.cache_dir() / "guest" / f"{arch}-{recipe}"
+    pins = spec.pins[deb_arch]
+    pinned = " ".join(f"{p.package}={p.version}@{p.sha256}" for p in pins)
+    recipe = hashlib.sha256((INIT + " ".join(spec.modules) + pinned).encode()).hexdigest()[:12]
+    home = paths.cache_dir() / "guest" / (f"{arch}-{recipe}" if spec is CLOUD else f"{arch}-{spec.name}-{recipe}")
     kit = Kit(arch, home / "vmlinuz", home / "initrd.cpio", _kit_fuse_dax(home / "config"))
     if kit.kernel.exists() and kit.initrd.exists():
         return kit
-    Reporter().step("guest kit", f"fetching Debian {SUITE}'s cloud kernel and busybox for {arch} (pinned: "
-                                 f"{PINS[deb_arch][0].package} {PINS[deb_arch][0].version}) into {home} (once)")
+    Reporter().step("guest kit", f"fetching Debian {SUITE}'s {spec.name} kernel and busybox for {arch} (pinned: "
+                                 f"{pins[0].package} {pins[0].version}) into {home} (once)")
     paths.cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qemuprov-kit-", dir=paths.cache_dir()) as tmp:
         work = Path(tmp)
         root = work / "root"
         mirror = debian_mirror() if shutil.which("apt-get") and shutil.which("dpkg-deb") else None
         if mirror:
-            for deb in _download_pinned(deb_arch, work, mirror):
+            for deb in _download_pinned(pins, deb_arch, work, mirror):
                 unpacked = procs.run(["dpkg-deb", "-x", deb, root], timeout=300, env=procs.base_env())
                 if not unpacked.ok:
                     raise InfraError(f"dpkg-deb -x {deb.name} {unpacked.why()}: {unpacked.stderr.strip()[-300:]}",
                                      hint="give your own guest with --kernel and --initrd")
         else:
-            _unpack_in_container(deb_arch, work)
+            _unpack_in_container(pins, deb_arch, work)
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         if not kernels:
             raise InfraError(f"the kernel package for {arch} holds no /boot/vmlinuz-*")
@@ -282,9 +304,9 @@ def ensure_kit(arch: str) -> Kit:
             ("bin", 0o040755, b""), ("lib", 0o040755, b""), ("lib/modules", 0o040755, b""),
             ("bin/busybox", 0o100755, next(b for b in (root / "usr" / "bin" / "busybox", root / "bin" / "busybox")
                                            if b.exists()).read_bytes()),  # Debian 13 is usr-merged
-            ("init", 0o100755, (INIT % {"modules": " ".join(MODULES), "tag": TAG}).encode()),
+            ("init", 0o100755, (INIT % {"modules": " ".join(spec.modules), "tag": TAG}).encode()),
         ]
-        for module in MODULES:
+        for module in spec.modules:
             found = sorted(root.glob(f"lib/modules/*/kernel/**/{module}.ko*")) or \
                 sorted(root.glob(f"usr/lib/modules/*/kernel/**/{module}.ko*"))
             if found:
@@ -297,5 +319,5 @@ def ensure_kit(arch: str) -> Kit:
             shutil.copyfile(config, home / "config")
         shutil.copyfile(kernels[-1], kit.kernel)
         (home / "kernel-version").write_text(kernels[-1].name.removeprefix("vmlinuz-") + "\n")
-        kit.initrd.write_bytes(_cpio_newc(entries))
+        kit.initrd.write_bytes(cpio_newc(entries))
     return Kit(arch, kit.kernel, kit.initrd, _kit_fuse_dax(home / "config"))

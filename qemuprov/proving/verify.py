@@ -45,21 +45,33 @@ class Launch:
     disk: Path | None = None  # made for the run (OSv's line has a disk), removed after it
 
 
-def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path) -> list[str]:
+def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path, cache: str | None = None,
+                   threads: int | None = None) -> list[str]:
+    """cache: the daemon's own word (the C daemon's auto is given always; the Rust daemon's only when asked);
+    threads: --thread-pool-size, else the daemon's default."""
     if daemon.flavour == VirtiofsdFlavour.RUST:
         sandbox = "namespace" if os.geteuid() == 0 else "none"
-        return [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
-    return [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", "cache=auto"]
+        argv = [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
+        argv += ["--cache", cache] if cache else []
+        return argv + (["--thread-pool-size", str(threads)] if threads is not None else [])
+    argv = [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", f"cache={cache or 'auto'}"]
+    return argv + ([f"--thread-pool-size={threads}"] if threads is not None else [])
 
 
 def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
               firmware: list[str]) -> list[str]:
-    append = kernel_append(qemu)
     device = f"vhost-user-fs-pci,chardev=vfs,tag={TAG}" + (f",cache-size={DAX_WINDOW}" if qemu.dax else "")
-    argv = [qemu.path, "-accel", accel, "-m", str(MEMORY_MB), "-nodefaults", "-display", "none", "-no-reboot",
+    return guest_argv(qemu, kit, kernel_append(qemu), serial, accel, firmware,
+                      ["-chardev", f"socket,id=vfs,path={socket}", "-device", device])
+
+
+def guest_argv(qemu: QemuProbe, kit: Kit, append: str, serial: Path, accel: str, firmware: list[str],
+               share: list[str], memory_mb: int = MEMORY_MB) -> list[str]:
+    """The kit booted with shared guest memory (vhost-user needs it) and the share's devices."""
+    argv = [qemu.path, "-accel", accel, "-m", str(memory_mb), "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{serial}", "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
-            "-object", f"memory-backend-memfd,id=mem,size={MEMORY_MB}M,share=on", "-numa", "node,memdev=mem",
-            "-chardev", f"socket,id=vfs,path={socket}", "-device", device]
+            "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on", "-numa", "node,memdev=mem",
+            *share]
     if qemu.arch == "aarch64":
         argv += ["-machine", "virt", "-cpu", "max"]
     for directory in firmware:
@@ -233,31 +245,46 @@ def binary_targets(qemus: list[Path], virtiofsd: Path) -> Targets:
     return Targets(qemus, virtiofsd, list(dict.fromkeys(firmware)))
 
 
+def checked_daemon(path: Path, cache: probe.ProbeCache, command: str, runs_it: bool = True) -> VirtiofsdProbe:
+    """The virtiofsd given, probed; one that cannot serve a share as this user (the C daemon without root) is
+    bad input where qemuprov starts it (runs_it)."""
+    daemon = probe.probe_binary(path, cache)
+    if daemon.error or not isinstance(daemon, VirtiofsdProbe):
+        raise UserError(f"virtiofsd {path}: {daemon.error}", hint="give a working virtiofsd")
+    if runs_it and daemon.needs_root and os.geteuid() != 0:
+        raise UserError(f"virtiofsd {path} is the C daemon, which needs root to serve a share "
+                        f"({daemon.note or 'it sets up namespaces and drops capabilities'})",
+                        hint=f"run {command} with sudo (HOME and PATH kept: sudo -E env PATH=\"$PATH\" qemuprov "
+                             f"{command} ...), or pair the QEMU with the Rust virtiofsd, which runs as you")
+    return daemon
+
+
+def checked_qemu(path: Path, cache: probe.ProbeCache, arches: tuple[str, ...] | None) -> QemuProbe | None:
+    """The QEMU given, probed; None where --arch leaves it out."""
+    qemu = probe.probe_binary(path, cache)
+    if qemu.error or not isinstance(qemu, QemuProbe):
+        raise UserError(f"QEMU {path}: {qemu.error}", hint="give a qemu-system-* binary")
+    if arches and qemu.arch not in arches:
+        return None
+    if qemu.arch not in guestkit.DEB_ARCH:
+        raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
+    return qemu
+
+
 def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
                accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain",
                connect: str | None = None) -> list[BootResult]:
     """mode: plain (our own command lines), osv (OSv's run.py lines) or libvirt (a domain, through libvirtd at
     connect, or its default URI)."""
     cache = probe.ProbeCache()
-    daemon = probe.probe_binary(daemon_path, cache)
-    if daemon.error or not isinstance(daemon, VirtiofsdProbe):
-        raise UserError(f"virtiofsd {daemon_path}: {daemon.error}", hint="give a working virtiofsd")
+    daemon = checked_daemon(daemon_path, cache, "verify", runs_it=mode != "libvirt")
     if mode == "libvirt":
         libvirt.check_daemon(connect)  # which starts virtiofsd itself, as root
-    elif daemon.needs_root and os.geteuid() != 0:
-        raise UserError(f"virtiofsd {daemon_path} is the C daemon, which needs root to serve a share "
-                        f"({daemon.note or 'it sets up namespaces and drops capabilities'})",
-                        hint="run verify with sudo (HOME and PATH kept: sudo -E env PATH=\"$PATH\" qemuprov verify "
-                             "...), or pair the QEMU with the Rust virtiofsd, which runs as you")
     outcomes = []
     for path in qemus:
-        qemu = probe.probe_binary(path, cache)
-        if qemu.error or not isinstance(qemu, QemuProbe):
-            raise UserError(f"QEMU {path}: {qemu.error}", hint="give a qemu-system-* binary")
-        if arches and qemu.arch not in arches:
+        qemu = checked_qemu(path, cache, arches)
+        if qemu is None:
             continue
-        if qemu.arch not in guestkit.DEB_ARCH:
-            raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
         if not qemu.vhost_user_fs:
             outcomes.append(BootResult(str(qemu.arch), False, 0.0, "-", failure="qemu",
                                     message=f"{path} has no vhost-user-fs-pci device"))

@@ -1,0 +1,136 @@
+"""qemuprov bench: how fast the share is in a guest, and which settings make it faster."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import asdict
+from typing import Any
+
+from qemuprov.commands.base import Command
+from qemuprov.errors import UserError
+from qemuprov.infra import render
+from qemuprov.infra.progress import Reporter
+from qemuprov.recipe import split_arches
+
+MAX_REPETITIONS = 20
+TCG_CAVEAT = "under TCG (no KVM) absolute figures mean little: read the ratios"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from qemuprov.commands.verify import targets_of
+    from qemuprov.knowledge import probe
+    from qemuprov.proving import bench, bench_plan, bench_results, guestkit, verify
+
+    if not 1 <= args.repetitions <= MAX_REPETITIONS:
+        raise UserError(f"--repetitions: {args.repetitions} is not between 1 and {MAX_REPETITIONS}",
+                        hint="3 or more give a spread worth reading")
+    targets = targets_of(args, "bench")
+    wanted = split_arches(args.arch) if args.arch is not None else None
+    cache = probe.ProbeCache()
+    daemon = verify.checked_daemon(targets.virtiofsd, cache, "bench")
+    every = [q for path in targets.qemus if (q := verify.checked_qemu(path, cache, None)) is not None]
+    cache.save()
+    have = sorted(str(q.arch) for q in every)
+    if wanted and (missing := [a for a in wanted if a not in have]):
+        raise UserError(f"--arch: {', '.join(missing)} is not among the QEMUs given (have: {', '.join(have)})",
+                        hint="build the arch into the install (recipe arches), or leave --arch out")
+    qemus = [q for q in every if not wanted or q.arch in wanted]
+    amounts = bench_plan.Amounts()
+    workloads = ("seqread",) if args.quick else bench_plan.WORKLOAD_NAMES
+    plans = []
+    for qemu in qemus:
+        if not qemu.vhost_user_fs:
+            raise UserError(f"QEMU {qemu.path} has no vhost-user-fs-pci device: there is no virtio-fs to measure")
+        windows = bench_plan.windows_for(qemu, args.window or [], amounts)
+        plans.append((qemu, bench_plan.settings_for(qemu, daemon, windows, daemon.thread_pool_default)))
+    reports = []
+    report = Reporter()
+    for qemu, settings in plans:
+        arch = str(qemu.arch)
+        accel = verify.choose_accel(arch, args.accel)
+        share = bench.bench_dir()
+        try:
+            kit = bench.prepare(qemu, guestkit.ensure_kit(arch, guestkit.GENERIC), share)
+            bench.make_data(share / "share", amounts, args.repetitions, workloads)
+            results = []
+            host_cache = ""
+            for number, setting in enumerate(settings, start=1):
+                report.step(f"bench {arch}", f"{setting.what} ({number}/{len(settings)}, {accel})")
+                host_cache = bench.drop_host_cache(share / "share")
+                results.append(bench.run_setting(bench.Bench(qemu, daemon, kit, accel, targets.firmware, workloads,
+                                                             args.repetitions, amounts), setting, share / "share",
+                                                 report))
+                report.finish_progress()
+            bench_results.add_ratios(results)
+            reports.append(_report(qemu, daemon, kit, accel, results, workloads, args.repetitions, amounts,
+                                   host_cache))
+        finally:
+            shutil.rmtree(share, ignore_errors=True)
+    if args.json:
+        render.print_json(reports)
+    else:
+        print("\n\n".join(_text(r, workloads) for r in reports))
+    return 0 if all(s["ok"] for r in reports for s in r["settings"]) else 1
+
+
+def _report(qemu: Any, daemon: Any, kit: Any, accel: str, results: list[Any], workloads: tuple[str, ...],
+            repetitions: int, amounts: Any, host_cache: str) -> dict[str, Any]:
+    from qemuprov.proving import bench_results
+
+    return {
+        "arch": qemu.arch, "accel": accel, "caveat": TCG_CAVEAT if accel == "tcg" else "",
+        "qemu": {"path": qemu.path, "version": qemu.version, "dax": qemu.dax},
+        "virtiofsd": {"path": daemon.path, "flavour": str(daemon.flavour), "version": daemon.version,
+                      "thread_pool_default": daemon.thread_pool_default},
+        "kit": kit.record(), "workloads": list(workloads), "repetitions": repetitions, "amounts": asdict(amounts),
+        "host_page_cache": host_cache,
+        "guest_page_cache": "dropped before each job (drop_caches in the guest)",
+        "settings": [{"name": r.setting.name, "what": r.setting.what, "accel": r.accel, "ok": r.ok,
+                      "error": r.error, "mount": r.mount, "dax_window": r.window_seen, "seconds": r.seconds,
+                      "virtiofsd_argv": r.daemon, "qemu_argv": r.qemu,
+                      "results": {m: asdict(s) for m, s in r.summaries.items()}} for r in results],
+        "reading": bench_results.reading(results, qemu.dax, amounts),
+    }
+
+
+def _text(report: dict[str, Any], workloads: tuple[str, ...]) -> str:
+    from qemuprov.proving.bench import measures_of
+    from qemuprov.proving.bench_results import MEASURES, Summary
+
+    measures = measures_of(workloads)
+    headers = ("SETTING", "ACCEL", *(MEASURES[m][2] for m in measures))
+    rows = [(s["name"], s["accel"], *(Summary(**s["results"][m]).cell() if m in s["results"] else "-"
+                                      for m in measures)) if s["ok"] else
+            (s["name"], s["accel"], "FAILED", *([""] * (len(measures) - 1))) for s in report["settings"]]
+    head = (f"{report['arch']}: QEMU {report['qemu']['version']} ({report['qemu']['path']}), virtiofsd "
+            f"{report['virtiofsd']['version'] or '?'} ({report['virtiofsd']['flavour']}), "
+            f"{report['repetitions']} repetitions of each job: median ±spread (max-min over median), ratio to "
+            "the first row")
+    lines = [head, render.table(headers, rows)]
+    lines += [f"FAILED {s['name']}: {render.safe_text(s['error'])}" for s in report["settings"] if not s["ok"]]
+    lines += [f"host page cache: {report['host_page_cache']}; guest page cache: {report['guest_page_cache']}"]
+    if report["caveat"]:
+        lines.append(f"note: {report['caveat']}")
+    lines.append(f"reading: {report['reading']}")
+    return "\n".join(lines)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    from qemuprov.commands.verify import target_arguments
+
+    target_arguments(p)
+    p.add_argument("--quick", action="store_true", help="only the sequential read, in every setting")
+    p.add_argument("--window", action="append", metavar="SIZE",
+                   help="a DAX window to compare (a power of two, e.g. 32M or 1G; repeatable; default: half the "
+                        "data set and four times it); only for a QEMU with the DAX window")
+    p.add_argument("--repetitions", type=int, default=3, metavar="N", help="runs of each job (default 3)")
+
+
+BENCH = Command("bench", "measure the share in a guest: DAX, cache modes, thread pool, 9p", cmd_bench, _arguments,
+                json=True,
+                description="For each arch: boot the guest kit with fio in it, once per setting (virtiofsd's "
+                            "cache modes and thread pool, DAX windows where the QEMU has them, 9p where it has "
+                            "virtio-9p), and run sequential and random reads, a sequential write and a metadata "
+                            "workload, each a fixed amount of work, repeated; print medians, spread and ratios, "
+                            "and a one-line reading.")

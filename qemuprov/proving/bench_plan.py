@@ -1,0 +1,151 @@
+"""What `qemuprov bench` measures: the workloads (fio jobs of a fixed amount of work), the settings compared
+(the daemon's cache mode and thread pool in its own spelling, DAX windows, 9p), and the command lines of one
+setting. Pure: the runner in bench.py boots them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qemuprov.errors import UserError
+from qemuprov.knowledge.osv import dax_size_bytes
+from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.proving.guestkit import TAG, Kit
+from qemuprov.proving.verify import guest_argv, virtiofsd_argv
+from qemuprov.recipe import VirtiofsdFlavour
+
+NINE_P_DEVICE = "virtio-9p-pci"
+NINE_P_TAG = "qemuprov9p"
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    unit: str  # what decides: MB/s for streams, IOPS for 4 KiB reads and metadata
+    job: str  # a fio job file; ${DIR}, ${REP} and the sizes come from the guest's environment
+
+
+WORKLOADS = (
+    Workload("seqread", "sequential read (1 MiB blocks)", "MB/s",
+             "[seqread]\nfilename=${DIR}/data/seq-${REP}\nrw=read\nbs=1M\nsize=${SIZE}\nioengine=psync\n"),
+    Workload("randread", "random read (4 KiB blocks)", "IOPS",
+             "[randread]\nfilename=${DIR}/data/rand-${REP}\nrw=randread\nbs=4k\nsize=${SIZE}\nio_size=${RANDIO}\n"
+             "ioengine=psync\n"),
+    Workload("seqwrite", "sequential write (1 MiB blocks, fsync at the end)", "MB/s",
+             "[seqwrite]\nfilename=${DIR}/data/write-${REP}\nrw=write\nbs=1M\nsize=${WSIZE}\nend_fsync=1\n"
+             "unlink=1\nioengine=psync\n"),
+    Workload("metadata", "create, stat and unlink of small files", "IOPS",
+             "[global]\ndirectory=${DIR}/md-${REP}\nnrfiles=${FILES}\nfilesize=4k\nopenfiles=1\n"
+             "filename_format=f.$filenum\n"
+             "[create]\nioengine=filecreate\nfallocate=none\n"
+             "[stat]\nstonewall\nioengine=filestat\n"
+             "[unlink]\nstonewall\nioengine=filedelete\n"),
+)
+WORKLOAD_NAMES = tuple(w.name for w in WORKLOADS)
+
+
+@dataclass(frozen=True)
+class Amounts:
+    """The fixed amount of work of each job; the default finishes within minutes under TCG."""
+
+    size: int = 64 * MIB  # each read file (the data set a DAX window must hold)
+    random_io: int = 8 * MIB  # 2048 random 4 KiB reads over it
+    write: int = 32 * MIB
+    files: int = 200
+
+    def guest_env(self) -> str:
+        return f"SIZE={self.size} RANDIO={self.random_io} WSIZE={self.write} FILES={self.files}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One boot: how virtiofsd is started and how QEMU offers the share (or 9p instead)."""
+
+    name: str
+    what: str  # for the table: the setting in the daemon's own words
+    fs: str = "virtiofs"  # or 9p
+    cache: str = "auto"  # the daemon's own word
+    threads: int | None = None  # --thread-pool-size; None: the daemon's default
+    window: int | None = None  # DAX cache-size in bytes
+    baseline: bool = False
+
+    @property
+    def window_text(self) -> str:
+        return _size_text(self.window) if self.window else ""
+
+
+def _size_text(size: int) -> str:
+    return f"{size >> 30}G" if size >= 1 << 30 and size % (1 << 30) == 0 else f"{size >> 20}M"
+
+
+CACHE_WORDS = {VirtiofsdFlavour.C: ("auto", "none", "always"), VirtiofsdFlavour.RUST: ("auto", "never", "always")}
+
+
+def windows_for(qemu: QemuProbe, asked: list[str], amounts: Amounts) -> list[int]:
+    """The DAX windows to compare: the ones asked for (powers of two), else one smaller than the data set and
+    one well above it. Asking for a window from a QEMU without one is bad input."""
+    if asked and not qemu.dax:
+        raise UserError(f"--window: {qemu.path} has no DAX window (no cache-size on vhost-user-fs-pci)",
+                        hint="only the virtio-fs fork's virtio-fs-dev branch has it (recipe virtio-fs-dev); "
+                             "leave --window out to compare the rest")
+    sizes = [dax_size_bytes(text, "--window") for text in asked]
+    if any(size < 2 * MIB for size in sizes):
+        raise UserError("--window: a DAX window holds 2 MiB ranges: give 2M or more")
+    if not qemu.dax:
+        return []
+    return sorted(set(sizes)) or [amounts.size // 2, amounts.size * 4]
+
+
+def settings_for(qemu: QemuProbe, daemon: VirtiofsdProbe, windows: list[int], thread_default: int | None
+                 ) -> list[Setting]:
+    flavour = daemon.flavour or VirtiofsdFlavour.C
+    auto, never, always = CACHE_WORDS[flavour]
+    default_pool = "" if thread_default is None else f" ({thread_default}{': no pool' if thread_default == 0 else ''})"
+    settings = [Setting("virtio-fs", f"virtio-fs, cache={auto}, default thread pool{default_pool}", cache=auto,
+                        baseline=True),
+                Setting(f"cache={never}", f"virtio-fs, cache={never}", cache=never),
+                Setting(f"cache={always}", f"virtio-fs, cache={always}", cache=always)]
+    if thread_default != 1:
+        settings.append(Setting("1 thread", f"virtio-fs, cache={auto}, --thread-pool-size 1", cache=auto,
+                                threads=1))
+    settings += [Setting(f"DAX {_size_text(w)}", f"virtio-fs, cache={auto}, DAX window {_size_text(w)}",
+                         cache=auto, window=w) for w in windows]
+    if qemu.devices.get(NINE_P_DEVICE):
+        settings.append(Setting("9p", "9p (virtio-9p-pci, security_model=none; the guest's defaults)", fs="9p"))
+    return settings
+
+
+def daemon_argv(daemon: VirtiofsdProbe, setting: Setting, socket: Path, share: Path) -> list[str]:
+    return virtiofsd_argv(daemon, socket, share, setting.cache, setting.threads)
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    """What the bench init reads from the kernel line: which share, how to mount it, which jobs, how often."""
+
+    setting: Setting
+    workloads: tuple[str, ...]
+    repetitions: int
+    amounts: Amounts = field(default_factory=Amounts)
+
+    def kernel_append(self, arch: str) -> str:
+        console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
+        options = "dax" if self.setting.window else ""
+        return (f"console={console} panic=-1 quiet qemuprov.fs={self.setting.fs} qemuprov.opts={options or '-'} "
+                f"qemuprov.jobs={','.join(self.workloads)} qemuprov.reps={self.repetitions} "
+                f"qemuprov.env={self.amounts.guest_env().replace(' ', ',')}")
+
+
+def qemu_argv(qemu: QemuProbe, kit: Kit, plan: GuestPlan, socket: Path, share: Path, serial: Path, accel: str,
+              firmware: list[str]) -> list[str]:
+    setting = plan.setting
+    if setting.fs == "9p":
+        devices = ["-fsdev", f"local,id=fs9p,path={share},security_model=none",
+                   "-device", f"{NINE_P_DEVICE},fsdev=fs9p,mount_tag={NINE_P_TAG}"]
+    else:
+        window = f",cache-size={setting.window_text}" if setting.window else ""
+        devices = ["-chardev", f"socket,id=vfs,path={socket}",
+                   "-device", f"vhost-user-fs-pci,chardev=vfs,tag={TAG}{window}"]
+    return guest_argv(qemu, kit, plan.kernel_append(str(qemu.arch)), serial, accel, firmware, devices)
