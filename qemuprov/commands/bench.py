@@ -36,32 +36,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--arch: {', '.join(missing)} is not among the QEMUs given (have: {', '.join(have)})",
                         hint="build the arch into the install (recipe arches), or leave --arch out")
     qemus = [q for q in every if not wanted or q.arch in wanted]
-    amounts = bench_plan.Amounts()
     workloads = ("seqread",) if args.quick else bench_plan.WORKLOAD_NAMES
     plans = []
     for qemu in qemus:
+        accel = verify.choose_accel(str(qemu.arch), args.accel)
+        amounts = bench_plan.Amounts.for_accel(accel)
         if not qemu.vhost_user_fs:
             raise UserError(f"QEMU {qemu.path} has no vhost-user-fs-pci device: there is no virtio-fs to measure")
         windows = bench_plan.windows_for(qemu, args.window or [], amounts)
-        plans.append((qemu, bench_plan.settings_for(qemu, daemon, windows, daemon.thread_pool_default)))
+        plans.append((qemu, accel, amounts, bench_plan.settings_for(qemu, daemon, windows,
+                                                                    daemon.thread_pool_default)))
     reports = []
     report = Reporter()
-    for qemu, settings in plans:
+    for qemu, accel, amounts, settings in plans:
         arch = str(qemu.arch)
-        accel = verify.choose_accel(arch, args.accel)
         share = bench.bench_dir()
         try:
             kit = bench.prepare(qemu, guestkit.ensure_kit(arch, guestkit.GENERIC), share)
             bench.make_data(share / "share", amounts, args.repetitions, workloads)
-            results = []
-            host_cache = ""
-            for number, setting in enumerate(settings, start=1):
-                report.step(f"bench {arch}", f"{setting.what} ({number}/{len(settings)}, {accel})")
-                host_cache = bench.drop_host_cache(share / "share")
-                results.append(bench.run_setting(bench.Bench(qemu, daemon, kit, accel, targets.firmware, workloads,
-                                                             args.repetitions, amounts), setting, share / "share",
-                                                 report))
-                report.finish_progress()
+            results, host_cache = bench.run(bench.Bench(qemu, daemon, kit, accel, targets.firmware, workloads,
+                                                        args.repetitions, amounts), settings, share / "share", report)
             bench_results.add_ratios(results)
             reports.append(_report(qemu, daemon, kit, accel, results, workloads, args.repetitions, amounts,
                                    host_cache))
@@ -84,6 +78,7 @@ def _report(qemu: Any, daemon: Any, kit: Any, accel: str, results: list[Any], wo
         "virtiofsd": {"path": daemon.path, "flavour": str(daemon.flavour), "version": daemon.version,
                       "thread_pool_default": daemon.thread_pool_default},
         "kit": kit.record(), "workloads": list(workloads), "repetitions": repetitions, "amounts": asdict(amounts),
+        "work": amounts.describe(),
         "host_page_cache": host_cache,
         "guest_page_cache": "dropped before each job (drop_caches in the guest)",
         "settings": [{"name": r.setting.name, "what": r.setting.what, "accel": r.accel, "ok": r.ok,
@@ -109,7 +104,8 @@ def _text(report: dict[str, Any], workloads: tuple[str, ...]) -> str:
             "the first row")
     lines = [head, render.table(headers, rows)]
     lines += [f"FAILED {s['name']}: {render.safe_text(s['error'])}" for s in report["settings"] if not s["ok"]]
-    lines += [f"host page cache: {report['host_page_cache']}; guest page cache: {report['guest_page_cache']}"]
+    lines += [f"each job: {report['work']}",
+              f"host page cache: {report['host_page_cache']}; guest page cache: {report['guest_page_cache']}"]
     if report["caveat"]:
         lines.append(f"note: {report['caveat']}")
     lines.append(f"reading: {report['reading']}")

@@ -4,13 +4,13 @@ setting. Pure: the runner in bench.py boots them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import UserError
 from qemuprov.knowledge.osv import dax_size_bytes
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
-from qemuprov.proving.guestkit import TAG, Kit
+from qemuprov.proving.guestkit import Kit
 from qemuprov.proving.verify import guest_argv, virtiofsd_argv
 from qemuprov.recipe import VirtiofsdFlavour
 
@@ -27,36 +27,50 @@ class Workload:
     job: str  # a fio job file; ${DIR}, ${REP} and the sizes come from the guest's environment
 
 
+_SMALL_FILES = "directory=${DIR}/md-${REP}\nnrfiles=${FILES}\nfilesize=4k\nopenfiles=1\nfilename_format=f.$filenum\n"
+# One fio run per repetition runs the chosen workloads one after the other (stonewall); each reads or writes
+# files no other job touched, so no job finds another's pages in a cache.
 WORKLOADS = (
     Workload("seqread", "sequential read (1 MiB blocks)", "MB/s",
-             "[seqread]\nfilename=${DIR}/data/seq-${REP}\nrw=read\nbs=1M\nsize=${SIZE}\nioengine=psync\n"),
+             "[seqread]\nstonewall\nfilename=${DIR}/data/seq-${REP}\nrw=read\nbs=1M\nsize=${SIZE}\nioengine=psync\n"),
     Workload("randread", "random read (4 KiB blocks)", "IOPS",
-             "[randread]\nfilename=${DIR}/data/rand-${REP}\nrw=randread\nbs=4k\nsize=${SIZE}\nio_size=${RANDIO}\n"
-             "ioengine=psync\n"),
+             "[randread]\nstonewall\nfilename=${DIR}/data/rand-${REP}\nrw=randread\nbs=4k\nsize=${SIZE}\n"
+             "io_size=${RANDIO}\nioengine=psync\n"),
     Workload("seqwrite", "sequential write (1 MiB blocks, fsync at the end)", "MB/s",
-             "[seqwrite]\nfilename=${DIR}/data/write-${REP}\nrw=write\nbs=1M\nsize=${WSIZE}\nend_fsync=1\n"
-             "unlink=1\nioengine=psync\n"),
+             "[seqwrite]\nstonewall\nfilename=${DIR}/data/write-${REP}\nrw=write\nbs=1M\nsize=${WSIZE}\n"
+             "end_fsync=1\nunlink=1\nioengine=psync\n"),
     Workload("metadata", "create, stat and unlink of small files", "IOPS",
-             "[global]\ndirectory=${DIR}/md-${REP}\nnrfiles=${FILES}\nfilesize=4k\nopenfiles=1\n"
-             "filename_format=f.$filenum\n"
-             "[create]\nioengine=filecreate\nfallocate=none\n"
-             "[stat]\nstonewall\nioengine=filestat\n"
-             "[unlink]\nstonewall\nioengine=filedelete\n"),
+             f"[create]\nstonewall\nioengine=filecreate\nfallocate=none\n{_SMALL_FILES}"
+             f"[stat]\nstonewall\nioengine=filestat\n{_SMALL_FILES}"
+             f"[unlink]\nstonewall\nioengine=filedelete\n{_SMALL_FILES}"),
 )
 WORKLOAD_NAMES = tuple(w.name for w in WORKLOADS)
 
 
 @dataclass(frozen=True)
 class Amounts:
-    """The fixed amount of work of each job; the default finishes within minutes under TCG."""
+    """The fixed amount of work of each job. Under TCG (an emulated CPU, aarch64's four times slower than
+    x86_64's here) small enough that the default set takes minutes; under KVM large enough to leave the caches'
+    and the window's reach."""
 
-    size: int = 64 * MIB  # each read file (the data set a DAX window must hold)
-    random_io: int = 8 * MIB  # 2048 random 4 KiB reads over it
-    write: int = 32 * MIB
-    files: int = 200
+    size: int  # each read file: the data set a DAX window must hold
+    random_io: int  # random 4 KiB reads over it
+    write: int
+    files: int
+
+    @classmethod
+    def for_accel(cls, accel: str) -> Amounts:
+        if accel == "kvm":
+            return cls(size=256 * MIB, random_io=32 * MIB, write=128 * MIB, files=1000)
+        return cls(size=16 * MIB, random_io=2 * MIB, write=8 * MIB, files=100)
 
     def guest_env(self) -> str:
         return f"SIZE={self.size} RANDIO={self.random_io} WSIZE={self.write} FILES={self.files}"
+
+    def describe(self) -> str:
+        return (f"sequential reads of {self.size >> 20} MiB, {self.random_io >> 12} random 4 KiB reads over "
+                f"{self.size >> 20} MiB, a {self.write >> 20} MiB write, {self.files} files created, stat'ed and "
+                "unlinked")
 
 
 @dataclass(frozen=True)
@@ -123,29 +137,35 @@ def daemon_argv(daemon: VirtiofsdProbe, setting: Setting, socket: Path, share: P
 
 @dataclass(frozen=True)
 class GuestPlan:
-    """What the bench init reads from the kernel line: which share, how to mount it, which jobs, how often."""
+    """One boot for all the settings: a device per setting (a virtio-fs device, each with its own virtiofsd, or
+    the 9p device), mounted one after the other by the bench init, which reads this from the kernel line."""
 
-    setting: Setting
+    settings: tuple[Setting, ...]
     workloads: tuple[str, ...]
     repetitions: int
-    amounts: Amounts = field(default_factory=Amounts)
+    amounts: Amounts
+
+    def tag(self, index: int) -> str:
+        return NINE_P_TAG if self.settings[index].fs == "9p" else f"qp{index}"
 
     def kernel_append(self, arch: str) -> str:
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
-        options = "dax" if self.setting.window else ""
-        return (f"console={console} panic=-1 quiet qemuprov.fs={self.setting.fs} qemuprov.opts={options or '-'} "
+        mounts = ",".join(f"{s.fs}:{self.tag(i)}:{'dax' if s.window else '-'}" for i, s in enumerate(self.settings))
+        return (f"console={console} panic=-1 quiet qemuprov.mounts={mounts} "
                 f"qemuprov.jobs={','.join(self.workloads)} qemuprov.reps={self.repetitions} "
                 f"qemuprov.env={self.amounts.guest_env().replace(' ', ',')}")
 
 
-def qemu_argv(qemu: QemuProbe, kit: Kit, plan: GuestPlan, socket: Path, share: Path, serial: Path, accel: str,
+def qemu_argv(qemu: QemuProbe, kit: Kit, plan: GuestPlan, sockets: dict[int, Path], share: Path, accel: str,
               firmware: list[str]) -> list[str]:
-    setting = plan.setting
-    if setting.fs == "9p":
-        devices = ["-fsdev", f"local,id=fs9p,path={share},security_model=none",
-                   "-device", f"{NINE_P_DEVICE},fsdev=fs9p,mount_tag={NINE_P_TAG}"]
-    else:
-        window = f",cache-size={setting.window_text}" if setting.window else ""
-        devices = ["-chardev", f"socket,id=vfs,path={socket}",
-                   "-device", f"vhost-user-fs-pci,chardev=vfs,tag={TAG}{window}"]
-    return guest_argv(qemu, kit, plan.kernel_append(str(qemu.arch)), serial, accel, firmware, devices)
+    """The console on QEMU's stdio: the host answers the guest's "wait" on it, once its page cache is dropped."""
+    devices = []
+    for index, setting in enumerate(plan.settings):
+        if setting.fs == "9p":
+            devices += ["-fsdev", f"local,id=fs9p,path={share},security_model=none",
+                        "-device", f"{NINE_P_DEVICE},fsdev=fs9p,mount_tag={NINE_P_TAG}"]
+        else:
+            window = f",cache-size={setting.window_text}" if setting.window else ""
+            devices += ["-chardev", f"socket,id=vfs{index},path={sockets[index]}",
+                        "-device", f"vhost-user-fs-pci,chardev=vfs{index},tag={plan.tag(index)}{window}"]
+    return guest_argv(qemu, kit, plan.kernel_append(str(qemu.arch)), "stdio", accel, firmware, devices)

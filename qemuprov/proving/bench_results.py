@@ -35,8 +35,9 @@ def _number(job: dict[str, Any], direction: str, key: str) -> float:
     return float(value)
 
 
-def parse_fio(text: str, workload: str) -> dict[str, float]:
-    """fio --output-format=json of one workload -> {measure: value}. fio may print notes before the JSON."""
+def parse_fio(text: str, workloads: tuple[str, ...]) -> dict[str, float]:
+    """fio --output-format=json of one run of the workloads -> {measure: value}. fio may print notes before the
+    JSON."""
     if len(text) > MAX_RESULT_BYTES:
         raise FioOutputError("fio's output is larger than any job's")
     start = text.find("{")
@@ -44,21 +45,25 @@ def parse_fio(text: str, workload: str) -> dict[str, float]:
         data = json.loads(text[start:]) if start >= 0 else None
     except json.JSONDecodeError as exc:
         raise FioOutputError(f"fio's output is not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise FioOutputError("fio's output nests deeper than any job's") from None
     jobs = data.get("jobs") if isinstance(data, dict) else None
     if not isinstance(jobs, list) or not jobs or not all(isinstance(j, dict) for j in jobs):
         raise FioOutputError("fio's output has no jobs")
     by_name = {str(j.get("jobname")): j for j in jobs}
-    if workload == "metadata":
-        missing = [name for name in ("create", "stat", "unlink") if name not in by_name]
-        if missing:
-            raise FioOutputError(f"fio's output lacks the {', '.join(missing)} job")
-        return {name: max(_number(by_name[name], "read", "iops"), _number(by_name[name], "write", "iops"))
-                for name in ("create", "stat", "unlink")}
-    job = by_name.get(workload) or jobs[0]
-    if workload == "randread":
-        return {"randread": _number(job, "read", "iops")}
-    direction = "write" if workload == "seqwrite" else "read"
-    return {workload: _number(job, direction, "bw_bytes") / 1e6}
+    wanted = [m for m, (w, _, _) in MEASURES.items() if w in workloads]
+    if missing := [m for m in wanted if m not in by_name]:
+        raise FioOutputError(f"fio's output lacks the {', '.join(missing)} job")
+    measured = {}
+    for measure in wanted:
+        job = by_name[measure]
+        if measure in ("seqread", "seqwrite"):
+            measured[measure] = _number(job, "write" if measure == "seqwrite" else "read", "bw_bytes") / 1e6
+        elif measure == "randread":
+            measured[measure] = _number(job, "read", "iops")
+        else:  # fio counts creates, stats and unlinks as reads or writes, by engine and version
+            measured[measure] = max(_number(job, "read", "iops"), _number(job, "write", "iops"))
+    return measured
 
 
 @dataclass

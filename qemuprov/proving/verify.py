@@ -61,15 +61,16 @@ def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path, cache: str
 def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
               firmware: list[str]) -> list[str]:
     device = f"vhost-user-fs-pci,chardev=vfs,tag={TAG}" + (f",cache-size={DAX_WINDOW}" if qemu.dax else "")
-    return guest_argv(qemu, kit, kernel_append(qemu), serial, accel, firmware,
+    return guest_argv(qemu, kit, kernel_append(qemu), f"file:{serial}", accel, firmware,
                       ["-chardev", f"socket,id=vfs,path={socket}", "-device", device])
 
 
-def guest_argv(qemu: QemuProbe, kit: Kit, append: str, serial: Path, accel: str, firmware: list[str],
+def guest_argv(qemu: QemuProbe, kit: Kit, append: str, serial: str, accel: str, firmware: list[str],
                share: list[str], memory_mb: int = MEMORY_MB) -> list[str]:
-    """The kit booted with shared guest memory (vhost-user needs it) and the share's devices."""
+    """The kit booted with shared guest memory (vhost-user needs it) and the share's devices; serial: where
+    the console goes (file:PATH, stdio)."""
     argv = [qemu.path, "-accel", accel, "-m", str(memory_mb), "-nodefaults", "-display", "none", "-no-reboot",
-            "-serial", f"file:{serial}", "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
+            "-serial", serial, "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
             "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on", "-numa", "node,memdev=mem",
             *share]
     if qemu.arch == "aarch64":

@@ -1,0 +1,179 @@
+"""bench's logic that no QEMU here can reach: DAX settings (the fork cannot be fetched; its probe and its guest's
+lines are captured), fio's JSON read as untrusted, and the reading a user acts on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qemuprov.errors import UserError
+from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.knowledge.probe_parse import properties_from_help, thread_pool_default, virtiofsd_facts
+from qemuprov.proving import bench, bench_plan
+from qemuprov.proving.bench_plan import Amounts, GuestPlan, Setting
+from qemuprov.proving.bench_results import FioOutputError, SettingResult, add_ratios, parse_fio, reading
+from qemuprov.proving.guestkit import Kit
+from qemuprov.recipe import VirtiofsdFlavour
+from tests.conftest import CAPTURES
+
+DAX = CAPTURES / "qemu-6.1-dev-dax"
+FIO = CAPTURES / "fio-3.33"
+KIT = Kit("x86_64", Path("/k/vmlinuz"), Path("/k/initrd"))
+
+
+def _qemu(dax: bool, nine_p: bool = True, arch: str = "x86_64") -> QemuProbe:
+    return QemuProbe("/q/qemu-system-" + arch, version="6.0.94", arch=arch, vhost_user_fs=True, dax=dax,
+                     devices={"vhost-user-fs-pci": True, "virtio-9p-pci": nine_p})
+
+
+def _daemon(capture: str) -> VirtiofsdProbe:
+    facts = virtiofsd_facts((CAPTURES / capture / "virtiofsd-help.txt").read_text(), "")
+    return VirtiofsdProbe("/d/virtiofsd", flavour=facts.flavour, thread_pool_default=facts.thread_pool_default)
+
+
+@pytest.mark.parametrize(("capture", "default"), [("debian-11-qemu-5.2", 64), ("debian-7.2", 0),
+                                                  ("qemu-6.1-dev-dax", 0), ("debian-13-rust-virtiofsd", 0)])
+def test_the_thread_pool_default_is_the_daemons_own(capture: str, default: int) -> None:
+    assert thread_pool_default((CAPTURES / capture / "virtiofsd-help.txt").read_text()) == default
+
+
+def test_a_dax_build_compares_two_windows_one_smaller_than_the_data() -> None:
+    qemu = _qemu(dax="cache-size" in properties_from_help((DAX / "device-vhost-user-fs-pci-help.txt").read_text()))
+    amounts = Amounts.for_accel("tcg")
+    windows = bench_plan.windows_for(qemu, [], amounts)
+    assert windows[0] < amounts.size < windows[-1]
+    names = [s.name for s in bench_plan.settings_for(qemu, _daemon("qemu-6.1-dev-dax"), windows, 0)]
+    assert names == ["virtio-fs", "cache=none", "cache=always", "1 thread", "DAX 8M", "DAX 64M", "9p"]
+    assert bench_plan.windows_for(qemu, ["1G", "64M", "1024M"], amounts) == [64 << 20, 1 << 30]
+
+
+def test_window_options_are_refused_in_one_line() -> None:
+    with pytest.raises(UserError, match="has no DAX window"):
+        bench_plan.windows_for(_qemu(dax=False), ["64M"], Amounts.for_accel("tcg"))
+    with pytest.raises(UserError, match="not a power of two"):
+        bench_plan.windows_for(_qemu(dax=True), ["48M"], Amounts.for_accel("tcg"))
+    with pytest.raises(UserError, match="2M or more"):
+        bench_plan.windows_for(_qemu(dax=True), ["1M"], Amounts.for_accel("tcg"))
+    with pytest.raises(UserError, match="is not a size"):
+        bench_plan.windows_for(_qemu(dax=True), ["lots"], Amounts.for_accel("tcg"))
+    assert bench_plan.windows_for(_qemu(dax=False), [], Amounts.for_accel("tcg")) == []
+
+
+def test_each_daemon_is_spoken_to_in_its_own_words(tmp_path: Path) -> None:
+    c, rust = _daemon("debian-7.2"), _daemon("debian-13-rust-virtiofsd")
+    assert rust.flavour == VirtiofsdFlavour.RUST
+    rust_settings = bench_plan.settings_for(_qemu(dax=False), rust, [], rust.thread_pool_default)
+    assert [s.name for s in rust_settings][:3] == ["virtio-fs", "cache=never", "cache=always"]
+    never = bench_plan.daemon_argv(rust, rust_settings[1], tmp_path / "s", tmp_path)
+    assert never[-2:] == ["--cache", "never"]
+    one = bench_plan.daemon_argv(c, Setting("1 thread", "", threads=1), tmp_path / "s", tmp_path)
+    assert "cache=auto" in one and one[-1] == "--thread-pool-size=1"
+    # A daemon whose default pool is one thread gets no row that repeats it.
+    assert "1 thread" not in [s.name for s in bench_plan.settings_for(_qemu(dax=False), c, [], 1)]
+
+
+def test_the_command_lines_of_dax_and_9p(tmp_path: Path) -> None:
+    qemu = _qemu(dax=True, arch="aarch64")
+    """One boot: a device per setting, each virtio-fs device on its own daemon's socket; the guest learns the
+    order from the kernel line."""
+    qemu = _qemu(dax=True, arch="aarch64")
+    settings = (Setting("virtio-fs", "", baseline=True), Setting("DAX 32M", "", window=32 << 20),
+                Setting("9p", "", fs="9p"))
+    plan = GuestPlan(settings, ("seqread",), 3, Amounts.for_accel("tcg"))
+    argv = bench_plan.qemu_argv(qemu, KIT, plan, {0: tmp_path / "a.sock", 1: tmp_path / "b.sock"}, tmp_path,
+                                "tcg", [])
+    assert "vhost-user-fs-pci,chardev=vfs0,tag=qp0" in argv
+    assert "vhost-user-fs-pci,chardev=vfs1,tag=qp1,cache-size=32M" in argv
+    assert f"socket,id=vfs1,path={tmp_path / 'b.sock'}" in argv
+    assert f"local,id=fs9p,path={tmp_path},security_model=none" in argv
+    append = argv[argv.index("-append") + 1]
+    assert "qemuprov.mounts=virtiofs:qp0:-,virtiofs:qp1:dax,9p:qemuprov9p:-" in append
+    assert "console=ttyAMA0" in append and argv[argv.index("-serial") + 1] == "stdio"
+
+
+ALL_WORKLOADS = FIO / "all-workloads.json"
+
+
+def test_real_fio_output_is_read() -> None:
+    got = parse_fio(ALL_WORKLOADS.read_text(), bench_plan.WORKLOAD_NAMES)
+    assert set(got) == {"seqread", "randread", "seqwrite", "create", "stat", "unlink"}
+    assert all(v > 0 for v in got.values())
+    assert set(parse_fio(ALL_WORKLOADS.read_text(), ("seqread",))) == {"seqread"}
+
+
+@pytest.mark.parametrize("text", ["", "fio: no such engine", "{", '{"jobs": []}', '{"jobs": [1]}',
+                                  '{"jobs": [{"jobname": "seqread", "read": {"bw_bytes": -5}}]}',
+                                  '{"jobs": [{"jobname": "seqread", "read": {"bw_bytes": "fast"}}]}',
+                                  '{"jobs": [{"jobname": "seqread", "read": []}]}', "[" * 100000 + "]" * 100000,
+                                  '{"jobs": ' + "[" * 100000 + "]" * 100000 + "}",
+                                  "{" + " " * (5 << 20) + "}"])
+def test_broken_or_hostile_fio_output_is_an_error_not_a_figure(text: str) -> None:
+    with pytest.raises(FioOutputError):
+        parse_fio(text, ("seqread",))
+
+
+def test_every_measure_must_be_there() -> None:
+    data = json.loads(ALL_WORKLOADS.read_text())
+    data["jobs"] = [j for j in data["jobs"] if j["jobname"] != "unlink"]
+    with pytest.raises(FioOutputError, match="unlink"):
+        parse_fio(json.dumps(data), ("metadata",))
+
+
+def _result(setting: Setting, **medians: float) -> SettingResult:
+    result = SettingResult(setting, "tcg", ok=True, runs={m: [v * 0.9, v, v * 1.1] for m, v in medians.items()})
+    result.summarize()
+    return result
+
+
+def test_the_reading_of_a_dax_build_where_the_small_window_collapses() -> None:
+    results = [_result(Setting("virtio-fs", "", baseline=True), seqread=100, randread=1000),
+               _result(Setting("DAX 32M", "", window=32 << 20), seqread=400, randread=200),
+               _result(Setting("DAX 1G", "", window=1 << 30), seqread=650, randread=1500),
+               _result(Setting("9p", "", fs="9p"), seqread=20, randread=900)]
+    add_ratios(results)
+    said = reading(results, True, Amounts.for_accel("kvm"))
+    assert said.startswith("DAX 6.5x for sequential reads here (1G window)")
+    assert "fell to 0.20x for random reads: keep the window above the working set" in said
+    assert "virtio-fs 5.0x 9p" in said
+    assert results[1].summaries["seqread"].spread_pct == 20.0
+
+
+def test_a_qemu_without_the_window_never_reads_as_dax() -> None:
+    results = [_result(Setting("virtio-fs", "", baseline=True), seqread=100),
+               _result(Setting("cache=always", "", cache="always"), seqread=150)]
+    add_ratios(results)
+    said = reading(results, False, Amounts.for_accel("tcg"))
+    assert said.startswith("this QEMU has no DAX window") and "x for sequential reads here" not in said
+    assert "cache=always 1.50x cache=auto" in said
+
+
+def test_a_dax_mount_is_checked_against_the_guests_own_lines(tmp_path: Path) -> None:
+    """The captured guest lines of a real DAX boot pass; a guest that mounted without dax is an error, not a
+    DAX figure."""
+    mounts = (DAX / "guest-proc-mounts-dax.txt").read_text().strip()
+    window = (DAX / "guest-dmesg-dax.txt").read_text().strip()
+    (tmp_path / "1-1.json").write_text(ALL_WORKLOADS.read_text())
+    for line, ok in ((mounts, True), (mounts.replace(",dax=always", ""), False)):
+        result = SettingResult(Setting("DAX 64M", "", window=64 << 20), "tcg")
+        lines = [f"QEMUPROV: dax-window {window}", "QEMUPROV: wait 0", "QEMUPROV: mount-failed 0 no",
+                 "QEMUPROV: wait 1", f"QEMUPROV: mounted 1 {line}", "QEMUPROV: end 1 1"]
+        bench._judge(result, 1, lines, [], tmp_path, ("seqread",), 1)
+        assert result.ok is ok, result.error
+        assert result.window_seen == window
+    assert "mounted without it" in result.error
+
+
+def test_a_guest_that_failed_to_mount_says_why(tmp_path: Path) -> None:
+    result = SettingResult(Setting("9p", "", fs="9p"), "tcg")
+    bench._judge(result, 2, ["QEMUPROV: mount-failed 2 mount: mounting qemuprov9p on /mnt failed: No such device"],
+                 [], tmp_path, ("seqread",), 1)
+    assert not result.ok and result.error.endswith("No such device")
+
+
+def test_the_bench_init_is_valid_shell() -> None:
+    init = bench.BENCH_INIT % {"modules": "a b"}
+    assert "${m%%:*}" in init
+    assert subprocess.run(["sh", "-n"], input=init, text=True).returncode == 0
