@@ -57,7 +57,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             results, host_cache = bench.run(bench.Bench(qemu, daemon, kit, accel, targets.firmware, workloads,
                                                         args.repetitions, amounts), settings, share / "share", report)
             bench_results.add_ratios(results)
-            reports.append(_report(qemu, daemon, kit, accel, results, workloads, args.repetitions, amounts,
+            reports.append(_report(qemu, daemon, kit.record(), accel, results, workloads, args.repetitions, amounts,
                                    host_cache))
         finally:
             shutil.rmtree(share, ignore_errors=True)
@@ -68,7 +68,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(s["ok"] for r in reports for s in r["settings"]) else 1
 
 
-def _report(qemu: Any, daemon: Any, kit: Any, accel: str, results: list[Any], workloads: tuple[str, ...],
+def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: list[Any], workloads: tuple[str, ...],
             repetitions: int, amounts: Any, host_cache: str) -> dict[str, Any]:
     from qemuprov.proving import bench_results
 
@@ -77,11 +77,12 @@ def _report(qemu: Any, daemon: Any, kit: Any, accel: str, results: list[Any], wo
         "qemu": {"path": qemu.path, "version": qemu.version, "dax": qemu.dax},
         "virtiofsd": {"path": daemon.path, "flavour": str(daemon.flavour), "version": daemon.version,
                       "thread_pool_default": daemon.thread_pool_default},
-        "kit": kit.record(), "workloads": list(workloads), "repetitions": repetitions, "amounts": asdict(amounts),
+        "kit": kit, "workloads": list(workloads), "repetitions": repetitions, "amounts": asdict(amounts),
         "work": amounts.describe(),
         "host_page_cache": host_cache,
         "guest_page_cache": "dropped before each job (drop_caches in the guest)",
-        "settings": [{"name": r.setting.name, "what": r.setting.what, "accel": r.accel, "ok": r.ok,
+        "settings": [{"name": r.setting.name, "what": r.setting.what, "window": r.setting.window,
+                      "accel": r.accel, "ok": r.ok,
                       "error": r.error, "mount": r.mount, "dax_window": r.window_seen, "seconds": r.seconds,
                       "virtiofsd_argv": r.daemon, "qemu_argv": r.qemu,
                       "results": {m: asdict(s) for m, s in r.summaries.items()}} for r in results],

@@ -177,3 +177,20 @@ def test_the_bench_init_is_valid_shell() -> None:
     init = bench.BENCH_INIT % {"modules": "a b"}
     assert "${m%%:*}" in init
     assert subprocess.run(["sh", "-n"], input=init, text=True).returncode == 0
+
+
+def test_the_table_shows_each_row_its_accelerator_and_a_failure_with_its_reason() -> None:
+    from qemuprov.commands.bench import _report, _text
+
+    ok = _result(Setting("virtio-fs", "v", baseline=True), seqread=100)
+    failed = SettingResult(Setting("DAX 8M", "d", window=8 << 20), "tcg", error="asked for DAX, but \x1b[2Jno")
+    add_ratios([ok, failed])
+    report = _report(_qemu(dax=True), _daemon("qemu-6.1-dev-dax"), {}, "tcg", [ok, failed], ("seqread",), 3,
+                     Amounts.for_accel("tcg"), "dropped")
+    text = _text(report, ("seqread",))
+    table = text.splitlines()[1:4]
+    assert table[0].split() == ["SETTING", "ACCEL", "SEQ", "READ", "MB/s"]
+    assert table[1].split()[:3] == ["virtio-fs", "tcg", "100"] and table[2].split()[:4] == ["DAX", "8M", "tcg",
+                                                                                            "FAILED"]
+    assert "FAILED DAX 8M: asked for DAX, but ?[2Jno" in text  # the guest's words cannot move the cursor
+    assert "read the ratios" in text and text.splitlines()[-1].startswith("reading: no DAX setting ran")
