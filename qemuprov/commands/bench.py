@@ -70,6 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: list[Any], workloads: tuple[str, ...],
             repetitions: int, amounts: Any, host_cache: str) -> dict[str, Any]:
+    from qemuprov.knowledge import probe
     from qemuprov.proving import bench_results
 
     return {
@@ -87,6 +88,7 @@ def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: li
                       "virtiofsd_argv": r.daemon, "qemu_argv": r.qemu,
                       "results": {m: asdict(s) for m, s in r.summaries.items()}} for r in results],
         "reading": bench_results.reading(results, qemu.dax, amounts),
+        "warnings": probe.pairing_warnings(qemu, daemon),
     }
 
 
@@ -109,6 +111,7 @@ def _text(report: dict[str, Any], workloads: tuple[str, ...]) -> str:
               f"host page cache: {report['host_page_cache']}; guest page cache: {report['guest_page_cache']}"]
     if report["caveat"]:
         lines.append(f"note: {report['caveat']}")
+    lines += [f"warning: {warning}" for warning in report["warnings"]]
     lines.append(f"reading: {report['reading']}")
     return "\n".join(lines)
 
