@@ -21,6 +21,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +40,40 @@ PUBLISHED = {
 }
 
 
-def bench(*target: str, arch: str) -> list[dict[str, Any]]:
+def bench(*target: str, arch: str) -> tuple[dict[str, Any], float]:
+    """One `qemuprov bench` of one arch: its report, and how long the whole command took."""
     command = [sys.executable, "-m", "qemuprov", "bench", *target, "--arch", arch, "--json"]
     print("$ " + " ".join(command), flush=True)
+    started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode not in (0, 1) or not done.stdout.strip().startswith("["):
         raise SystemExit(f"bench failed ({done.returncode}): {done.stderr[-2000:]}")
-    reports: list[dict[str, Any]] = json.loads(done.stdout)
-    return reports
+    (report,) = json.loads(done.stdout)
+    return report, round(time.monotonic() - started, 1)
 
 
-def ratio(report: dict[str, Any], setting: str, measure: str) -> float | None:
+def median(report: dict[str, Any], setting: str, measure: str) -> float | None:
     row = next((s for s in report["settings"] if s["name"] == setting and s["ok"]), None)
-    return row["results"][measure]["ratio"] if row and measure in row["results"] else None
+    return row["results"][measure]["median"] if row and measure in row["results"] else None
+
+
+def ratio(report: dict[str, Any], setting: str, measure: str, base: str = "virtio-fs") -> float | None:
+    """setting's median over base's, measured in the same boot."""
+    over, under = median(report, setting, measure), median(report, base, measure)
+    return round(over / under, 2) if over and under else None
 
 
 def comparisons(report: dict[str, Any]) -> dict[str, float | None]:
     windows = sorted((s for s in report["settings"] if s["window"] and s["ok"]), key=lambda s: s["window"])
     biggest = windows[-1]["name"] if windows else ""
     smallest = windows[0]["name"] if len(windows) > 1 else ""
-    nine_p = ratio(report, "9p", "seqread")
     return {"dax_seqread": ratio(report, biggest, "seqread") if biggest else None,
             "dax_randread": ratio(report, biggest, "randread") if biggest else None,
             "small_window_randread": ratio(report, smallest, "randread") if smallest else None,
             "cache_none_seqread": next((ratio(report, n, "seqread") for n in ("cache=none", "cache=never")
                                         if ratio(report, n, "seqread")), None),
             "one_thread_randread": ratio(report, "1 thread", "randread"),
-            "virtiofs_over_9p_seqread": round(1 / nine_p, 2) if nine_p else None}
+            "virtiofs_over_9p_seqread": ratio(report, "virtio-fs", "seqread", base="9p")}
 
 
 def main() -> None:
@@ -77,17 +85,18 @@ def main() -> None:
     runs: dict[str, dict[str, Any]] = {}
     for arch in args.arch.split(","):
         targets = [("debian-7.2", ["--qemu", str(DEBIAN_QEMU[arch]), "--virtiofsd", str(DEBIAN_VIRTIOFSD)])]
-        targets += [(build, [build]) for build in args.builds]
+        targets += [(Path(build).name, [build]) for build in args.builds]
         for name, target in targets:
-            (report,) = bench(*target, arch=arch)
-            runs[f"{name} {arch}"] = {"accel": report["accel"], "reading": report["reading"],
+            report, seconds = bench(*target, arch=arch)
+            runs[f"{name} {arch}"] = {"accel": report["accel"], "seconds": seconds, "reading": report["reading"],
                                       "work": report["work"], "comparisons": comparisons(report),
                                       "settings": report["settings"]}
-    keys = list(PUBLISHED)
-    print(f"\n{'comparison':<28}" + "".join(f"{run:>22}" for run in runs) + "  published")
-    for key in keys:
-        cells = "".join(f"{_cell(run['comparisons'][key]):>22}" for run in runs.values())
+    width = max(len(name) for name in runs) + 2
+    print(f"\n{'comparison':<28}" + "".join(f"{run:>{width}}" for run in runs) + "  published")
+    for key in PUBLISHED:
+        cells = "".join(f"{_cell(run['comparisons'][key]):>{width}}" for run in runs.values())
         print(f"{key:<28}{cells}  {PUBLISHED[key]}")
+    print(f"{'seconds (the whole bench)':<28}" + "".join(f"{run['seconds']:>{width}}" for run in runs.values()))
     for name, run in runs.items():
         print(f"{name} ({run['accel']}): {run['reading']}")
     results_file.write(args.json, {"runs": {n: {k: v for k, v in r.items() if k != "settings"} | {

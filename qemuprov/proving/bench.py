@@ -263,8 +263,9 @@ def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path,
                 report.step(f"bench {arch}", f"{current.setting.what} "
                             f"({int(words[2]) + 1}/{len(plan.settings)}, {current.accel})")
                 boot.host_cache = drop_host_cache(share)
-                vm.stdin.write(b"go\n")
-                vm.stdin.flush()
+                with contextlib.suppress(BrokenPipeError):  # QEMU gone: the loop ends at its next poll
+                    vm.stdin.write(b"go\n")
+                    vm.stdin.flush()
             elif words[1] == "end":
                 done += 1
                 report.progress(done, total)
