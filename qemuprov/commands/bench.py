@@ -81,7 +81,8 @@ def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: li
         "kit": kit, "workloads": list(workloads), "repetitions": repetitions, "amounts": asdict(amounts),
         "work": amounts.describe(),
         "host_page_cache": host_cache,
-        "guest_page_cache": "dropped before each job (drop_caches in the guest)",
+        "guest_page_cache": "dropped before each repetition (drop_caches in the guest), after one small "
+                            "unmeasured run that warms TCG's code",
         "settings": [{"name": r.setting.name, "what": r.setting.what, "window": r.setting.window,
                       "accel": r.accel, "ok": r.ok,
                       "error": r.error, "mount": r.mount, "dax_window": r.window_seen, "seconds": r.seconds,

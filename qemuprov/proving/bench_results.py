@@ -117,6 +117,11 @@ def add_ratios(results: list[SettingResult]) -> None:
                 summary.ratio = round(summary.median / against.median, 2)
 
 
+def _noise(a: Summary | None, b: Summary | None) -> str:
+    """Said after a ratio whose two sides' ranges overlap: the difference may be the machine's, not the setting's."""
+    return " (within the spread)" if a and b and a.low <= b.high and b.low <= a.high else ""
+
+
 def _median(results: list[SettingResult], name: str, measure: str) -> float | None:
     found = next((r for r in results if r.setting.name == name and r.ok), None)
     summary = found.summaries.get(measure) if found else None
@@ -138,7 +143,8 @@ def reading(results: list[SettingResult], dax: bool, amounts: Amounts) -> str:
         biggest = windows[-1]
         sequential = biggest.summaries.get("seqread")
         if sequential and sequential.ratio:
-            said.append(f"DAX {sequential.ratio:.1f}x for sequential reads here ({biggest.setting.window_text} window)")
+            said.append(f"DAX {sequential.ratio:.1f}x for sequential reads here ({biggest.setting.window_text} window)"
+                        + _noise(sequential, base.summaries.get("seqread")))
         small = [w for w in windows if (w.setting.window or 0) < amounts.size]
         random_small = small[0].summaries.get("randread") if small else None
         random_big = biggest.summaries.get("randread")
@@ -154,12 +160,14 @@ def reading(results: list[SettingResult], dax: bool, amounts: Amounts) -> str:
              and r.setting.threads is None]
     best = max(modes, key=lambda r: r.summaries["seqread"].median if "seqread" in r.summaries else 0, default=None)
     if best is not None and best is not base and (s := best.summaries.get("seqread")) and s.ratio:
-        said.append(f"{best.setting.name} {s.ratio:.2f}x cache={base.setting.cache} for sequential reads")
+        said.append(f"{best.setting.name} {s.ratio:.2f}x cache={base.setting.cache} for sequential reads"
+                    + _noise(s, base.summaries.get("seqread")))
     threads = next((r for r in results if r.ok and r.setting.threads is not None), None)
     measure = "randread" if threads and "randread" in threads.summaries else "seqread"
     if threads and (s := threads.summaries.get(measure)) and s.ratio:
         kind = "random" if measure == "randread" else "sequential"
-        said.append(f"a pool of 1 thread {s.ratio:.2f}x the default for {kind} reads")
+        said.append(f"a pool of 1 thread {s.ratio:.2f}x the default for {kind} reads"
+                    + _noise(s, base.summaries.get(measure)))
     nine_p = _median(results, "9p", "seqread")
     if nine_p and (ours := _median(results, base.setting.name, "seqread")):
         said.append(f"virtio-fs {ours / nine_p:.1f}x 9p for sequential reads")
