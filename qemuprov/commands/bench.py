@@ -20,7 +20,7 @@ TCG_CAVEAT = "under TCG (no KVM) absolute figures mean little: read the ratios"
 def cmd_bench(args: argparse.Namespace) -> int:
     from qemuprov.commands.verify import targets_of
     from qemuprov.knowledge import probe
-    from qemuprov.proving import bench, bench_plan, bench_results, guestkit, verify
+    from qemuprov.proving import bench, bench_plan, bench_results, fio, guestkit, verify
 
     if not 1 <= args.repetitions <= MAX_REPETITIONS:
         raise UserError(f"--repetitions: {args.repetitions} is not between 1 and {MAX_REPETITIONS}",
@@ -57,7 +57,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             results, host_cache = bench.run(bench.Bench(qemu, daemon, kit, accel, targets.firmware, workloads,
                                                         args.repetitions, amounts), settings, share / "share", report)
             bench_results.add_ratios(results)
-            reports.append(_report(qemu, daemon, kit.record(), accel, results, workloads, args.repetitions, amounts,
+            guest = {**kit.record(), "fio": f"{fio.VERSION} (Debian {fio.SUITE}'s source, static)",
+                     "fio_sha256": guestkit.sha256_of(fio.cached(arch))}
+            reports.append(_report(qemu, daemon, guest, accel, results, workloads, args.repetitions, amounts,
                                    host_cache))
         finally:
             shutil.rmtree(share, ignore_errors=True)
