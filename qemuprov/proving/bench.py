@@ -28,6 +28,7 @@ from qemuprov.proving.guestkit import Kit
 SOCKET_TIMEOUT = 10.0
 BOOT_ALLOWANCE = 120.0  # a TCG boot of the kit takes 5 to 20 s
 JOB_ALLOWANCE = 180.0  # the longest the guest may stay silent: one repetition of every job
+MAX_LINES = 10_000  # of QEMUPROV: lines from one boot; the bench init prints a few per repetition
 
 BENCH_INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -242,11 +243,13 @@ def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path,
     plan = boot.plan
     total = plan.repetitions
     deadline = time.monotonic() + BOOT_ALLOWANCE
+    # However chatty the console, the whole boot is bounded: every setting's repetitions and its warm-up.
+    last = deadline + JOB_ALLOWANCE * len(plan.settings) * (plan.repetitions + 1)
     seen, done = 0, 0
     lines: list[str] = []
     started = time.monotonic()
     current: SettingResult | None = None
-    while vm.poll() is None and time.monotonic() < deadline:
+    while vm.poll() is None and time.monotonic() < min(deadline, last) and len(lines) < MAX_LINES:
         with console.open("rb") as handle:
             handle.seek(seen)
             chunk = handle.read(1 << 20)
