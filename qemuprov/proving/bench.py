@@ -65,7 +65,8 @@ for m in $(arg mounts | tr , ' '); do
   say "mounted $i $(grep ' /mnt ' /proc/mounts)"
   mkdir -p /mnt/results /mnt/md-0
   # One small unmeasured run first: TCG translates fio's and the kernel's paths once, not in repetition 1.
-  SIZE=1048576 RANDIO=65536 WSIZE=1048576 FILES=10 REP=0 fio --output=/dev/null /tmp/jobs.fio >/dev/null 2>&1
+  SIZE=1048576 RANDIO=65536 WSIZE=1048576 FILES=10 REP=0 SETTING=$i fio --output=/dev/null /tmp/jobs.fio \
+    >/dev/null 2>&1
   rm -rf /mnt/md-0
   rep=1
   while [ "$rep" -le "$reps" ]; do
@@ -73,7 +74,7 @@ for m in $(arg mounts | tr , ' '); do
     sync
     echo 3 > /proc/sys/vm/drop_caches
     say "start $i $rep"
-    if REP=$rep fio --output-format=json --output=/tmp/out.json /tmp/jobs.fio >/tmp/fio.err 2>&1; then
+    if REP=$rep SETTING=$i fio --output-format=json --output=/tmp/out.json /tmp/jobs.fio >/tmp/fio.err 2>&1; then
       cp /tmp/out.json /mnt/results/$i-$rep.json
       say "end $i $rep"
     else
@@ -241,7 +242,7 @@ def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path,
     """The guest's QEMUPROV: lines as they come: at each "wait N" the host drops its page cache and answers; a
     progress line per job. Until the guest powers off, or stays silent longer than a job may take."""
     plan = boot.plan
-    total = plan.repetitions
+    total = plan.repetitions * len(measures_of(plan.workloads))
     deadline = time.monotonic() + BOOT_ALLOWANCE
     # However chatty the console, the whole boot is bounded: every setting's repetitions and its warm-up.
     last = deadline + JOB_ALLOWANCE * len(plan.settings) * (plan.repetitions + 1)
@@ -261,9 +262,10 @@ def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path,
             line = raw.strip()
             lines.append(line)
             deadline = time.monotonic() + JOB_ALLOWANCE
-            words = line.split()
-            if words[1] == "wait" and vm.stdin is not None:
+            words = [*line.split(), "", "", ""]
+            if words[1] == "wait" and words[2].isdigit() and int(words[2]) in boot.results and vm.stdin is not None:
                 if current is not None:
+                    report.progress(done, total)
                     current.seconds = round(time.monotonic() - started, 1)
                 current, started, done = boot.results[int(words[2])], time.monotonic(), 0
                 report.step(f"bench {arch}", f"{current.setting.what} "
@@ -272,10 +274,11 @@ def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path,
                 with contextlib.suppress(BrokenPipeError):  # QEMU gone: the loop ends at its next poll
                     vm.stdin.write(b"go\n")
                     vm.stdin.flush()
-            elif words[1] == "end":
-                done += 1
+            elif words[1] == "job" and words[3] not in ("0", ""):  # repetition 0 is the warm-up
                 report.progress(done, total)
+                done += 1
         time.sleep(0.1)
+    report.progress(done, total)
     if current is not None:
         current.seconds = round(time.monotonic() - started, 1)
     report.finish_progress()

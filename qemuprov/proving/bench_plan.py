@@ -28,21 +28,30 @@ class Workload:
 
 
 _SMALL_FILES = "directory=${DIR}/md-${REP}\nnrfiles=${FILES}\nfilesize=4k\nopenfiles=1\nfilename_format=f.$filenum\n"
-# One fio run per repetition runs the chosen workloads one after the other (stonewall); each reads or writes
-# files no other job touched, so no job finds another's pages in a cache.
+
+
+def _job(name: str, options: str) -> str:
+    """One fio job, after the one before it (stonewall), saying on the console when it starts: the host's
+    progress per job."""
+    return (f"[{name}]\nstonewall\nexec_prerun=/bin/sh -c 'echo QEMUPROV: job ${{SETTING}} ${{REP}} {name} "
+            f">/dev/console'\n{options}")
+
+
+# One fio run per repetition runs the chosen workloads one after the other; each reads or writes files no other
+# job touched, so no job finds another's pages in a cache.
 WORKLOADS = (
     Workload("seqread", "sequential read (1 MiB blocks)", "MB/s",
-             "[seqread]\nstonewall\nfilename=${DIR}/data/seq-${REP}\nrw=read\nbs=1M\nsize=${SIZE}\nioengine=psync\n"),
+             _job("seqread", "filename=${DIR}/data/seq-${REP}\nrw=read\nbs=1M\nsize=${SIZE}\nioengine=psync\n")),
     Workload("randread", "random read (4 KiB blocks)", "IOPS",
-             "[randread]\nstonewall\nfilename=${DIR}/data/rand-${REP}\nrw=randread\nbs=4k\nsize=${SIZE}\n"
-             "io_size=${RANDIO}\nioengine=psync\n"),
+             _job("randread", "filename=${DIR}/data/rand-${REP}\nrw=randread\nbs=4k\nsize=${SIZE}\n"
+                              "io_size=${RANDIO}\nioengine=psync\n")),
     Workload("seqwrite", "sequential write (1 MiB blocks, fsync at the end)", "MB/s",
-             "[seqwrite]\nstonewall\nfilename=${DIR}/data/write-${REP}\nrw=write\nbs=1M\nsize=${WSIZE}\n"
-             "end_fsync=1\nunlink=1\nioengine=psync\n"),
+             _job("seqwrite", "filename=${DIR}/data/write-${REP}\nrw=write\nbs=1M\nsize=${WSIZE}\nend_fsync=1\n"
+                              "unlink=1\nioengine=psync\n")),
     Workload("metadata", "create, stat and unlink of small files", "IOPS",
-             f"[create]\nstonewall\nioengine=filecreate\nfallocate=none\n{_SMALL_FILES}"
-             f"[stat]\nstonewall\nioengine=filestat\n{_SMALL_FILES}"
-             f"[unlink]\nstonewall\nioengine=filedelete\n{_SMALL_FILES}"),
+             _job("create", f"ioengine=filecreate\nfallocate=none\n{_SMALL_FILES}")
+             + _job("stat", f"ioengine=filestat\n{_SMALL_FILES}")
+             + _job("unlink", f"ioengine=filedelete\n{_SMALL_FILES}")),
 )
 WORKLOAD_NAMES = tuple(w.name for w in WORKLOADS)
 

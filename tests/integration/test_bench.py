@@ -18,11 +18,12 @@ DEBIAN_QEMU_AARCH64 = Path("/usr/bin/qemu-system-aarch64")
 DEBIAN_VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
 
 
-def _bench(qenv: Env, *args: str) -> list[dict[str, Any]]:
+def _bench(qenv: Env, *args: str) -> tuple[list[dict[str, Any]], str]:
+    """The reports, and what bench said on stderr (its progress)."""
     result = qenv.run("bench", *args, "--json", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports: list[dict[str, Any]] = json.loads(result.stdout)
-    return reports
+    return reports, result.stderr
 
 
 def _check_rows(report: dict[str, Any], measures: set[str]) -> dict[str, dict[str, Any]]:
@@ -41,8 +42,9 @@ def _check_rows(report: dict[str, Any], measures: set[str]) -> dict[str, dict[st
 
 
 def test_bench_of_the_suites_build_compares_the_daemons_settings(qenv: Env, built: Built) -> None:
-    (report,) = _bench(qenv, str(built.prefix), "--arch", "x86_64")
+    (report,), said = _bench(qenv, str(built.prefix), "--arch", "x86_64")
     assert report["arch"] == "x86_64" and report["qemu"]["dax"] is False
+    assert said.count("    18/18 (100%)") == len(report["settings"])  # progress per job: 6 measures, 3 times
     rows = _check_rows(report, MEASURES)
     assert list(rows)[:4] == ["virtio-fs", "cache=none", "cache=always", "1 thread"]
     assert "-o" in rows["cache=none"]["virtiofsd_argv"] and "cache=none" in rows["cache=none"]["virtiofsd_argv"]
@@ -60,7 +62,8 @@ def test_bench_of_the_suites_build_compares_the_daemons_settings(qenv: Env, buil
 
 def test_quick_bench_of_debians_qemu_on_aarch64_against_9p(qenv: Env) -> None:
     """Debian's 7.2 has virtio-9p: the 9p row runs on the same guest kernel, and the reading compares it."""
-    (report,) = _bench(qenv, "--qemu", str(DEBIAN_QEMU_AARCH64), "--virtiofsd", str(DEBIAN_VIRTIOFSD), "--quick")
+    (report,), _ = _bench(qenv, "--qemu", str(DEBIAN_QEMU_AARCH64), "--virtiofsd", str(DEBIAN_VIRTIOFSD),
+                          "--quick")
     assert report["arch"] == "aarch64" and report["workloads"] == ["seqread"]
     rows = _check_rows(report, {"seqread"})
     assert " 9p " in rows["9p"]["mount"] and "trans=virtio" in rows["9p"]["mount"]
