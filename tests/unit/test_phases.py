@@ -52,12 +52,14 @@ class FakeRunner(HostRunner):
         return dict(extra)
 
 
-def _context(tmp_path: Path, runner: FakeRunner) -> tuple[Context, plan.Tree, plan.Plan]:
+def _context(tmp_path: Path, runner: FakeRunner, meson: bool = False,
+             precompiled_header: bool = True) -> tuple[Context, plan.Tree, plan.Plan]:
     recipe = RecipeBook(default_layers()).load("qemu-7.2")
     tree = plan.inspect(make_tree(tmp_path / "src", "7.2.0", ["virtiofsd", "tools"], virtiofsd=True,
-                                  meson=False))
+                                  meson=meson))
     the_plan = plan.make_plan(recipe, tree, Path("/opt/q"), ("x86_64",))
-    opts = Options(arches=("x86_64",), prefix=tmp_path / "prefix", runner=runner, jobs=2)  # type: ignore[arg-type]
+    opts = Options(arches=("x86_64",), prefix=tmp_path / "prefix", runner=runner, jobs=2,  # type: ignore[arg-type]
+                   precompiled_header=precompiled_header)
     log_path = tmp_path / "build.log"
     ctx = Context(recipe, opts, Reporter(io.StringIO()), tmp_path / "work")
     ctx.begin(log_path.open("w"), log_path, tmp_path / "staging")
@@ -79,6 +81,20 @@ def test_configure_runs_once_and_says_which_compiler(tmp_path: Path) -> None:
     assert "configure" not in ctx.timings
     qemu_steps.configure(ctx, tree, the_plan, "def456")  # another commit: configure again
     assert len([c for c in runner.calls if c[0].endswith("/configure")]) == 2
+
+
+@pytest.mark.parametrize(("compiler", "asked", "pch"), [("Debian clang version 14.0.6", True, True),
+                                                        ("Debian clang version 14.0.6", False, False),
+                                                        ("gcc (Debian 12.2.0-14) 12.2.0", True, False)])
+def test_the_precompiled_header_is_for_clang_and_meson_unless_refused(tmp_path: Path, compiler: str, asked: bool,
+                                                                       pch: bool) -> None:
+    """--no-pch (asked False) gives plain clang; gcc never gets the wrapper. The real builds: test_build's."""
+    runner = FakeRunner(compiler)
+    ctx, tree, the_plan = _context(tmp_path, runner, meson=True, precompiled_header=asked)
+    configured = qemu_steps.configure(ctx, tree, the_plan, "abc123")
+    assert configured.precompiled_header is pch
+    (line,) = [c for c in runner.calls if c[0].endswith("/configure")]
+    assert any("pch-cc" in arg for arg in line) is pch
 
 
 def test_compile_and_install_run_make_with_destdir(tmp_path: Path) -> None:
