@@ -37,13 +37,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         hint="build the arch into the install (recipe arches), or leave --arch out")
     qemus = [q for q in every if not wanted or q.arch in wanted]
     workloads = ("seqread",) if args.quick else bench_plan.WORKLOAD_NAMES
+    for qemu in qemus:  # all the bad input first, before KVM is tried or anything is fetched
+        if not qemu.vhost_user_fs:
+            raise UserError(f"QEMU {qemu.path} has no vhost-user-fs-pci device: there is no virtio-fs to measure")
+    asked = {qemu.path: bench_plan.asked_windows(qemu, args.window or []) for qemu in qemus}
     plans = []
     for qemu in qemus:
         accel = verify.choose_accel(str(qemu.arch), args.accel)
         amounts = bench_plan.Amounts.for_accel(accel)
-        if not qemu.vhost_user_fs:
-            raise UserError(f"QEMU {qemu.path} has no vhost-user-fs-pci device: there is no virtio-fs to measure")
-        windows = bench_plan.windows_for(qemu, args.window or [], amounts)
+        windows = bench_plan.windows_for(qemu, asked[qemu.path], amounts)
         plans.append((qemu, accel, amounts, bench_plan.settings_for(qemu, daemon, windows,
                                                                     daemon.thread_pool_default)))
     reports = []

@@ -1,13 +1,14 @@
-"""Run `qemuprov bench`: the host makes the data files once, then each setting is one boot of the bench guest
-(the guest kit with fio and an init that runs the jobs), bounded in time; fio's JSON comes back through the
-share. Each repetition reads files of its own, dropped from the host's page cache before every boot, so no
-repetition reads what an earlier one left in a cache."""
+"""Run `qemuprov bench`: the host makes the data files once, then one boot of the bench guest per arch (the
+guest kit with fio and an init that runs the jobs) mounts each setting's device in turn, bounded in time; fio's
+JSON comes back through the share. Each repetition reads files of its own, dropped from the host's page cache
+before every setting, so no repetition reads what an earlier one left in a cache."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,7 @@ from qemuprov.proving import bench_plan, fio, guestkit
 from qemuprov.proving.bench_plan import WORKLOADS, Amounts, GuestPlan, Setting
 from qemuprov.proving.bench_results import MAX_RESULT_BYTES, MEASURES, FioOutputError, SettingResult, parse_fio
 from qemuprov.proving.guestkit import Kit
+from qemuprov.proving.verify import virtiofsd_argv
 
 SOCKET_TIMEOUT = 10.0
 BOOT_ALLOWANCE = 120.0  # a TCG boot of the kit takes 5 to 20 s
@@ -183,7 +185,7 @@ def _start_daemons(bench: Bench, results: list[SettingResult], share: Path, work
         if result.setting.fs != "virtiofs":
             continue
         socket = work / f"vfs{number}.sock"
-        result.daemon = bench_plan.daemon_argv(bench.daemon, result.setting, socket, share)
+        result.daemon = virtiofsd_argv(bench.daemon, socket, share, result.setting.cache, result.setting.threads)
         log = (work / f"virtiofsd{number}.log").open("wb")
         logs.append(log)
         daemon = procs.spawn(result.daemon, log)
@@ -312,15 +314,26 @@ def _judge(result: SettingResult, index: int, lines: list[str], qemu_said: list[
     for rep in range(1, repetitions + 1):
         file = results / f"{index}-{rep}.json"
         try:
-            if file.stat().st_size > MAX_RESULT_BYTES:
-                raise FioOutputError("fio's output is larger than any job's")
-            measured = parse_fio(file.read_text(errors="replace"), workloads)
+            measured = parse_fio(_read_result(file), workloads)
         except (OSError, FioOutputError) as exc:
             result.error = f"repetition {rep}: {fio_failed[0] if fio_failed else exc}"
             return
         for measure, value in measured.items():
             result.runs.setdefault(measure, []).append(value)
     result.ok = True
+
+
+def _read_result(file: Path) -> str:
+    """A result file the guest wrote into the share: a regular file, never a link it made to elsewhere on this
+    host (through 9p, as root, it can make one), read up to the cap."""
+    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FioOutputError("the result is not a regular file")
+        data = handle.read(MAX_RESULT_BYTES + 1)
+    if len(data) > MAX_RESULT_BYTES:
+        raise FioOutputError("fio's output is larger than any job's")
+    return data.decode(errors="replace")
 
 
 def measures_of(workloads: tuple[str, ...]) -> list[str]:

@@ -11,7 +11,7 @@ from qemuprov.errors import UserError
 from qemuprov.knowledge.osv import dax_size_bytes
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import Kit
-from qemuprov.proving.verify import guest_argv, virtiofsd_argv
+from qemuprov.proving.verify import guest_argv
 from qemuprov.recipe import VirtiofsdFlavour
 
 NINE_P_DEVICE = "virtio-9p-pci"
@@ -106,9 +106,8 @@ def _size_text(size: int) -> str:
 CACHE_WORDS = {VirtiofsdFlavour.C: ("auto", "none", "always"), VirtiofsdFlavour.RUST: ("auto", "never", "always")}
 
 
-def windows_for(qemu: QemuProbe, asked: list[str], amounts: Amounts) -> list[int]:
-    """The DAX windows to compare: the ones asked for (powers of two), else one smaller than the data set and
-    one well above it. Asking for a window from a QEMU without one is bad input."""
+def asked_windows(qemu: QemuProbe, asked: list[str]) -> list[int]:
+    """--window's sizes, checked: powers of two of 2M or more, and only for a QEMU with the window."""
     if asked and not qemu.dax:
         raise UserError(f"--window: {qemu.path} has no DAX window (no cache-size on vhost-user-fs-pci)",
                         hint="only the virtio-fs fork's virtio-fs-dev branch has it (recipe virtio-fs-dev); "
@@ -116,9 +115,14 @@ def windows_for(qemu: QemuProbe, asked: list[str], amounts: Amounts) -> list[int
     sizes = [dax_size_bytes(text, "--window") for text in asked]
     if any(size < 2 * MIB for size in sizes):
         raise UserError("--window: a DAX window holds 2 MiB ranges: give 2M or more")
+    return sorted(set(sizes))
+
+
+def windows_for(qemu: QemuProbe, sizes: list[int], amounts: Amounts) -> list[int]:
+    """The DAX windows to compare: the ones asked for, else one smaller than the data set and one well above it."""
     if not qemu.dax:
         return []
-    return sorted(set(sizes)) or [amounts.size // 2, amounts.size * 4]
+    return sizes or [amounts.size // 2, amounts.size * 4]
 
 
 def settings_for(qemu: QemuProbe, daemon: VirtiofsdProbe, windows: list[int], thread_default: int | None
@@ -138,10 +142,6 @@ def settings_for(qemu: QemuProbe, daemon: VirtiofsdProbe, windows: list[int], th
     if qemu.devices.get(NINE_P_DEVICE):
         settings.append(Setting("9p", "9p (virtio-9p-pci, security_model=none; the guest's defaults)", fs="9p"))
     return settings
-
-
-def daemon_argv(daemon: VirtiofsdProbe, setting: Setting, socket: Path, share: Path) -> list[str]:
-    return virtiofsd_argv(daemon, socket, share, setting.cache, setting.threads)
 
 
 @dataclass(frozen=True)

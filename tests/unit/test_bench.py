@@ -4,6 +4,7 @@ lines are captured), fio's JSON read as untrusted, and the reading a user acts o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from qemuprov.proving import bench, bench_plan
 from qemuprov.proving.bench_plan import Amounts, GuestPlan, Setting
 from qemuprov.proving.bench_results import FioOutputError, SettingResult, add_ratios, parse_fio, reading
 from qemuprov.proving.guestkit import Kit
+from qemuprov.proving.verify import virtiofsd_argv
 from qemuprov.recipe import VirtiofsdFlavour
 from tests.conftest import CAPTURES
 
@@ -43,22 +45,22 @@ def test_the_thread_pool_default_is_the_daemons_own(capture: str, default: int) 
 def test_a_dax_build_compares_two_windows_one_smaller_than_the_data() -> None:
     qemu = _qemu(dax="cache-size" in properties_from_help((DAX / "device-vhost-user-fs-pci-help.txt").read_text()))
     amounts = Amounts.for_accel("tcg")
-    windows = bench_plan.windows_for(qemu, [], amounts)
+    windows = bench_plan.windows_for(qemu, bench_plan.asked_windows(qemu, []), amounts)
     assert windows[0] < amounts.size < windows[-1]
     names = [s.name for s in bench_plan.settings_for(qemu, _daemon("qemu-6.1-dev-dax"), windows, 0)]
     assert names == ["virtio-fs", "cache=none", "cache=always", "1 thread", "DAX 8M", "DAX 64M", "9p"]
-    assert bench_plan.windows_for(qemu, ["1G", "64M", "1024M"], amounts) == [64 << 20, 1 << 30]
+    assert bench_plan.asked_windows(qemu, ["1G", "64M", "1024M"]) == [64 << 20, 1 << 30]
 
 
 def test_window_options_are_refused_in_one_line() -> None:
     with pytest.raises(UserError, match="has no DAX window"):
-        bench_plan.windows_for(_qemu(dax=False), ["64M"], Amounts.for_accel("tcg"))
+        bench_plan.asked_windows(_qemu(dax=False), ["64M"])
     with pytest.raises(UserError, match="not a power of two"):
-        bench_plan.windows_for(_qemu(dax=True), ["48M"], Amounts.for_accel("tcg"))
+        bench_plan.asked_windows(_qemu(dax=True), ["48M"])
     with pytest.raises(UserError, match="2M or more"):
-        bench_plan.windows_for(_qemu(dax=True), ["1M"], Amounts.for_accel("tcg"))
+        bench_plan.asked_windows(_qemu(dax=True), ["1M"])
     with pytest.raises(UserError, match="is not a size"):
-        bench_plan.windows_for(_qemu(dax=True), ["lots"], Amounts.for_accel("tcg"))
+        bench_plan.asked_windows(_qemu(dax=True), ["lots"])
     assert bench_plan.windows_for(_qemu(dax=False), [], Amounts.for_accel("tcg")) == []
 
 
@@ -67,9 +69,9 @@ def test_each_daemon_is_spoken_to_in_its_own_words(tmp_path: Path) -> None:
     assert rust.flavour == VirtiofsdFlavour.RUST
     rust_settings = bench_plan.settings_for(_qemu(dax=False), rust, [], rust.thread_pool_default)
     assert [s.name for s in rust_settings][:3] == ["virtio-fs", "cache=never", "cache=always"]
-    never = bench_plan.daemon_argv(rust, rust_settings[1], tmp_path / "s", tmp_path)
+    never = virtiofsd_argv(rust, tmp_path / "s", tmp_path, rust_settings[1].cache, rust_settings[1].threads)
     assert never[-2:] == ["--cache", "never"]
-    one = bench_plan.daemon_argv(c, Setting("1 thread", "", threads=1), tmp_path / "s", tmp_path)
+    one = virtiofsd_argv(c, tmp_path / "s", tmp_path, "auto", 1)
     assert "cache=auto" in one and one[-1] == "--thread-pool-size=1"
     # A daemon whose default pool is one thread gets no row that repeats it.
     assert "1 thread" not in [s.name for s in bench_plan.settings_for(_qemu(dax=False), c, [], 1)]
@@ -172,6 +174,23 @@ def test_a_dax_mount_is_checked_against_the_guests_own_lines(tmp_path: Path) -> 
         assert result.ok is ok, result.error
         assert result.window_seen == window
     assert "mounted without it" in result.error
+
+
+def test_a_result_the_guest_linked_elsewhere_is_not_read(tmp_path: Path) -> None:
+    """Through 9p as root the guest can make links in the share: the host reads no file through one, and no
+    FIFO that would never end."""
+    secret = tmp_path / "secret.json"
+    secret.write_text(ALL_WORKLOADS.read_text())
+    linked, fifo = tmp_path / "linked", tmp_path / "fifo"
+    for results in (linked, fifo):
+        results.mkdir()
+    (linked / "0-1.json").symlink_to(secret)
+    os.mkfifo(fifo / "0-1.json")
+    for results in (linked, fifo):
+        result = SettingResult(Setting("9p", "", fs="9p"), "tcg")
+        bench._judge(result, 0, ["QEMUPROV: mounted 0 x"], [], results, bench_plan.WORKLOAD_NAMES, 1)
+        assert not result.ok and result.error.startswith("repetition 1:"), result.error
+    assert "not a regular file" in result.error
 
 
 def test_a_guest_that_failed_to_mount_says_why(tmp_path: Path) -> None:
