@@ -70,9 +70,13 @@ def ensure_fio(arch: str) -> Path:
            **({} if native else {"CC": f"{CROSS[arch]}-gcc", "STRIP": f"{CROSS[arch]}-strip"})}
     binary.parent.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qemuprov-fio-", dir=binary.parent.parent) as tmp:
-        container = engines.client(engine).containers.run(
-            IMAGE, ["sh", "-c", BUILD_SCRIPT], detach=True, network_mode="host", environment=env,
-            volumes={tmp: {"bind": "/out", "mode": "rw"}})
+        try:
+            container = engines.client(engine).containers.run(
+                IMAGE, ["sh", "-c", BUILD_SCRIPT], detach=True, network_mode="host", environment=env,
+                volumes={tmp: {"bind": "/out", "mode": "rw"}})
+        except Exception as exc:  # the SDK's ImageNotFound, APIError: no image to build in, or no engine
+            raise InfraError(f"could not start a {IMAGE} container to build fio in: {str(exc)[-300:]}",
+                             hint=f"`docker pull {IMAGE}` (the engine needs the network once)") from None
         try:
             status = container.wait(timeout=BUILD_TIMEOUT)
             said = container.logs().decode(errors="replace").strip()
