@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from qemuprov.commands.base import Command
@@ -43,7 +44,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     asked = {qemu.path: bench_plan.asked_windows(qemu, args.window or []) for qemu in qemus}
     plans = []
     for qemu in qemus:
-        accel = verify.choose_accel(str(qemu.arch), args.accel)
+        accel = verify.choose_accel(Path(qemu.path), str(qemu.arch), args.accel)
         amounts = bench_plan.Amounts.for_accel(accel)
         windows = bench_plan.windows_for(qemu, asked[qemu.path], amounts)
         plans.append((qemu, accel, amounts, bench_plan.settings_for(qemu, daemon, windows,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qemuprov.infra import paths
 from qemuprov.infra.compilers import describe_host_compilers
-from qemuprov.knowledge import hostdeps, kvm, probe
+from qemuprov.knowledge import arches, hostdeps, kvm, probe
 from qemuprov.knowledge.probe_parse import version_tuple
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
@@ -60,22 +60,23 @@ def check_kvm(ctx: Probing) -> Iterator[Check]:
                     f"sudo usermod -aG kvm {os.environ.get('USER', '$USER')} (then log in again)")
         return
     yield Check("KVM", "/dev/kvm is accessible", Verdict.PASS)
-    if platform.machine() != "x86_64":
+    arch = arches.host()
+    if arch is None:
         yield Check("KVM", "a guest runs under KVM", Verdict.WARN,
-                    f"the bounded KVM run is only done on x86_64 hosts, this is {platform.machine()}")
+                    f"the bounded KVM run is made on x86_64 and aarch64 hosts, this is {platform.machine()}")
         return
-    qemu = shutil.which("qemu-system-x86_64") or _installed_binary("qemu-system-x86_64")
+    qemu = shutil.which(arch.qemu) or _installed_binary(arch.qemu)
     if qemu is None:
-        yield Check("KVM", "a guest runs under KVM", Verdict.WARN, "no qemu-system-x86_64 to test KVM with",
+        yield Check("KVM", "a guest runs under KVM", Verdict.WARN, f"no {arch.qemu} to test KVM with",
                     "install QEMU (see the QEMU checks below), then run doctor again")
         return
     tester = ctx.probe(Path(qemu))
     if tester.error:  # a broken QEMU says nothing about KVM
         yield Check("KVM", "a guest runs under KVM", Verdict.WARN,
-                    f"cannot test KVM: {qemu}, the first qemu-system-x86_64 on PATH, does not work: {tester.error}",
+                    f"cannot test KVM: {qemu}, the first {arch.qemu} on PATH, does not work: {tester.error}",
                     "put a working QEMU first on PATH (see the QEMU checks below), then run doctor again")
         return
-    run = kvm.verdict(Path(qemu), ctx.kvm_cache_file)
+    run = kvm.verdict(Path(qemu), ctx.kvm_cache_file, arch)
     if run["usable"]:
         yield Check("KVM", "a guest runs under KVM", Verdict.PASS, str(run["detail"]))
     else:

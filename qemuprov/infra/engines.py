@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qemuprov.errors import InfraError
-from qemuprov.infra import config
+from qemuprov.infra import config, safefile
 
 TIMEOUT_ENV = "QEMUPROV_ENGINE_TIMEOUT"
 AUTO_TIMEOUT = 5.0  # --runner auto: an engine that is there answers /version in milliseconds, even when busy
@@ -26,10 +27,39 @@ class Engine:
     detail: str = ""
 
 
+def docker_config_dir() -> Path:
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+
+
+def context_host() -> str | None:
+    """The engine the docker CLI would use through its context ($DOCKER_CONTEXT, else `docker context use`'s
+    currentContext in config.json): its endpoint's Host; None for the default context or one that cannot be read
+    (the CLI itself would then fail with its own words)."""
+    name = os.environ.get("DOCKER_CONTEXT")
+    config_dir = docker_config_dir()
+    if not name:
+        try:
+            found = json.loads(safefile.read_bytes(config_dir / "config.json")).get("currentContext")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return None
+        name = found if isinstance(found, str) else None
+    if not name or name == "default":
+        return None
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    try:
+        host = json.loads(safefile.read_bytes(meta))["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return host if isinstance(host, str) and host.isprintable() else None
+
+
 def candidate_urls() -> list[str]:
+    """DOCKER_HOST, else the docker CLI's current context, then the usual sockets."""
     urls = []
     if os.environ.get("DOCKER_HOST"):
         urls.append(os.environ["DOCKER_HOST"])
+    elif host := context_host():
+        urls.append(host)
     runtime = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
     for sock in ("/var/run/docker.sock", f"{runtime}/podman/podman.sock", "/run/podman/podman.sock",
                  f"{runtime}/docker.sock"):

@@ -1,9 +1,12 @@
-"""Is KVM usable here? Not only "does /dev/kvm exist": a bounded run of a tiny guest under KVM.
+"""Is KVM usable here? Not only "does /dev/kvm exist": a bounded run of a tiny guest of the host's own arch
+under KVM.
 
-The guest (assets/kvm-probe.S, assembled with `as --32` + `objcopy -O binary`) is a 64 KiB BIOS image
+x86_64: the guest (assets/kvm-probe.S, assembled with `as --32` + `objcopy -O binary`) is a 64 KiB BIOS image
 that goes from real mode to protected mode to long mode and then writes 0x21 to isa-debug-exit, so QEMU
 exits with status 67. Hosts with a broken KVM (for example some nested setups) hang at the mode switch,
 where a Linux guest would hang early in boot; a run that does not finish within the bound says so.
+aarch64: four instructions as firmware on `virt` ask PSCI for SYSTEM_OFF through hvc, which KVM (or QEMU under
+TCG) answers by stopping the machine: QEMU exits with status 0.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import errno
 import json
 import os
 import platform
+import struct
 import tempfile
 import time
 import zlib
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.infra import jsonfile, paths, procs
+from qemuprov.knowledge.arches import AARCH64, X86_64, Arch
 
 GUEST_IMAGE = base64.b64decode(
     "eNrtzTFOQkEQBuBBNKGQLJUxNj45gEHPYeEp3jlIXk9BSWVvISXY+DrptKSkssCEmEhlYnBBEmv770t25p9kd+frskyNkzpSUZfV"
@@ -27,11 +32,14 @@ GUEST_IMAGE = base64.b64decode(
     "9vLedr7fz4uXw7z3NHbbblbji7f1+v079jabXEYvv32476OHOI+7/AoAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAID/Wubzsf7zA49QRP4="
 )
-EXIT_STATUS = (0x21 << 1) | 1
+# movz w0, #0x0008; movk w0, #0x8400, lsl #16 (PSCI SYSTEM_OFF); hvc #0; b .
+AARCH64_PROGRAM = (0x52800100, 0x72B08000, 0xD4000002, 0x14000000)
 TIME_LIMIT = 4.0
 
 
-def guest_image() -> bytes:
+def guest_image(arch: Arch = X86_64) -> bytes:
+    if arch is AARCH64:
+        return struct.pack(f"<{len(AARCH64_PROGRAM)}I", *AARCH64_PROGRAM).ljust(64 << 10, b"\0")
     return zlib.decompress(GUEST_IMAGE)
 
 
@@ -62,21 +70,22 @@ class KvmRun:
     detail: str
 
 
-def test_run(qemu_x86_64: Path, accel: str = "kvm", limit: float = TIME_LIMIT) -> KvmRun:
-    """Run the test guest; `accel="tcg"` is the control that shows the guest itself is fine."""
+def test_run(qemu: Path, arch: Arch = X86_64, accel: str = "kvm", limit: float = TIME_LIMIT) -> KvmRun:
+    """Run the test guest of arch with qemu (qemu-system-ARCH); `accel="tcg"` is the control that shows the
+    guest itself is fine."""
     with tempfile.TemporaryDirectory(prefix="qemuprov-kvm-") as tmp:
         image = Path(tmp) / "probe.bin"
-        image.write_bytes(guest_image())
-        argv: list[str | Path] = [qemu_x86_64, "-accel", accel, "-machine", "pc", "-bios", image, "-nodefaults",
-                "-display", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+        image.write_bytes(guest_image(arch))
+        argv: list[str | Path] = [qemu, "-accel", accel, *arch.kvm_argv, "-bios", image, "-nodefaults",
+                                  "-display", "none"]
         start = time.monotonic()
         result = procs.run(argv, timeout=limit)
         seconds = time.monotonic() - start
-    if result.returncode == EXIT_STATUS:
-        return KvmRun(True, seconds, f"a test guest reached long mode under {accel} in {seconds:.2f} s")
+    if result.returncode == arch.kvm_exit:
+        return KvmRun(True, seconds, f"an {arch} test guest ran to its end under {accel} in {seconds:.2f} s")
     if result.timed_out:
-        return KvmRun(False, seconds, f"a test guest hung under {accel}: it did not reach protected mode "
-                                      f"within {limit:.0f} s (guests would hang early in boot)")
+        return KvmRun(False, seconds, f"an {arch} test guest hung under {accel}: it did not finish within "
+                                      f"{limit:.0f} s (guests would hang early in boot)")
     last = result.stderr.strip().splitlines()[-1:] or [""]
     return KvmRun(False, seconds, f"QEMU {result.why()} running a test guest under {accel}: {last[0]}")
 
@@ -88,16 +97,17 @@ def _boot_id() -> str:
         return ""
 
 
-def verdict(qemu: Path, cache_file: Path) -> dict[str, object]:
+def verdict(qemu: Path, cache_file: Path, arch: Arch = X86_64) -> dict[str, object]:
     """The verdict holds until the kernel, the boot, /dev/kvm or the QEMU binary changes."""
-    key = "|".join([platform.release(), _boot_id(), str(os.stat("/dev/kvm").st_ctime_ns), paths.fingerprint(qemu)])
+    key = "|".join([arch.name, platform.release(), _boot_id(), str(os.stat("/dev/kvm").st_ctime_ns),
+                    paths.fingerprint(qemu)])
     try:
         cached = json.loads(cache_file.read_text())
         if cached.get("key") == key:
             return dict(cached["run"])
     except (OSError, ValueError, KeyError, AttributeError, TypeError):  # missing or damaged: test again
         pass
-    run = test_run(qemu)
+    run = test_run(qemu, arch)
     record = {"usable": run.usable, "seconds": run.seconds, "detail": run.detail}
     jsonfile.save_cache(cache_file, {"key": key, "run": record})
     return record

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import tempfile
 from pathlib import Path
 
 from qemuprov.errors import InfraError, QemuprovError
 from qemuprov.infra import paths
 from qemuprov.infra.progress import Reporter
+from qemuprov.knowledge import arches
 
 SUITE = "bookworm"
 VERSION = "3.33-3"  # Debian 12's fio; the source arrives through apt, which checks it against the signed index
 IMAGE = f"debian:{SUITE}"
 BUILD_TIMEOUT = 1200.0
-CROSS = {"x86_64": "x86-64-linux-gnu", "aarch64": "aarch64-linux-gnu"}  # the compiler's prefix
-CROSS_LIBC = {"x86_64": "amd64", "aarch64": "arm64"}  # libc6-dev-*-cross, only recommended by the compiler
 
 # The image's own apt sources, with their deb-src twins; the engines fio would find a -dev package for are
 # simply not installed, so configure leaves them out.
@@ -64,10 +62,12 @@ def ensure_fio(arch: str) -> Path:
     except QemuprovError as exc:
         raise InfraError("the bench guest's fio is built in a container, and " + exc.message,
                          hint="start Docker or Podman once; the built fio is kept in the cache") from None
-    native = platform.machine() == arch
+    target = arches.get(arch)
+    native = arches.host() is target
     env = {"FIO_VERSION": VERSION, "OWNER": f"{os.getuid()}:{os.getgid()}",
-           "CROSS_PACKAGE": "" if native else f"gcc-{CROSS[arch]} libc6-dev-{CROSS_LIBC[arch]}-cross",
-           **({} if native else {"CC": f"{CROSS[arch]}-gcc", "STRIP": f"{CROSS[arch]}-strip"})}
+           # libc6-dev-*-cross is only recommended by the cross compiler
+           "CROSS_PACKAGE": "" if native else f"{target.cross_package} libc6-dev-{target.deb_arch}-cross",
+           **({} if native else {"CC": f"{target.cross_prefix}gcc", "STRIP": f"{target.cross_prefix}strip"})}
     binary.parent.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qemuprov-fio-", dir=binary.parent.parent) as tmp:
         try:

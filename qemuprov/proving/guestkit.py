@@ -17,8 +17,8 @@ from pathlib import Path
 from qemuprov.errors import InfraError, QemuprovError
 from qemuprov.infra import paths, procs
 from qemuprov.infra.progress import Reporter
+from qemuprov.knowledge import arches
 
-DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "fuse",
            "virtiofs")
 NINE_P_MODULES = ("netfs", "9pnet", "9pnet_virtio", "9p")  # in the generic kernel; the cloud kernel has no 9p
@@ -274,7 +274,7 @@ def _unpack_in_container(pins: tuple[Pin, ...], deb_arch: str, work: Path) -> No
 
 def ensure_kit(arch: str, spec: KitSpec = CLOUD) -> Kit:
     # Keyed by what goes into it (the pinned packages, the init), so a moved pin never meets a stale kit.
-    deb_arch = DEB_ARCH[arch]
+    deb_arch = arches.get(arch).deb_arch
     pins = spec.pins[deb_arch]
     pinned = " ".join(f"{p.package}={p.version}@{p.sha256}" for p in pins)
     recipe = hashlib.sha256((INIT + " ".join(spec.modules) + pinned).encode()).hexdigest()[:12]

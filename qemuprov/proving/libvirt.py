@@ -21,6 +21,7 @@ from pathlib import Path
 
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import procs
+from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.proving.verdict import DAX_WINDOW_MB, judge_round_trip, kernel_append
@@ -60,7 +61,7 @@ def domain_xml(name: str, qemu: Path, arch: str, virtiofsd: Path, share: Path, t
     ET.SubElement(backing, "access", mode="shared")
     ET.SubElement(domain, "vcpu").text = "1"
     os_element = ET.SubElement(domain, "os")
-    ET.SubElement(os_element, "type", arch=arch, machine="virt" if arch == "aarch64" else "pc").text = "hvm"
+    ET.SubElement(os_element, "type", arch=arch, machine=arches.get(arch).libvirt_machine).text = "hvm"
     if boot is not None:
         ET.SubElement(os_element, "kernel").text = str(boot.kernel)
         ET.SubElement(os_element, "initrd").text = str(boot.initrd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.records.manifest import BootResult
@@ -14,7 +15,7 @@ DAX_WINDOW_MB = 64  # the window verify asks for: enough to map the test file, s
 
 
 def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
-    console = "ttyS0" if qemu.arch == "x86_64" else "ttyAMA0"
+    console = arches.get(str(qemu.arch)).console
     return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
 
 

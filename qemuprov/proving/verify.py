@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import UserError
-from qemuprov.infra import procs
+from qemuprov.infra import paths, procs
 from qemuprov.infra.procs import stop_group
 from qemuprov.infra.progress import notice
-from qemuprov.knowledge import osv, probe
+from qemuprov.knowledge import arches, kvm, osv, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import guestkit, libvirt
 from qemuprov.proving.guestkit import TAG, Kit
@@ -73,8 +73,9 @@ def guest_argv(qemu: QemuProbe, kit: Kit, append: str, serial: str, accel: str, 
             "-serial", serial, "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
             "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on", "-numa", "node,memdev=mem",
             *share]
-    if qemu.arch == "aarch64":
-        argv += ["-machine", "virt", "-cpu", "max"]
+    arch = arches.get(str(qemu.arch))
+    argv += ["-machine", arch.machine] if arch.machine else []
+    argv += ["-cpu", arch.cpu] if arch.cpu else []
     for directory in firmware:
         argv += ["-L", directory]
     return argv
@@ -117,7 +118,7 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
                         hint="set XDG_CACHE_HOME (or QEMUPROV_CACHE) to a directory on a disk, not tmpfs")
     argv = osv.qemu_argv(qemu.path, str(qemu.arch), disk, socket, osv.DEFAULT_TAG,
                          DAX_WINDOW if qemu.dax else None, accel, boot_disk=False)
-    argv += ["-display", "none"] if qemu.arch == "x86_64" else []
+    argv += ["-display", "none"] if arches.get(str(qemu.arch)).display_none else []
     argv += ["-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", kernel_append(qemu, osv.DEFAULT_TAG)]
     if accel != "kvm":
         argv += ["-accel", accel]
@@ -204,20 +205,15 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
     return outcome
 
 
-def choose_accel(arch: str, requested: str) -> str:
-    """auto: KVM only where doctor's bounded test guest runs under it (the verdict is cached)."""
-    import platform
-    import shutil
-
-    from qemuprov.infra import paths
-    from qemuprov.knowledge import kvm
-
+def choose_accel(qemu: Path, arch: str, requested: str, machine: str | None = None) -> str:
+    """auto: KVM only for a guest of the host's own arch (machine: platform.machine() where None), and only where
+    a bounded test guest of that arch runs under KVM with this very QEMU (the verdict is cached)."""
     if requested != "auto":
         return requested
-    if arch != platform.machine() or not kvm.device().accessible:
+    host = arches.host(machine)
+    if host is None or host.name != arch or not kvm.device().accessible:
         return "tcg"
-    host_qemu = shutil.which("qemu-system-x86_64")
-    if host_qemu and kvm.verdict(Path(host_qemu), paths.cache_dir() / "kvm.json")["usable"]:
+    if kvm.verdict(qemu, paths.cache_dir() / "kvm.json", host)["usable"]:
         return "kvm"
     notice("KVM is present but unusable here (see `qemuprov doctor`): using TCG")
     return "tcg"
@@ -260,19 +256,19 @@ def checked_daemon(path: Path, cache: probe.ProbeCache, command: str, runs_it: b
     return daemon
 
 
-def checked_qemu(path: Path, cache: probe.ProbeCache, arches: tuple[str, ...] | None) -> QemuProbe | None:
+def checked_qemu(path: Path, cache: probe.ProbeCache, wanted: tuple[str, ...] | None) -> QemuProbe | None:
     """The QEMU given, probed; None where --arch leaves it out."""
     qemu = probe.probe_binary(path, cache)
     if qemu.error or not isinstance(qemu, QemuProbe):
         raise UserError(f"QEMU {path}: {qemu.error}", hint="give a qemu-system-* binary")
-    if arches and qemu.arch not in arches:
+    if wanted and qemu.arch not in wanted:
         return None
-    if qemu.arch not in guestkit.DEB_ARCH:
-        raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: x86_64, aarch64)")
+    if qemu.arch not in arches.ARCHES:
+        raise UserError(f"QEMU {path}: no guest kit for arch {qemu.arch} (have: {', '.join(arches.ARCHES)})")
     return qemu
 
 
-def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches: tuple[str, ...] | None,
+def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], wanted: tuple[str, ...] | None,
                accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain",
                connect: str | None = None) -> list[BootResult]:
     """mode: plain (our own command lines), osv (OSv's run.py lines) or libvirt (a domain, through libvirtd at
@@ -283,7 +279,7 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches
         libvirt.check_daemon(connect)  # which starts virtiofsd itself, as root
     outcomes = []
     for path in qemus:
-        qemu = checked_qemu(path, cache, arches)
+        qemu = checked_qemu(path, cache, wanted)
         if qemu is None:
             continue
         if not qemu.vhost_user_fs:
@@ -291,12 +287,12 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], arches
                                     message=f"{path} has no vhost-user-fs-pci device"))
             continue
         kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
-        chosen = choose_accel(str(qemu.arch), accel)
+        chosen = choose_accel(Path(qemu.path), str(qemu.arch), accel)
         outcome = libvirt.boot(qemu, daemon, kit, chosen == "kvm", firmware, connect) if mode == "libvirt" else \
             run(qemu, daemon, kit, chosen, firmware, mode)
         outcome.warnings = probe.pairing_warnings(qemu, daemon)
         outcomes.append(outcome)
     cache.save()
     if not outcomes:
-        raise UserError(f"--arch: none of {', '.join(arches or ())} among the QEMU binaries given")
+        raise UserError(f"--arch: none of {', '.join(wanted or ())} among the QEMU binaries given")
     return outcomes

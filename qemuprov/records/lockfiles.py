@@ -4,15 +4,16 @@ shipped recipe, in the user's recipe directory); TOML, versioned, readable."""
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import tomli_w
+
 from qemuprov.errors import UserError
-from qemuprov.infra import paths
+from qemuprov.infra import paths, safefile
 from qemuprov.recipe import Recipe, Source
 from qemuprov.sources import trees
 from qemuprov.sources.revision import Resolution, SourceRecord
@@ -62,19 +63,21 @@ def make(recipe: Recipe) -> Lock:
 
 
 def write(lock: Lock) -> None:
-    lines = [f"# The exact sources of the recipe {lock.recipe}. `qemuprov lock {lock.recipe}` moves them;",
-             f"# `qemuprov build {lock.recipe}` builds these commits while this file exists.",
-             f"format = {FORMAT}", f"recipe = {json.dumps(lock.recipe)}", f"locked_at = {json.dumps(lock.locked_at)}"]
+    """Written by a TOML writer: a ref or path with any character (outside the BMP, control characters) reads
+    back as it was."""
+    document: dict[str, object] = {"format": FORMAT, "recipe": lock.recipe, "locked_at": lock.locked_at}
     for section, locked in lock.sources.items():
-        lines += ["", f"[{section}]", f"git = {json.dumps(locked.git)}", f"ref = {json.dumps(locked.ref)}",
-                  f"commit = {json.dumps(locked.commit)}"]
+        table: dict[str, object] = {"git": locked.git, "ref": locked.ref, "commit": locked.commit}
         if locked.submodules:
-            lines += ["", f"[{section}.submodules]"]
-            lines += [f"{json.dumps(path)} = {json.dumps(commit)}"
-                      for path, commit in sorted(locked.submodules.items())]
+            table["submodules"] = dict(sorted(locked.submodules.items()))
+        document[section] = table
+    header = (f"# The exact sources of the recipe {lock.recipe}. `qemuprov lock {lock.recipe}` moves them;\n"
+              f"# `qemuprov build {lock.recipe}` builds these commits while this file exists.\n")
+    if not lock.recipe.isprintable():
+        header = "# The exact sources of a recipe: `qemuprov lock` moves them.\n"
     lock.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = lock.path.with_name(f".{lock.path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text(header + tomli_w.dumps(document))
     tmp.replace(lock.path)
 
 
@@ -82,7 +85,7 @@ def read(recipe: Recipe) -> Lock | None:
     """The recipe's lock, checked against what the recipe names now; None where there is none."""
     path = lock_path(recipe)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(safefile.read_text(path))
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:

@@ -1,0 +1,169 @@
+"""Issue 36's logic, on any host: lock files written by a TOML writer, the Docker context, bounded reads of
+files someone else controls, and KVM tested with the host's own arch."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from qemuprov.infra import safefile
+from qemuprov.records import lockfiles
+
+HOSTILE_REFS = ["v7.2.0", "emoji-\U0001f600-branch", "tab\there", 'quote"and\\backslash', "new\nline",
+                "bell\x07", "\u202eevil", "'''", "[section]", "ünïcödé", "\U00010000"]
+
+
+@pytest.mark.parametrize("ref", HOSTILE_REFS)
+def test_a_lock_file_reads_back_what_was_written(tmp_path: Path, ref: str) -> None:
+    lock = lockfiles.Lock("mine", tmp_path / "mine.lock", {
+        "qemu": lockfiles.LockedSource(f"file:///src/{ref}", ref, "a" * 40, {f"sub/{ref}": "b" * 40}),
+        "virtiofsd": lockfiles.LockedSource("https://example.com/v.git", ref, "c" * 64)}, "2026-12-06T00:00:00+00:00")
+    lockfiles.write(lock)
+    data = tomllib.loads((tmp_path / "mine.lock").read_text())
+    assert data["qemu"]["ref"] == ref and data["qemu"]["git"] == f"file:///src/{ref}"
+    assert data["qemu"]["submodules"] == {f"sub/{ref}": "b" * 40}
+    assert data["virtiofsd"]["commit"] == "c" * 64 and "submodules" not in data["virtiofsd"]
+    assert data["format"] == lockfiles.FORMAT and data["recipe"] == "mine"
+
+
+def test_a_small_file_read_refuses_what_would_hang_or_never_end(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(safefile.NotReadable, match="not a regular file"):
+        safefile.read_bytes(fifo)  # would block for ever with a plain open()
+    with pytest.raises(safefile.NotReadable, match="not a regular file"):
+        safefile.read_bytes(Path("/dev/zero"))
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 2048)
+    with pytest.raises(safefile.NotReadable, match="larger than 1 KiB"):
+        safefile.read_bytes(big, cap=1024)
+    link = tmp_path / "link"
+    link.symlink_to(big)
+    assert safefile.read_bytes(link) == b"x" * 2048
+    with pytest.raises(safefile.NotReadable, match="symbolic link"):
+        safefile.read_bytes(link, follow=False)
+    with pytest.raises(FileNotFoundError):
+        safefile.read_bytes(tmp_path / "missing")
+
+
+# -- KVM on the host's own arch ------------------------------------------------------------------------------------
+
+
+def _kvm_world(monkeypatch: pytest.MonkeyPatch, usable: bool) -> list[tuple[str, str]]:
+    """/dev/kvm accessible, and a KVM test whose verdict is `usable`; the (qemu, arch) each test was run with."""
+    from qemuprov.knowledge import kvm
+    from qemuprov.proving import verify
+
+    tested: list[tuple[str, str]] = []
+
+    def fake_verdict(qemu: Path, cache_file: Path, arch: object) -> dict[str, object]:
+        tested.append((str(qemu), str(arch)))
+        return {"usable": usable, "seconds": 0.1, "detail": "test"}
+
+    monkeypatch.setattr(kvm, "device", lambda path="/dev/kvm": kvm.KvmDevice(True, True))
+    monkeypatch.setattr(kvm, "verdict", fake_verdict)
+    monkeypatch.setattr(verify, "notice", lambda message: None)
+    return tested
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64"])
+def test_an_aarch64_host_tests_kvm_with_its_own_qemu_and_arch(monkeypatch: pytest.MonkeyPatch, isolated_home: Path,
+                                                              machine: str) -> None:
+    from qemuprov.proving import verify
+
+    tested = _kvm_world(monkeypatch, usable=True)
+    assert verify.choose_accel(Path("/opt/q/bin/qemu-system-aarch64"), "aarch64", "auto", machine) == "kvm"
+    assert tested == [("/opt/q/bin/qemu-system-aarch64", "aarch64")]
+    # a guest of the other arch is emulated, and KVM is not even tested for it
+    assert verify.choose_accel(Path("/opt/q/bin/qemu-system-x86_64"), "x86_64", "auto", machine) == "tcg"
+    assert len(tested) == 1
+
+
+def test_an_x86_64_host_with_broken_kvm_uses_tcg_and_an_explicit_accel_is_kept(
+        monkeypatch: pytest.MonkeyPatch, isolated_home: Path) -> None:
+    from qemuprov.proving import verify
+
+    tested = _kvm_world(monkeypatch, usable=False)
+    assert verify.choose_accel(Path("/usr/bin/qemu-system-x86_64"), "x86_64", "auto", "x86_64") == "tcg"
+    assert tested == [("/usr/bin/qemu-system-x86_64", "x86_64")]
+    assert verify.choose_accel(Path("/usr/bin/qemu-system-aarch64"), "aarch64", "kvm", "x86_64") == "kvm"
+    assert verify.choose_accel(Path("/usr/bin/qemu-system-x86_64"), "x86_64", "auto", "riscv64") == "tcg"
+
+
+@pytest.mark.skipif(not Path("/usr/bin/qemu-system-aarch64").exists(),
+                    reason="needs Debian's qemu-system-arm, which the README's test command installs")
+def test_the_aarch64_kvm_test_guest_runs_to_its_end_under_tcg_and_a_hang_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import struct
+
+    from qemuprov.knowledge import arches, kvm
+
+    qemu = Path("/usr/bin/qemu-system-aarch64")
+    control = kvm.test_run(qemu, arches.AARCH64, accel="tcg", limit=30)
+    assert control.usable, control.detail
+    assert "aarch64 test guest ran to its end" in control.detail
+    # the same machine with firmware that only spins (b .), as a broken KVM would leave it: the bound catches it
+    monkeypatch.setattr(kvm, "guest_image", lambda arch: struct.pack("<I", 0x14000000).ljust(64 << 10, b"\0"))
+    hung = kvm.test_run(qemu, arches.AARCH64, accel="tcg", limit=2)
+    assert not hung.usable and "hung under tcg" in hung.detail, hung.detail
+
+
+def test_arches_say_what_each_room_needs() -> None:
+    from qemuprov.knowledge import arches
+
+    assert arches.host("arm64") is arches.AARCH64 and arches.host("x86_64") is arches.X86_64
+    assert arches.host("riscv64") is None
+    assert arches.get("aarch64").console == "ttyAMA0" and arches.get("x86_64").deb_arch == "amd64"
+    assert arches.X86_64.cross_prefix == "x86_64-linux-gnu-"  # the tool's name, not the package's
+    assert arches.X86_64.cross_package == "gcc-x86-64-linux-gnu"
+
+
+# -- docker context ------------------------------------------------------------------------------------------------
+
+
+def _context(config_dir: Path, name: str, host: str, current: bool = True) -> None:
+    import hashlib
+    import json
+
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps({"Name": name, "Endpoints": {"docker": {"Host": host}}}))
+    if current:
+        (config_dir / "config.json").write_text(json.dumps({"currentContext": name}))
+
+
+def test_the_docker_context_names_the_engine_where_docker_host_is_unset(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from qemuprov.infra import engines
+
+    _context(tmp_path, "remote", "tcp://127.0.0.1:23750")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    assert engines.candidate_urls()[0] == "tcp://127.0.0.1:23750"
+    monkeypatch.setenv("DOCKER_HOST", "unix:///elsewhere.sock")  # DOCKER_HOST wins, as with the docker CLI
+    assert engines.candidate_urls()[0] == "unix:///elsewhere.sock"
+    assert "tcp://127.0.0.1:23750" not in engines.candidate_urls()
+    monkeypatch.delenv("DOCKER_HOST")
+    _context(tmp_path, "other", "unix:///other.sock", current=False)
+    monkeypatch.setenv("DOCKER_CONTEXT", "other")  # as does DOCKER_CONTEXT over currentContext
+    assert engines.candidate_urls()[0] == "unix:///other.sock"
+    monkeypatch.setenv("DOCKER_CONTEXT", "default")
+    assert "unix:///other.sock" not in engines.candidate_urls()
+
+
+def test_a_hostile_docker_config_does_not_hang_engine_discovery(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    from qemuprov.infra import engines
+
+    os.mkfifo(tmp_path / "config.json")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    assert engines.context_host() is None
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "config.json").symlink_to("/dev/zero")
+    assert engines.context_host() is None
