@@ -12,6 +12,7 @@ import selectors
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -143,18 +144,34 @@ def _collect(proc: subprocess.Popen[bytes], input: str | None, timeout: float,
 MAX_LINE = 1 << 20  # a child that never ends a line is cut into lines of this size, not held whole
 
 
+class StreamTimeout(TimeoutError):
+    """A streamed child that ran past its time limit (it was stopped with its group)."""
+
+
 def stream(argv: Sequence[str | Path], *, on_line: Callable[[str], None], cwd: Path | None = None,
-           env: Mapping[str, str] | None = None, groups: RunningGroups | None = None, grace: float = 10.0) -> int:
+           env: Mapping[str, str] | None = None, groups: RunningGroups | None = None, grace: float = 10.0,
+           timeout: float | None = None) -> int:
     """Run a long child (a compile, a git fetch), handing each line of its output (stderr merged into stdout;
     a carriage return ends a line, as progress meters use it) to on_line as it comes; its exit status. A Ctrl-C
     or any failure, in the child's reading or in on_line, stops the whole process group, TERM then KILL after
     `grace` seconds. env None: qemuprov's own (git needs the user's proxies and ssh agent). groups: where the
-    group is remembered while it runs, so a build killed meanwhile leaves nothing running for long."""
+    group is remembered while it runs, so a build killed meanwhile leaves nothing running for long. timeout:
+    past it the group is killed and StreamTimeout raised."""
     proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=dict(env) if env is not None else None,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     assert proc.stdout is not None
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _kill_group_only(proc)
+
+    watchdog = threading.Timer(timeout, expire) if timeout else None
     try:
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
         if groups is not None:
             groups.remember(proc.pid)
         pending = b""
@@ -170,12 +187,17 @@ def stream(argv: Sequence[str | Path], *, on_line: Callable[[str], None], cwd: P
                 on_line(line.decode(errors="replace"))
         if pending:
             on_line(pending.decode(errors="replace"))
-        return proc.wait()
+        status = proc.wait()
+        if expired.is_set():
+            raise StreamTimeout(f"{argv[0]} ran longer than {timeout:g} s")
+        return status
     except BaseException:
         with signals_deferred():
             stop_group(proc, grace)
         raise
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         proc.stdout.close()
         if groups is not None:
             groups.forget(proc.pid)
@@ -189,6 +211,12 @@ def spawn(argv: Sequence[str | Path], log: IO[bytes], *, stdin_pipe: bool = Fals
     stop_group. stdin_pipe: an open, silent stdin (OSv's run.py reads the console from stdio)."""
     return subprocess.Popen([str(a) for a in argv], stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_group_only(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the group, without waiting (from a watchdog thread, while another waits)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -7,12 +7,11 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-import git
 from packaging.version import InvalidVersion, Version
 
 from qemuprov.errors import QemuprovError
 from qemuprov.recipe import Recipe, Source
-from qemuprov.sources import trees
+from qemuprov.sources import gitcmd, trees
 
 RELEASE_TAG = re.compile(r"^v?(\d+\.\d+(?:\.\d+)?)$")  # v11.1.1, v1.14.0; not v11.1.0-rc3, not dax-2022-...
 
@@ -65,8 +64,8 @@ def check_source(recipe: str, section: str, src: Source) -> Report:
     names = str(src.ref) + (f" @ {src.commit}" if src.commit else "")
     try:
         refs = remote_refs(src.git)
-    except git.GitCommandError as exc:
-        problem = trees.git_command_failure(section, src.git, exc)
+    except gitcmd.GitFailed as exc:
+        problem = trees.git_failure(section, src.git, exc.stderr)
         return Report(recipe, section, src.git, names, status=Currency.UNREACHABLE, detail=_message(problem))
     releases = {v: name.removeprefix("refs/tags/") for name in refs if name.startswith("refs/tags/")
                 if (v := release(name.removeprefix("refs/tags/"))) is not None and not v.is_prerelease}

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import git
 import requests
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import config, paths, procs, unpack
+from qemuprov.infra import config, paths, unpack
 from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import Source
+from qemuprov.sources import gitcmd
 from qemuprov.sources.revision import Resolution, SourceRecord
 
 MIRROR_HINT = ("check the URL and your network; offline, point the URL at a local mirror with "
@@ -63,16 +63,10 @@ def git_failure(section: str, url: str, stderr: str) -> UserError | InfraError:
     return InfraError(message, hint=MIRROR_HINT)
 
 
-def git_command_failure(section: str, url: str, exc: git.GitCommandError) -> UserError | InfraError:
-    # GitPython wraps git's stderr as "\n  stderr: '...'"
-    stderr = str(exc.stderr or "").strip().removeprefix("stderr: '").removesuffix("'")
-    return git_failure(section, url, stderr)
-
-
 def ls_remote(url: str, patterns: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> dict[str, str]:
     """`git ls-remote` of url: ref name -> commit. A tag is named by what it points at (its peeled `^{}` line
-    wins over the tag object's), so an annotated tag names its commit."""
-    listing = str(git.cmd.Git().ls_remote(*flags, "--", url, *patterns))
+    wins over the tag object's), so an annotated tag names its commit. GitFailed where git fails."""
+    listing = gitcmd.output(["ls-remote", *flags, "--", url, *patterns])
     refs: dict[str, str] = {}
     for line in listing.splitlines():
         sha, _, name = line.partition("\t")
@@ -87,8 +81,8 @@ def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
     """(commit, refspec) for a branch or tag; a full commit id is taken as it is."""
     try:
         refs = ls_remote(url, patterns=(ref, f"{ref}^{{}}"))
-    except git.GitCommandError as exc:
-        raise git_command_failure(section, url, exc) from None
+    except gitcmd.GitFailed as exc:
+        raise git_failure(section, url, exc.stderr) from None
     for name in (f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
         if name in refs:
             return refs[name], f"+{name}:{name}"
@@ -98,22 +92,26 @@ def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
                     hint=f"git ls-remote {url} lists what is there")
 
 
-def _fetch_into_mirror(url: str, refspec: str, section: str, report: Reporter | None = None) -> git.Repo:
+def _fetch_into_mirror(url: str, refspec: str, section: str, report: Reporter | None = None) -> Path:
+    """The bare mirror of url (made on first use), with refspec fetched into it."""
     mirror = _mirror_dir(url)
     if not (mirror / "HEAD").exists():
         # Initialise in a temporary directory, then rename: a half-made cache never looks like a good one.
         mirror.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_inits(mirror.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".init-{os.getpid()}-", dir=mirror.parent))
-        git.Repo.init(tmp, bare=True)
+        try:
+            gitcmd.output(["init", "-q", "--bare", tmp])
+        except gitcmd.GitFailed as exc:
+            raise InfraError(f"cannot make a git mirror in {tmp}: {exc.stderr.strip()[-300:]}") from None
         tmp.rename(mirror)
     _git_fetch(mirror, url, refspec, section, report)
-    return git.Repo(mirror)
+    return mirror
 
 
 def _git_fetch(mirror: Path, url: str, refspec: str, section: str, report: Reporter | None) -> None:
     """git fetch, its progress (which it writes with carriage returns) passed to the reporter as it comes."""
-    argv = ["git", "-C", str(mirror), "fetch", "--progress", "--depth=1", "--no-tags", "--", url, refspec]
+    args = ["-C", str(mirror), "fetch", "--progress", "--depth=1", "--no-tags", "--", url, refspec]
     said: collections.deque[str] = collections.deque(maxlen=100)
 
     def each(line: str) -> None:
@@ -122,8 +120,10 @@ def _git_fetch(mirror: Path, url: str, refspec: str, section: str, report: Repor
             if report is not None:
                 report.line(line)
 
-    if procs.stream(argv, on_line=each, grace=2.0) != 0:
-        raise git_failure(section, url, "\n".join(said))
+    try:
+        gitcmd.stream(args, on_line=each)
+    except gitcmd.GitFailed as exc:
+        raise git_failure(section, url, "\n".join([*said, exc.stderr])) from None
 
 
 def _remove_abandoned_inits(directory: Path) -> None:
@@ -131,26 +131,33 @@ def _remove_abandoned_inits(directory: Path) -> None:
     paths.remove_dead_leftovers(directory, ".init-*", lambda name: name.split("-")[1], pidless=True)
 
 
-def _export(repo: git.Repo, commit: str, dest: Path) -> None:
+def _export(mirror: Path, commit: str, dest: Path) -> None:
     """Write the tree of `commit` into dest (no .git: the build never changes the cache). git archive piped into
-    tar: three times faster than unpacking in Python, for a tree of 20,000 files."""
+    tar: three times faster than unpacking in Python, for a tree of 20,000 files. The mirror is ours (its objects
+    came through git's own checks), so tar's own rules suffice."""
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.Popen(["git", "-C", str(repo.git_dir), "archive", "--format=tar", commit],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    archive = subprocess.Popen(["git", "-C", str(mirror), "archive", "--format=tar", commit],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=gitcmd.env())
     assert archive.stdout is not None
-    unpack = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, capture_output=True, check=False)
-    archive.stdout.close()
+    try:
+        unpack = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, capture_output=True,
+                                check=False, timeout=gitcmd.fetch_timeout())
+    except subprocess.TimeoutExpired:
+        archive.kill()
+        raise InfraError(f"writing the tree of {commit} into {dest} did not finish in time") from None
+    finally:
+        archive.stdout.close()
     archive_error = archive.stderr.read() if archive.stderr else b""
     if archive.wait() != 0 or unpack.returncode != 0:
         problem = (archive_error or unpack.stderr).decode(errors="replace").strip()
         raise InfraError(f"cannot write the tree of {commit} into {dest}: {problem[-300:]}")
 
 
-def _submodules(repo: git.Repo, commit: str, url: str) -> list[tuple[str, str, str]]:
+def _submodules(mirror: Path, commit: str, url: str) -> list[tuple[str, str, str]]:
     """(path, url, commit) of the submodules a build needs: all but the firmware sources under roms/."""
     try:
-        text = repo.git.show(f"{commit}:.gitmodules")
-    except git.GitCommandError:
+        text = gitcmd.output(["-C", mirror, "show", f"{commit}:.gitmodules"])
+    except gitcmd.GitFailed:
         return []
     config = configparser.ConfigParser()
     config.read_string(text)
@@ -161,7 +168,7 @@ def _submodules(repo: git.Repo, commit: str, url: str) -> list[tuple[str, str, s
             continue
         if sub_url.startswith("../"):
             sub_url = url.rstrip("/").rsplit("/", 1)[0] + "/" + sub_url[3:]
-        entry = repo.git.ls_tree(commit, path).split()
+        entry = gitcmd.output(["-C", mirror, "ls-tree", commit, "--", path]).split()
         if len(entry) >= 3 and entry[1] == "commit":
             wanted.append((path, sub_url, entry[2]))
     return wanted
@@ -180,15 +187,15 @@ def resolve(source: Source, section: str = "qemu") -> Resolution:
 
 
 def _commit_in_mirror(source: Source, resolution: Resolution, section: str,
-                      report: Reporter | None = None) -> git.Repo:
+                      report: Reporter | None = None) -> Path:
     """The mirror holding the resolved commit: fetched unless a locked commit is there already. A locked commit
     the remote no longer serves (its tag moved, its branch was rewritten) is named in one line."""
     assert source.git is not None
     commit = str(resolution.record.commit)
     mirror = _mirror_dir(source.git)
-    if resolution.locked and (mirror / "HEAD").exists() and procs.run(
-            ["git", "-C", mirror, "cat-file", "-e", f"{commit}^{{commit}}"], timeout=60).ok:
-        return git.Repo(mirror)
+    if resolution.locked and (mirror / "HEAD").exists() and gitcmd.run(
+            ["-C", mirror, "cat-file", "-e", f"{commit}^{{commit}}"]).ok:
+        return mirror
     try:
         return _fetch_into_mirror(source.git, str(resolution.refspec), section, report)
     except (UserError, InfraError) as exc:
@@ -201,8 +208,8 @@ def _commit_in_mirror(source: Source, resolution: Resolution, section: str,
 
 def submodule_commits(source: Source, resolution: Resolution, section: str) -> dict[str, str]:
     """path -> commit of the submodules a build of this commit needs."""
-    repo = _commit_in_mirror(source, resolution, section)
-    return {path: commit for path, _, commit in _submodules(repo, str(resolution.record.commit), str(source.git))}
+    mirror = _commit_in_mirror(source, resolution, section)
+    return {path: commit for path, _, commit in _submodules(mirror, str(resolution.record.commit), str(source.git))}
 
 
 def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporter | None = None,
@@ -210,15 +217,15 @@ def fetch_git(source: Source, dest: Path, section: str = "qemu", report: Reporte
     assert source.git is not None
     resolution = resolution or resolve(source, section)
     commit = str(resolution.record.commit)
-    repo = _commit_in_mirror(source, resolution, section, report)
+    mirror = _commit_in_mirror(source, resolution, section, report)
     if dest.exists():
         shutil.rmtree(dest)
-    _export(repo, commit, dest)
-    for path, sub_url, sub_commit in _submodules(repo, commit, source.git):
+    _export(mirror, commit, dest)
+    for path, sub_url, sub_commit in _submodules(mirror, commit, source.git):
         if any((dest / path).iterdir()) if (dest / path).is_dir() else False:
             continue
-        sub_repo = _fetch_into_mirror(sub_url, sub_commit, f"{section} submodule {path}", report)
-        _export(sub_repo, sub_commit, dest / path)
+        sub_mirror = _fetch_into_mirror(sub_url, sub_commit, f"{section} submodule {path}", report)
+        _export(sub_mirror, sub_commit, dest / path)
     return Fetched(dest, commit, None)
 
 

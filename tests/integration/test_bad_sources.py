@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import http.server
 import io
 import socket
@@ -167,7 +168,6 @@ def test_an_option_shaped_git_url_is_refused_before_git_runs(tmp_path: Path, iso
 def _served_build(tmp_path: Path, data: bytes, sha_of: bytes | None = None, **env: str
                   ) -> subprocess.CompletedProcess[str]:
     """Build a recipe whose tarball the hostile file server serves (data, announced or streamed to the close)."""
-    import os
 
     from tests.hostile import Reply, running
 
@@ -210,3 +210,72 @@ def test_a_download_without_end_stops_at_its_limit(tmp_path: Path, isolated_home
                            QEMUPROV_DOWNLOAD_LIMIT="8M")
     _assert_one_line(result, 1, "more than 8 MiB came")
     assert _leftovers(isolated_home) == []
+
+
+# -- git speaks English to qemuprov whatever the user's locale, and never waits for ever ----------------------------
+
+
+GERMAN = {"LANG": "de_DE.UTF-8", "LANGUAGE": "de", "LC_ALL": ""}
+
+
+def _german_available() -> bool:
+    probe = subprocess.run(["git", "ls-remote", "/nonexistent/repository"], capture_output=True, text=True,
+                           check=False, env={**os.environ, **GERMAN})
+    return "Schwerwiegend" in probe.stderr  # git's "fatal:"
+
+
+def _bad_git_cases(tmp_path: Path) -> Path:
+    recipes = tmp_path / "r"
+    _recipe(recipes, "nowhere", f'git = "{tmp_path / "nowhere"}"\nref = "v1"\n')
+    (tmp_path / "plain").mkdir(exist_ok=True)
+    _recipe(recipes, "plain", f'git = "file://{tmp_path / "plain"}"\nref = "v1"\n')
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "x"], check=True)
+    _recipe(recipes, "noref", f'git = "{repo}"\nref = "v9.9"\n')
+    shared = tmp_path / "shared"
+    subprocess.run(["git", "init", "-q", str(shared)], check=True)
+    subprocess.run(["chown", "-R", "65534:65534", str(shared)], check=True)
+    _recipe(recipes, "shared", f'git = "{shared}"\nref = "v1"\n')
+    # locked: the fetch runs without an ls-remote first
+    _recipe(recipes, "locked", f'git = "{tmp_path / "gone"}"\nref = "v1"\n')
+    (recipes / "locked.lock").write_text(f'format = 1\nrecipe = "locked"\n[qemu]\ngit = "{tmp_path / "gone"}"\n'
+                                         f'ref = "v1"\ncommit = "{"a" * 40}"\n')
+    return recipes
+
+
+def test_bad_git_sources_get_the_same_answers_under_a_german_locale(tmp_path: Path, isolated_home: Path) -> None:
+    assert _german_available(), ("the German locale and git's German messages are needed (the README's test "
+                                 "command installs locales and generates de_DE.UTF-8)")
+    recipes = _bad_git_cases(tmp_path)
+    for name, code, words in (("nowhere", 2, "does not appear to be a git repository"),
+                              ("plain", 2, "does not appear to be a git repository"),
+                              ("noref", 2, '"v9.9" is neither a branch, a tag nor a commit'),
+                              ("shared", 1, "detected dubious ownership"),
+                              ("locked", 2, "does not appear to be a git repository")):
+        answers = []
+        for extra in ({}, GERMAN):
+            result = subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(recipes), "build", name,
+                                     "--runner", "host"], capture_output=True, text=True, timeout=120, check=False,
+                                    env={**os.environ, **extra})
+            _assert_one_line(result, code, words)
+            answers.append([ln for ln in result.stderr.splitlines() if ln.startswith("qemuprov: ")])
+        assert answers[0] == answers[1], f"{name}: {answers}"
+
+
+def test_a_git_remote_that_never_answers_is_cut_off_at_its_deadline(tmp_path: Path, isolated_home: Path) -> None:
+    import time
+
+    with socket.socket() as silent:  # accepts, then says nothing: git waits for the server's greeting
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        _recipe(tmp_path / "r", "silent", f'git = "git://127.0.0.1:{port}/qemu.git"\nref = "v1"\n')
+        start = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(tmp_path / "r"), "build",
+                                 "silent", "--runner", "host"], capture_output=True, text=True, timeout=120,
+                                check=False, env={**os.environ, "QEMUPROV_GIT_TIMEOUT": "3"})
+        took = time.monotonic() - start
+    _assert_one_line(result, 1, "did not finish within 3 s")
+    assert took < 30, took
