@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import config
+from qemuprov.infra import config, http
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 BLOB_CHUNK = 1 << 20
@@ -128,8 +128,7 @@ class Client:
         self.location, self.timeout = location, timeout
         self.base = f"{location.scheme}://{location.host}/v2/{location.repository}"
         self.deadline = small_deadline()
-        self._session = requests.Session()
-        self._session.trust_env = False  # no ~/.netrc credentials, no proxy settings sent to an unknown host
+        self._session = http.session(location.host)  # the host's trust and proxy; never ~/.netrc
         self._basic = docker_credentials(location.host)
         self._bearer: str | None = None
 
@@ -148,7 +147,7 @@ class Client:
                     sent["Authorization"] = f"Basic {self._basic}"
             response = self._within(deadline, functools.partial(
                 self._session.request, method, url, headers=sent, data=data, stream=True, allow_redirects=False,
-                timeout=self.timeout))
+                timeout=self.timeout, proxies=http.proxies_for(url)), url)
             if response.status_code not in (301, 302, 303, 307, 308) or "Location" not in response.headers:
                 return response
             response.close()
@@ -162,7 +161,7 @@ class Client:
                                 hint="check the registry's configuration")
         raise BadAnswer(f"the binary cache {self.location} redirected more than {MAX_REDIRECTS} times")
 
-    def _within(self, deadline: float, call: Callable[[], requests.Response]) -> requests.Response:
+    def _within(self, deadline: float, call: Callable[[], requests.Response], url: str) -> requests.Response:
         result: list[requests.Response | BaseException] = []
 
         def worker() -> None:
@@ -178,6 +177,15 @@ class Client:
             raise RegistryUnreachable(f"the binary cache {self.location} did not answer within its deadline",
                                       hint="check the registry and the network")
         outcome = result[0]
+        if isinstance(outcome, requests.exceptions.SSLError):
+            raise RegistryUnreachable(f"the binary cache {self.location}: {http.describe_failure(outcome, url)}",
+                                      hint=f"{http.TRUST_HINT}, or put it in "
+                                           f"{http.docker_cert_dirs(self.location.host)[0]}/ca.crt as for Docker") \
+                from None
+        if isinstance(outcome, requests.exceptions.ProxyError):
+            raise RegistryUnreachable(f"the binary cache {self.location}: {http.describe_failure(outcome, url)}",
+                                      hint="check HTTPS_PROXY (or HTTP_PROXY), or name the registry in NO_PROXY") \
+                from None
         if isinstance(outcome, requests.RequestException):
             raise RegistryUnreachable(f"the binary cache {self.location} does not answer ({type(outcome).__name__})",
                                       hint="check the registry and the network") from None
@@ -269,7 +277,8 @@ class Client:
         headers = {"Accept-Encoding": "identity", **({"Authorization": f"Basic {self._basic}"} if self._basic else {})}
         params = {k: v for k, v in fields.items() if k in ("service", "scope")}
         answer = self._within(deadline, lambda: self._session.get(
-            realm, headers=headers, params=params, stream=True, allow_redirects=False, timeout=self.timeout))
+            realm, headers=headers, params=params, stream=True, allow_redirects=False, timeout=self.timeout,
+            proxies=http.proxies_for(realm)), realm)
         body = self._read(answer, TOKEN_CAP, deadline, "a token")
         if answer.status_code == 401:
             return False  # the credentials were refused: the registry's 401 stands

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import requests
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import config, paths, unpack
+from qemuprov.infra import config, http, paths, unpack
 from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import Source
 from qemuprov.sources import gitcmd
@@ -305,6 +305,13 @@ def _download_checked(source: Source, store: Path, section: str, report: Reporte
     except TooLarge as exc:
         partial.unlink(missing_ok=True)
         raise InfraError(f"{section}.tarball: {source.tarball}: {exc}", hint=TARBALL_HINT) from None
+    except requests.exceptions.SSLError as exc:
+        raise InfraError(f"{section}.tarball: cannot download {source.tarball}: "
+                         f"{http.describe_failure(exc, source.tarball)}", hint=http.TRUST_HINT) from None
+    except requests.exceptions.ProxyError as exc:
+        raise InfraError(f"{section}.tarball: cannot download {source.tarball}: "
+                         f"{http.describe_failure(exc, source.tarball)}",
+                         hint="check HTTPS_PROXY (or HTTP_PROXY), or name the host in NO_PROXY") from None
     except (OSError, requests.RequestException) as exc:
         raise InfraError(f"{section}.tarball: cannot download {source.tarball}: {_short(exc)}",
                          hint=TARBALL_HINT + " (the next try resumes the download)") from None
@@ -325,7 +332,8 @@ def _stream(url: str, offset: int) -> Iterator[tuple[int, int | None, Iterator[b
             yield 0, size, iter(lambda: handle.read(1 << 20), b"")
         return
     headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with requests.get(url, stream=True, timeout=60, headers=headers) as response:
+    with http.session() as client, client.get(url, stream=True, timeout=60, headers=headers,
+                                               proxies=http.proxies_for(url)) as response:
         response.raise_for_status()
         start = offset if response.status_code == 206 else 0
         length = response.headers.get("Content-Length")

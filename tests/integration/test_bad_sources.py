@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import http.server
 import io
+import os
 import socket
 import subprocess
 import sys

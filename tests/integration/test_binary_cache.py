@@ -12,9 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -22,6 +24,7 @@ from qemuprov.ci import oci
 from tests.integration.conftest import FIXTURES, Env
 from tests.integration.standin import make_tree, set_delays
 from tests.integration.throttle import throttled
+from tests.netfixtures import Proxy, private_ca
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +256,108 @@ def test_a_pull_killed_in_the_middle_of_its_layer_leaves_the_previous_install(
         assert partial, "no layer download under way"
         assert pulling.poll() is None, "the pull ended before the kill"
         _killed_and_recovered(qenv, both, pulling, prefix, before, url)
+
+
+# -- a registry behind a company CA and a proxy ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_registry(cache: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The same registry program, served over TLS with a certificate of a private CA (as a company's internal
+    registry is), with the same user; reached as localhost:PORT."""
+    base = Path(cache["base"]) / "tls"
+    ca, cert, key = private_ca(base)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (base / "config.yml").write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {cert}\n    key: {key}\n"
+        f"auth:\n  htpasswd:\n    realm: qemuprov-tls\n    path: {FIXTURES / 'registry' / 'htpasswd'}\n")
+    with (base / "registry.log").open("wb") as log:
+        server = subprocess.Popen(["docker-registry", "serve", str(base / "config.yml")], stdout=log, stderr=log)
+    try:
+        for _ in range(60):
+            try:
+                if requests.get(f"https://localhost:{port}/v2/", verify=str(ca), timeout=2).status_code == 401:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the TLS registry did not start: {(base / 'registry.log').read_text()[-500:]}")
+        host = f"localhost:{port}"
+        yield {"host": host, "ca": str(ca), "url": f"https://{host}/qemuprov/standin-tls",
+               "docker": _docker_config(base / "docker", host, "qemuprov", cache["password"])}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture()
+def proxy() -> Iterator[Proxy]:
+    started = Proxy().start()
+    yield started
+    started.stop()
+
+
+def _no_proxy_settings() -> dict[str, str]:
+    """The test's own environment must not carry a proxy or CA of the machine's into these runs."""
+    return {v: "" for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                            "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                            "CURL_CA_BUNDLE")}
+
+
+def test_a_registry_with_a_private_ca_through_a_proxy(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
+                                                      tls_registry: dict[str, str], proxy: Proxy,
+                                                      tmp_path: Path) -> None:
+    install = str(qenv.root / "standin-cache")
+    signing = {**qenv.vars, **_no_proxy_settings(), "DOCKER_CONFIG": tls_registry["docker"],
+               "QEMUPROV_SIGNING_KEY": cache["key"], "XDG_CONFIG_HOME": str(tmp_path / "nothing")}
+    # Without the CA: a TLS failure, named as one, with what to set.
+    refused = qenv.run("push", install, tls_registry["url"], env=signing)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("qemuprov: error: ")]
+    assert len(errors) == 1 and f"the TLS certificate of {tls_registry['host']} is not trusted" in errors[0], \
+        refused.stderr
+    assert "REQUESTS_CA_BUNDLE" in refused.stderr and f"certs.d/{tls_registry['host']}/ca.crt" in refused.stderr
+    # --push with the CA the environment names, through the proxy: the credentials ride inside the tunnel.
+    pushing = qenv.run("push", install, tls_registry["url"],
+                       env={**signing, "REQUESTS_CA_BUNDLE": tls_registry["ca"], "HTTPS_PROXY": proxy.url})
+    assert pushing.returncode == 0 and "pushed to" in pushing.stdout, pushing.stdout + pushing.stderr
+    assert proxy.seen and all(line.startswith(f"CONNECT {tls_registry['host']} ") for line in proxy.seen), proxy.seen
+    carried = len(proxy.seen)
+    # --cache-only in a fresh HOME with no engine, trusting the CA as Docker does (certs.d), through the proxy.
+    where = tmp_path / "ci"
+    certs = where / ".config" / "docker" / "certs.d" / tls_registry["host"]
+    certs.mkdir(parents=True)
+    (certs / "ca.crt").write_text(Path(tls_registry["ca"]).read_text())
+    env = {**_fresh_home(qenv, where, tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
+                         DOCKER_HOST="unix:///nonexistent/docker.sock"), **_no_proxy_settings(),
+           "XDG_CONFIG_HOME": str(where / ".config"), "HTTPS_PROXY": proxy.url}
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", tls_registry["url"], "--cache-only",
+                      "--json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["from_cache"] is True and len(proxy.seen) > carried
+    # --cache with the CA in SSL_CERT_FILE, and NO_PROXY naming the registry: straight there, not through the proxy.
+    carried = len(proxy.seen)
+    direct = {**_fresh_home(qenv, tmp_path / "direct", tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"]),
+              **_no_proxy_settings(), "XDG_CONFIG_HOME": str(tmp_path / "nothing"),
+              "SSL_CERT_FILE": tls_registry["ca"], "HTTPS_PROXY": proxy.url, "NO_PROXY": "localhost"}
+    taken = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", tls_registry["url"], env=direct)
+    assert taken.returncode == 0 and "from the binary cache" in taken.stdout, taken.stdout + taken.stderr
+    assert len(proxy.seen) == carried, proxy.seen[carried:]
+
+
+def test_a_proxy_that_refuses_is_named(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
+                                       tls_registry: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**_fresh_home(qenv, tmp_path / "p", tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
+                         DOCKER_HOST="unix:///nonexistent/docker.sock"), **_no_proxy_settings(),
+           "REQUESTS_CA_BUNDLE": tls_registry["ca"], "HTTPS_PROXY": f"http://127.0.0.1:{port}"}
+    result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", tls_registry["url"], "--cache-only",
+                      env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"the proxy 127.0.0.1:{port} refused or did not carry the request" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
