@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,3 +73,33 @@ def remove_dead_leftovers(directory: Path, pattern: str, pid_of: Callable[[str],
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
+
+
+def remove_tree(top: Path) -> list[str]:
+    """Remove top and everything below it: iteratively (a tree of any depth, which shutil.rmtree's recursion
+    cannot take), never following a link (a link goes, not what it names). What could not be removed, in words."""
+    failed: list[str] = []
+    stack: list[tuple[Path, bool]] = [(top, False)]
+    while stack:
+        path, emptied = stack.pop()
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed.append(f"{path}: {exc.strerror}")
+            continue
+        try:
+            if not stat.S_ISDIR(mode):
+                os.unlink(path)
+            elif emptied:
+                os.rmdir(path)
+            else:
+                stack.append((path, True))
+                with os.scandir(path) as entries:
+                    stack.extend((Path(entry.path), False) for entry in entries)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed.append(f"{path}: {exc.strerror}")
+    return failed

@@ -27,9 +27,12 @@ class Env:
     recipes: Path
     vars: dict[str, str]
 
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), *args]
+
     def run(self, *args: str, timeout: float = 1800, env: dict[str, str] | None = None,
             **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(self.recipes), *args],
+        return subprocess.run(self.argv(*args),
                               env=env or self.vars, capture_output=True, text=True, timeout=timeout, check=False,
                               **kwargs)  # type: ignore[call-overload]
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.server
 import json
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,15 +78,109 @@ def test_verify_says_when_the_share_is_read_only(qenv: Env, tmp_path: Path) -> N
     assert "the share is read-only" in result.stdout
 
 
-def test_guest_kit_comes_through_a_container_where_the_host_has_no_apt(
-        qenv: Env, engine: str, tmp_path: Path) -> None:
-    # No apt-get or dpkg-deb on PATH (nothing at all, in fact): the kit is fetched in a Debian container.
-    env = {**qenv.vars, "PATH": str(tmp_path / "empty-bin"), "QEMUPROV_CACHE": str(tmp_path / "cache")}
-    result = qenv.run("verify", "--qemu", "/usr/bin/qemu-system-x86_64", "--virtiofsd", DEBIAN_VIRTIOFSD,
-                      "--accel", "tcg", "--json", env=env, timeout=600)
+def test_guest_kit_comes_over_http_to_a_host_with_no_apt_and_no_engine(qenv: Env, tmp_path: Path) -> None:
+    """No apt at all (its configuration hidden in a mount namespace, apt-get and dpkg off PATH) and no container
+    engine: the pinned packages come over HTTP from the mirror a setting names, checked and unpacked in Python."""
+    from qemuprov.infra import debian
+
+    mirror = debian.host_mirror()
+    assert mirror, "the suite's machine has a Debian mirror in its apt sources"
+    (tmp_path / "empty-bin").mkdir()
+    env = {**qenv.vars, "PATH": str(tmp_path / "empty-bin"), "QEMUPROV_CACHE": str(tmp_path / "cache"),
+           "DOCKER_HOST": "unix:///nonexistent/docker.sock", "QEMUPROV_DEBIAN_MIRROR": mirror}
+    argv = ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+            '/bin/mount -t tmpfs none /etc/apt && exec "$@"', "sh", *qenv.argv("verify", "--qemu",
+            "/usr/bin/qemu-system-x86_64", "--virtiofsd", DEBIAN_VIRTIOFSD, "--accel", "tcg", "--json")]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)[0]["ok"] is True
-    assert list((tmp_path / "cache" / "guest").glob("x86_64-*/vmlinuz"))
+    (kit,) = (tmp_path / "cache" / "guest").glob("x86_64-*/")
+    assert (kit / "kernel-version").read_text().strip() == "6.12.117+deb13-cloud-amd64"
+    assert sorted(json.loads((kit / "kit.json").read_text())) == ["initrd.cpio", "vmlinuz"]
+
+
+class _Archive(http.server.SimpleHTTPRequestHandler):
+    """A Debian archive laid out on disk (a mirror, or the snapshot archive's /archive/debian/STAMP/): serves
+    what is there, records every path asked for; `lie` serves the pinned size of the wrong bytes instead."""
+
+    asked: list[str] = []
+    lie = False
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).asked.append(self.path)
+        local = Path(self.translate_path(self.path))
+        if type(self).lie and local.is_file():
+            body = b"\0" * local.stat().st_size
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serving(root: Path, lie: bool = False) -> Iterator[tuple[str, list[str]]]:
+    handler = type("Archive", (_Archive,), {"asked": [], "lie": lie})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler.asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_pin_the_mirror_no_longer_carries_comes_from_the_snapshot_archive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mirror has moved on (404 for the pinned version), or lies (the wrong bytes at the pinned size): the kit
+    comes from a server laid out like Debian's snapshot archive, checked against the same pins. A kit cut short
+    afterwards is made again, not booted."""
+    from qemuprov.infra import debian
+    from qemuprov.proving import guestkit
+
+    snapshot = tmp_path / "snapshot"
+    pool = snapshot / "archive" / "debian" / guestkit.SNAPSHOT_STAMP
+    monkeypatch.setenv("QEMUPROV_CACHE", str(tmp_path / "real"))
+    for pin in guestkit.PINS["amd64"]:  # the real packages, from the real mirror, once
+        target = pool / pin.pool_path("amd64")
+        target.parent.mkdir(parents=True)
+        debian.fetch(pin, "amd64", guestkit.SNAPSHOT_STAMP, target.parent)
+    moved_on = tmp_path / "mirror"
+    moved_on.mkdir()
+    for lying in (False, True):
+        mirror_root = pool if lying else moved_on
+        with _serving(mirror_root, lie=lying) as (mirror, mirror_asked), _serving(snapshot) as (archive, asked):
+            monkeypatch.setenv("QEMUPROV_DEBIAN_MIRROR", mirror)
+            monkeypatch.setenv("QEMUPROV_DEBIAN_SNAPSHOT", archive)
+            monkeypatch.setenv("QEMUPROV_CACHE", str(tmp_path / f"cache-{lying}"))
+            kit = guestkit.ensure_kit("x86_64")
+        assert kit.record()["kernel"] == "6.12.117+deb13-cloud-amd64" and kit.fuse_dax is True
+        assert len(mirror_asked) == 2 and len(asked) == 2, (mirror_asked, asked)
+        assert all(path.startswith(f"/archive/debian/{guestkit.SNAPSHOT_STAMP}/pool/main/") for path in asked)
+    kit.initrd.write_bytes(kit.initrd.read_bytes()[:1000])  # cut short, as a full disk would leave it
+    with _serving(snapshot) as (archive, asked):
+        monkeypatch.setenv("QEMUPROV_DEBIAN_SNAPSHOT", archive)
+        monkeypatch.setenv("QEMUPROV_DEBIAN_MIRROR", archive + "/nothing")
+        again = guestkit.ensure_kit("x86_64")
+    assert again.initrd.stat().st_size > 1_000_000 and len(asked) == 4  # fetched and made again
+
+
+def test_no_pin_anywhere_is_one_line_naming_each_place(qenv: Env, tmp_path: Path) -> None:
+    with _serving(tmp_path) as (empty, _):
+        env = {**qenv.vars, "QEMUPROV_CACHE": str(tmp_path / "cache"), "QEMUPROV_DEBIAN_MIRROR": empty,
+               "QEMUPROV_DEBIAN_SNAPSHOT": empty}
+        result = qenv.run("verify", "--qemu", "/usr/bin/qemu-system-x86_64", "--virtiofsd", DEBIAN_VIRTIOFSD,
+                          "--accel", "tcg", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("qemuprov: error: ")]
+    assert len(errors) == 1 and "could not fetch linux-image-6.12.117+deb13-cloud-amd64" in errors[0], result.stderr
+    assert errors[0].count("answered 404") == 2 and "QEMUPROV_DEBIAN_MIRROR" in result.stderr
+    assert not list((tmp_path / "cache" / "guest").glob("x86_64-*"))  # nothing half made
 
 
 def test_no_stray_processes_or_sockets_after_the_runs(qenv: Env) -> None:
@@ -91,24 +191,3 @@ def test_no_stray_processes_or_sockets_after_the_runs(qenv: Env) -> None:
     assert leftovers == [], f"verify left {leftovers}"
     ps = subprocess.run(["pgrep", "-af", "qemuprov-verify-"], capture_output=True, text=True)
     assert ps.stdout.strip() == "", f"processes outlived verify:\n{ps.stdout}"
-
-
-def test_the_pinned_kit_comes_to_a_host_whose_apt_knows_no_debian(engine: str, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A host with apt, but an Ubuntu sources list (no Debian mirror): the same pinned Debian 13 kit comes
-    through a Debian container, byte for byte the kernel a Debian host fetches with its own private apt."""
-    from qemuprov.proving import guestkit
-
-    ubuntu = tmp_path / "etc-apt"
-    (ubuntu / "sources.list.d").mkdir(parents=True)
-    (ubuntu / "sources.list.d" / "ubuntu.sources").write_text(
-        "Types: deb\nURIs: http://archive.invalid/ubuntu\nSuites: noble noble-updates\nComponents: main\n")
-    assert guestkit.debian_mirror(ubuntu) is None and guestkit.debian_mirror() is not None
-    monkeypatch.setattr(guestkit, "APT_SOURCES", ubuntu)
-    monkeypatch.setenv("QEMUPROV_CACHE", str(tmp_path / "cache"))
-    kit = guestkit.ensure_kit("x86_64")
-    record = kit.record()
-    assert record["kernel"] == "6.12.117+deb13-cloud-amd64" and kit.fuse_dax is True
-    monkeypatch.setattr(guestkit, "APT_SOURCES", guestkit.Path("/etc/apt"))
-    monkeypatch.setenv("QEMUPROV_CACHE", str(tmp_path / "cache-debian"))
-    assert guestkit.ensure_kit("x86_64").record()["kernel_sha256"] == record["kernel_sha256"]

@@ -235,18 +235,20 @@ def test_a_qemu_without_the_window_never_gets_a_dax_yes() -> None:
 
 
 def test_the_debian_mirror_is_read_off_the_hosts_own_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qemuprov.proving import guestkit
+    from qemuprov.infra import debian
 
-    monkeypatch.delenv(guestkit.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(debian.MIRROR_ENV, raising=False)
+    monkeypatch.setattr(debian, "APT_SOURCES", tmp_path)
     (tmp_path / "sources.list.d").mkdir()
-    assert guestkit.debian_mirror(tmp_path) is None  # no apt sources at all
+    assert debian.host_mirror(tmp_path) is None  # no apt sources at all
     (tmp_path / "sources.list.d" / "ubuntu.sources").write_text(
         "Types: deb\nURIs: http://ubuntu.invalid/ubuntu\nSuites: noble\nComponents: main\n")
-    assert guestkit.debian_mirror(tmp_path) is None  # another distribution's
+    assert debian.host_mirror(tmp_path) is None  # another distribution's
     (tmp_path / "sources.list").write_text("deb [arch=amd64] http://mirror.invalid/debian bookworm main\n")
-    assert guestkit.debian_mirror(tmp_path) == "http://mirror.invalid/debian"
+    assert debian.host_mirror(tmp_path) == "http://mirror.invalid/debian"
     (tmp_path / "sources.list.d" / "debian.sources").write_text(
         "Types: deb\nURIs: http://deb822.invalid/debian\nSuites: trixie trixie-updates\nComponents: main\n")
-    assert guestkit.debian_mirror(tmp_path) == "http://deb822.invalid/debian"
-    monkeypatch.setenv(guestkit.MIRROR_ENV, "http://chosen.invalid/debian")
-    assert guestkit.debian_mirror(tmp_path) == "http://chosen.invalid/debian"
+    assert debian.host_mirror(tmp_path) == "http://deb822.invalid/debian"
+    assert debian.mirror() == "http://deb822.invalid/debian"
+    monkeypatch.setenv(debian.MIRROR_ENV, "http://chosen.invalid/debian/")
+    assert debian.mirror() == "http://chosen.invalid/debian"
