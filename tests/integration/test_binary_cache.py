@@ -300,19 +300,22 @@ def proxy() -> Iterator[Proxy]:
     started.stop()
 
 
-def _no_proxy_settings() -> dict[str, str]:
-    """The test's own environment must not carry a proxy or CA of the machine's into these runs."""
-    return {v: "" for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-                            "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
-                            "CURL_CA_BUNDLE")}
+_NETWORK_SETTINGS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                     "no_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE")
+
+
+def _only(env: dict[str, str], **network: str) -> dict[str, str]:
+    """env without the machine's own proxy and CA settings, with these instead (an empty lowercase https_proxy
+    would hide HTTPS_PROXY, as it does for every tool that reads them)."""
+    return {**{k: v for k, v in env.items() if k not in _NETWORK_SETTINGS}, **network}
 
 
 def test_a_registry_with_a_private_ca_through_a_proxy(qenv: Env, cache: dict[str, str], pushed: dict[str, object],
                                                       tls_registry: dict[str, str], proxy: Proxy,
                                                       tmp_path: Path) -> None:
     install = str(qenv.root / "standin-cache")
-    signing = {**qenv.vars, **_no_proxy_settings(), "DOCKER_CONFIG": tls_registry["docker"],
-               "QEMUPROV_SIGNING_KEY": cache["key"], "XDG_CONFIG_HOME": str(tmp_path / "nothing")}
+    signing = _only({**qenv.vars, "DOCKER_CONFIG": tls_registry["docker"], "QEMUPROV_SIGNING_KEY": cache["key"],
+                     "XDG_CONFIG_HOME": str(tmp_path / "nothing")})
     # Without the CA: a TLS failure, named as one, with what to set.
     refused = qenv.run("push", install, tls_registry["url"], env=signing)
     assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -331,18 +334,18 @@ def test_a_registry_with_a_private_ca_through_a_proxy(qenv: Env, cache: dict[str
     certs = where / ".config" / "docker" / "certs.d" / tls_registry["host"]
     certs.mkdir(parents=True)
     (certs / "ca.crt").write_text(Path(tls_registry["ca"]).read_text())
-    env = {**_fresh_home(qenv, where, tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
-                         DOCKER_HOST="unix:///nonexistent/docker.sock"), **_no_proxy_settings(),
-           "XDG_CONFIG_HOME": str(where / ".config"), "HTTPS_PROXY": proxy.url}
+    env = _only(_fresh_home(qenv, where, tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
+                            DOCKER_HOST="unix:///nonexistent/docker.sock", XDG_CONFIG_HOME=str(where / ".config")),
+                HTTPS_PROXY=proxy.url)
     result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", tls_registry["url"], "--cache-only",
                       "--json", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["from_cache"] is True and len(proxy.seen) > carried
     # --cache with the CA in SSL_CERT_FILE, and NO_PROXY naming the registry: straight there, not through the proxy.
     carried = len(proxy.seen)
-    direct = {**_fresh_home(qenv, tmp_path / "direct", tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"]),
-              **_no_proxy_settings(), "XDG_CONFIG_HOME": str(tmp_path / "nothing"),
-              "SSL_CERT_FILE": tls_registry["ca"], "HTTPS_PROXY": proxy.url, "NO_PROXY": "localhost"}
+    direct = _only(_fresh_home(qenv, tmp_path / "direct", tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
+                               XDG_CONFIG_HOME=str(tmp_path / "nothing")),
+                   SSL_CERT_FILE=tls_registry["ca"], HTTPS_PROXY=proxy.url, NO_PROXY="localhost")
     taken = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", tls_registry["url"], env=direct)
     assert taken.returncode == 0 and "from the binary cache" in taken.stdout, taken.stdout + taken.stderr
     assert len(proxy.seen) == carried, proxy.seen[carried:]
@@ -353,9 +356,9 @@ def test_a_proxy_that_refuses_is_named(qenv: Env, cache: dict[str, str], pushed:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    env = {**_fresh_home(qenv, tmp_path / "p", tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
-                         DOCKER_HOST="unix:///nonexistent/docker.sock"), **_no_proxy_settings(),
-           "REQUESTS_CA_BUNDLE": tls_registry["ca"], "HTTPS_PROXY": f"http://127.0.0.1:{port}"}
+    env = _only(_fresh_home(qenv, tmp_path / "p", tls_registry["docker"], QEMUPROV_TRUSTED_KEYS=cache["pub"],
+                            DOCKER_HOST="unix:///nonexistent/docker.sock"),
+                REQUESTS_CA_BUNDLE=tls_registry["ca"], HTTPS_PROXY=f"http://127.0.0.1:{port}")
     result = qenv.run("build", "standin-cache", "--runner", "docker", "--cache", tls_registry["url"], "--cache-only",
                       env=env)
     assert result.returncode == 1, result.stdout + result.stderr
