@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -372,10 +373,15 @@ def probe_and_check(ctx: Context, pulled: bool = False) -> list[probe.Probe]:
     results = [probe.probe_binary(p) for p in probe.binaries_in_prefix(ctx.staged)]
     problems = check_expectations(ctx.recipe, ctx.opts.arches, results)
     if problems and pulled:
+        libraries = sorted(set(re.findall(r"error while loading shared libraries: ([\w.+-]+):", " ".join(problems))))
+        hint = (f"build it here with --no-cache (a build that passes can be pushed over the entry), or fix the "
+                f"recipe's [expect]; see {ctx.log_path} (the previous install is untouched)")
+        if libraries:
+            hint = (f"the entry was built in the {ctx.recipe.builder} builder and links its libraries, which this "
+                    f"host lacks ({', '.join(libraries)}): build it here with --no-cache, or use a recipe whose "
+                    f"builder is this host's distribution (the previous install is untouched)")
         raise BuildError(f"the build of {ctx.recipe.name} from the binary cache does not deliver what its recipe "
-                         "promises: " + safe_text("; ".join(problems)),
-                         hint=f"build it here with --no-cache (a build that passes can be pushed over the entry), "
-                              f"or fix the recipe's [expect]; see {ctx.log_path} (the previous install is untouched)")
+                         "promises: " + safe_text("; ".join(problems)), hint=safe_text(hint))
     if problems:
         raise BuildError(f"the build of {ctx.recipe.name} does not deliver what its recipe promises: "
                          + "; ".join(problems),
