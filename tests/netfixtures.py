@@ -91,6 +91,12 @@ class Proxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        try:
+            self._carry(client)
+        except OSError:
+            pass  # either side hung up: as a real proxy, carry on with the others
+
+    def _carry(self, client: socket.socket) -> None:
         with client:
             client.settimeout(30)
             head = b""

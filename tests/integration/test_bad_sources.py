@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import io
@@ -279,3 +280,43 @@ def test_a_git_remote_that_never_answers_is_cut_off_at_its_deadline(tmp_path: Pa
         took = time.monotonic() - start
     _assert_one_line(result, 1, "did not finish within 3 s")
     assert took < 30, took
+
+
+def test_a_tarball_behind_a_company_ca_and_proxy(tmp_path: Path, isolated_home: Path) -> None:
+    """A release tarball on a host whose certificate a private CA signed, reached through a proxy: untrusted, it
+    is a TLS failure naming the host; with the CA in REQUESTS_CA_BUNDLE it downloads (through the proxy, which
+    saw the CONNECT), and this file being no tarball is what stops the build."""
+    import ssl
+
+    from tests.netfixtures import Proxy, private_ca
+
+    ca, cert, key = private_ca(tmp_path / "ca")
+    data = b"not a tarball\n" * 64
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "qemu.tar.xz").write_bytes(data)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = Proxy().start()
+    host = f"localhost:{server.server_address[1]}"
+    try:
+        _tarball_recipe(tmp_path / "r", "tls", f"https://{host}/qemu.tar.xz", data)
+        plain = {k: v for k, v in os.environ.items()
+                 if k.upper() not in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE",
+                                      "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE")}
+        argv = [sys.executable, "-m", "qemuprov", "--recipes", str(tmp_path / "r"), "build", "tls", "--runner", "host"]
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                                 env={**plain, "HTTPS_PROXY": proxy.url})
+        _assert_one_line(refused, 1, f"the TLS certificate of {host} is not trusted here")
+        assert "REQUESTS_CA_BUNDLE" in refused.stderr
+        trusted = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                                 env={**plain, "HTTPS_PROXY": proxy.url, "REQUESTS_CA_BUNDLE": str(ca)})
+        _assert_one_line(trusted, 2, "is not a tarball that can be unpacked")
+        assert proxy.seen and proxy.seen[-1].startswith(f"CONNECT {host} ")
+    finally:
+        proxy.stop()
+        server.shutdown()
+        server.server_close()
