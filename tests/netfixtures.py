@@ -4,6 +4,7 @@ carried. Both are real: the CA signs with `cryptography`, the proxy moves bytes 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import select
@@ -91,10 +92,8 @@ class Proxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):  # either side hung up: as a real proxy, carry on with the others
             self._carry(client)
-        except OSError:
-            pass  # either side hung up: as a real proxy, carry on with the others
 
     def _carry(self, client: socket.socket) -> None:
         with client:

@@ -145,7 +145,7 @@ def copy_out(container: Any, inside: str, host_parent: Path) -> bool:
         with archive.open("wb") as out:
             _copy_bounded(chunks, out, unpack.limit())
         landed.mkdir()
-        unpack.unpack(archive, landed)
+        unpack.unpack(archive, landed, top=wanted)  # its own directory is its root: no link leads beside it
         found = sorted(p.name for p in landed.iterdir())
         if found != [wanted]:
             raise unpack.UnsafeArchive(f"the engine sent {found[:5]} for {inside}, not {wanted} alone")

@@ -25,18 +25,35 @@ class UnsafeArchive(Exception):
     """The archive holds a member that must not be unpacked, or more than the limit allows."""
 
 
+HEADER_CAP = 1 << 20  # a pax or GNU long-name header: real ones are a few hundred bytes
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header whole into memory: one past the cap is refused unread."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        headers = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                   tarfile.GNUTYPE_LONGLINK)
+        if self.type in headers and self.size > HEADER_CAP:
+            raise UnsafeArchive(f"a {self.size}-byte extended header (at most {HEADER_CAP} are read)")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 def limit() -> int:
     return config.limit("QEMUPROV_UNPACK_LIMIT", "unpack", DEFAULT_LIMIT)
 
 
-def unpack(archive: Path, dest: Path, max_bytes: int | None = None) -> int:
+def unpack(archive: Path, dest: Path, max_bytes: int | None = None, top: str | None = None) -> int:
     """Unpack archive (any compression tarfile reads) into dest, which must exist; the bytes written.
-    A refused member raises UnsafeArchive; what was unpacked before it stays in dest for the caller to remove."""
+    top: the one directory the archive may hold (an output of a build, named as asked): every member lies
+    inside it and every symlink stays inside it, so nothing in it can point at its neighbours once it is moved
+    into place. A refused member raises UnsafeArchive; what was unpacked before it stays in dest for the caller
+    to remove."""
     budget = limit() if max_bytes is None else max_bytes
     written = members = 0
     files: set[str] = set()  # regular members so far, the only targets a hard link may name
     root = dest.resolve()
-    with tarfile.open(archive, mode="r|*") as tar:
+    with tarfile.open(archive, mode="r|*", tarinfo=_BoundedInfo) as tar:
         for member in tar:
             members += 1
             if members > MAX_MEMBERS:
@@ -44,8 +61,12 @@ def unpack(archive: Path, dest: Path, max_bytes: int | None = None) -> int:
             name = _inside_name(member.name)
             if name is None:
                 continue  # the archive's root, "." or "./"
+            if top is not None and name != top and not name.startswith(f"{top}/"):
+                raise UnsafeArchive(f"{member.name}: outside {top}, the one directory asked for")
             target = root / name
-            _check_parent(root, target, member.name)
+            members += _check_parent(root, target, member.name)
+            if members > MAX_MEMBERS:
+                raise UnsafeArchive(f"more than {MAX_MEMBERS} members and the directories their names imply")
             if member.isdir():
                 _replace_non_dir(target, member.name)
                 target.mkdir(exist_ok=True)
@@ -60,7 +81,7 @@ def unpack(archive: Path, dest: Path, max_bytes: int | None = None) -> int:
                 os.chmod(target, _file_mode(member.mode))
                 files.add(name)
             elif member.issym():
-                _check_link_target(name, member.linkname)
+                _check_link_target(name if top is None else name[len(top):].lstrip("/") or ".", member.linkname)
                 _remove(target, member.name)
                 os.symlink(member.linkname, target)
                 files.discard(name)
@@ -111,18 +132,21 @@ def _check_link_target(name: str, linkname: str) -> None:
         raise UnsafeArchive(f"{name}: a symlink to {linkname}, which may lead outside the archive")
 
 
-def _check_parent(root: Path, target: Path, name: str) -> None:
-    """Every directory on the way to target is a real directory inside root (not a symlink a member made)."""
-    current = root
+def _check_parent(root: Path, target: Path, name: str) -> int:
+    """Every directory on the way to target is a real directory inside root (not a symlink a member made); the
+    number made, which count against the member budget (200 members of a few KB must not make 400,000)."""
+    current, made = root, 0
     for part in target.relative_to(root).parts[:-1]:
         current = current / part
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
             current.mkdir()
+            made += 1
             continue
         if not stat.S_ISDIR(mode):
             raise UnsafeArchive(f"{name}: lies under {current.relative_to(root)}, which is not a directory")
+    return made
 
 
 def _remove(target: Path, name: str) -> None:

@@ -24,14 +24,15 @@ sleep "$delay" &
 wait $!
 case "$1" in
   configure) step="sh $src/standin-step"
-             printf 'PREFIX=%%s\nall:\n\t%%s compile\ninstall:\n\t%%s install "$(DESTDIR)$(PREFIX)"\n' \
+             printf 'PREFIX=%%s\nall:\n\t%%s compile\ninstall:\n\t%%s install "$(DESTDIR)$(PREFIX)" "$(DESTDIR)"\n' \
                "$2" "$step" "$step" > Makefile ;;
   compile) if [ -f "$src/payload/paths" ]; then printf '#line 1 "%%s/trace-events"\n' "$src" > standin-paths.h; fi
            cp $src/payload/qemu-system-x86_64 qemu-system-x86_64 \
              && cc -I. -MD -MF standin.o.d -c "$src/payload/standin.c" -o standin.o
            if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
   install) mkdir -p "$2/bin" "$2/libexec" "$2/share" && cp qemu-system-x86_64 "$2/bin/" \
-             && cp $src/payload/virtiofsd "$2/libexec/" && cp "$src/payload/standin.c" "$2/share/standin" ;;
+             && cp $src/payload/virtiofsd "$2/libexec/" && cp "$src/payload/standin.c" "$2/share/standin"
+           if [ -f "$src/payload/plant" ]; then . "$src/payload/plant"; fi ;;
 esac
 """
 
@@ -54,10 +55,11 @@ virtiofsd = "c"
 """
 
 
-def make_tree(tree: Path, control: Path, generated_paths: bool = False) -> str:
+def make_tree(tree: Path, control: Path, generated_paths: bool = False, plant: str = "") -> str:
     """Create the stand-in as a git repository with a tag; returns the recipe body that builds it.
     generated_paths: its C file includes a header made at build time that names the source dir, as QEMU's
-    trace headers do (`#line N "/abs/src/.../trace-events"`)."""
+    trace headers do (`#line N "/abs/src/.../trace-events"`). plant: shell run at the end of make install, with
+    $2 the staged prefix and $3 DESTDIR (what a hostile or broken build leaves in its output)."""
     control.mkdir(parents=True, exist_ok=True)
     tree.mkdir(parents=True)
     (tree / "VERSION").write_text("7.2.0\n")
@@ -79,6 +81,8 @@ def make_tree(tree: Path, control: Path, generated_paths: bool = False) -> str:
         (tree / "payload" / "paths").touch()
         code = '#include "standin-paths.h"\n' + code
     (tree / "payload" / "standin.c").write_text(code)
+    if plant:
+        (tree / "payload" / "plant").write_text(plant)
     git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@localhost"]
     subprocess.run([*git[:3], "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)

@@ -120,7 +120,7 @@ def test_outputs_beside_the_one_asked_for_touch_nothing_here(tmp_path: Path) -> 
     neighbour.parent.mkdir(parents=True)
     neighbour.write_text("the user's")
     engine = _Engine(_tar(("stage/bin/qemu", b"ok"), ("other-install/bin/qemu", b"replaced")))
-    with pytest.raises(UnsafeArchive, match="not stage alone"):
+    with pytest.raises(UnsafeArchive, match="outside stage, the one directory asked for"):
         transfer.copy_out(engine, "/stage", tmp_path)
     assert neighbour.read_text() == "the user's" and not (tmp_path / "stage").exists()
 
@@ -132,3 +132,28 @@ def test_outputs_merge_into_a_staging_an_earlier_session_filled(tmp_path: Path) 
     assert (tmp_path / "stage" / "bin" / "qemu").read_text() == "from the QEMU session"
     assert (tmp_path / "stage" / "libexec" / "virtiofsd").read_bytes() == b"daemon"
     assert not list(tmp_path.glob(".qemuprov-out-*"))  # no scratch left behind
+
+
+def test_a_link_in_an_output_may_not_climb_out_of_the_output_itself(tmp_path: Path) -> None:
+    """By the archive's rule a link at stage/a/b may climb two levels; after the move that names the staging's
+    parent (the install root, or $HOME for --prefix ~/qemu72): each output is its own root."""
+    import pytest
+
+    from qemuprov.infra.unpack import UnsafeArchive
+
+    for target in ("../..", "../../Documents", "../../other-install/bin"):
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            link = tarfile.TarInfo("stage/share/qemu")
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+        with pytest.raises(UnsafeArchive, match="may lead outside"):
+            transfer.copy_out(_Engine(out.getvalue()), "/stage", tmp_path / "home")
+        assert not (tmp_path / "home" / "stage").exists()
+    inside = io.BytesIO()
+    with tarfile.open(fileobj=inside, mode="w") as tar:
+        link = tarfile.TarInfo("stage/bin/qemu-kvm")
+        link.type, link.linkname = tarfile.SYMTYPE, "../libexec/qemu"
+        tar.addfile(link)
+    assert transfer.copy_out(_Engine(inside.getvalue()), "/stage", tmp_path / "home")
+    assert os.readlink(tmp_path / "home" / "stage" / "bin" / "qemu-kvm") == "../libexec/qemu"

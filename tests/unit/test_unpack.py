@@ -131,3 +131,41 @@ def test_the_limit_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("QEMUPROV_UNPACK_LIMIT", "lots")
     with pytest.raises(Exception, match='QEMUPROV_UNPACK_LIMIT: "lots" is not a size'):
         unpack.limit()
+
+
+def test_the_directories_a_name_implies_count_against_the_member_budget(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import tarfile
+
+    from qemuprov.infra import unpack
+
+    monkeypatch.setattr(unpack, "MAX_MEMBERS", 1000)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for i in range(20):  # 20 members whose names imply 100 directories each
+            info = tarfile.TarInfo("/".join(f"d{i}-{j}" for j in range(100)) + "/f")
+            tar.addfile(info, io.BytesIO(b""))
+    (tmp_path / "a.tar").write_bytes(out.getvalue())
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(unpack.UnsafeArchive, match="directories their names imply"):
+        unpack.unpack(tmp_path / "a.tar", tmp_path / "dest")
+    assert sum(1 for _ in (tmp_path / "dest").rglob("*")) <= 1000 + 101  # at most one name past the budget
+
+
+def test_an_extended_header_past_its_cap_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import tarfile
+
+    from qemuprov.infra import unpack
+
+    monkeypatch.setattr(unpack, "HEADER_CAP", 4096)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"comment": "x" * 100_000}
+        tar.addfile(info, io.BytesIO(b""))
+    (tmp_path / "a.tar").write_bytes(out.getvalue())
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(unpack.UnsafeArchive, match="extended header"):
+        unpack.unpack(tmp_path / "a.tar", tmp_path / "dest")
