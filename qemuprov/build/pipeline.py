@@ -6,10 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shlex
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -216,8 +214,7 @@ def substitute(ctx: Context, resolved: Resolved, settings: binary_cache.Settings
     with ctx.phase("substitute", f"{location} ({cache_key[:16]}…)"):
         hit = binary_cache.pull(settings, cache_key, ctx.recipe.name, ctx.opts.arches, staged, ctx.report)
     if isinstance(hit, binary_cache.Miss):
-        if staged.exists():
-            shutil.rmtree(staged)
+        paths.remove_tree(staged)
         if ctx.opts.cache_only:
             raise CacheMiss(hit)
         notice(f"{hit.message}: building" + ("" if hit.reason == "no-entry" else
@@ -453,12 +450,11 @@ def _build_log(work: Path) -> Iterator[tuple[IO[str], Path]]:
 @contextmanager
 def _staging(prefix: Path) -> Iterator[Path]:
     """Where the install is made, beside the prefix (same file system: the swap is a rename); always removed."""
-    staging = prefix.parent / f".qemuprov-stage-{prefix.name}-{os.getpid()}"
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = paths.make_side_dir(prefix, "stage")
     try:
         yield staging
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        paths.remove_tree(staging)
 
 
 def _fetch(ctx: Context, tree: Source, revision: Resolution, name: str, section: str) -> Path:

@@ -89,21 +89,20 @@ def _exchange(a: Path, b: Path) -> bool:
 def commit_prefix(staged: Path, prefix: Path) -> None:
     """Put the staged tree at `prefix`. The old tree is replaced in one atomic exchange, then deleted."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    incoming = prefix.parent / f".qemuprov-new-{prefix.name}-{os.getpid()}"
+    incoming = paths.side_path(prefix, "new")
     with signals_deferred():  # a Ctrl-C now comes after the swap, never between its renames
         shutil.move(str(staged), incoming)
         if not prefix.exists():
             incoming.rename(prefix)
             return
         if not _exchange(incoming, prefix):
-            old = prefix.parent / f".qemuprov-old-{prefix.name}-{os.getpid()}"
+            old = paths.side_path(prefix, "old")
             prefix.rename(old)
             incoming.rename(prefix)
             incoming = old
-    shutil.rmtree(incoming, ignore_errors=True)
+    paths.remove_tree(incoming)
 
 
 def stale_staging_cleanup(prefix: Path) -> None:
     """Remove what a killed build left beside the prefix (its pid ends the name and no longer runs)."""
-    paths.remove_dead_leftovers(prefix.parent, f".qemuprov-*-{prefix.name}-*",
-                                lambda name: name.rsplit("-", 1)[-1].split(".")[0])  # PID, or PID.layer.tar.gz
+    paths.remove_dead_side_paths(prefix)

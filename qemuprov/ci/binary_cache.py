@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tarfile
 import zlib
 from pathlib import Path
@@ -23,7 +22,7 @@ from qemuprov import __version__
 from qemuprov.ci import signing
 from qemuprov.ci.oci import BadAnswer, Client, Location, RegistryTrouble, RegistryUnreachable, parse, small_deadline
 from qemuprov.errors import QemuprovError, UserError
-from qemuprov.infra import config, unpack
+from qemuprov.infra import config, paths, unpack
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.render import safe_text
 from qemuprov.infra.timing import Timer
@@ -231,7 +230,7 @@ def pull(settings: Settings, cache_key: str, recipe: str, arches: tuple[str, ...
         return Hit(record, digest, timer.timings)
     except (RegistryTrouble, manifest.ManifestError, UnsafeArchive, tarfile.TarError, EOFError, zlib.error) as exc:
         message = exc.message if isinstance(exc, QemuprovError) else str(exc)
-        shutil.rmtree(staged, ignore_errors=True)
+        paths.remove_tree(staged)
         if isinstance(exc, RegistryUnreachable):
             return Miss("unreachable", message)
         return Miss("refused", f"binary cache {location}: refused the entry {cache_key[:16]}…: {safe_text(message)}; "

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from qemuprov.commands.base import Command
 from qemuprov.errors import UserError
-from qemuprov.infra import render
+from qemuprov.infra import paths, render
 from qemuprov.infra.progress import Reporter
 from qemuprov.recipe import split_arches
 
@@ -65,7 +64,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             reports.append(_report(qemu, daemon, guest, accel, results, workloads, args.repetitions, amounts,
                                    host_cache))
         finally:
-            shutil.rmtree(share, ignore_errors=True)
+            paths.remove_tree(share)  # the guest's: any depth
     if args.json:
         render.print_json(reports)
     else:

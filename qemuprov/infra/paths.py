@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+import secrets
 import stat
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import platformdirs
@@ -69,37 +71,119 @@ def remove_dead_leftovers(directory: Path, pattern: str, pid_of: Callable[[str],
     for leftover in directory.glob(pattern):
         pid = pid_of(leftover.name)
         if (not pid.isdigit() and pidless) or (pid.isdigit() and not Path(f"/proc/{pid}").exists()):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+            remove_tree(leftover)
 
 
 def remove_tree(top: Path) -> list[str]:
-    """Remove top and everything below it: iteratively (a tree of any depth, which shutil.rmtree's recursion
-    cannot take), never following a link (a link goes, not what it names). What could not be removed, in words."""
+    """Remove top and everything below it, whatever made it (a guest, an engine, a tarball): iteratively and
+    through directory descriptors, so neither the depth (shutil.rmtree's recursion) nor the length of the names
+    (PATH_MAX) stops it; never following a link (a link goes, not what it names). What could not go, in words."""
     failed: list[str] = []
-    stack: list[tuple[Path, bool]] = [(top, False)]
-    while stack:
-        path, emptied = stack.pop()
+    try:
+        if not stat.S_ISDIR(os.lstat(top).st_mode):
+            os.unlink(top)
+            return failed
+        fd = os.open(top, _DIR_FLAGS)
+    except FileNotFoundError:
+        return failed
+    except OSError as exc:
+        return [f"{top}: {exc.strerror}"]
+    levels: list[tuple[list[str], str]] = []  # above the current directory: (its siblings to do, its own name)
+    pending = _empty_files(fd, top, failed)
+    while True:
+        if pending:
+            name = pending.pop()
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                failed.append(f"{top}/…/{name}: {exc.strerror}")
+                continue
+            levels.append((pending, name))
+            os.close(fd)
+            fd = child
+            pending = _empty_files(fd, top, failed)
+            continue
+        if not levels:
+            os.close(fd)
+            break
+        pending, name = levels.pop()
+        parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+        os.close(fd)
+        fd = parent
         try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
+            os.rmdir(name, dir_fd=fd)
         except OSError as exc:
-            failed.append(f"{path}: {exc.strerror}")
-            continue
-        try:
-            if not stat.S_ISDIR(mode):
-                os.unlink(path)
-            elif emptied:
-                os.rmdir(path)
-            else:
-                stack.append((path, True))
-                with os.scandir(path) as entries:
-                    stack.extend((Path(entry.path), False) for entry in entries)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            failed.append(f"{path}: {exc.strerror}")
+            failed.append(f"{top}/…/{name}: {exc.strerror}")
+    try:
+        os.rmdir(top)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        failed.append(f"{top}: {exc.strerror}")
     return failed
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _empty_files(fd: int, top: Path, failed: list[str]) -> list[str]:
+    """Unlink every entry of the directory fd that is not a directory; the names of those that are."""
+    directories = []
+    try:
+        with os.scandir(fd) as entries:
+            found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    except OSError as exc:
+        failed.append(f"{top}/…: {exc.strerror}")
+        return []
+    for name, is_dir in found:
+        if is_dir:
+            directories.append(name)
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failed.append(f"{top}/…/{name}: {exc.strerror}")
+    return directories
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """A fresh private directory (as tempfile.mkdtemp makes it), removed with remove_tree however deep what
+    was put in it (a guest's share, an engine's output)."""
+    made = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield made
+    finally:
+        remove_tree(made)
+
+
+SIDE_KINDS = ("stage", "new", "old", "remove")  # what an install makes beside its prefix, and cleans up
+
+
+def side_path(prefix: Path, kind: str) -> Path:
+    """A path beside prefix for kind (the staging, the incoming and outgoing trees of the swap, a tree being
+    removed): its pid, so a killed build's leftovers are known as such, and a random part, so nobody who can
+    write the same directory (a shared one, with other users) can make it first."""
+    assert kind in SIDE_KINDS
+    return prefix.parent / f".qemuprov-{kind}-{prefix.name}-{os.getpid()}.{secrets.token_hex(6)}"
+
+
+def make_side_dir(prefix: Path, kind: str) -> Path:
+    """side_path, made here and now: a fresh directory only this user can enter (never one found there)."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        made = side_path(prefix, kind)
+        try:
+            made.mkdir(mode=0o700)
+            return made
+        except FileExistsError:
+            continue
+
+
+def remove_dead_side_paths(prefix: Path) -> None:
+    """What a killed build or remove left beside prefix: the side paths whose pid no longer runs."""
+    for kind in SIDE_KINDS:
+        remove_dead_leftovers(prefix.parent, f".qemuprov-{kind}-{prefix.name}-*",
+                              lambda name: name.rsplit("-", 1)[-1].split(".")[0])  # PID.random[.layer.tar.gz]

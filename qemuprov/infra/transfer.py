@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from qemuprov.infra import unpack
+from qemuprov.infra import paths, unpack
 
 # What the last copy put where a container sees it: container path -> [kind, size, mtime_ns, mode, link].
 Listing = dict[str, list[Any]]
@@ -140,8 +140,8 @@ def copy_out(container: Any, inside: str, host_parent: Path) -> bool:
     wanted = os.path.basename(inside.rstrip("/"))
     # Unpacked aside first: an engine that sends other names beside the one asked for (another install under
     # the same parent, say) gets nothing of this machine's overwritten.
-    with tempfile.TemporaryDirectory(prefix=".qemuprov-out-", dir=host_parent) as scratch:
-        archive, landed = Path(scratch) / "out.tar", Path(scratch) / "unpacked"
+    with paths.scratch_dir(".qemuprov-out-", host_parent) as scratch:
+        archive, landed = scratch / "out.tar", scratch / "unpacked"
         with archive.open("wb") as out:
             _copy_bounded(chunks, out, unpack.limit())
         landed.mkdir()

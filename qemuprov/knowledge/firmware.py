@@ -7,8 +7,9 @@ UEFI guests says `firmware = "all"` in [qemu]."""
 from __future__ import annotations
 
 import fnmatch
-import shutil
 from pathlib import Path
+
+from qemuprov.infra import paths
 
 # Where distributions put it, for QEMUs built from their source trees (which carry no blobs).
 DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
@@ -34,9 +35,6 @@ def keep_needed(datadir: Path, arches: tuple[str, ...]) -> list[str]:
     for entry in sorted(datadir.iterdir()):
         if needed(entry.name, arches):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        paths.remove_tree(entry)
         removed.append(entry.name)
     return removed

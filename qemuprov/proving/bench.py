@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
@@ -205,12 +204,11 @@ def run(bench: Bench, settings: list[Setting], share: Path, report: Reporter) ->
     """Boot once with every setting's device; the guest mounts them in turn. Returns the results in the order of
     settings, and how the host's page cache was dropped."""
     results = [SettingResult(s, bench.accel) for s in settings]
-    shutil.rmtree(share / "results", ignore_errors=True)
+    paths.remove_tree(share / "results")
     logs: list[IO[bytes]] = []
     daemons: list[subprocess.Popen[bytes]] = []
     vm: subprocess.Popen[bytes] | None = None
-    with tempfile.TemporaryDirectory(prefix="qemuprov-bench-run-") as tmp:
-        work = Path(tmp)
+    with paths.scratch_dir("qemuprov-bench-run-") as work:
         try:
             daemons, sockets = _start_daemons(bench, results, share, work, logs)
             running = [n for n, r in enumerate(results) if r.setting.fs == "9p" or n in sockets]

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import procs
+from qemuprov.infra import paths, procs
 from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
@@ -135,8 +134,7 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
     start = time.monotonic()
     outcome = BootResult(str(qemu.arch), False, 0.0, "kvm" if kvm else "tcg", mode="libvirt", kit=kit.record())
     name = f"qemuprov-verify-{os.getpid()}-{qemu.arch}"
-    with tempfile.TemporaryDirectory(prefix="qemuprov-libvirt-") as tmp:
-        work = Path(tmp)
+    with paths.scratch_dir("qemuprov-libvirt-") as work:
         work.chmod(0o755)  # libvirt's QEMU may run as another user
         share, token = work / "share", secrets.token_hex(8)
         share.mkdir()

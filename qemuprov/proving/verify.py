@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,8 +156,7 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
     vfs: subprocess.Popen[bytes] | None = None
     vm: subprocess.Popen[bytes] | None = None
     launch: Launch | None = None
-    with tempfile.TemporaryDirectory(prefix="qemuprov-verify-") as tmp:
-        work = Path(tmp)
+    with paths.scratch_dir("qemuprov-verify-") as work:  # the share is the guest's: any depth, any links
         share = work / "share"
         share.mkdir()
         token = secrets.token_hex(8)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import jsonfile, paths
+from qemuprov.infra.render import safe_text
 from qemuprov.knowledge.probe import Probe, QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import manifest
@@ -146,16 +146,20 @@ def remove(entry: Install) -> None:
     gone), then delete it."""
     check_removable(entry)
     prefix = entry.prefix.resolve()
-    doomed = prefix.parent / f".qemuprov-remove-{prefix.name}-{os.getpid()}"
+    doomed = paths.side_path(prefix, "remove")
     try:
         prefix.rename(doomed)
     except FileNotFoundError:
         raise UserError(f"{entry.prefix}: already removed (another qemuprov remove was first)") from None
-    shutil.rmtree(doomed)
+    left = paths.remove_tree(doomed)
     _unlink_descriptors((prefix, entry.prefix.absolute()))
     known = [str(p) for p in _registered_prefixes() if p.resolve() != prefix]
     if (paths.install_root() / PREFIXES_FILE).exists():
         jsonfile.write_atomic(paths.install_root() / PREFIXES_FILE, sorted(known))
+    if left:
+        raise InfraError(f"{entry.name} is removed from the installs, but {len(left)} of its paths could not be "
+                         f"deleted ({safe_text(left[0])}{', …' if len(left) > 1 else ''})",
+                         hint=f"delete {doomed} by hand")
 
 
 def descriptor_directories() -> list[Path]:

@@ -167,3 +167,69 @@ def test_a_hostile_docker_config_does_not_hang_engine_discovery(monkeypatch: pyt
     (tmp_path / "config.json").unlink()
     (tmp_path / "config.json").symlink_to("/dev/zero")
     assert engines.context_host() is None
+
+
+# -- removing what someone else made -------------------------------------------------------------------------------
+
+
+def test_a_tree_of_any_depth_goes_and_nothing_a_link_names(tmp_path: Path) -> None:
+    from qemuprov.infra import paths
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("the user's")
+    top = tmp_path / "share"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(3000):  # deeper than Python's recursion limit, and longer than PATH_MAX as one path
+        os.mkdir("d" * 8, dir_fd=fd)
+        child = os.open("d" * 8, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.symlink(str(outside), "link", dir_fd=fd)
+    os.mkfifo("fifo", dir_fd=fd)
+    os.close(fd)
+    (top / "to-outside").symlink_to(outside)
+    assert paths.remove_tree(top) == []
+    assert not top.exists() and (outside / "keep").read_text() == "the user's"
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    assert paths.remove_tree(link) == [] and not link.is_symlink() and outside.is_dir()
+    assert paths.remove_tree(tmp_path / "missing") == []
+
+
+def test_a_scratch_dir_is_removed_however_deep_it_got(tmp_path: Path) -> None:
+    from qemuprov.infra import paths
+
+    with paths.scratch_dir("qemuprov-test-", tmp_path) as scratch:
+        (scratch / "d").mkdir()
+        fd = os.open(scratch / "d", os.O_RDONLY)
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(fd)
+    assert not scratch.exists()
+
+
+def test_side_paths_beside_a_prefix_are_never_ones_another_user_made(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a shared, sticky directory another user can make the names qemuprov will use: the staging and the
+    swap's paths carry a random part and are made exclusively, never found and reused."""
+    from qemuprov.infra import paths
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    prefix = shared / "qemu72"
+    monkeypatch.setattr(os, "getpid", lambda: 31337)
+    theirs = shared / ".qemuprov-stage-qemu72-31337"  # what the old, predictable name would have been
+    theirs.mkdir()
+    os.chown(theirs, 4242, 4242)
+    made = paths.make_side_dir(prefix, "stage")
+    assert made != theirs and made.name.startswith(".qemuprov-stage-qemu72-31337.")
+    info = made.stat()
+    assert info.st_uid == os.getuid() and (info.st_mode & 0o777) == 0o700
+    assert paths.side_path(prefix, "new") != paths.side_path(prefix, "new")
+    assert sorted(p.name for p in shared.iterdir()) == sorted([theirs.name, made.name])
