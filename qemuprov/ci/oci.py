@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import config, http
+from qemuprov.infra import config, http, safefile
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 BLOB_CHUNK = 1 << 20
@@ -100,10 +100,13 @@ def small_deadline() -> float:
 def docker_credentials(host: str) -> str | None:
     """The base64 user:password Docker keeps for host (auths, credsStore or credHelpers), if any."""
     from docker import auth, errors
+    from docker.utils import config as docker_config
 
+    where = docker_config.find_config_file()
     try:
-        found = auth.load_config().resolve_authconfig(host)
-    except (errors.DockerException, OSError, ValueError, KeyError, TypeError, AttributeError):
+        settings = json.loads(safefile.read_bytes(Path(where))) if where else {}  # not a FIFO, not endless
+        found = auth.load_config(config_dict=settings if isinstance(settings, dict) else {}).resolve_authconfig(host)
+    except (errors.DockerException, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     if not isinstance(found, dict):
         return None

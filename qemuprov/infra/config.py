@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from qemuprov.errors import UserError
-from qemuprov.infra import paths
+from qemuprov.infra import paths, safefile
 
 _T = TypeVar("_T")
 _SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)i?B?$", re.IGNORECASE)
@@ -25,7 +25,7 @@ def file() -> Path:
 def table(section: str) -> dict[str, object]:
     where = file()
     try:
-        found = tomllib.loads(where.read_text()).get(section, {})
+        found = tomllib.loads(safefile.read_text(where)).get(section, {})
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:

@@ -53,6 +53,23 @@ def context_host() -> str | None:
     return host if isinstance(host, str) and host.isprintable() else None
 
 
+def check_docker_config() -> None:
+    """The docker SDK reads Docker's config.json with a plain open(): a FIFO there would hang it for ever, and
+    /dev/zero would never end. One line instead."""
+    from docker.utils import config as docker_config
+
+    where = docker_config.find_config_file()
+    if where is None:
+        return
+    try:
+        safefile.read_bytes(Path(where))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InfraError(f"Docker's config {where} cannot be read: {exc.strerror}",
+                         hint="make it a regular JSON file (or remove it), or point DOCKER_CONFIG elsewhere") from None
+
+
 def candidate_urls() -> list[str]:
     """DOCKER_HOST, else the docker CLI's current context, then the usual sockets."""
     urls = []
@@ -138,6 +155,7 @@ def client(engine: Engine, timeout: float | None = None) -> Any:
     """timeout: for each answer; none by default, as a build step may print nothing for minutes (linking, LTO)."""
     import docker  # a slow import: only commands that talk to an engine pay for it
 
+    check_docker_config()
     return docker.DockerClient(base_url=engine.url, timeout=timeout)  # type: ignore[arg-type]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import jsonfile, paths
+from qemuprov.infra import jsonfile, paths, safefile
 from qemuprov.infra.render import safe_text
 from qemuprov.knowledge.probe import Probe, QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import VirtiofsdFlavour
@@ -181,8 +181,8 @@ def _unlink_descriptors(prefixes: tuple[Path, ...]) -> None:
 
 def _registered_prefixes() -> list[Path]:
     try:
-        data = json.loads((paths.install_root() / PREFIXES_FILE).read_text())
-    except (OSError, ValueError):
+        data = json.loads(safefile.read_bytes(paths.install_root() / PREFIXES_FILE))
+    except (OSError, ValueError, RecursionError):
         return []
     return [Path(p) for p in data if isinstance(p, str)] if isinstance(data, list) else []  # damaged: rebuilt
 

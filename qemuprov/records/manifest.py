@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemuprov.infra import jsonfile, typedjson
+from qemuprov.infra import jsonfile, safefile, typedjson
 from qemuprov.knowledge.plan import PlanRecord
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.sources.revision import SourceRecord
 
 FILE = "qemuprov.json"
+MANIFEST_CAP = 16 << 20  # a manifest with every probe and boot is tens of KB
 FORMAT = 2  # 2: virtiofsd.kind is virtiofsd.flavour; a format 1 file still loads
 SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
 
@@ -156,14 +157,14 @@ def load(prefix: Path) -> Manifest | None:
     """The install's manifest; None where there is none; ManifestError where it is damaged."""
     file = prefix / FILE
     try:
-        text = file.read_text()
+        text = safefile.read_text(file, MANIFEST_CAP)  # a FIFO, /dev/zero or a 1.5 GB file is damaged, not read
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{file} cannot be read ({exc})") from None
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ManifestError(f"{file} is not valid JSON ({exc})") from None
     return from_json(data, str(file))
 

@@ -220,3 +220,41 @@ def test_list_of_a_hostile_manifest_prints_no_terminal_escapes(tmp_path: Path) -
     _install(tmp_path / "root", name="q", probe=[probe])
     listed = _qemuprov("list", QEMUPROV_ROOT=str(tmp_path / "root"))
     assert listed.returncode == 0 and "\x1b" not in listed.stdout and "\x07" not in listed.stdout, listed.stdout
+
+
+# -- 14. files that would never end: FIFOs, devices, giants -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "giant"])
+def test_a_manifest_config_or_docker_config_that_never_ends_hangs_nothing(isolated_home: Path, tmp_path: Path,
+                                                                          kind: str) -> None:
+    import os
+
+    def plant(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "zero":
+            path.symlink_to("/dev/zero")
+        else:
+            with path.open("wb") as out:
+                out.truncate(64 << 20)  # sparse: 64 MiB of zeros for the price of nothing
+
+    root = tmp_path / "root"
+    plant(root / "q" / "qemuprov.json")
+    listed = _qemuprov("list", "--json", QEMUPROV_ROOT=str(root))  # each within _qemuprov's 60 s
+    assert "not a regular file" in json.loads(listed.stdout)[0]["damaged"] or kind == "giant", listed.stdout
+    assert json.loads(listed.stdout)[0]["damaged"], listed.stdout
+    for args in (["env", "q"], ["remove", "q"]):  # a damaged install: each says so, in one line
+        result = _qemuprov(*args, QEMUPROV_ROOT=str(root))
+        assert result.returncode in (0, 1, 2), result.stderr
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    config = isolated_home / ".config" / "qemuprov" / "config.toml"
+    plant(config)
+    _one_line(_qemuprov("build", "qemu-7.2", "--runner", "host", "--cache-only"), "config.toml: cannot read it")
+    config.unlink()
+    docker = tmp_path / "docker"
+    plant(docker / "config.json")
+    result = _qemuprov("build", "qemu-7.2", "--runner", "docker", "--cache", "127.0.0.1:9/q", "--cache-only",
+                       "--arch", "x86_64", DOCKER_CONFIG=str(docker), DOCKER_HOST="unix:///nonexistent.sock")
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
