@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,30 @@ def candidate_urls() -> list[str]:
     return urls
 
 
+ANSWER_CAP = 1 << 20  # an engine's /version is about 1 KB
+
+
 def _unix_get(path: str, request: str, timeout: float) -> str:
+    """The whole answer within timeout (for all of it, not each read: an engine that sends a byte a second
+    cannot keep us) and at most ANSWER_CAP bytes (nor one that never stops)."""
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         conn.connect(path)
         conn.sendall(f"GET {request} HTTP/1.0\r\nHost: engine\r\n\r\n".encode())
-        chunks = []
-        while chunk := conn.recv(65536):
+        chunks, size = [], 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            conn.settimeout(left)
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
             chunks.append(chunk)
+            size += len(chunk)
+            if size > ANSWER_CAP:
+                raise OSError(27, f"answered more than {ANSWER_CAP >> 10} KiB")
     return b"".join(chunks).decode(errors="replace")
 
 

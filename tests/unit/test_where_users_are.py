@@ -233,3 +233,43 @@ def test_side_paths_beside_a_prefix_are_never_ones_another_user_made(tmp_path: P
     assert info.st_uid == os.getuid() and (info.st_mode & 0o777) == 0o700
     assert paths.side_path(prefix, "new") != paths.side_path(prefix, "new")
     assert sorted(p.name for p in shared.iterdir()) == sorted([theirs.name, made.name])
+
+
+# -- an engine that never finishes answering -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("behaviour", ["dribble", "endless"])
+def test_engine_discovery_is_bounded_in_time_and_size(tmp_path: Path, behaviour: str) -> None:
+    import socket
+    import threading
+    import time
+
+    from qemuprov.infra import engines
+
+    path = str(tmp_path / "engine.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"x" if behaviour == "dribble" else b"x" * 65536)
+                except OSError:
+                    return
+                if behaviour == "dribble":
+                    time.sleep(0.2)
+
+    threading.Thread(target=serve, daemon=True).start()
+    start = time.monotonic()
+    found = engines.ping(f"unix://{path}", timeout=2.0)
+    took = time.monotonic() - start
+    stop.set()
+    server.close()
+    assert not found.reachable and took < 10, (found, took)
+    assert ("did not answer within" if behaviour == "dribble" else "more than") in found.detail, found.detail
