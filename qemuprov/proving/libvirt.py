@@ -23,7 +23,7 @@ from qemuprov.infra import paths, procs
 from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
-from qemuprov.proving.verdict import DAX_WINDOW_MB, judge_round_trip, kernel_append
+from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append
 from qemuprov.records.manifest import BootResult
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -151,8 +151,7 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
                 outcome.log = made.stderr.strip().splitlines()[-5:]
                 return outcome
             _wait_for_guest(connect, name, console)
-            text = console.read_text(errors="replace") if console.exists() else ""
-            lines = [ln.strip() for ln in text.splitlines() if ln.startswith("QEMUPROV:")]
+            lines = console_lines(console)
             outcome.log = lines
             judge_round_trip(outcome, lines, share, token, qemu, kit, GUEST_TIMEOUT)
         finally:

@@ -4,8 +4,10 @@ lines, OSv's, libvirt's)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from qemuprov.infra import safefile
 from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe
 from qemuprov.proving.guestkit import TAG, Kit
@@ -19,16 +21,24 @@ def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
     return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
 
 
+GUEST_FILE_CAP = 4096  # the guest writes back a 16-character token
+
+
 def judge_round_trip(outcome: BootResult, lines: list[str], share: Path, token: str, qemu: QemuProbe,
-                     kit: Kit, waited: float) -> None:
-    """The verdict of a guest that ran: mounted, read the host's token, wrote it back; then the DAX verdict."""
+                     kit: Kit, waited: float, running: bool = True) -> None:
+    """The verdict of a guest that ran: mounted, read the host's token, wrote it back; then the DAX verdict.
+    waited: the seconds the guest had; running: whether it was still running then (else it stopped early)."""
     if "QEMUPROV: mounted" not in lines:
         outcome.failure = "guest"
-        outcome.message = "the guest could not mount the share" if lines else \
-            f"the guest did not answer within {waited:.0f} s"
+        if lines:
+            outcome.message = "the guest could not mount the share"
+        elif running:
+            outcome.message = f"the guest did not answer within {waited:.0f} s"
+        else:
+            outcome.message = (f"the guest stopped after {waited:.1f} s without a word on its console: its kernel "
+                               "or initramfs did not start (a damaged guest kit is made again on the next run)")
         return
-    written = share / "from-guest.txt"
-    got = written.read_text().strip() if written.exists() else None
+    got = read_guest_file(share / "from-guest.txt")
     write_failure = next((ln.split("write-failed", 1)[1].strip() for ln in lines
                           if ln.startswith("QEMUPROV: write-failed")), None)
     if write_failure is not None:
@@ -40,6 +50,34 @@ def judge_round_trip(outcome: BootResult, lines: list[str], share: Path, token: 
         outcome.message = "the guest read the host's file and wrote one back" + {
             "osv": " (OSv's run.py command lines)", "libvirt": " (started by libvirt)"}.get(outcome.mode, "")
     outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit)
+
+
+CONSOLE_CAP = 8 << 20  # a guest's console may say anything, for as long as it runs: its last 8 MiB are read
+
+
+def tail_text(path: Path, cap: int = CONSOLE_CAP) -> str:
+    """The last cap bytes of a log a guest can fill (its console, QEMU's output); "" where there is none."""
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - cap))
+            return handle.read(cap).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def console_lines(path: Path) -> list[str]:
+    """The QEMUPROV: lines of the console log QEMU wrote (its last CONSOLE_CAP bytes)."""
+    return [ln.strip() for ln in tail_text(path).splitlines() if ln.startswith("QEMUPROV:")]
+
+
+def read_guest_file(path: Path) -> str | None:
+    """What the guest wrote back, as the guest left it: a regular file of at most a few KB, read without following
+    a link it made (the host side may be root) or blocking on a FIFO; None where it left nothing readable."""
+    try:
+        return safefile.read_bytes(path, GUEST_FILE_CAP, follow=False).decode(errors="replace").strip()
+    except OSError as exc:
+        return None if isinstance(exc, FileNotFoundError) else f"<{exc.strerror}>"
 
 
 def _write_failed(error: str) -> str:

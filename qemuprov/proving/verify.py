@@ -22,7 +22,7 @@ from qemuprov.knowledge import arches, kvm, osv, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import guestkit, libvirt
 from qemuprov.proving.guestkit import TAG, Kit
-from qemuprov.proving.verdict import DAX_WINDOW_MB, judge_round_trip, kernel_append
+from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append, tail_text
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
 from qemuprov.records.manifest import BootResult
@@ -129,17 +129,20 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
 LAUNCHERS = {"plain": plain_launch, "osv": osv_launch}
 
 
-def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> None:
-    """Until the guest powers off, GUEST_TIMEOUT passes, or virtiofsd dies (the guest would only hang then)."""
-    deadline = time.monotonic() + GUEST_TIMEOUT
+def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> float:
+    """Until the guest powers off, GUEST_TIMEOUT passes, or virtiofsd dies (the guest would only hang then); the
+    seconds it took."""
+    start = time.monotonic()
+    deadline = start + GUEST_TIMEOUT
     while time.monotonic() < deadline:
         with contextlib.suppress(subprocess.TimeoutExpired):
             vm.wait(timeout=0.2)
-            return
+            break
         if vfs.poll() is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 vm.wait(timeout=2)  # let the guest's last lines reach the serial file
-            return
+            break
+    return time.monotonic() - start
 
 
 def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str],
@@ -177,11 +180,10 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
                 return outcome
             # stdin stays open and silent: run.py's line reads the console from stdio
             vm = procs.spawn(launch.qemu, qemu_log, stdin_pipe=True)
-            _wait_for_guest(vm, vfs)
-            console = launch.console.read_text(errors="replace") if launch.console.exists() else ""
-            lines = [ln.strip() for ln in console.splitlines() if ln.startswith("QEMUPROV:")]
+            waited = _wait_for_guest(vm, vfs)
+            lines = console_lines(launch.console)
             outcome.log = lines
-            qemu_out = (work / "qemu.log").read_text(errors="replace")
+            qemu_out = tail_text(work / "qemu.log")
             qemu_said = [ln for ln in qemu_out.splitlines() if not ln.startswith("QEMUPROV:")]
             if vfs.poll() is not None and vfs.returncode != 0:
                 outcome.failure, outcome.message = "virtiofsd", _died(vfs, daemon)
@@ -191,7 +193,7 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
                 outcome.message = f"QEMU refused to run: {qemu_said[-1:] or ['?']}"
                 outcome.log = qemu_said[-10:]
             else:
-                judge_round_trip(outcome, lines, share, token, qemu, kit, GUEST_TIMEOUT)
+                judge_round_trip(outcome, lines, share, token, qemu, kit, waited, running=vm.poll() is None)
         finally:
             stop_group(vm)
             stop_group(vfs)
