@@ -136,13 +136,26 @@ def make_data(share: Path, amounts: Amounts, repetitions: int, workloads: tuple[
 def drop_host_cache(share: Path) -> str:
     """Drop the share's files from the host's page cache; as root, the whole page cache, dentries and inodes
     too. Returns how, for the report."""
-    for file in (share / "data").iterdir():
-        with contextlib.suppress(OSError):
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+    # The guest can change share/data: only regular files in a real directory are opened, never through a link,
+    # never blocking (a FIFO), never a device (an open can arm a watchdog).
+    try:
+        data = os.open(share / "data", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        data = None
+    if data is not None:
+        try:
+            with os.scandir(data) as entries:
+                names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+            for name in names:
+                with contextlib.suppress(OSError):
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=data)
+                    try:
+                        if stat.S_ISREG(os.fstat(fd).st_mode):
+                            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    finally:
+                        os.close(fd)
+        finally:
+            os.close(data)
     if os.geteuid() == 0:
         try:
             os.sync()
@@ -263,7 +276,7 @@ def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path,
             lines.append(line)
             deadline = time.monotonic() + JOB_ALLOWANCE
             words = [*line.split(), "", "", ""]
-            if words[1] == "wait" and words[2].isdigit() and int(words[2]) in boot.results and vm.stdin is not None:
+            if words[1] == "wait" and wait_number(words[2]) in boot.results and vm.stdin is not None:
                 if current is not None:
                     report.progress(done, total)
                     current.seconds = round(time.monotonic() - started, 1)
@@ -310,9 +323,8 @@ def _judge(result: SettingResult, index: int, lines: list[str], qemu_said: list[
             return
     fio_failed = [ln.split(" ", 4)[-1] for ln in lines if ln.startswith(f"QEMUPROV: fio-failed {index} ")]
     for rep in range(1, repetitions + 1):
-        file = results / f"{index}-{rep}.json"
         try:
-            measured = parse_fio(_read_result(file), workloads)
+            measured = parse_fio(read_result(results, f"{index}-{rep}.json"), workloads)
         except (OSError, FioOutputError) as exc:
             result.error = f"repetition {rep}: {fio_failed[0] if fio_failed else exc}"
             return
@@ -321,10 +333,21 @@ def _judge(result: SettingResult, index: int, lines: list[str], qemu_said: list[
     result.ok = True
 
 
-def _read_result(file: Path) -> str:
-    """A result file the guest wrote into the share: a regular file, never a link it made to elsewhere on this
-    host (through 9p, as root, it can make one), read up to the cap."""
-    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+def wait_number(word: str) -> int | None:
+    """The setting number of a guest's "wait N" line; None for anything else ("²" is a digit to str.isdigit,
+    and no number to int)."""
+    return int(word) if word.isascii() and word.isdigit() and len(word) < 6 else None
+
+
+def read_result(results: Path, name: str) -> str:
+    """A result file the guest wrote into the share: a regular file in a real directory, never through a link it
+    made to elsewhere on this host (through 9p, as root, it can make one; results itself may be one), read up to
+    the cap."""
+    folder = os.open(results, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    finally:
+        os.close(folder)
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise FioOutputError("the result is not a regular file")

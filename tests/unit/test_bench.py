@@ -221,3 +221,41 @@ def test_the_table_shows_each_row_its_accelerator_and_a_failure_with_its_reason(
                                                                                             "FAILED"]
     assert "FAILED DAX 8M: asked for DAX, but ?[2Jno" in text  # the guest's words cannot move the cursor
     assert "read the ratios" in text and text.splitlines()[-1].startswith("reading: no DAX setting ran")
+
+
+def test_a_results_directory_the_guest_replaced_with_a_link_is_not_read_through(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "0-1.json").write_text(ALL_WORKLOADS.read_text())  # a valid result, but not in the share
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "results").symlink_to(elsewhere)
+    result = SettingResult(Setting("9p", "", fs="9p"), "tcg")
+    bench._judge(result, 0, ["QEMUPROV: mounted 0 x"], [], share / "results", bench_plan.WORKLOAD_NAMES, 1)
+    assert not result.ok and result.error.startswith("repetition 1:"), result.error
+
+
+def test_dropping_the_host_cache_opens_nothing_the_guest_put_in_the_data(tmp_path: Path) -> None:
+    """share/data is the guest's to change: a FIFO would block the open for ever, a link to /dev would make
+    root open device nodes; only regular files are opened, in a real directory."""
+    import threading
+
+    share = tmp_path / "share"
+    (share / "data").mkdir(parents=True)
+    (share / "data" / "seqread-1").write_bytes(b"x" * 4096)
+    os.mkfifo(share / "data" / "fifo")
+    (share / "data" / "watchdog").symlink_to("/dev/watchdog")
+    done = threading.Event()
+    threading.Thread(target=lambda: (bench.drop_host_cache(share), done.set()), daemon=True).start()
+    assert done.wait(20), "drop_host_cache blocked on what the guest left"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "data").symlink_to("/dev")
+    done.clear()
+    threading.Thread(target=lambda: (bench.drop_host_cache(linked), done.set()), daemon=True).start()
+    assert done.wait(20)
+
+
+def test_only_an_ascii_number_is_a_setting_to_wait_for() -> None:
+    assert bench.wait_number("3") == 3 and bench.wait_number("²") is None and bench.wait_number("-1") is None
+    assert bench.wait_number("9" * 50) is None and bench.wait_number("") is None
