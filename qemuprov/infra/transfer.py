@@ -122,7 +122,7 @@ def read_listing(container: Any, path: str) -> Listing:
                 handle = tar.extractfile(member) if member.isreg() else None
                 found = json.loads(handle.read(MAX_LISTING)) if handle else None
                 return found if isinstance(found, dict) else {}
-    except (docker.errors.NotFound, tarfile.TarError, ValueError, OverflowError):
+    except (docker.errors.NotFound, tarfile.TarError, ValueError, OverflowError, RecursionError):
         return {}
     return {}
 

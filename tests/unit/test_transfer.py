@@ -157,3 +157,8 @@ def test_a_link_in_an_output_may_not_climb_out_of_the_output_itself(tmp_path: Pa
         tar.addfile(link)
     assert transfer.copy_out(_Engine(inside.getvalue()), "/stage", tmp_path / "home")
     assert os.readlink(tmp_path / "home" / "stage" / "bin" / "qemu-kvm") == "../libexec/qemu"
+
+
+def test_a_listing_nested_past_any_recursion_is_taken_as_none(tmp_path: Path) -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    assert transfer.read_listing(_Engine(_tar((".qemuprov-copied.json", deep))), "/w/x") == {}
