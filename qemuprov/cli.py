@@ -75,9 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except QemuprovError as exc:
-        print(f"qemuprov: error: {exc.message}", file=sys.stderr)
+        print(f"qemuprov: error: {render.safe_text(exc.message)}", file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            print(f"hint: {render.safe_text(exc.hint)}", file=sys.stderr)
         if getattr(args, "json", False):  # a script reading stdout learns of the failure too
             render.print_json({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code,
                                **({"reason": exc.reason} if hasattr(exc, "reason") else {})})

@@ -194,8 +194,9 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     share = Path(args.share).expanduser().absolute() if args.share else Path.home() / "osv-share"
     daemon = entry.virtiofsd_probe
     own = str(entry.prefix / "share" / "qemu")
-    return osv.env_lines(f"{entry.name}: {entry.summary()}", qemus, share, tag, dax_size,
-                         tuple(d for d in entry.firmware_dirs if d != own),
+    firmware = osv.check_pass_args_dirs(tuple(d for d in entry.firmware_dirs if d != own),
+                                        str(entry.prefix / installs.MANIFEST))
+    return osv.env_lines(f"{entry.name}: {entry.summary()}", qemus, share, tag, dax_size, firmware,
                          needs_root=daemon is not None and daemon.flavour == VirtiofsdFlavour.C)
 
 
@@ -227,7 +228,10 @@ def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
     share = Path(args.share).expanduser().absolute() if args.share else Path.home() / "libvirt-share"
     own = str(entry.prefix / "share" / "qemu")
     on_kvm = arch == platform.machine() and kvm.device().accessible
-    xml = libvirt.domain_xml(f"qemuprov-{entry.name}-{arch}", qemus[arch], arch, Path(daemon.path), share, tag,
+    # the install's own daemon, never a path its record names: a moved or planted prefix would name any binary,
+    # which libvirt then runs as root
+    xml = libvirt.domain_xml(f"qemuprov-{entry.name}-{arch}", qemus[arch], arch, entry.prefix / "bin" / "virtiofsd",
+                             share, tag,
                              dax_bytes, tuple(d for d in entry.firmware_dirs if d != own), on_kvm)
     descriptor = entry.prefix / "share" / "qemu" / "vhost-user" / "50-qemuprov-virtiofsd.json"
     notes = [f"qemuprov {entry.name} ({arch}): {entry.summary()}",

@@ -6,8 +6,11 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
+
+from qemuprov.errors import UserError
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -22,10 +25,31 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def _escaped(char: str) -> str:
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}" if ord(char) < 0x10000 \
+        else f"\\U{ord(char):08x}"
+
+
 def safe_text(text: str) -> str:
-    """Text from outside (a manifest, a registry) made safe to print on one line: control characters, newlines
-    among them, become "?", so nothing printed can end a comment or move the terminal's cursor."""
-    return _CONTROL.sub("?", text)
+    """Text from outside (a manifest, a registry, an engine, a guest) made safe to print on one line: control
+    characters, newlines among them, become "?", so nothing printed can end a comment or move the terminal's
+    cursor; format characters (bidi overrides, zero-width joiners and spaces) are shown escaped, so no name can
+    pass for another or reorder the line around it."""
+    return "".join(_escaped(c) if unicodedata.category(c) in ("Cf", "Cs", "Co") else c
+                   for c in _CONTROL.sub("?", text))
+
+
+_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def check_xml_text(text: str, what: str) -> str:
+    """text, where XML 1.0 can hold it; a UserError naming what holds a character it cannot (a document with one
+    does not parse, and no escape exists for it)."""
+    found = _NOT_XML.search(text)
+    if found:
+        raise UserError(f"{what} holds the character {_escaped(found.group())}, which an XML document (libvirt's "
+                        f"domain) cannot hold: {safe_text(text)[:120]}", hint="rename it, or choose another path")
+    return text
 
 
 def shell_comment(text: str) -> str:

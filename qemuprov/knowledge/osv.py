@@ -69,6 +69,16 @@ class RunPyLine:
         return f'sudo env "PATH=$PATH" {words}' if self.needs_root else words
 
 
+def check_pass_args_dirs(firmware: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """run.py splits --pass-args on white space into QEMU options: a firmware directory with white space in it,
+    or one that is no absolute path, would add options of its own to a line users run with sudo."""
+    for directory in firmware:
+        if not directory.startswith("/") or any(c.isspace() for c in directory) or not directory.isprintable():
+            raise UserError(f"{where}: the firmware directory {directory[:80]!r} cannot go on run.py's --pass-args, "
+                            "which splits on white space into QEMU options", hint="rebuild the install")
+    return firmware
+
+
 def env_lines(install: str, qemus: dict[str, Path], share: Path, tag: str, dax_size: str | None,
               firmware: tuple[str, ...], needs_root: bool) -> list[str]:
     """What `qemuprov env --osv` prints as comments: run.py's command line per arch, and how to run it."""

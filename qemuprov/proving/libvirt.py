@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import paths, procs
+from qemuprov.infra import paths, procs, render
 from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
@@ -52,6 +52,13 @@ def domain_xml(name: str, qemu: Path, arch: str, virtiofsd: Path, share: Path, t
     """A whole domain: memfd shared memory (vhost-user needs it), the virtiofs filesystem with the install's own
     virtiofsd, and for a DAX build the override that sets cache-size. firmware: -L directories QEMU needs
     beyond its own (a build from a distribution's tree, which lacks the firmware blobs)."""
+    texts = {"the domain name": name, "the QEMU path": str(qemu), "the virtiofsd path": str(virtiofsd),
+             "the share": str(share), "the tag": tag, **{f"the firmware directory {d!r}": d for d in firmware}}
+    if boot is not None:
+        texts |= {"the kernel": str(boot.kernel), "the initramfs": str(boot.initrd), "the kernel's command line":
+                  boot.cmdline, "the console log": str(boot.console)}
+    for what, text in texts.items():
+        render.check_xml_text(text, what)
     domain = ET.Element("domain", type="kvm" if kvm else "qemu")
     ET.SubElement(domain, "name").text = name
     ET.SubElement(domain, "memory", unit="MiB").text = str(MEMORY_MB)

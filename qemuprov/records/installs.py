@@ -107,10 +107,13 @@ def installed_here(prefix: Path) -> bool:
     """The one rule for "a directory qemuprov installed": under the install root, or an install made with
     --prefix and remembered in prefixes.json; and it holds a qemuprov.json. A qemuprov.json alone proves
     nothing: it may be copied, or come from a tarball someone sent."""
+    if prefix.is_symlink():
+        return False  # a registered prefix that has since become a link names a directory qemuprov never made
     real = prefix.resolve()
     if not (real / MANIFEST).is_file() or _is_shared(real):
         return False
-    return real.parent == paths.install_root().resolve() or real in {p.resolve() for p in _registered_prefixes()}
+    return real.parent == paths.install_root().resolve() or \
+        real in {p.resolve() for p in _registered_prefixes() if not p.is_symlink()}
 
 
 def check_prefix(prefix: Path) -> None:
@@ -136,6 +139,10 @@ def _is_shared(directory: Path) -> bool:
 
 def check_removable(entry: Install) -> None:
     """`remove` deletes a whole directory: only one qemuprov installed (installed_here)."""
+    if entry.prefix.is_symlink():
+        raise UserError(f"{entry.prefix} is now a symbolic link (to {safe_text(os.readlink(entry.prefix))}), not the "
+                        "directory qemuprov installed: remove will not delete what it names",
+                        hint="remove the link yourself if you made it")
     if not installed_here(entry.prefix):
         raise UserError(f"{entry.prefix}: holds a {MANIFEST}, but qemuprov did not install there, so remove will "
                         "not delete it", hint="delete what you mean to by hand; `qemuprov list` shows the installs")
@@ -211,12 +218,14 @@ def list_installs() -> list[Install]:
 
 
 def _install_at(prefix: Path) -> Install | None:
-    prefix = prefix.resolve()  # `..` from inside bin/ names the install, not bin/..
+    """The install at prefix, named by its directory (what `mv` changes), never by what its record says (a copy,
+    a move or a plant keeps the old name)."""
+    prefix = Path(os.path.abspath(prefix))  # `..` from inside bin/ names the install; a link stays a link
     try:
         record = manifest.load(prefix)
     except ManifestError as exc:
         return Install(prefix.name, prefix, None, str(exc))
-    return Install(record.name, prefix, record) if record else None
+    return Install(prefix.name, prefix, record) if record else None
 
 
 def find_install(name_or_prefix: str) -> Install:
@@ -230,9 +239,13 @@ def find_install(name_or_prefix: str) -> Install:
             raise UserError(f"{name_or_prefix}: no {MANIFEST} here, so it is not a qemuprov install",
                             hint="give an install name from `qemuprov list`, or a prefix qemuprov built")
         return entry
-    for entry in list_installs():
-        if entry.name == name_or_prefix:
-            return entry
-    names = ", ".join(e.name for e in list_installs()) or "none yet"
+    everything = list_installs()
+    named = [e for e in everything if e.name == name_or_prefix]
+    if len(named) > 1:
+        raise UserError(f'"{name_or_prefix}" names {len(named)} installs: ' + ", ".join(str(e.prefix) for e in named),
+                        hint="give the prefix of the one you mean")
+    if named:
+        return named[0]
+    names = ", ".join(e.name for e in everything) or "none yet"
     raise UserError(f'no install named "{name_or_prefix}" (installed: {names})',
                     hint=f"qemuprov build {name_or_prefix}")

@@ -258,3 +258,70 @@ def test_a_manifest_config_or_docker_config_that_never_ends_hangs_nothing(isolat
     result = _qemuprov("build", "qemu-7.2", "--runner", "docker", "--cache", "127.0.0.1:9/q", "--cache-only",
                        "--arch", "x86_64", DOCKER_CONFIG=str(docker), DOCKER_HOST="unix:///nonexistent.sock")
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
+
+
+# -- 15. which install is meant, and what its record may name -------------------------------------------------------
+
+
+def test_two_installs_whose_records_say_the_same_name_are_told_apart(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    moved = _install(root, "qemu-7.2")
+    moved.rename(root / "old-qemu-7.2")  # `mv qemu-7.2 old-qemu-7.2`, then a rebuild
+    _install(root, "qemu-7.2")
+    listed = json.loads(_qemuprov("list", "--json", QEMUPROV_ROOT=str(root)).stdout)
+    assert sorted(e["name"] for e in listed) == ["old-qemu-7.2", "qemu-7.2"], listed
+    removed = _qemuprov("remove", "qemu-7.2", QEMUPROV_ROOT=str(root))
+    assert removed.returncode == 0 and f"({root / 'qemu-7.2'})" in removed.stdout, removed.stdout + removed.stderr
+    assert (root / "old-qemu-7.2" / "qemuprov.json").exists()
+
+
+def test_a_name_two_prefixes_answer_to_is_refused_with_both(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _install(root, "q")
+    elsewhere = _install(tmp_path / "elsewhere", "q")
+    (root / "prefixes.json").write_text(json.dumps([str(elsewhere)]))
+    _one_line(_qemuprov("remove", "q", QEMUPROV_ROOT=str(root)), '"q" names 2 installs')
+    assert (root / "q").exists() and elsewhere.exists()
+
+
+def test_a_registered_prefix_that_became_a_link_is_not_followed_by_remove(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    documents = tmp_path / "Documents"
+    documents.mkdir()
+    (documents / "thesis.tex").write_text("years of work\n")
+    (documents / "qemuprov.json").write_text(manifest_json(name="q", prefix=str(tmp_path / "q")))
+    prefix = tmp_path / "q"
+    prefix.symlink_to(documents)  # the prefix, registered when it was a real install, is now a link
+    root.mkdir()
+    (root / "prefixes.json").write_text(json.dumps([str(prefix)]))
+    _one_line(_qemuprov("remove", str(prefix), QEMUPROV_ROOT=str(root)), "is now a symbolic link")
+    assert (documents / "thesis.tex").read_text() == "years of work\n"
+
+
+def test_env_libvirt_names_the_prefixes_own_daemon_and_osv_refuses_split_firmware(tmp_path: Path) -> None:
+    probe = {"kind": "virtiofsd", "path": "/usr/local/bin/evil-daemon", "flavour": "rust", "version": "1.13",
+             "error": None}
+    qemu = {"kind": "qemu", "path": str(tmp_path / "root" / "q" / "bin" / "qemu-system-x86_64"), "arch": "x86_64",
+            "version": "7.2.0", "dax": False, "error": None, "vhost_user_fs": True}
+    prefix = _install(tmp_path / "root", probe=[qemu, probe], firmware=["/usr/share/qemu -netdev tap,script=/x"])
+    libvirt = _qemuprov("env", "q", "--libvirt", "--arch", "x86_64", QEMUPROV_ROOT=str(tmp_path / "root"))
+    assert libvirt.returncode == 0, libvirt.stderr
+    assert "evil-daemon" not in libvirt.stdout and f"<binary path=\"{prefix}/bin/virtiofsd\"" in libvirt.stdout
+    _one_line(_qemuprov("env", "q", "--osv", QEMUPROV_ROOT=str(tmp_path / "root")), "cannot go on run.py's --pass-args")
+
+
+def test_characters_xml_cannot_hold_and_terminal_controls_never_reach_the_output(tmp_path: Path) -> None:
+    qemu = {"kind": "qemu", "path": str(tmp_path / "root" / "q" / "bin" / "qemu-system-x86_64"), "arch": "x86_64",
+            "version": "7.2.0", "dax": False, "error": None, "vhost_user_fs": True}
+    daemon = {"kind": "virtiofsd", "path": "/x", "flavour": "rust", "version": "1.13", "error": None}
+    _install(tmp_path / "root", probe=[qemu, daemon], firmware=["/usr/share/qemu\x1b[2J\x0b"])
+    result = _qemuprov("env", "q", "--libvirt", "--arch", "x86_64", "--share", str(tmp_path / "s\x01"),
+                       QEMUPROV_ROOT=str(tmp_path / "root"))
+    _one_line(result, "which an XML document (libvirt's domain) cannot hold")
+    assert "\x1b" not in result.stderr + result.stdout and "\x01" not in result.stderr
+    planted = _install(tmp_path / "root2", "q\u202egnp.exe")
+    listed = _qemuprov("list", QEMUPROV_ROOT=str(tmp_path / "root2"))
+    assert "\u202e" not in listed.stdout and "\\u202e" in listed.stdout, listed.stdout
+    missing = _qemuprov("env", "no\x1b[31msuch", QEMUPROV_ROOT=str(tmp_path / "root2"))
+    assert "\x1b" not in missing.stderr and missing.returncode == 2
+    assert planted.exists()
