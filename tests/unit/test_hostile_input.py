@@ -62,6 +62,10 @@ def test_env_prints_nothing_a_shell_would_run_from_a_hostile_manifest(tmp_path: 
     prefix = _install(tmp_path / "root", probe=[probe], firmware=[f"/usr/share/x\ntouch {marker}"])
     for args in (["env", "q"], ["env", "q", "--osv"], ["env", str(prefix), "--osv", "--dax-size", "64M"]):
         result = _qemuprov(*args, QEMUPROV_ROOT=str(tmp_path / "root"))
+        if "--osv" in args:  # the firmware directory would split on run.py's --pass-args: refused, nothing printed
+            _one_line(result, "cannot go on run.py's --pass-args")
+            assert result.stdout == ""
+            continue
         assert result.returncode == 0, result.stderr
         for line in result.stdout.splitlines():
             assert line.startswith(("export PATH=", "#")), line
