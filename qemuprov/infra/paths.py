@@ -70,7 +70,11 @@ def remove_dead_leftovers(directory: Path, pattern: str, pid_of: Callable[[str],
         return
     for leftover in directory.glob(pattern):
         pid = pid_of(leftover.name)
-        if (not pid.isdigit() and pidless) or (pid.isdigit() and not Path(f"/proc/{pid}").exists()):
+        try:
+            ours = os.lstat(leftover).st_uid == os.geteuid()  # in a shared directory, another user's is theirs
+        except FileNotFoundError:
+            continue
+        if ours and ((not pid.isdigit() and pidless) or (pid.isdigit() and not Path(f"/proc/{pid}").exists())):
             remove_tree(leftover)
 
 
