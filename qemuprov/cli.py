@@ -4,6 +4,7 @@ themselves live in qemuprov/commands/."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import os
 import signal
@@ -11,10 +12,21 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+import argcomplete
+
 from qemuprov import __version__
-from qemuprov.commands import ALL
+from qemuprov.commands import ALL, completion
 from qemuprov.errors import QemuprovError
 from qemuprov.infra import render
+
+EXIT_CODES = """exit codes:
+  0        ok
+  1        a build or the infrastructure failed (network, engine, disk), or verify/bench found a failure
+  2        bad input: a recipe, an argument, a setting (one line names it)
+  3        outdated: an upgrade is due
+  128+N    stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
+  141      the reader of the output went away (| head)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qemuprov",
         description="Build, install and probe QEMU + virtiofsd for virtio-fs (with DAX where the "
                     "tree has it).",
-        epilog="Exit codes: 0 ok, 1 build or infrastructure failure, 2 bad input. "
-               "`qemuprov COMMAND --help` for each command.",
+        epilog=EXIT_CODES + "\n`qemuprov COMMAND --help` for each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"qemuprov {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -40,7 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
             each.add_argument("--json", action="store_true", help="machine-readable output")
         command.arguments(each)
         each.set_defaults(func=command.run)
+    completion.attach(parser)
     return parser
+
+
+def _command_typo(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The first word that should be a command and is none, with the commands it may have meant."""
+    known = [c.name for c in ALL]
+    words = iter(argv)
+    for word in words:
+        if word == "--recipes":
+            next(words, None)
+        elif word.startswith("-"):
+            continue
+        elif word in known:
+            return None
+        else:
+            close = difflib.get_close_matches(word, known, n=3, cutoff=0.6)
+            shown = render.safe_text(word)[:40]
+            return f'"{shown}" is not a qemuprov command' + (f"; did you mean {' or '.join(close)}?" if close else "")
+    return None
 
 
 class Terminated(KeyboardInterrupt):
@@ -68,7 +99,16 @@ def _handle_signals() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argcomplete.autocomplete(parser)  # only acts when the shell asks for completions
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not [w for w in words if w not in ("--debug",)]:
+        parser.print_help()  # `qemuprov` alone: the help, as git and docker give it
+        return 0
+    if (typo := _command_typo(parser, words)) is not None:
+        print(f"qemuprov: error: {typo}", file=sys.stderr)
+        print("hint: qemuprov --help lists the commands", file=sys.stderr)
+        return 2
+    args = parser.parse_args(words)
     args.recipes = [*(args.recipes or ()), *(args.sub_recipes or ())]  # --recipes before or after the command
     func = args.func
     _handle_signals()

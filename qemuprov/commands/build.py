@@ -112,7 +112,7 @@ def _reshare() -> bool:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("recipe", metavar="RECIPE", help="a recipe name from `qemuprov recipes`")
     p.add_argument("--arch", metavar="A,B", help="build only these of the recipe's arches")
     p.add_argument("--runner", choices=("auto", "docker", "podman", "host"), default="auto",
                    help="where to build: auto uses a reachable Docker/Podman engine, else the host (default: auto)")

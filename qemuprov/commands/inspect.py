@@ -246,15 +246,17 @@ def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
 
 
 def _show_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("recipe", metavar="RECIPE", help="a recipe name from `qemuprov recipes`")
 
 
 def _probe_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="QEMU or virtiofsd binaries, or install prefixes (default: what PATH and the distro "
+                        "locations hold)")
 
 
 def _env_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("name", metavar="NAME|PREFIX", help="an install: its name from `qemuprov list`, or its prefix")
     p.add_argument("--osv", action="store_true",
                    help="also OSv's scripts/run.py command line per arch, as comments (eval runs only the export)")
     p.add_argument("--libvirt", action="store_true",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qemuprov.commands.base import Command
 from qemuprov.errors import UserError
+from qemuprov.infra import render
 from qemuprov.records import installs
 
 
@@ -51,7 +52,12 @@ def cmd_push(args: argparse.Namespace) -> int:
                         hint=f"qemuprov push NAME REGISTRY/REPO, or set {binary_cache.ENV}")
     tag = binary_cache.push(entry.prefix, entry.record, settings)
     signed = f"signed with {settings.signing_key}" if settings.signing_key else "unsigned"
-    print(f"{entry.name}: pushed to {settings.location}:{tag} ({entry.summary()}; {signed})")
+    if args.json:
+        render.print_json({"name": entry.name, "prefix": str(entry.prefix), "cache": str(settings.location),
+                           "tag": tag, "signed_with": str(settings.signing_key) if settings.signing_key else None,
+                           "summary": entry.summary()})
+    else:
+        print(f"{entry.name}: pushed to {settings.location}:{tag} ({entry.summary()}; {signed})")
     return 0
 
 
@@ -63,7 +69,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _image_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("name", metavar="NAME|PREFIX", help="an install: its name from `qemuprov list`, or its prefix")
     p.add_argument("--tag", metavar="T", help="image tag (default: qemuprov/NAME:latest)")
     p.add_argument("--base", metavar="IMAGE",
                    help="base image (default: the builder's base, or this host's distribution for host builds)")
@@ -71,12 +77,13 @@ def _image_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _push_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME|PREFIX")
-    p.add_argument("to", nargs="?", metavar="REGISTRY/REPO")
+    p.add_argument("name", metavar="NAME|PREFIX", help="an install: its name from `qemuprov list`, or its prefix")
+    p.add_argument("to", nargs="?", metavar="REGISTRY/REPO",
+                   help="the binary cache, e.g. ghcr.io/me/qemu-cache (default: QEMUPROV_BINARY_CACHE or [cache] url)")
 
 
 def _remove_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME|PREFIX")
+    p.add_argument("name", metavar="NAME|PREFIX", help="an install: its name from `qemuprov list`, or its prefix")
 
 
 IMAGE = Command("image", "a runtime container image (or a tarball) of an install, for CI", cmd_image,
@@ -84,7 +91,7 @@ IMAGE = Command("image", "a runtime container image (or a tarball) of an install
                 description="Build a container image holding the install on PATH with only the runtime libraries "
                             "it needs, labelled with its manifest; or, with --tar, a relocatable tarball of the "
                             "prefix.")
-PUSH = Command("push", "publish an install to a binary cache (an OCI registry)", cmd_push, _push_arguments,
+PUSH = Command("push", "publish an install to a binary cache (an OCI registry)", cmd_push, _push_arguments, json=True,
                description="Push the install as an OCI artifact (its prefix as a layer, qemuprov.json as the config) "
                            "tagged with its cache key, so that `qemuprov build --cache` elsewhere installs it in "
                            "seconds. Credentials: docker login (~/.docker/config.json or $DOCKER_CONFIG).")

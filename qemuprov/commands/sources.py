@@ -42,11 +42,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _outdated_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("names", nargs="*", metavar="RECIPE")
+    p.add_argument("names", nargs="*", metavar="RECIPE", help="recipe names (default: every recipe)")
 
 
 def _lock_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("recipe", metavar="RECIPE", help="a recipe name from `qemuprov recipes`")
 
 
 OUTDATED = Command("outdated", "do recipes name the newest releases? (exit 3 when an upgrade is due)", cmd_outdated,

@@ -72,7 +72,8 @@ def render_outcomes(outcomes: list[Any], as_json: bool) -> int:
 
 def target_arguments(p: argparse.ArgumentParser) -> None:
     """What to boot: an install, or binaries by path; which arches; which accelerator."""
-    p.add_argument("target", nargs="?", metavar="NAME|PREFIX")
+    p.add_argument("target", nargs="?", metavar="NAME|PREFIX",
+                   help="an install (its name from `qemuprov list`, or its prefix); or give --qemu and --virtiofsd")
     p.add_argument("--qemu", action="append", metavar="PATH", help="a qemu-system-* binary (repeatable)")
     p.add_argument("--virtiofsd", metavar="PATH", help="the virtiofsd to pair it with")
     p.add_argument("--arch", metavar="A,B", help="only these arches")

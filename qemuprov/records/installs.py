@@ -228,6 +228,17 @@ def _install_at(prefix: Path) -> Install | None:
     return Install(prefix.name, prefix, record) if record else None
 
 
+def hint_for_missing(name: str) -> str:
+    """Only what exists: the build of a recipe of that name, else where the installs and recipes are listed."""
+    from qemuprov.recipe import RecipeBook, default_layers
+
+    try:
+        recipe = name in RecipeBook(default_layers(())).names()
+    except Exception:  # a broken recipe directory is no reason to fail the hint
+        recipe = False
+    return f"qemuprov build {name}" if recipe else "`qemuprov list` shows the installs, `qemuprov recipes` the recipes"
+
+
 def find_install(name_or_prefix: str) -> Install:
     """An install by name, or any directory holding a qemuprov.json (damaged or not: see Install.intact)."""
     if not name_or_prefix.strip():
@@ -247,5 +258,4 @@ def find_install(name_or_prefix: str) -> Install:
     if named:
         return named[0]
     names = ", ".join(e.name for e in everything) or "none yet"
-    raise UserError(f'no install named "{name_or_prefix}" (installed: {names})',
-                    hint=f"qemuprov build {name_or_prefix}")
+    raise UserError(f'no install named "{name_or_prefix}" (installed: {names})', hint=hint_for_missing(name_or_prefix))
