@@ -3,9 +3,9 @@ arguments and their run(). `qemuprov --help` lists them in the order of ALL."""
 
 from __future__ import annotations
 
-from qemuprov.commands import bench, build, completion, doctor, inspect, publish, sources, verify
+from qemuprov.commands import bench, build, cache, completion, doctor, inspect, publish, sources, verify
 from qemuprov.commands.base import Command
 
 ALL: tuple[Command, ...] = (inspect.RECIPES, inspect.SHOW, inspect.PROBE, doctor.DOCTOR, build.BUILD, inspect.LIST,
                             inspect.ENV, verify.VERIFY, bench.BENCH, publish.IMAGE, sources.OUTDATED, sources.LOCK,
-                            publish.PUSH, publish.REMOVE, completion.COMPLETION)
+                            publish.PUSH, publish.REMOVE, cache.CACHE, completion.COMPLETION)

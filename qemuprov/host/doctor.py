@@ -15,7 +15,7 @@ from qemuprov.infra.compilers import describe_host_compilers
 from qemuprov.knowledge import arches, hostdeps, kvm, probe
 from qemuprov.knowledge.probe_parse import version_tuple
 from qemuprov.recipe import VirtiofsdFlavour
-from qemuprov.records import installs
+from qemuprov.records import installs, kept
 
 MIN_QEMU = "5.0"
 SHM_MIN_BYTES = 256 * 1024 * 1024
@@ -303,6 +303,18 @@ def check_installs(ctx: Probing) -> Iterator[Check]:
             yield Check("qemuprov", f"install {entry.name}", Verdict.PASS, f"{entry.prefix}: {entry.summary()}")
 
 
+def check_kept(ctx: Probing) -> Iterator[Check]:
+    found = kept.inventory()
+    spare = found.total(unneeded_only=True)
+    yield Check("qemuprov", "what qemuprov keeps", Verdict.PASS,
+                f"{_size(found.total())} in {paths.cache_dir()} (build trees, mirrors, kits, compiler caches), "
+                f"{_size(spare)} of it no install needs", "qemuprov cache shows it; qemuprov cache clean frees it")
+
+
+def _size(size: int) -> str:
+    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.0f} MiB"
+
+
 def check_pairing(ctx: Probing) -> Iterator[Check]:
     """The QEMU and virtiofsd a user would run together: the first of each on PATH."""
     daemon_path = shutil.which("virtiofsd")
@@ -328,7 +340,7 @@ def check_pairing(ctx: Probing) -> Iterator[Check]:
 CHECKS: tuple[Callable[[Probing], Iterator[Check]], ...] = (
     check_kvm, check_qemu, check_virtiofsd, check_pairing, check_shared_memory, check_container_engine,
     check_build_deps,
-    check_installs,
+    check_installs, check_kept,
 )
 
 

@@ -38,7 +38,7 @@ class Fetched:
     sha256: str | None  # for tarballs
 
 
-def _mirror_dir(url: str) -> Path:
+def mirror_dir(url: str) -> Path:
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     name = Path(urlparse(url).path).name.removesuffix(".git") or "repo"
     return paths.cache_dir() / "git" / f"{name}-{digest}.git"
@@ -94,7 +94,7 @@ def resolve_ref(url: str, ref: str, section: str) -> tuple[str, str]:
 
 def _fetch_into_mirror(url: str, refspec: str, section: str, report: Reporter | None = None) -> Path:
     """The bare mirror of url (made on first use), with refspec fetched into it."""
-    mirror = _mirror_dir(url)
+    mirror = mirror_dir(url)
     if not (mirror / "HEAD").exists():
         # Initialise in a temporary directory, then rename: a half-made cache never looks like a good one.
         mirror.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def _commit_in_mirror(source: Source, resolution: Resolution, section: str,
     the remote no longer serves (its tag moved, its branch was rewritten) is named in one line."""
     assert source.git is not None
     commit = str(resolution.record.commit)
-    mirror = _mirror_dir(source.git)
+    mirror = mirror_dir(source.git)
     if resolution.locked and (mirror / "HEAD").exists() and gitcmd.run(
             ["-C", mirror, "cat-file", "-e", f"{commit}^{{commit}}"]).ok:
         return mirror
