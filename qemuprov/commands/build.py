@@ -6,12 +6,15 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from qemuprov.commands import timereport
 from qemuprov.commands.base import Command, book
 from qemuprov.commands.verify import render_outcomes
 from qemuprov.errors import UserError
-from qemuprov.infra import render
+from qemuprov.infra import paths, render
+from qemuprov.infra.progress import notice
 from qemuprov.records import installs
 
 
@@ -20,13 +23,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     from qemuprov.build import pipeline
     from qemuprov.ci import binary_cache, signing
-    from qemuprov.infra import config, paths, unpack
+    from qemuprov.infra import config, unpack
     from qemuprov.infra.progress import Reporter
     from qemuprov.infra.runners import get_runner
     from qemuprov.sources import trees
 
     recipe = book(args).load(args.recipe)
     arches = pipeline.validate_arches(recipe, args.arch)
+    if args.trace and not Path(args.trace).absolute().parent.is_dir():
+        raise UserError(f"--trace {args.trace}: its directory does not exist", hint="name a file in a directory")
     if args.jobs is not None and args.jobs < 1:
         raise UserError("-j: give a number of parallel jobs of 1 or more")
     if args.prefix is not None and not args.prefix.strip():
@@ -81,6 +86,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         cached += f" ({cache.remote_hits} from the shared ccache)" if cache and cache.remote_hits else ""
         say(f"{recipe.name}: installed in {outcome.prefix}: {entry.summary()} "
             f"({outcome.timings['total']:.0f} s{cached}; log {outcome.log})")
+        for line in timereport.lines(outcome.timings, cache):
+            say(line)
+        if args.trace:
+            _trace(recipe.name, Path(args.trace), say)
     say(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
     if args.push and settings is not None and outcome.manifest.substituted:
         say(f"not pushed: the binary cache {settings.location} already holds this build")
@@ -94,8 +103,20 @@ def cmd_build(args: argparse.Namespace) -> int:
                            "from_cache": bool(outcome.manifest.substituted),
                            "substituted": outcome.manifest.to_json()["substituted"], "pushed": outcome.pushed,
                            "summary": entry.summary(), "timings": outcome.timings,
+                           "time": timereport.as_json(outcome.timings, outcome.manifest.ccache),
                            "log": str(outcome.log) if outcome.log else None})
     return 0
+
+
+def _trace(recipe: str, dest: Path, say: Callable[..., None]) -> None:
+    """The compile units' times from the build tree's .ninja_log, as a trace for Perfetto or chrome://tracing."""
+    logs = sorted(paths.work_dir(recipe).glob("build*/.ninja_log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        notice(f"--trace: no .ninja_log of {recipe} on this machine (a build through a remote engine keeps its "
+               "build tree in the engine's volume)")
+        return
+    units = timereport.write_trace(logs[-1], dest)
+    say(f"wrote the compile trace {dest} ({units} units): open it in ui.perfetto.dev or chrome://tracing")
 
 
 def _reshare() -> bool:
@@ -113,6 +134,8 @@ def _reshare() -> bool:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", metavar="RECIPE", help="a recipe name from `qemuprov recipes`")
+    p.add_argument("--trace", metavar="FILE",
+                   help="write each compile unit's time (ninja's log) as a trace Perfetto or chrome://tracing opens")
     p.add_argument("--arch", metavar="A,B", help="build only these of the recipe's arches")
     p.add_argument("--runner", choices=("auto", "docker", "podman", "host"), default="auto",
                    help="where to build: auto uses a reachable Docker/Podman engine, else the host (default: auto)")

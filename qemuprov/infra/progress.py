@@ -30,9 +30,11 @@ class Reporter:
         self._last_decile = -1
         self._crates: tuple[int, int] | None = None  # (compiled so far, to compile) during a cargo build
         self._started = time.monotonic()
+        self._label = ""
 
     def step(self, name: str, detail: str = "") -> None:
         self.finish_progress()
+        self._label = name
         print(f"==> {name}{': ' + detail if detail else ''}", file=self.stream, flush=True)
 
     def expect_crates(self, total: int) -> None:
@@ -80,13 +82,17 @@ class Reporter:
                 DownloadColumn,
                 MofNCompleteColumn,
                 Progress,
+                TextColumn,
                 TimeElapsedColumn,
+                TimeRemainingColumn,
                 TransferSpeedColumn,
             )
 
             columns = (DownloadColumn(), TransferSpeedColumn()) if unit == "MB" else (MofNCompleteColumn(),)
-            self._bar = Progress("    ", BarColumn(), *columns, TimeElapsedColumn(), transient=True,
-                                 console=_console(self.stream))
+            # labelled with its step, an estimate of the time left, and left on screen as a finished line
+            self._bar = Progress(TextColumn(f"    {self._label[:20]:<10}"), BarColumn(), *columns,
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 transient=False, console=_console(self.stream))
             self._bar.start()
             self._task = self._bar.add_task("work", total=total)
         self._bar.update(self._task, completed=done, total=total)
