@@ -31,7 +31,8 @@ case "$1" in
              && cc -I. -MD -MF standin.o.d -c "$src/payload/standin.c" -o standin.o
            if [ -f "$control/compile.bytes" ]; then head -c "$(cat "$control/compile.bytes")" /dev/zero > filler; fi ;;
   install) mkdir -p "$2/bin" "$2/libexec" "$2/share" && cp qemu-system-x86_64 "$2/bin/" \
-             && cp $src/payload/virtiofsd "$2/libexec/" && cp "$src/payload/standin.c" "$2/share/standin"
+             && cp $src/payload/virtiofsd "$2/libexec/" && cp "$src/payload/standin.c" "$2/share/standin" \
+             || exit 1
            if [ -f "$src/payload/plant" ]; then . "$src/payload/plant"; fi ;;
 esac
 """
