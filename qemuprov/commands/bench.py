@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from qemuprov.commands.base import Command
 from qemuprov.errors import UserError
 from qemuprov.infra import paths, render
 from qemuprov.infra.progress import Reporter
+from qemuprov.proving import bench_picture
 from qemuprov.recipe import split_arches
 
 MAX_REPETITIONS = 20
@@ -25,6 +28,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not 1 <= args.repetitions <= MAX_REPETITIONS:
         raise UserError(f"--repetitions: {args.repetitions} is not between 1 and {MAX_REPETITIONS}",
                         hint="3 or more give a spread worth reading")
+    for option, value in (("--export-csv", args.export_csv), ("--export-markdown", args.export_markdown)):
+        if value and not Path(value).absolute().parent.is_dir():
+            raise UserError(f"{option} {value}: its directory does not exist", hint="name a file in a directory")
     targets = targets_of(args, "bench")
     wanted = split_arches(args.arch) if args.arch is not None else None
     cache = probe.ProbeCache()
@@ -65,11 +71,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                    host_cache))
         finally:
             paths.remove_tree(share)  # the guest's: any depth
+    if args.export_csv:
+        Path(args.export_csv).write_text(bench_picture.as_csv(reports))
+    if args.export_markdown:
+        Path(args.export_markdown).write_text(bench_picture.as_markdown(reports))
     if args.json:
         render.print_json(reports)
     else:
-        print("\n\n".join(_text(r, workloads) for r in reports))
+        for number, arch_report in enumerate(reports):
+            print(("\n" if number else "") + _text(arch_report, workloads) + "\n")
+            show_picture(arch_report)
     return 0 if all(s["ok"] for r in reports for s in r["settings"]) else 1
+
+
+def show_picture(report: dict[str, Any]) -> None:
+    """Coloured on a terminal, plain when piped or under NO_COLOR (https://no-color.org)."""
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    drawn = bench_picture.picture(report, colour)
+    if not drawn:
+        return
+    if colour:
+        from rich.console import Console
+
+        Console(highlight=False).print(drawn)
+    else:
+        print(drawn)
 
 
 def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: list[Any], workloads: tuple[str, ...],
@@ -130,6 +156,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="a DAX window to compare (a power of two, e.g. 32M or 1G; repeatable; default: half the "
                         "data set and four times it); only for a QEMU with the DAX window")
     p.add_argument("--repetitions", type=int, default=3, metavar="N", help="runs of each job (default 3)")
+    p.add_argument("--export-csv", metavar="FILE", help="also write every figure as CSV (one row per setting and "
+                                                        "measure: median, low, high, spread, ratio)")
+    p.add_argument("--export-markdown", metavar="FILE", help="also write the results as Markdown tables")
 
 
 BENCH = Command("bench", "measure the share in a guest: DAX, cache modes, thread pool, 9p", cmd_bench, _arguments,

@@ -171,4 +171,29 @@ def reading(results: list[SettingResult], dax: bool, amounts: Amounts) -> str:
     nine_p = _median(results, "9p", "seqread")
     if nine_p and (ours := _median(results, base.setting.name, "seqread")):
         said.append(f"virtio-fs {ours / nine_p:.1f}x 9p for sequential reads")
+    said += trade_offs(results, base)
     return "; ".join(said)
+
+
+WORDS = {"seqread": "sequential reads", "randread": "random reads", "seqwrite": "sequential writes",
+         "create": "creates", "stat": "stat", "unlink": "unlinks"}
+
+
+def trade_offs(results: list[SettingResult], base: SettingResult) -> list[str]:
+    """What a setting that wins somewhere costs elsewhere (cache=none reads faster but stats far slower), so nobody
+    picks a setting by the one figure it wins; then the biggest loss of all, where that is another."""
+    ratios = {r.setting.name: [(m, s.ratio) for m, s in r.summaries.items() if s.ratio is not None and s.ratio > 0]
+              for r in results if r.ok and r is not base}
+    priced = [(name, max(found, key=lambda i: i[1]), min(found, key=lambda i: i[1]))
+              for name, found in ratios.items() if found]
+    said, named = [], None
+    deceptive = [p for p in priced if p[1][1] > 1.2 and p[2][1] < 0.8]
+    if deceptive:
+        name, (gained, gain), (lost, loss) = min(deceptive, key=lambda p: p[2][1])
+        said.append(f"{name}: {gain:.2f}x {WORDS[gained]}, but {loss:.2f}x {WORDS[lost]}")
+        named = (name, lost)
+    if priced:
+        name, _, (lost, loss) = min(priced, key=lambda p: p[2][1])
+        if loss < 0.5 and (name, lost) != named:
+            said.append(f"the biggest loss: {name} {loss:.2f}x for {WORDS[lost]}")
+    return said

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,70 @@ def test_dropping_the_host_cache_opens_nothing_the_guest_put_in_the_data(tmp_pat
 def test_only_an_ascii_number_is_a_setting_to_wait_for() -> None:
     assert bench.wait_number("3") == 3 and bench.wait_number("²") is None and bench.wait_number("-1") is None
     assert bench.wait_number("9" * 50) is None and bench.wait_number("") is None
+
+
+# -- the picture, the exports and the trade-offs -------------------------------------------------------------------
+
+REPORT = Path(__file__).parents[1] / "data" / "bench-report-debian72.json"  # Debian's 7.2 on x86_64, TCG
+
+
+def _results_of(report: dict[str, object]) -> list[SettingResult]:
+    from qemuprov.proving.bench_results import Summary
+
+    found = []
+    for s in report["settings"]:  # type: ignore[attr-defined]
+        result = SettingResult(Setting(s["name"], s["what"], fs="9p" if s["name"] == "9p" else "virtiofs",
+                                       baseline=s["name"] == "virtio-fs"), "tcg", ok=True)
+        result.summaries = {m: Summary(**d) for m, d in s["results"].items()}
+        found.append(result)
+    return found
+
+
+def test_the_picture_of_a_recorded_bench_is_stable() -> None:
+    import json
+
+    from qemuprov.proving import bench_picture
+
+    report = json.loads(REPORT.read_text())
+    drawn = bench_picture.picture(report)
+    assert drawn + "\n" == (REPORT.parent / "bench-picture-debian72.txt").read_text()
+    assert "\x1b" not in drawn  # plain: no terminal codes when piped
+    coloured = bench_picture.picture(report, colour=True)
+    assert "[red]=[/]" in coloured and "[green]=[/]" in coloured
+
+
+def test_exports_carry_every_figure_and_no_formula() -> None:
+    import csv
+    import io
+    import json
+
+    from qemuprov.proving import bench_picture
+
+    report = json.loads(REPORT.read_text())
+    report["settings"][1]["name"] = "=HYPERLINK(\"x\")"  # a name from outside is text in a spreadsheet
+    rows = list(csv.DictReader(io.StringIO(bench_picture.as_csv([report]))))
+    assert len(rows) == 5 * 6 and rows[0]["setting"] == "virtio-fs" and rows[0]["ratio"] == "1.0"
+    assert all(not r["setting"].startswith("=") for r in rows)
+    markdown = bench_picture.as_markdown([report])
+    assert "| setting | SEQ READ MB/s |" in markdown and "(0.05x)" in markdown
+
+
+def test_the_reading_names_what_a_setting_costs_elsewhere() -> None:
+    import json
+
+    from qemuprov.proving import bench_results
+
+    results = _results_of(json.loads(REPORT.read_text()))
+    bench_results.add_ratios(results)
+    said = bench_results.trade_offs(results, results[0])
+    assert said == ["cache=none: 2.17x sequential writes, but 0.05x stat"], said
+
+
+def test_the_recorded_results_draw_as_an_image(tmp_path: Path) -> None:
+    out = tmp_path / "share.png"
+    script = Path(__file__).parents[2] / "benchmarks" / "plot_share_speed.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert "(96 bars)" in done.stdout
