@@ -34,3 +34,20 @@ def test_side_paths_another_user_made_first_are_never_used(qenv: Env, normal_use
     assert (installed / "bin" / "qemu-system-x86_64").is_file()
     for path in theirs:  # theirs are as they made them: empty, theirs, and not the install
         assert path.is_dir() and path.stat().st_uid == normal_user.uid and list(path.iterdir()) == [], path
+
+
+def test_cache_counts_the_engines_builder_images_and_volumes(qenv: Env, engine: str) -> None:
+    import json
+
+    volume = f"qemuprov-cache-test-{os.getpid()}"
+    subprocess.run(["docker", "volume", "create", volume], check=True, capture_output=True)
+    try:
+        shown = qenv.run("cache", "--json")
+        assert shown.returncode == 0, shown.stderr
+        parts = json.loads(shown.stdout)["engine"]
+        assert any(p["kind"] == "volumes" and p["name"] == volume for p in parts), parts
+        assert any(p["kind"] == "images" and p["name"].startswith("qemuprov-builder-") for p in parts), parts
+        dry = qenv.run("cache", "clean", "--all", "--dry-run")
+        assert f"would remove the volume {volume}" in dry.stdout, dry.stdout + dry.stderr
+    finally:
+        subprocess.run(["docker", "volume", "rm", volume], check=False, capture_output=True)
