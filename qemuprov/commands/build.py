@@ -21,7 +21,7 @@ from qemuprov.records import installs
 def cmd_build(args: argparse.Namespace) -> int:
     import functools
 
-    from qemuprov.build import pipeline
+    from qemuprov.building import pipeline
     from qemuprov.ci import binary_cache, signing
     from qemuprov.infra import config, unpack
     from qemuprov.infra.progress import Reporter

@@ -68,7 +68,7 @@ def _virtiofsd_line(recipe: Recipe) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from qemuprov.build import pipeline
+    from qemuprov.building import pipeline
 
     recipe = book(args).load(args.recipe)
     try:

@@ -29,7 +29,7 @@ def cmd_outdated(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from qemuprov.records import lockfiles
+    from qemuprov.sources import lockfiles
 
     recipe = book(args).load(args.recipe)
     locked = lockfiles.make(recipe)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov.build.qemu_steps import PCH_WRAPPER
+from qemuprov.building.qemu_steps import PCH_WRAPPER
 
 pytestmark = pytest.mark.integration
 

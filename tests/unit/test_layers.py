@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 # bottom to top
-LAYERS = ("infra", "recipe", "sources", "knowledge", "records", "ci", "proving", "build", "host", "commands", "cli",
+LAYERS = ("infra", "recipe", "sources", "knowledge", "records", "ci", "proving", "building", "host", "commands", "cli",
           "__main__")
 VOCABULARY = ("errors", "__init__")  # below everything: every layer may say what went wrong
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov.build.pipeline import check_expectations
+from qemuprov.building.pipeline import check_expectations
 from qemuprov.errors import UserError
 from qemuprov.knowledge import osv, plan
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe

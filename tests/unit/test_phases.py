@@ -9,8 +9,8 @@ from typing import IO
 
 import pytest
 
-from qemuprov.build import qemu_steps
-from qemuprov.build.context import STEP_FILE_SCRIPTS, Context, Options
+from qemuprov.building import qemu_steps
+from qemuprov.building.context import STEP_FILE_SCRIPTS, Context, Options
 from qemuprov.errors import BuildError, UserError
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.runners import HostRunner

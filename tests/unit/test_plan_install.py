@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov.build import ccache
-from qemuprov.build.pipeline import check_expectations, missing_dependency_hint
-from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.building import ccache
+from qemuprov.building.pipeline import check_expectations, missing_dependency_hint
+from qemuprov.building.staging import commit_prefix, finish_tree, stale_staging_cleanup
 from qemuprov.errors import UserError
 from qemuprov.infra.builder_images import BuilderImage
 from qemuprov.infra.engines import Engine
@@ -283,7 +283,7 @@ def test_stale_staging_cleanup_removes_only_what_a_dead_build_left(tmp_path: Pat
     stays, as does the leftover of a build still running."""
     import os
 
-    from qemuprov.build.staging import stale_staging_cleanup
+    from qemuprov.building.staging import stale_staging_cleanup
 
     tmp_path = tmp_path / "tools"
     tmp_path.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qemuprov.infra import safefile
-from qemuprov.records import lockfiles
+from qemuprov.sources import lockfiles
 
 HOSTILE_REFS = ["v7.2.0", "emoji-\U0001f600-branch", "tab\there", 'quote"and\\backslash', "new\nline",
                 "bell\x07", "\u202eevil", "'''", "[section]", "ünïcödé", "\U00010000"]

@@ -19,10 +19,10 @@ from typing import IO, TypeVar
 import filelock
 
 from qemuprov import __version__
-from qemuprov.build import ccache, qemu_steps, rust_virtiofsd
-from qemuprov.build.context import Context, Options, missing_dependency_hint
-from qemuprov.build.qemu_steps import Configured
-from qemuprov.build.staging import commit_prefix, finish_tree, stale_staging_cleanup, write_vhost_user_descriptor
+from qemuprov.building import ccache, qemu_steps, rust_virtiofsd
+from qemuprov.building.context import Context, Options, missing_dependency_hint
+from qemuprov.building.qemu_steps import Configured
+from qemuprov.building.staging import commit_prefix, finish_tree, stale_staging_cleanup, write_vhost_user_descriptor
 from qemuprov.ci import binary_cache
 from qemuprov.errors import BuildError, InfraError, UserError
 from qemuprov.infra import paths
@@ -33,7 +33,7 @@ from qemuprov.infra.runners import Runner, get_runner
 from qemuprov.knowledge import plan, probe
 from qemuprov.proving import verify
 from qemuprov.recipe import Crates, Recipe, Source, VirtiofsdFlavour, split_arches
-from qemuprov.records import installs, lockfiles
+from qemuprov.records import installs
 from qemuprov.records.manifest import (
     BootResult,
     BuilderImageRecord,
@@ -43,7 +43,7 @@ from qemuprov.records.manifest import (
     VirtiofsdRecord,
 )
 from qemuprov.records.manifest import write as write_manifest
-from qemuprov.sources import trees
+from qemuprov.sources import lockfiles, trees
 from qemuprov.sources.revision import Resolution
 
 _T = TypeVar("_T")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from qemuprov.build import ccache
+from qemuprov.building import ccache
 from qemuprov.errors import BuildError, InfraError
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.timing import Timer

@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemuprov.build.context import Context
+from qemuprov.building.context import Context
 from qemuprov.errors import InfraError, UserError
 from qemuprov.knowledge import hostdeps, plan
 

@@ -12,7 +12,7 @@ from qemuprov.infra.progress import notice
 from qemuprov.records.manifest import CcacheStats
 
 if TYPE_CHECKING:
-    from qemuprov.build.context import Context
+    from qemuprov.building.context import Context
 
 
 def directory() -> Path:
