@@ -18,6 +18,7 @@ from qemuprov.infra.progress import Reporter
 from qemuprov.infra.timing import Timer
 from qemuprov.knowledge import hostdeps
 from qemuprov.recipe import Recipe
+from qemuprov.records.manifest import VerifyMode
 
 if TYPE_CHECKING:
     from qemuprov.ci.binary_cache import Settings
@@ -45,7 +46,7 @@ class Options:
     use_cache: bool = True  # --no-cache: build even where the cache has the build
     cache_only: bool = False  # --cache-only: install from the cache or fail, never compile
     push: bool = False  # push the result to the binary cache
-    verify: str | None = None  # "plain" or "osv": boot a guest over virtio-fs (before the swap where it can)
+    verify: VerifyMode | None = None  # boot a guest over virtio-fs (before the swap where it can)
     shared_ccache: str | None = None  # ccache's remote storage (redis://HOST:PORT, redis+unix:/PATH), for near misses
     reshare: bool = False  # write local ccache hits to the shared cache too
 

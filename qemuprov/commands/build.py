@@ -16,6 +16,7 @@ from qemuprov.errors import UserError
 from qemuprov.infra import paths, render
 from qemuprov.infra.progress import notice
 from qemuprov.records import installs
+from qemuprov.records.manifest import VerifyMode
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -62,7 +63,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                          force=args.force, argv=sys.argv[1:], precompiled_header=args.pch,
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
                          cache_only=args.cache_only, push=args.push,
-                         verify=("osv" if recipe.verify_osv else "plain") if args.verify else None,
+                         verify=(VerifyMode.OSV if recipe.verify_osv else VerifyMode.PLAIN) if args.verify else None,
                          shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
                          or config.value("ccache", "remote", str, "a URL in quotes"),
                          reshare=_reshare())

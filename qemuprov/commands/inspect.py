@@ -119,7 +119,7 @@ def probe_rows(probes: list[probe.Probe]) -> list[tuple[str, ...]]:
             if item.rseq_wrapper:
                 notes.append("rseq-wrapper")
             if item.rseq_risk:
-                notes.append("RSEQ-KILL-RISK (run with GLIBC_TUNABLES=glibc.pthread.rseq=0)")
+                notes.append(f"RSEQ-KILL-RISK (run with GLIBC_TUNABLES={probe.RSEQ_TUNABLE})")
             rows.append((item.path, "virtiofsd", item.version or "?", item.flavour or "?", "-", "-",
                          " ".join(notes)))
     return rows

@@ -12,6 +12,7 @@ from qemuprov.errors import UserError
 from qemuprov.infra import render
 from qemuprov.recipe import split_arches
 from qemuprov.records import installs
+from qemuprov.records.manifest import VerifyMode
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -24,7 +25,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UserError("verify: --osv and --libvirt are two ways to start the guest: give one")
     if args.connect and not args.libvirt:
         raise UserError("verify: --connect goes with --libvirt")
-    mode = "osv" if args.osv else "libvirt" if args.libvirt else "plain"
+    mode = VerifyMode.OSV if args.osv else VerifyMode.LIBVIRT if args.libvirt else VerifyMode.PLAIN
     outcomes = verify.verify_all(qemus, daemon_path, firmware, wanted, args.accel, _own_kit(args), mode, args.connect)
     return render_outcomes(outcomes, args.json)
 

@@ -219,7 +219,7 @@ def _user_namespaces() -> bool:
     return True
 
 
-RSEQ_HINT = ("run it with GLIBC_TUNABLES=glibc.pthread.rseq=0 in its environment, use a virtiofsd from "
+RSEQ_HINT = (f"run it with GLIBC_TUNABLES={probe.RSEQ_TUNABLE} in its environment, use a virtiofsd from "
              "QEMU 7.0 or later, or install it with qemuprov, which wraps it")
 
 
@@ -233,7 +233,7 @@ def _check_rseq(result: probe.VirtiofsdProbe) -> Iterator[Check]:
                     "'Unexpected end-of-file before all data were read'", RSEQ_HINT)
     elif result.rseq_wrapper:
         yield Check("virtiofsd", "virtiofsd survives a guest mount (rseq)", Verdict.PASS,
-                    "wrapped with GLIBC_TUNABLES=glibc.pthread.rseq=0")
+                    f"wrapped with GLIBC_TUNABLES={probe.RSEQ_TUNABLE}")
     if probe.seen_rseq_kill():
         # A past event: a FAIL when the daemon on PATH is the kind that gets killed, a WARN otherwise.
         yield Check("virtiofsd", "no virtiofsd killed by seccomp (kernel log)",

@@ -9,6 +9,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from qemuprov.errors import UserError
+from qemuprov.knowledge.probe import RSEQ_TUNABLE
 from qemuprov.recipe import FirmwareSet, Recipe, VirtiofsdFlavour, VirtiofsdSource
 
 
@@ -256,7 +257,7 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
     rseq = in_tree and not tree.virtiofsd_allows_rseq
     if rseq:
         notes.append("this virtiofsd's seccomp filter lacks rseq: "
-                     "bin/virtiofsd sets GLIBC_TUNABLES=glibc.pthread.rseq=0")
+                     f"bin/virtiofsd sets GLIBC_TUNABLES={RSEQ_TUNABLE}")
     flavour = VirtiofsdFlavour.C if in_tree else recipe.virtiofsd_flavour
     kept = recipe.qemu.firmware if recipe.qemu else FirmwareSet.NEEDED
     if kept == FirmwareSet.NEEDED and tree.has_blobs:

@@ -36,7 +36,7 @@ from qemuprov.recipe import VirtiofsdFlavour
 
 PROBE_TIMEOUT = 15.0
 CACHE_VERSION = 8  # bump when what a probe records or concludes changes
-RSEQ_TUNABLE = "glibc.pthread.rseq=0"
+RSEQ_TUNABLE = "glibc.pthread.rseq=0"  # the one spelling of the workaround for pre-7.0 C virtiofsd's seccomp filter
 
 # Where distributions put virtiofsd instead of PATH.
 DISTRO_VIRTIOFSD = (

@@ -24,7 +24,7 @@ from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append
-from qemuprov.records.manifest import BootResult
+from qemuprov.records.manifest import BootResult, VerifyMode
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ALIAS = "ua-qemuprov-fs"  # a user alias ("ua-"): libvirt passes it to QEMU as the device id
@@ -139,7 +139,7 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
     """Define a transient domain from the XML `env --libvirt` prints, plus the kit's kernel and a console file;
     read the guest's verdict from that file. Nothing stays defined or running."""
     start = time.monotonic()
-    outcome = BootResult(str(qemu.arch), False, 0.0, "kvm" if kvm else "tcg", mode="libvirt", kit=kit.record())
+    outcome = BootResult(str(qemu.arch), False, 0.0, "kvm" if kvm else "tcg", mode=VerifyMode.LIBVIRT, kit=kit.record())
     name = f"qemuprov-verify-{os.getpid()}-{qemu.arch}"
     with paths.scratch_dir("qemuprov-libvirt-") as work:
         work.chmod(0o755)  # libvirt's QEMU may run as another user

@@ -11,7 +11,7 @@ from qemuprov.infra import safefile
 from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe
 from qemuprov.proving.guestkit import TAG, Kit
-from qemuprov.records.manifest import BootResult
+from qemuprov.records.manifest import BootResult, VerifyMode
 
 DAX_WINDOW_MB = 64  # the window verify asks for: enough to map the test file, small enough for any guest
 
@@ -47,8 +47,9 @@ def judge_round_trip(outcome: BootResult, lines: list[str], share: Path, token: 
         outcome.failure, outcome.message = "guest", f"file round trip failed (guest wrote {got!r})"
     else:
         outcome.ok = True
-        outcome.message = "the guest read the host's file and wrote one back" + {
-            "osv": " (OSv's run.py command lines)", "libvirt": " (started by libvirt)"}.get(outcome.mode, "")
+        said: dict[str, str] = {VerifyMode.OSV: " (OSv's run.py command lines)",
+                                VerifyMode.LIBVIRT: " (started by libvirt)"}
+        outcome.message = "the guest read the host's file and wrote one back" + said.get(outcome.mode, "")
     outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit)
 
 

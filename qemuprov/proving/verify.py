@@ -25,7 +25,7 @@ from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append, tail_text
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
-from qemuprov.records.manifest import BootResult
+from qemuprov.records.manifest import BootResult, VerifyMode
 
 GUEST_TIMEOUT = 120.0
 SOCKET_TIMEOUT = 10.0
@@ -82,7 +82,7 @@ def guest_argv(qemu: QemuProbe, kit: Kit, append: str, serial: str, accel: str, 
 
 RSEQ_EXPLANATION = ("a C virtiofsd from before QEMU 7.0 lacks rseq in its seccomp filter, and glibc 2.35+ uses "
                     "rseq, so the filter kills it (SIGSYS) as the guest mounts; run it with "
-                    "GLIBC_TUNABLES=glibc.pthread.rseq=0 (qemuprov installs wrap it)")
+                    f"GLIBC_TUNABLES={probe.RSEQ_TUNABLE} (qemuprov installs wrap it)")
 
 
 def _died(proc: subprocess.Popen[bytes], daemon: VirtiofsdProbe) -> str:
@@ -126,7 +126,7 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
     return Launch(osv.virtiofsd_argv(daemon.path, socket, work / "share"), argv, socket, work / "qemu.log", disk)
 
 
-LAUNCHERS = {"plain": plain_launch, "osv": osv_launch}
+LAUNCHERS = {VerifyMode.PLAIN: plain_launch, VerifyMode.OSV: osv_launch}
 
 
 def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> float:
@@ -146,7 +146,7 @@ def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -
 
 
 def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str],
-        mode: str = "plain") -> BootResult:
+        mode: VerifyMode = VerifyMode.PLAIN) -> BootResult:
     return run_launch(qemu, daemon, kit, lambda work: LAUNCHERS[mode](qemu, daemon, kit, work, accel, firmware),
                       accel, mode)
 
@@ -269,13 +269,13 @@ def checked_qemu(path: Path, cache: probe.ProbeCache, wanted: tuple[str, ...] | 
 
 
 def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], wanted: tuple[str, ...] | None,
-               accel: str, own_kit: tuple[Path, Path] | None, mode: str = "plain",
+               accel: str, own_kit: tuple[Path, Path] | None, mode: VerifyMode = VerifyMode.PLAIN,
                connect: str | None = None) -> list[BootResult]:
     """mode: plain (our own command lines), osv (OSv's run.py lines) or libvirt (a domain, through libvirtd at
     connect, or its default URI)."""
     cache = probe.ProbeCache()
-    daemon = checked_daemon(daemon_path, cache, "verify", runs_it=mode != "libvirt")
-    if mode == "libvirt":
+    daemon = checked_daemon(daemon_path, cache, "verify", runs_it=mode != VerifyMode.LIBVIRT)
+    if mode == VerifyMode.LIBVIRT:
         libvirt.check_daemon(connect)  # which starts virtiofsd itself, as root
     outcomes = []
     for path in qemus:
@@ -288,8 +288,10 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], wanted
             continue
         kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
         chosen = choose_accel(Path(qemu.path), str(qemu.arch), accel)
-        outcome = libvirt.boot(qemu, daemon, kit, chosen == "kvm", firmware, connect) if mode == "libvirt" else \
-            run(qemu, daemon, kit, chosen, firmware, mode)
+        if mode == VerifyMode.LIBVIRT:
+            outcome = libvirt.boot(qemu, daemon, kit, chosen == "kvm", firmware, connect)
+        else:
+            outcome = run(qemu, daemon, kit, chosen, firmware, mode)
         outcome.warnings = probe.pairing_warnings(qemu, daemon)
         outcomes.append(outcome)
     cache.save()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "manifest.schema.jso
 
 class ManifestError(Exception):
     """A qemuprov.json that cannot be used: the message says why."""
+
+
+class VerifyMode(StrEnum):
+    """How verify boots its guest: qemuprov's own command lines, OSv's scripts/run.py lines, or through libvirt."""
+
+    PLAIN = "plain"
+    OSV = "osv"
+    LIBVIRT = "libvirt"
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class BootResult:
     message: str = ""
     log: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # combinations known to break (probe.pairing_warnings)
-    mode: str = "plain"  # "osv": with the QEMU and virtiofsd command lines of OSv's scripts/run.py
+    mode: str = "plain"  # a VerifyMode
     dax_status: str = "-"  # "yes", "no", "not tested", "-" (no DAX window)
     dax_reason: str = ""  # why not "yes", and what to do
     kit: dict[str, str] = field(default_factory=dict)  # the guest that booted (Kit.record)
