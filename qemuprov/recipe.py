@@ -16,13 +16,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from qemuprov import arches
 from qemuprov.errors import UserError
 from qemuprov.infra import paths
 
 _T = TypeVar("_T")
 
 FORMAT = 1
-ARCHES = ("x86_64", "aarch64")
+ARCHES = tuple(arches.ARCHES)
 
 
 class VirtiofsdSource(StrEnum):

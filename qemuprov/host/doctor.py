@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.infra import paths
 from qemuprov.infra.compilers import describe_host_compilers
-from qemuprov.knowledge import arches, hostdeps, kvm, probe
+from qemuprov.knowledge import hostdeps, kvm, probe
 from qemuprov.knowledge.probe_parse import version_tuple
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs, kept
 
 MIN_QEMU = "5.0"
 SHM_MIN_BYTES = 256 * 1024 * 1024
-DEBIAN_QEMU_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 
 
 class Verdict(StrEnum):
@@ -95,7 +95,7 @@ def _installed_binary(name: str) -> str | None:
 
 def check_qemu(ctx: Probing) -> Iterator[Check]:
     dax_found: list[str] = []
-    for arch in ("x86_64", "aarch64"):
+    for arch in arches.ARCHES:
         name = f"qemu-system-{arch}"
         found = shutil.which(name)
         if found is None:
@@ -109,7 +109,7 @@ def check_qemu(ctx: Probing) -> Iterator[Check]:
             else:
                 yield Check("QEMU", f"{name} on PATH", Verdict.FAIL, f"no {name} found",
                             f"qemuprov build qemu-7.2 --arch {arch}, or your distribution's QEMU "
-                            f"(Debian/Ubuntu: apt-get install {DEBIAN_QEMU_PACKAGE[arch]})")
+                            f"(Debian/Ubuntu: apt-get install {arches.ARCHES[arch].debian_qemu_package})")
                 continue
         result = ctx.probe(Path(found))
         if result.error or not isinstance(result, probe.QemuProbe):

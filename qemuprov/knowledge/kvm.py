@@ -23,8 +23,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemuprov.arches import AARCH64, X86_64, Arch
 from qemuprov.infra import jsonfile, paths, procs
-from qemuprov.knowledge.arches import AARCH64, X86_64, Arch
 
 GUEST_IMAGE = base64.b64decode(
     "eNrtzTFOQkEQBuBBNKGQLJUxNj45gEHPYeEp3jlIXk9BSWVvISXY+DrptKSkssCEmEhlYnBBEmv770t25p9kd+frskyNkzpSUZfV"

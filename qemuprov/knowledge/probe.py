@@ -15,6 +15,7 @@ from typing import Any
 
 from packaging.version import Version
 
+from qemuprov import arches
 from qemuprov.infra import jsonfile, paths, procs, typedjson
 from qemuprov.knowledge.probe_parse import (
     PROBED_DEVICES,
@@ -370,7 +371,7 @@ def distro_virtiofsd() -> list[Path]:
 
 def qemus_on_path() -> list[Path]:
     """The first qemu-system-x86_64 and -aarch64 on PATH: what a user's command line would start."""
-    return [Path(found) for arch in ("x86_64", "aarch64") if (found := shutil.which(f"qemu-system-{arch}"))]
+    return [Path(found) for arch in arches.ARCHES.values() if (found := shutil.which(arch.qemu))]
 
 
 def expand_targets(targets: list[str]) -> list[Path]:

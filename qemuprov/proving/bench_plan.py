@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.errors import UserError
 from qemuprov.knowledge.osv import dax_size_bytes
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
@@ -158,7 +159,7 @@ class GuestPlan:
         return NINE_P_TAG if self.settings[index].fs == "9p" else f"qp{index}"
 
     def kernel_append(self, arch: str) -> str:
-        console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
+        console = arches.get(arch).console
         mounts = ",".join(f"{s.fs}:{self.tag(i)}:{'dax' if s.window else '-'}" for i, s in enumerate(self.settings))
         return (f"console={console} panic=-1 quiet qemuprov.mounts={mounts} "
                 f"qemuprov.jobs={','.join(self.workloads)} qemuprov.reps={self.repetitions} "

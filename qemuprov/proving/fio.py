@@ -9,10 +9,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.errors import InfraError, QemuprovError
 from qemuprov.infra import paths
 from qemuprov.infra.progress import Reporter
-from qemuprov.knowledge import arches
 
 SUITE = "bookworm"
 VERSION = "3.33-3"  # Debian 12's fio; the source arrives through apt, which checks it against the signed index

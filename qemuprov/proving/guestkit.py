@@ -16,11 +16,11 @@ from pathlib import Path
 
 import filelock
 
+from qemuprov import arches
 from qemuprov.errors import InfraError
 from qemuprov.infra import debian, paths, safefile
 from qemuprov.infra.debian import Pin
 from qemuprov.infra.progress import Reporter
-from qemuprov.knowledge import arches
 
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "fuse",
            "virtiofs")

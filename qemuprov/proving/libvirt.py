@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import paths, procs, render
-from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append
@@ -72,8 +72,8 @@ def domain_xml(name: str, qemu: Path, arch: str, virtiofsd: Path, share: Path, t
         ET.SubElement(os_element, "kernel").text = str(boot.kernel)
         ET.SubElement(os_element, "initrd").text = str(boot.initrd)
         ET.SubElement(os_element, "cmdline").text = boot.cmdline
-    if arch == "x86_64":
-        ET.SubElement(ET.SubElement(domain, "features"), "acpi")  # without it, a guest cannot power off
+    if arches.get(arch).libvirt_acpi:
+        ET.SubElement(ET.SubElement(domain, "features"), "acpi")
     else:
         ET.SubElement(domain, "cpu", mode="maximum" if not kvm else "host-passthrough")
     for event in ("on_poweroff", "on_reboot", "on_crash"):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.infra import safefile
-from qemuprov.knowledge import arches
 from qemuprov.knowledge.probe import QemuProbe
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.records.manifest import BootResult, VerifyMode

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.errors import UserError
 from qemuprov.infra import paths, procs
 from qemuprov.infra.procs import stop_group
 from qemuprov.infra.progress import notice
-from qemuprov.knowledge import arches, kvm, osv, probe
+from qemuprov.knowledge import kvm, osv, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import guestkit, libvirt
 from qemuprov.proving.guestkit import TAG, Kit

@@ -9,8 +9,8 @@ from pathlib import Path
 from tests.conftest import REPO
 
 # bottom to top
-LAYERS = ("infra", "recipe", "sources", "knowledge", "records", "ci", "proving", "building", "host", "commands", "cli",
-          "__main__")
+LAYERS = ("infra", "arches", "recipe", "sources", "knowledge", "records", "ci", "proving", "building", "host",
+          "commands", "cli", "__main__")
 VOCABULARY = ("errors", "__init__")  # below everything: every layer may say what went wrong
 
 

@@ -99,7 +99,8 @@ def test_the_aarch64_kvm_test_guest_runs_to_its_end_under_tcg_and_a_hang_is_caug
         monkeypatch: pytest.MonkeyPatch) -> None:
     import struct
 
-    from qemuprov.knowledge import arches, kvm
+    from qemuprov import arches
+    from qemuprov.knowledge import kvm
 
     qemu = Path("/usr/bin/qemu-system-aarch64")
     control = kvm.test_run(qemu, arches.AARCH64, accel="tcg", limit=30)
@@ -112,7 +113,7 @@ def test_the_aarch64_kvm_test_guest_runs_to_its_end_under_tcg_and_a_hang_is_caug
 
 
 def test_arches_say_what_each_room_needs() -> None:
-    from qemuprov.knowledge import arches
+    from qemuprov import arches
 
     assert arches.host("arm64") is arches.AARCH64 and arches.host("x86_64") is arches.X86_64
     assert arches.host("riscv64") is None

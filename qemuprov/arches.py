@@ -18,7 +18,9 @@ class Arch:
     machine: str | None  # -machine for a guest (None: QEMU's default, pc)
     cpu: str | None  # -cpu for a guest (None: QEMU's default)
     libvirt_machine: str
+    libvirt_acpi: bool  # <features><acpi/>: without it an x86 guest cannot power off; virt needs a <cpu> instead
     display_none: bool  # `-display none` wanted (aarch64's virt has no default display to turn off)
+    debian_qemu_package: str  # the Debian package that ships qemu-system-NAME
     cross_package: str  # Debian's gcc-* cross compiler package for this target
     cross_prefix: str  # the cross tools' prefix, e.g. aarch64-linux-gnu-
     kvm_argv: tuple[str, ...]  # the KVM test guest's machine and firmware options, before `-bios IMAGE`
@@ -34,10 +36,11 @@ class Arch:
 
 # x86_64: a 64 KiB BIOS image goes from real mode to long mode, then writes 0x21 to isa-debug-exit (status 67).
 # aarch64: firmware at 0 on `virt` asks PSCI (hvc) for SYSTEM_OFF, which QEMU answers by exiting with status 0.
-X86_64 = Arch("x86_64", "amd64", "ttyS0", None, None, "pc", True, "gcc-x86-64-linux-gnu", "x86_64-linux-gnu-",
-              ("-machine", "pc", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"), (0x21 << 1) | 1)
-AARCH64 = Arch("aarch64", "arm64", "ttyAMA0", "virt", "max", "virt", False, "gcc-aarch64-linux-gnu",
-               "aarch64-linux-gnu-", ("-machine", "virt", "-cpu", "max"), 0)
+X86_64 = Arch("x86_64", "amd64", "ttyS0", None, None, "pc", True, True, "qemu-system-x86", "gcc-x86-64-linux-gnu",
+              "x86_64-linux-gnu-", ("-machine", "pc", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"),
+              (0x21 << 1) | 1)
+AARCH64 = Arch("aarch64", "arm64", "ttyAMA0", "virt", "max", "virt", False, False, "qemu-system-arm",
+               "gcc-aarch64-linux-gnu", "aarch64-linux-gnu-", ("-machine", "virt", "-cpu", "max"), 0)
 ARCHES: dict[str, Arch] = {a.name: a for a in (X86_64, AARCH64)}
 _HOST_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
