@@ -4,15 +4,12 @@ entries, the shared (remote) storage, and what a build got out of it."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from qemuprov.infra import paths
 from qemuprov.infra.progress import notice
 from qemuprov.records.manifest import CcacheStats
-
-if TYPE_CHECKING:
-    from qemuprov.building.context import Context
 
 
 def directory() -> Path:
@@ -43,22 +40,21 @@ def needs_network(url: str | None) -> bool:
     return bool(url) and not str(url).startswith("redis+unix:")
 
 
-def shared(ctx: Context) -> str | None:
-    """The shared compiler cache where this build environment can use it; a notice where it cannot (a ccache
-    too old, or a socket the build's container cannot see)."""
-    url = ctx.opts.shared_ccache
+def shared(url: str | None, sees_local_files: bool, version_text: Callable[[], str], where: str) -> str | None:
+    """The shared compiler cache url where the build environment (`where`, which sees this machine's files or
+    not) can use it; a notice where it cannot (a ccache too old, or a socket the build's container cannot see).
+    version_text: what `ccache --version` prints in that environment."""
     if not url:
         return None
-    if url.startswith("redis+unix:") and not ctx.runner.sees_local_files:
+    if url.startswith("redis+unix:") and not sees_local_files:
         notice(f"the shared ccache {url} is not used: the engine cannot see this machine's files, so it cannot "
                "reach the socket either; serve Redis on TCP (redis://HOST:PORT) where the engine's host reaches it")
         return None
-    said = ctx.capture(["sh", "-c", "ccache --version 2>/dev/null | head -1; true"], ctx.work, ctx.env())
-    found = re.search(r"(\d+)\.(\d+)", said)
+    found = re.search(r"(\d+)\.(\d+)", version_text())
     version = (int(found.group(1)), int(found.group(2))) if found else None
     if version is None or version < REMOTE_STORAGE_SINCE:
         notice(f"the shared ccache {url} is not used: ccache {'.'.join(map(str, version or ())) or '(none)'} in "
-                f"{ctx.runner.key} predates remote storage (4.4)")
+                f"{where} predates remote storage (4.4)")
         return None
     return url
 

@@ -10,19 +10,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from qemuprov.building import ccache
+from qemuprov.ci.binary_cache import Settings
 from qemuprov.errors import BuildError, InfraError
 from qemuprov.infra.progress import Reporter
+from qemuprov.infra.runners import Runner
 from qemuprov.infra.timing import Timer
 from qemuprov.knowledge import hostdeps
 from qemuprov.recipe import Recipe
 from qemuprov.records.manifest import VerifyMode
-
-if TYPE_CHECKING:
-    from qemuprov.ci.binary_cache import Settings
-from qemuprov.infra.runners import Runner
 
 LOG_TAIL = 25
 READ_SCRIPT = 'cat "$1" 2>/dev/null && echo . || true'  # the dot: an empty file is not a missing one

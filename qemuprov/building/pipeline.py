@@ -308,7 +308,10 @@ def build_qemu(ctx: Context, revision: Resolution) -> tuple[plan.Plan, Configure
         if ctx.runner.transport == "copy":
             ctx.report.step("copy", f"{ctx.runner.key} cannot see this machine's files: the sources go in and the "
                                     "install comes out through its API, the build tree stays in a named volume")
-        ctx.remote_ccache = ccache.shared(ctx)
+        ctx.remote_ccache = ccache.shared(
+            ctx.opts.shared_ccache, ctx.runner.sees_local_files,
+            lambda: ctx.capture(["sh", "-c", "ccache --version 2>/dev/null | head -1; true"], ctx.work, ctx.env()),
+            ctx.runner.key)
         if not qemu_steps.has_system_slirp(ctx, tree):  # the tree's own slirp, then
             the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner, system_slirp=False)
         configured = qemu_steps.configure(ctx, tree, the_plan, revision.record.revision)
