@@ -127,16 +127,21 @@ LINUX_AIO_REASON = "aio=native on -drive, which OSv's scripts/run.py always uses
 
 
 @dataclass(frozen=True)
-class Arg:
-    value: str
+class PlanArg:
+    """One configure argument and why it is there."""
+
+    arg: str
     reason: str
 
 
 @dataclass(frozen=True)
 class Plan:
+    """What a build of a tree will do; its record (the manifest's and `show`'s) is the same but for the tree and
+    the prefix, which it keeps as the tree's version and the prefix's text."""
+
     tree: Tree
     arches: tuple[str, ...]
-    configure: tuple[Arg, ...]
+    configure: tuple[PlanArg, ...]
     targets: tuple[str, ...]  # ninja targets; empty means `make`
     virtiofsd: VirtiofsdFlavour  # what bin/virtiofsd will be
     rseq_wrapper: bool
@@ -146,20 +151,12 @@ class Plan:
 
     @property
     def argv(self) -> list[str]:
-        return [arg.value for arg in self.configure]
+        return [a.arg for a in self.configure]
 
     def record(self) -> PlanRecord:
-        return PlanRecord(self.tree.version, self.arches, tuple(PlanArg(a.value, a.reason) for a in self.configure),
+        return PlanRecord(self.tree.version, self.arches, self.configure,
                           tuple(self.targets), self.virtiofsd, self.rseq_wrapper, str(self.prefix), self.notes,
                           self.firmware)
-
-
-@dataclass(frozen=True)
-class PlanArg:
-    """One configure argument and why it is there."""
-
-    arg: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -177,18 +174,18 @@ class PlanRecord:
     firmware: FirmwareSet = FirmwareSet.ALL  # what a plan recorded before qemuprov kept only the needed ones
 
 
-def consumer_features(tree: Tree, system_slirp: bool) -> list[Arg]:
+def consumer_features(tree: Tree, system_slirp: bool) -> list[PlanArg]:
     """Features asked for outright, so a build without them fails at configure instead of at the user's run.py.
     system_slirp: the build environment has libslirp (the build checks that before it plans)."""
     args = []
     if tree.slirp == "feature":
-        args.append(Arg("--enable-slirp", SLIRP_REASON))
+        args.append(PlanArg("--enable-slirp", SLIRP_REASON))
     elif tree.slirp == "choice" and system_slirp:
-        args.append(Arg("--enable-slirp=system", SLIRP_REASON))
+        args.append(PlanArg("--enable-slirp=system", SLIRP_REASON))
     elif tree.slirp == "choice" and tree.bundled_slirp:
-        args.append(Arg(f"--enable-slirp={tree.bundled_slirp}", SLIRP_REASON + " (here: the tree's own)"))
+        args.append(PlanArg(f"--enable-slirp={tree.bundled_slirp}", SLIRP_REASON + " (here: the tree's own)"))
     if tree.knows_linux_aio:
-        args.append(Arg("--enable-linux-aio", LINUX_AIO_REASON))
+        args.append(PlanArg("--enable-linux-aio", LINUX_AIO_REASON))
     return args
 
 
@@ -198,12 +195,12 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
     system_slirp: the build environment has libslirp (builder images do)."""
     version = Version(tree.version.split("-")[0]) if re.match(r"^\d+\.\d+", tree.version) else Version("0")
     configure_prefix = RELOCATABLE_PREFIX if tree.relocatable else prefix
-    args = [Arg(f"--prefix={configure_prefix}",
+    args = [PlanArg(f"--prefix={configure_prefix}",
                 "one fixed prefix: the tree is relocatable, and the prefix is in config-host.h, which every file "
                 "includes, so builds for any install prefix share one build tree and its ccache entries"
                 if tree.relocatable
                 else "where the build is installed (this tree is not relocatable)"),
-            Arg("--target-list=" + ",".join(f"{a}-softmmu" for a in arches), "only the system emulators asked for")]
+            PlanArg("--target-list=" + ",".join(f"{a}-softmmu" for a in arches), "only the system emulators asked for")]
     notes: list[str] = []
     wants_c = recipe.virtiofsd.source is VirtiofsdSource.QEMU
     if wants_c and not tree.virtiofsd_dir:
@@ -211,29 +208,29 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
                         "(removed in 8.0)", hint='set [virtiofsd] source = "rust" with its own git and ref')
     in_tree = wants_c and tree.virtiofsd_dir
     if in_tree and "virtiofsd" in tree.meson_options:
-        args.append(Arg("--enable-virtiofsd", "build the in-tree C virtiofsd (a missing dependency fails loudly)"))
+        args.append(PlanArg("--enable-virtiofsd", "build the in-tree C virtiofsd (a missing dependency fails loudly)"))
     if in_tree:
-        args += [Arg("--enable-seccomp", "virtiofsd sandboxes itself with seccomp"),
-                 Arg("--enable-cap-ng", "virtiofsd drops capabilities with libcap-ng")]
-    args.append(Arg("--enable-vhost-user", "vhost-user-fs-pci talks to virtiofsd over vhost-user"))
+        args += [PlanArg("--enable-seccomp", "virtiofsd sandboxes itself with seccomp"),
+                 PlanArg("--enable-cap-ng", "virtiofsd drops capabilities with libcap-ng")]
+    args.append(PlanArg("--enable-vhost-user", "vhost-user-fs-pci talks to virtiofsd over vhost-user"))
     args += consumer_features(tree, system_slirp)
     if "docs" in tree.meson_options or version < Version("5.2"):
-        args.append(Arg("--disable-docs", "documentation is not needed to run virtio-fs"))
+        args.append(PlanArg("--disable-docs", "documentation is not needed to run virtio-fs"))
     if "guest_agent" in tree.meson_options or version < Version("5.2"):
-        args.append(Arg("--disable-guest-agent", "the guest agent is not needed"))
+        args.append(PlanArg("--disable-guest-agent", "the guest agent is not needed"))
     if "tools" in tree.meson_options and (not in_tree or tree.virtiofsd_survives_disable_tools):
-        args.append(Arg("--disable-tools", "qemu-img and friends are not needed"
+        args.append(PlanArg("--disable-tools", "qemu-img and friends are not needed"
                         + ("; virtiofsd still builds" if in_tree else "")))
     recipe_args = recipe.qemu.configure if recipe.qemu else ()
     if tree.has_debug_info_switch and not set(recipe_args) & {"--enable-debug", "--enable-debug-info",
                                                                "--disable-debug-info"}:
-        args.append(Arg("--disable-debug-info", "no -g: compiling and linking take a fifth less time (a recipe can "
+        args.append(PlanArg("--disable-debug-info", "no -g: compiling and linking take a fifth less time (a recipe can "
                                                 "add --enable-debug-info for gdb)"))
     if not tree.has_blobs and tree.blobs_switch:
-        args.append(Arg(tree.blobs_switch, "the tree has no firmware blobs (a distribution source tree)"))
+        args.append(PlanArg(tree.blobs_switch, "the tree has no firmware blobs (a distribution source tree)"))
         notes.append("no firmware blobs in the tree: the install uses the distribution's firmware directories")
     for arch in sorted(set(arches) & tree.minimal_devices):
-        args.append(Arg(f"--with-devices-{arch}=minimal",
+        args.append(PlanArg(f"--with-devices-{arch}=minimal",
                         "only the virt machines that virtio-fs guests use (a recipe can pass "
                         f"--with-devices-{arch}=default to get every board back)"))
     if tree.missing_subprojects:
@@ -244,11 +241,11 @@ def make_plan(recipe: Recipe, tree: Tree, prefix: Path, arches: tuple[str, ...],
             raise UserError(f"QEMU {tree.version} needs meson {tree.meson_requirement} and the tree bundles none",
                             hint="build in a container (--runner docker), or `pip install 'meson"
                                  f"{tree.meson_requirement}'` into a venv and put its bin directory first on PATH")
-        args.append(Arg(f"--python={python}", f"this interpreter has meson {tree.meson_requirement}, which "
+        args.append(PlanArg(f"--python={python}", f"this interpreter has meson {tree.meson_requirement}, which "
                                               "configure's venv uses (the tree bundles no meson wheel)"))
     elif tree.has_meson_build and not tree.has_meson_submodule and not tree.meson_requirement:
-        args.append(Arg("--meson=meson", "the tree has no meson submodule: use the system meson"))
-    args += [Arg(extra, "from the recipe") for extra in recipe_args]
+        args.append(PlanArg("--meson=meson", "the tree has no meson submodule: use the system meson"))
+    args += [PlanArg(extra, "from the recipe") for extra in recipe_args]
     targets: tuple[str, ...] = ()
     if tree.has_meson_build:
         targets = tuple(f"qemu-system-{a}" for a in arches) + ("trace/trace-events-all",)

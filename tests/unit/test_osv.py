@@ -153,9 +153,9 @@ def test_slirp_and_linux_aio_per_era(tmp_path: Path) -> None:
 
     modern = tree("7.2.0", "feature", False, "")
     old = tree("5.2.0", "combo", True, "  --enable-slirp=git) slirp=internal\n  --enable-slirp=system)\n")
-    assert [a.value for a in plan.consumer_features(modern, True)] == ["--enable-slirp", "--enable-linux-aio"]
-    assert plan.consumer_features(old, True)[0].value == "--enable-slirp=system"
-    assert plan.consumer_features(old, False)[0].value == "--enable-slirp=git"
+    assert [a.arg for a in plan.consumer_features(modern, True)] == ["--enable-slirp", "--enable-linux-aio"]
+    assert plan.consumer_features(old, True)[0].arg == "--enable-slirp=system"
+    assert plan.consumer_features(old, False)[0].arg == "--enable-slirp=git"
     reasons = " ".join(a.reason for a in plan.consumer_features(modern, True))
     assert "-netdev user" in reasons and "aio=native" in reasons and "OSv" in reasons
     p = plan.make_plan(SHIPPED.load("qemu-7.2"), modern, Path("/opt/q"), ("x86_64",))
