@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from qemuprov.proving import guestkit
 from tests.integration.conftest import Env
 
@@ -35,7 +37,9 @@ poweroff -f
 """
 
 
-def test_what_a_guest_leaves_in_the_share_is_not_followed_read_whole_or_waited_on(qenv: Env, tmp_path: Path) -> None:
+def test_what_a_guest_leaves_in_the_share_is_not_followed_read_whole_or_waited_on(
+        qenv: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QEMUPROV_CACHE", qenv.vars["QEMUPROV_CACHE"])  # the suite's kit, not root's own cache
     secret = tmp_path / "root-only.txt"
     secret.write_text("THE-HOSTS-SECRET\n")
     secret.chmod(0o600)
