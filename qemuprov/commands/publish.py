@@ -26,9 +26,12 @@ def cmd_image(args: argparse.Namespace) -> int:
             raise UserError(f"--tar: {Path(args.tar).absolute().parent} is not a directory",
                             hint="make it first, or write the tarball elsewhere")
         tarball = image.export_tarball(entry, Path(args.tar))
-        print(f"{entry.name}: {tarball} ({tarball.stat().st_size / 1e6:.1f} MB); unpack anywhere and put "
-              f"<dir>/{entry.name}/bin on PATH")
+        if not args.json:
+            print(f"{entry.name}: {tarball} ({tarball.stat().st_size / 1e6:.1f} MB); unpack anywhere and put "
+                  f"<dir>/{entry.name}/bin on PATH")
         if not args.tag:
+            if args.json:
+                render.print_json({"name": entry.name, "tar": str(tarball), "size": tarball.stat().st_size})
             return 0
     tag = args.tag or f"qemuprov/{entry.name}:latest"
     logs = paths.work_dir(entry.name) / "logs"
@@ -37,6 +40,10 @@ def cmd_image(args: argparse.Namespace) -> int:
     print(f"==> image {tag} from {entry.prefix} (log {log_path})", file=sys.stderr)
     with log_path.open("w") as log:
         image_id = image.build_runtime_image(entry, tag, args.base, log)
+    if args.json:
+        render.print_json({"name": entry.name, "tag": tag, "image_id": image_id, "log": str(log_path),
+                           **({"tar": str(Path(args.tar).absolute())} if args.tar else {})})
+        return 0
     print(f"{tag}: {image_id[:19]} ({entry.summary()})")
     print(f"try it: docker run --rm {tag} qemu-system-x86_64 --version")
     return 0
@@ -64,7 +71,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     entry = installs.find_install(args.name)
     installs.remove(entry)
-    print(f"removed {entry.name} ({entry.prefix})")
+    if args.json:
+        render.print_json({"removed": entry.name, "prefix": str(entry.prefix)})
+    else:
+        print(f"removed {entry.name} ({entry.prefix})")
     return 0
 
 
@@ -87,7 +97,7 @@ def _remove_arguments(p: argparse.ArgumentParser) -> None:
 
 
 IMAGE = Command("image", "a runtime container image (or a tarball) of an install, for CI", cmd_image,
-                _image_arguments,
+                _image_arguments, json=True,
                 description="Build a container image holding the install on PATH with only the runtime libraries "
                             "it needs, labelled with its manifest; or, with --tar, a relocatable tarball of the "
                             "prefix.")
@@ -95,4 +105,4 @@ PUSH = Command("push", "publish an install to a binary cache (an OCI registry)",
                description="Push the install as an OCI artifact (its prefix as a layer, qemuprov.json as the config) "
                            "tagged with its cache key, so that `qemuprov build --cache` elsewhere installs it in "
                            "seconds. Credentials: docker login (~/.docker/config.json or $DOCKER_CONFIG).")
-REMOVE = Command("remove", "delete an installed build", cmd_remove, _remove_arguments)
+REMOVE = Command("remove", "delete an installed build", cmd_remove, _remove_arguments, json=True)

@@ -34,6 +34,12 @@ def cmd_lock(args: argparse.Namespace) -> int:
     recipe = book(args).load(args.recipe)
     locked = lockfiles.make(recipe)
     lockfiles.write(locked)
+    if args.json:
+        render.print_json({"recipe": recipe.name, "path": str(locked.path), "locked_at": locked.locked_at,
+                           "sources": {section: {"git": src.git, "ref": src.ref, "commit": src.commit,
+                                                 "submodules": src.submodules}
+                                       for section, src in locked.sources.items()}})
+        return 0
     for section, src in locked.sources.items():
         subs = f" and {len(src.submodules)} submodules" if src.submodules else ""
         print(f"{recipe.name}: {section} {src.ref} of {src.git} is {src.commit}{subs}")
@@ -56,7 +62,7 @@ OUTDATED = Command("outdated", "do recipes name the newest releases? (exit 3 whe
                                "(release candidates ignored). Exit 0: all current; 3: an upgrade is due; 1: a "
                                "remote did not answer; 2: bad input.")
 LOCK = Command("lock", "pin the commits a recipe's refs name now, in RECIPE.lock beside the recipe", cmd_lock,
-               _lock_arguments,
+               _lock_arguments, json=True,
                description="Resolve every git ref of the recipe (and the QEMU tree's submodules) and write the "
                            "commits to RECIPE.lock beside the recipe (for a shipped recipe, in your recipe "
                            "directory). `qemuprov build RECIPE` then builds exactly those; run lock again to move "

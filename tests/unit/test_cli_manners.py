@@ -92,3 +92,23 @@ def test_completion_prints_shell_code_the_shell_accepts(shell: str, tmp_path: Pa
         checked = subprocess.run(["bash", "-n", str(tmp_path / "c.sh")], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
     assert _qemuprov("completion", "tcsh").returncode == 2
+
+
+def test_every_command_that_prints_a_result_takes_json() -> None:
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    takes = {name for name, sub in commands.choices.items() if any("--json" in a.option_strings for a in sub._actions)}
+    # env prints shell lines for eval, completion prints shell code: neither is a result
+    assert set(commands.choices) - takes == {"env", "completion"}, set(commands.choices) - takes
+
+
+def test_remove_json_says_what_went(tmp_path: Path) -> None:
+    import json
+
+    from tests.manifests import manifest_json
+
+    root = tmp_path / "root"
+    (root / "q").mkdir(parents=True)
+    (root / "q" / "qemuprov.json").write_text(manifest_json(name="q", prefix=str(root / "q")))
+    result = _qemuprov("remove", "q", "--json", QEMUPROV_ROOT=str(root))
+    assert result.returncode == 0 and json.loads(result.stdout) == {"removed": "q", "prefix": str(root / "q")}
