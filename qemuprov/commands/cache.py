@@ -54,15 +54,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     doomed_engine = engine_parts if args.all else []
     size = sum(i.size for i in doomed) + sum(p["size"] for p in doomed_engine)
     what = f"{len(doomed)} paths" + (f" and {len(doomed_engine)} images and volumes" if doomed_engine else "")
-    if not doomed and not doomed_engine:
-        print("nothing to clean" + ("" if args.all else " (`qemuprov cache clean --all` removes the caches too)"))
-        return 0
-    if args.dry_run:
-        for item in doomed:
-            print(f"would remove {item.path} ({human(item.size)}): {item.why}")
-        for part in doomed_engine:
-            print(f"would remove the {part['kind'][:-1]} {part['name']}")
-        return 0
+    if args.dry_run or not (doomed or doomed_engine):
+        return _would_remove(doomed, doomed_engine, args)
     if not args.yes:
         if not sys.stdin.isatty():
             raise UserError(f"cache clean would remove {what} ({human(size)}): give --yes to do it without asking",
@@ -88,6 +81,21 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _would_remove(doomed: list[kept.Kept], engine_parts: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """--dry-run, or nothing to remove: what clean would take, removing nothing."""
+    if args.json:
+        render.print_json({"would_remove": [{"kind": i.kind, "path": str(i.path), "size": i.size, "why": i.why}
+                                            for i in doomed], "engine": engine_parts, "freed": 0})
+    elif not doomed and not engine_parts:
+        print("nothing to clean" + ("" if args.all else " (`qemuprov cache clean --all` removes the caches too)"))
+    else:
+        for item in doomed:
+            print(f"would remove {item.path} ({human(item.size)}): {item.why}")
+        for part in engine_parts:
+            print(f"would remove the {part['kind'][:-1]} {part['name']}")
+    return 0
+
+
 def _show(found: kept.Inventory, engine_parts: list[dict[str, Any]], engine_word: str, as_json: bool) -> int:
     if as_json:
         render.print_json({"cache": str(paths.cache_dir()), "total": found.total(),
@@ -104,6 +112,11 @@ def _show(found: kept.Inventory, engine_parts: list[dict[str, Any]], engine_word
         parts = [p for p in engine_parts if p["kind"] == kind]
         if parts:
             rows.append((kind, len(parts), human(sum(p["size"] for p in parts)), "-"))
+    if not rows:
+        print(f"qemuprov keeps nothing yet in {paths.cache_dir()}")
+        if engine_word:
+            print(engine_word)
+        return 0
     print(f"qemuprov keeps in {paths.cache_dir()}:")
     print(render.table(("KIND", "COUNT", "SIZE", "NO INSTALL NEEDS"), rows))
     print(f"total {human(found.total())}; `qemuprov cache clean` frees {human(found.total(unneeded_only=True))}, "

@@ -5,6 +5,7 @@ own log as a trace Chrome's and Perfetto's viewers open."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def as_json(timings: dict[str, float], ccache: CcacheStats | None) -> dict[str, 
 def ninja_trace(ninja_log: Path) -> dict[str, Any]:
     """ninja's .ninja_log (v5: start ms, end ms, mtime, output, hash per line) as Chrome's trace event format:
     one complete event per output, laid on as many lanes as ran at once."""
-    text = ninja_log.read_bytes()[-NINJA_LOG_CAP:].decode(errors="replace")
+    with ninja_log.open("rb") as handle:  # its last NINJA_LOG_CAP bytes: a long-lived build tree's log only grows
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - NINJA_LOG_CAP))
+        text = handle.read(NINJA_LOG_CAP).decode(errors="replace")
     entries: dict[str, tuple[int, int]] = {}
     for line in text.splitlines():
         fields = line.split("\t")

@@ -4,6 +4,7 @@ blocking, and never more than a cap. `follow=False` also refuses a symlink in th
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -22,21 +23,21 @@ def read_bytes(path: Path, cap: int = SMALL, *, follow: bool = True) -> bytes:
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: O_NOFOLLOW met a link
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
             raise NotReadable(exc.errno, "a symbolic link, which is not followed", str(path)) from None
         raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise NotReadable(22, "not a regular file", str(path))
+            raise NotReadable(errno.EINVAL, "not a regular file", str(path))
         if info.st_size > cap:
-            raise NotReadable(27, f"larger than {cap >> 10} KiB", str(path))
+            raise NotReadable(errno.EFBIG, f"larger than {cap >> 10} KiB", str(path))
         chunks, size = [], 0
         while chunk := os.read(fd, min(1 << 20, cap + 1 - size)):
             chunks.append(chunk)
             size += len(chunk)
             if size > cap:  # grew while read
-                raise NotReadable(27, f"larger than {cap >> 10} KiB", str(path))
+                raise NotReadable(errno.EFBIG, f"larger than {cap >> 10} KiB", str(path))
         return b"".join(chunks)
     finally:
         os.close(fd)

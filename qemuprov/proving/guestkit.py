@@ -233,6 +233,5 @@ def _make_kit(arch: str, spec: KitSpec, pins: tuple[Pin, ...], deb_arch: str, ho
         (made / "kernel-version").write_text(kernels[-1].name.removeprefix("vmlinuz-") + "\n")
         (made / "initrd.cpio").write_bytes(cpio_newc(entries))
         (made / "kit.json").write_text(json.dumps({name: sha256_of(made / name) for name in KIT_FILES}))
-        if home.exists() or home.is_symlink():
-            paths.remove_tree(home) if home.is_dir() and not home.is_symlink() else home.unlink()
+        paths.remove_tree(home)  # a kit cut short, or changed since (a link goes, not what it names)
         made.rename(home)

@@ -103,7 +103,9 @@ def inventory() -> Inventory:
     stale = time.time() - LEFTOVER_AGE
     for path in [*_children(cache, "qemuprov-*-*"), *_children(cache / "guest", ".kit-*"),
                  *_children(cache / "git", ".init-*")]:
-        if path.is_dir() and path.lstat().st_mtime < stale:  # a run of an hour ago is over
+        info = path.lstat()
+        # a run of an hour ago is over; and in a shared directory, another user's is theirs
+        if stat.S_ISDIR(info.st_mode) and info.st_mtime < stale and info.st_uid == os.geteuid():
             add("leftovers", path, False, "left by a run that was killed")
     return found
 

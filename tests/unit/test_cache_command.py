@@ -78,3 +78,25 @@ def test_cache_shows_sizes_and_clean_keeps_every_install(isolated_home: Path) ->
         assert not planted[name].exists(), name
     assert (planted["install"] / "qemuprov.json").exists() and (planted["inside"] / "qemuprov.json").exists()
     assert "what qemuprov keeps" in _qemuprov("doctor").stdout
+
+
+def test_clean_removes_only_the_callers_own_leftovers(isolated_home: Path) -> None:
+    """QEMUPROV_CACHE may name a directory other users write (a /tmp): a leftover of theirs is theirs."""
+    cache = isolated_home / ".cache" / "qemuprov"
+    mine, theirs = cache / "qemuprov-bench-mine", cache / "qemuprov-bench-theirs"
+    for path in (mine, theirs):
+        (path / "share").mkdir(parents=True)
+        (path / "share" / "data").write_bytes(b"x" * 4096)
+    os.chown(theirs, 4242, 4242)
+    for path in (mine, theirs):
+        os.utime(path, (1_000_000_000, 1_000_000_000))  # long after its run ended
+    cleaned = _qemuprov("cache", "clean", "--yes")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not mine.exists() and (theirs / "share" / "data").exists()
+
+
+def test_an_empty_cache_says_so_and_clean_json_is_json_every_way(isolated_home: Path) -> None:
+    assert "keeps nothing yet" in _qemuprov("cache").stdout
+    for args in (("cache", "clean", "--json"), ("cache", "clean", "--dry-run", "--json")):
+        result = _qemuprov(*args)
+        assert result.returncode == 0 and json.loads(result.stdout)["would_remove"] == [], result.stdout
