@@ -47,18 +47,14 @@ def configured(option: str | None) -> Settings | None:
     """The cache: --cache, else $QEMUPROV_BINARY_CACHE, else `[cache] url` in ~/.config/qemuprov/config.toml; its
     keys: $QEMUPROV_SIGNING_KEY and $QEMUPROV_TRUSTED_KEYS (:-separated), else `signing_key` and
     `trusted_keys`; $QEMUPROV_ALLOW_UNSIGNED=1 or `allow_unsigned = true` takes unsigned entries."""
-    configured_url = config.value("cache", "url", str, "a registry in quotes")  # every key checked, used or not
-    signing = os.environ.get("QEMUPROV_SIGNING_KEY") or config.value("cache", "signing_key", str, "a path in quotes")
-    trusted_env = os.environ.get("QEMUPROV_TRUSTED_KEYS")
+    url = config.setting(option, ENV, "cache", "url", "a registry in quotes")
+    signing = config.setting(None, "QEMUPROV_SIGNING_KEY", "cache", "signing_key", "a path in quotes")
     listed = config.value("cache", "trusted_keys", list, "a list of paths")
     if listed is not None and not all(isinstance(p, str) for p in listed):
         raise UserError(f"{config.file()}: [cache] trusted_keys must be a list of paths in quotes")
+    trusted_env = os.environ.get("QEMUPROV_TRUSTED_KEYS")
     trusted = trusted_env.split(os.pathsep) if trusted_env else listed or []
-    unsigned_env = os.environ.get("QEMUPROV_ALLOW_UNSIGNED")
-    if unsigned_env not in (None, "", "0", "1"):
-        raise UserError(f'QEMUPROV_ALLOW_UNSIGNED: "{unsigned_env[:20]}" is neither 1 nor 0')
-    unsigned = unsigned_env == "1" or config.value("cache", "allow_unsigned", bool, "true or false") is True
-    url = option or os.environ.get(ENV) or configured_url
+    unsigned = config.switch("QEMUPROV_ALLOW_UNSIGNED", "cache", "allow_unsigned")
     if not url:
         return None
     small_deadline()  # a deadline that is no number of seconds is one line now, not at the first request

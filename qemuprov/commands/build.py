@@ -64,9 +64,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                          update_lock=args.update_lock, binary_cache=settings, use_cache=args.use_cache,
                          cache_only=args.cache_only, push=args.push,
                          verify=(VerifyMode.OSV if recipe.verify_osv else VerifyMode.PLAIN) if args.verify else None,
-                         shared_ccache=args.shared_ccache or os.environ.get("QEMUPROV_SHARED_CCACHE")
-                         or config.value("ccache", "remote", str, "a URL in quotes"),
-                         reshare=_reshare())
+                         shared_ccache=config.setting(args.shared_ccache, "QEMUPROV_SHARED_CCACHE", "ccache",
+                                                      "remote", "a URL in quotes"),
+                         reshare=config.switch("QEMUPROV_CCACHE_RESHARE", "ccache", "reshare"))
     if args.push and settings is not None and settings.signing_key:
         signing.load_private(settings.signing_key)  # an unreadable key is found now, not after the build
     try:
@@ -118,19 +118,6 @@ def _trace(recipe: str, dest: Path, say: Callable[..., None]) -> None:
         return
     units = timereport.write_trace(logs[-1], dest)
     say(f"wrote the compile trace {dest} ({units} units): open it in ui.perfetto.dev or chrome://tracing")
-
-
-def _reshare() -> bool:
-    """QEMUPROV_CCACHE_RESHARE=1 (or [ccache] reshare = true): write local hits to the shared cache too."""
-    from qemuprov.infra import config
-
-    found = os.environ.get("QEMUPROV_CCACHE_RESHARE")
-    if found is None:
-        return bool(config.value("ccache", "reshare", bool, "true or false"))
-    if found not in ("0", "1", ""):
-        raise UserError(f'QEMUPROV_CCACHE_RESHARE: "{found[:20]}" is neither 1 nor 0',
-                        hint="1 writes local ccache hits to the shared cache as well (to fill a new one)")
-    return found == "1"
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

@@ -47,6 +47,23 @@ def value(section: str, key: str, expected: type[_T], what: str) -> _T | None:
     return found
 
 
+def setting(flag: str | None, env: str, section: str, key: str, what: str = "a string in quotes") -> str | None:
+    """The one precedence of a setting: the command-line flag, else $ENV, else `key` of `[section]` in config.toml
+    (checked even where a flag or the environment wins, so a broken file is found now); None: not set."""
+    configured = value(section, key, str, what)
+    return flag or os.environ.get(env) or configured
+
+
+def switch(env: str, section: str, key: str) -> bool:
+    """A yes-or-no setting: $ENV=1 or 0, else `key = true|false` of `[section]`, else no."""
+    configured = value(section, key, bool, "true or false")
+    found = os.environ.get(env)
+    if found not in (None, "", "0", "1"):
+        raise UserError(f'{env}: "{found[:20]}" is neither 1 nor 0', hint=f"1 or 0, or `{key} = true` in [{section}] "
+                                                                          f"of {file()}")
+    return found == "1" if found else configured is True
+
+
 def size(text: str, where: str) -> int:
     """A size such as 4G, 512M or 1048576 (bytes); where names the setting for the error."""
     match = _SIZE.match(text.strip())
@@ -57,10 +74,10 @@ def size(text: str, where: str) -> int:
 
 def limit(env: str, key: str, default: int) -> int:
     """A size limit: $ENV, else `[limits] KEY` in config.toml, else default."""
-    if env_value := os.environ.get(env):
-        return size(env_value, env)
-    configured = value("limits", key, str, 'a size in quotes, e.g. "8G"')
-    return size(configured, f"{file()}: [limits] {key}") if configured else default
+    found = setting(None, env, "limits", key, 'a size in quotes, e.g. "8G"')
+    if not found:
+        return default
+    return size(found, env if os.environ.get(env) else f"{file()}: [limits] {key}")
 
 
 def seconds(env: str, default: float, most: float = 86400) -> float:

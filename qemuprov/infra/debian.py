@@ -6,7 +6,6 @@ outlives the mirror's next point release. Each file is checked against its pin b
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import tarfile
@@ -70,7 +69,7 @@ def host_mirror(sources: Path | None = None) -> str | None:
 
 
 def _setting(env: str, key: str) -> str | None:
-    found = os.environ.get(env) or config.value("guest", key, str, "a URL in quotes")
+    found = config.setting(None, env, "guest", key, "a URL in quotes")
     if found and not re.match(r"^(https?|file)://\S+$", found):
         raise InfraError(f'{env} or [guest] {key}: "{found[:60]}" is not an http(s) or file URL',
                          hint="e.g. http://deb.example.org/debian")
