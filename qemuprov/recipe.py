@@ -504,3 +504,19 @@ def split_arches(requested: str) -> tuple[str, ...]:
     if not all(arches):
         raise UserError(f'--arch: "{requested}" names an empty arch', hint="for example --arch x86_64,aarch64")
     return tuple(dict.fromkeys(arches))
+
+
+def chosen_arches(recipe: Recipe, requested: str | None) -> tuple[str, ...]:
+    """--arch A,B of a build: a subset of what the recipe builds; None: all of them."""
+    if requested is None:
+        return recipe.arches
+    if recipe.qemu is None:
+        raise UserError(f"--arch: {recipe.name} builds no QEMU, only virtiofsd (which serves guests of any arch)",
+                        hint="leave out --arch")
+    arches = split_arches(requested)
+    for arch in arches:
+        if arch not in recipe.qemu.arches:
+            built = ", ".join(recipe.qemu.arches)
+            raise UserError(f'--arch: "{arch}" is not built by {recipe.name} (it builds {built})',
+                            hint="pick from the recipe's qemu.arches, or extend the recipe")
+    return arches

@@ -1,6 +1,6 @@
-"""What every phase of a build shares: the recipe and options, where things go (work dir, staging, log), the
-runner and the reporter; timing by phase name; running a tool's step or capturing a short command; failing
-with the end of the log and a hint."""
+"""What every phase of a build shares: the recipe and options, its workspace (every path, the log), the runner
+and the reporter; timing by phase name; running a tool's step or capturing a short command; failing with the end
+of the log and a hint."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from qemuprov.building import ccache
+from qemuprov.building.workspace import Workspace
 from qemuprov.ci.binary_cache import Settings
 from qemuprov.errors import BuildError, InfraError
 from qemuprov.infra.progress import Reporter
@@ -20,7 +21,7 @@ from qemuprov.infra.runners import Runner
 from qemuprov.infra.timing import Timer
 from qemuprov.knowledge import hostdeps
 from qemuprov.recipe import Recipe
-from qemuprov.records.manifest import VerifyMode
+from qemuprov.records.manifest import BuilderImageRecord, VerifyMode
 
 LOG_TAIL = 25
 READ_SCRIPT = 'cat "$1" 2>/dev/null && echo . || true'  # the dot: an empty file is not a missing one
@@ -51,17 +52,14 @@ class Options:
 
 @dataclass
 class Context:
-    """One build, from before resolve to the swap: every path it uses, its log, its timer, its runner."""
+    """One build, from before resolve to the swap: its workspace (every path it uses), timer and runner."""
 
     recipe: Recipe
     opts: Options
     report: Reporter
-    work: Path  # paths.work_dir(recipe)
+    ws: Workspace
     timer: Timer = field(default_factory=Timer)
-    _log: tuple[IO[str], Path] | None = None  # opened once the build proper starts (an up-to-date one has none)
-    _staging: Path | None = None  # the install is made here, beside the prefix, then swapped in
     remote_ccache: str | None = None  # the shared compiler cache, where the build environment's ccache can use it
-    tree_prefix: Path | None = None  # the prefix the tree is configured for, once planned (else the install's)
 
     @property
     def runner(self) -> Runner:
@@ -71,36 +69,9 @@ class Context:
     def timings(self) -> dict[str, float]:
         return self.timer.timings
 
-    def begin(self, log: IO[str], log_path: Path, staging: Path) -> None:
-        self._log, self._staging = (log, log_path), staging
-
     @property
     def log(self) -> IO[str]:
-        assert self._log is not None, "the build has not begun"
-        return self._log[0]
-
-    @property
-    def log_path(self) -> Path:
-        assert self._log is not None, "the build has not begun"
-        return self._log[1]
-
-    @property
-    def staging(self) -> Path:
-        assert self._staging is not None, "the build has not begun"
-        return self._staging
-
-    @property
-    def staged(self) -> Path:
-        """Where the install is made: the tree's configured prefix under staging (as `DESTDIR=staging` puts it)."""
-        return self.staging / (self.tree_prefix or self.opts.prefix).relative_to("/")
-
-    def final(self, path: Path) -> Path:
-        """Where a path of the staged tree will be once the install is swapped in."""
-        return self.opts.prefix / path.relative_to(self.staged)
-
-    @property
-    def ccache_log(self) -> Path:
-        return self.log_path.with_suffix(".ccache")
+        return self.ws.log
 
     @contextmanager
     def phase(self, name: str, detail: str = "", timing: str | None = None) -> Iterator[None]:
@@ -111,8 +82,8 @@ class Context:
             yield
 
     def env(self) -> dict[str, str]:
-        return self.runner.env({"LC_ALL": "C", **ccache.environment(self.work, self.ccache_log, self.remote_ccache,
-                                                                      self.opts.reshare)})
+        return self.runner.env({"LC_ALL": "C", **ccache.environment(self.ws.root, self.ws.ccache_log,
+                                                                    self.remote_ccache, self.opts.reshare)})
 
     def capture(self, argv: list[str], cwd: Path, env: dict[str, str]) -> str:
         """A short command's output, through the runner (the log's first line is the command itself)."""
@@ -139,7 +110,7 @@ class Context:
         return self._step_file(EXISTS_SCRIPT, path).strip() == "yes"
 
     def _step_file(self, script: str, path: Path, *more: str) -> str:
-        return self.capture(["sh", "-c", script, "sh", str(path), *more], self.work, self.env())
+        return self.capture(["sh", "-c", script, "sh", str(path), *more], self.ws.root, self.env())
 
     def step(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         """A tool's step, its output into the log and its progress to the reporter; a failure is a BuildError."""
@@ -151,11 +122,20 @@ class Context:
             self.fail(name, argv, status, None)
 
     def fail(self, name: str, argv: list[str], status: int, hint: str | None) -> None:
-        tail = _tail(self.log_path, LOG_TAIL)
+        log = self.ws.log_path
+        tail = _tail(log, LOG_TAIL)
         raise BuildError(f"{name} failed (exit status {status}): {shlex.join(argv)}\n"
-                         f"--- last {LOG_TAIL} lines of {self.log_path} ---\n{tail}\n--- full log: {self.log_path}",
+                         f"--- last {LOG_TAIL} lines of {log} ---\n{tail}\n--- full log: {log}",
                          hint=(hint or missing_dependency_hint(tail, self.runner))
                          + "; the previous install, if any, is untouched")
+
+
+def builder_image_record(runner: Runner) -> BuilderImageRecord | None:
+    image = runner.image
+    if image is None:
+        return None
+    return BuilderImageRecord(tag=image.tag, id=str(runner.image_id or ""), base=image.base,
+                              dockerfile=image.dockerfile.name, builder=image.builder)
 
 
 def missing_dependency_hint(log_tail: str, runner: Runner) -> str:

@@ -1,6 +1,6 @@
-"""The phases that turn a fetched QEMU tree and its plan into an installed tree in staging: check the libraries
-the plan needs, configure (with the compiler it names and, for clang, a precompiled qemu/osdep.h), compile the
-plan's targets, install with DESTDIR."""
+"""A QEMU tree from its resolved revision to an installed tree in staging: fetch, plan (once), the builder, then
+in one runner session: check the libraries the plan needs, configure (with the compiler it names and, for clang,
+a precompiled qemu/osdep.h), compile the plan's targets, install with DESTDIR."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemuprov.building import ccache
 from qemuprov.building.context import Context
 from qemuprov.errors import InfraError, UserError
+from qemuprov.infra.runners import Runner
 from qemuprov.knowledge import hostdeps, plan
+from qemuprov.recipe import Recipe
+from qemuprov.sources.revision import Resolution
 
 PCH_WRAPPER = Path(__file__).resolve().parent / "assets" / "pch-cc"
 FEATURE_LIBRARIES_SCRIPT = ("pkg-config --exists slirp 2>/dev/null && echo slirp; "
@@ -28,11 +32,47 @@ class Configured:
     precompiled_header: bool
 
 
+def build(ctx: Context, resolution: Resolution) -> tuple[plan.Plan, Configured]:
+    assert ctx.recipe.qemu is not None
+    with ctx.phase("fetch", str(ctx.ws.tree("qemu"))):
+        src = ctx.ws.fetch("qemu", ctx.recipe.qemu.source, resolution, ctx.report)
+    tree = plan.inspect(src)
+    if not ctx.runner.is_host:
+        with ctx.phase("builder", ctx.runner.key):
+            ctx.runner.prepare(ctx.log, ctx.report.line)
+    socket_dir = ccache.socket_dir(ctx.opts.shared_ccache)
+    network = bool(tree.missing_subprojects) or ccache.needs_network(ctx.opts.shared_ccache)
+    with ctx.runner.session(inputs=[src, ctx.ws.pch_wrapper], outputs=[ctx.ws.staging, ctx.ws.ccache_log],
+                            caches=[ccache.directory()], local_only=[socket_dir] if socket_dir else [],
+                            network=network, work=ctx.ws.root):
+        if ctx.runner.transport == "copy":
+            ctx.report.step("copy", f"{ctx.runner.key} cannot see this machine's files: the sources go in and the "
+                                    "install comes out through its API, the build tree stays in a named volume")
+        ctx.remote_ccache = ccache.shared(
+            ctx.opts.shared_ccache, ctx.runner.sees_local_files,
+            lambda: ctx.capture(["sh", "-c", "ccache --version 2>/dev/null | head -1; true"], ctx.ws.root,
+                                ctx.env()),
+            ctx.runner.key)
+        the_plan = plan_for(ctx.recipe, tree, ctx.opts.prefix, ctx.opts.arches, ctx.runner,
+                            system_slirp=has_system_slirp(ctx, tree))  # else the tree's own slirp
+        ctx.ws.tree_prefix = the_plan.prefix  # a relocatable tree is configured for a fixed prefix, then moved
+        configured = configure(ctx, tree, the_plan, resolution.record.revision)
+        compile_targets(ctx, tree, the_plan, configured)
+        install(ctx, tree, configured)
+    return the_plan, configured
+
+
+def plan_for(recipe: Recipe, tree: plan.Tree, prefix: Path, arches: tuple[str, ...], runner: Runner,
+             system_slirp: bool = True) -> plan.Plan:
+    """The one way a build plans a tree: for this runner's python, into this prefix."""
+    return plan.make_plan(recipe, tree, prefix, arches, runner.tree_python, system_slirp=system_slirp)
+
+
 def has_system_slirp(ctx: Context, tree: plan.Tree) -> bool:
     """libslirp and libaio, which the QEMU line of OSv's run.py needs, are named in one line before configure
     rather than after minutes of compiling (or never, where configure only guesses). True: the build
     environment has libslirp (else the tree's own slirp is used)."""
-    found = set(ctx.capture(["sh", "-c", FEATURE_LIBRARIES_SCRIPT], ctx.work, ctx.env()).split())
+    found = set(ctx.capture(["sh", "-c", FEATURE_LIBRARIES_SCRIPT], ctx.ws.root, ctx.env()).split())
     missing = []
     if tree.slirp and not (tree.slirp == "choice" and tree.bundled_slirp) and "slirp" not in found:
         missing.append(hostdeps.HOST_LIBS["slirp"])
@@ -51,9 +91,7 @@ def has_system_slirp(ctx: Context, tree: plan.Tree) -> bool:
 
 
 def build_dir(ctx: Context) -> Path:
-    """One build tree per runner and builder, so host and container builds of a recipe don't undo each other."""
-    runner = ctx.runner
-    return ctx.work / ("build" if runner.is_host else f"build-{runner.name}-{ctx.recipe.builder}")
+    return ctx.ws.build_dir(None if ctx.runner.is_host else ctx.runner.name, ctx.recipe.builder)
 
 
 def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str) -> Configured:
@@ -61,7 +99,7 @@ def configure(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, revision: str)
     env = ctx.env()
     cc_command, compiler = _compiler(ctx, the_plan, env)
     # configure splits --cc on spaces, so a work dir with one in its path goes without
-    pch = ctx.opts.precompiled_header and tree.has_meson_build and "clang" in compiler and " " not in str(ctx.work)
+    pch = ctx.opts.precompiled_header and tree.has_meson_build and "clang" in compiler and " " not in str(ctx.ws.root)
     argv = [*the_plan.argv, f"--cc={_pch_wrapper(ctx)} {cc_command}"] if pch else the_plan.argv
     where = build_dir(ctx)
     stamp = where / "qemuprov-configure.json"
@@ -88,14 +126,14 @@ def compile_targets(ctx: Context, tree: plan.Tree, the_plan: plan.Plan, configur
 
 
 def install(ctx: Context, tree: plan.Tree, configured: Configured) -> None:
-    with ctx.phase("install", f"staging in {ctx.staging}"):
+    with ctx.phase("install", f"staging in {ctx.ws.staging}"):
         env = ctx.env()
         if tree.has_meson_build:
             # DESTDIR rather than --destdir: the meson of 5.x-era distributions (0.56) lacks the option.
             argv = [*_meson(ctx, tree, configured.build_dir), "install", "--no-rebuild"]
-            env = {**env, "DESTDIR": str(ctx.staging)}
+            env = {**env, "DESTDIR": str(ctx.ws.staging)}
         else:
-            argv = ["make", "install", f"DESTDIR={ctx.staging}"]
+            argv = ["make", "install", f"DESTDIR={ctx.ws.staging}"]
         ctx.step("install", argv, configured.build_dir, env)
 
 
@@ -105,7 +143,7 @@ def _compiler(ctx: Context, the_plan: plan.Plan, env: dict[str, str]) -> tuple[s
     from_recipe = next((arg.split("=", 1)[1] for arg in the_plan.argv if arg.startswith("--cc=")), None)
     chosen = shlex.quote(from_recipe) if from_recipe else "${CC:-cc}"
     script = f'cc={chosen}; echo "$cc"; $cc --version 2>/dev/null || true'
-    command, _, version = ctx.capture(["sh", "-c", script], ctx.work, env).partition("\n")
+    command, _, version = ctx.capture(["sh", "-c", script], ctx.ws.root, env).partition("\n")
     if not version.strip():
         where = f"{ctx.recipe.path}: qemu.configure: --cc={from_recipe}" if from_recipe else f"CC={command}"
         raise UserError(f"{where}: this compiler does not run in the build environment ({ctx.runner.key})",
@@ -114,13 +152,9 @@ def _compiler(ctx: Context, the_plan: plan.Plan, env: dict[str, str]) -> tuple[s
     return command, version.partition("\n")[0].strip()
 
 
-def pch_wrapper_path(ctx: Context) -> Path:
-    return ctx.work / "pch-cc"
-
-
 def _pch_wrapper(ctx: Context) -> Path:
     """assets/pch-cc, copied into the work dir, which the build's container sees too."""
-    wrapper = pch_wrapper_path(ctx)
+    wrapper = ctx.ws.pch_wrapper
     text = PCH_WRAPPER.read_bytes()
     if not wrapper.exists() or wrapper.read_bytes() != text:
         wrapper.write_bytes(text)

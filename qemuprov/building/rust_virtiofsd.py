@@ -1,13 +1,17 @@
-"""The Rust virtiofsd (QEMU 8.0+ has no daemon of its own): cargo build of its tree with a runner, the binary
-placed at libexec/virtiofsd in the staged prefix (the install step moves it onto PATH)."""
+"""The Rust virtiofsd (QEMU 8.0+ has no daemon of its own): fetch, the builder, cargo build of its tree with a
+runner, the binary placed at libexec/virtiofsd in the staged prefix (the install step moves it onto PATH)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import IO
 
+from qemuprov.building.context import Context, builder_image_record
+from qemuprov.infra import paths
 from qemuprov.infra.runners import LineCallback, Runner
 from qemuprov.recipe import Crates, VirtiofsdSpec
+from qemuprov.records.manifest import BuilderImageRecord
+from qemuprov.sources.revision import Resolution
 
 DEBIAN_REGISTRY = "/usr/share/cargo/registry"
 # Offline, against the crates Debian packages: cargo resolves versions afresh from what is there.
@@ -36,6 +40,34 @@ built=$(ls -t "$1"/release/virtiofsd "$1"/*/release/virtiofsd 2>/dev/null | head
 [ -n "$built" ] || { echo "cargo left no virtiofsd under $1" >&2; exit 1; }
 mkdir -p "$2" && cp -p "$built" "$2/virtiofsd"
 """
+
+
+def build_with(ctx: Context, resolution: Resolution) -> BuilderImageRecord | None:
+    """The recipe's virtiofsd, built and staged; the builder image it ran in."""
+    spec = ctx.recipe.virtiofsd
+    assert spec.tree is not None
+    with ctx.phase("fetch", f"virtiofsd {spec.tree.describe()}", timing="virtiofsd-fetch"):
+        src = ctx.ws.fetch("virtiofsd", spec.tree, resolution, ctx.report)
+    runner = ctx.runner.for_builder(spec.builder or ctx.recipe.builder)
+    if not runner.is_host:
+        with ctx.phase("builder", f"virtiofsd: {runner.key}", timing="virtiofsd-builder"):
+            runner.prepare(ctx.log, ctx.report.line)
+    cargo_home = paths.cache_dir() / "cargo"
+    cargo_home.mkdir(parents=True, exist_ok=True)
+    online = spec.crates is Crates.REGISTRY
+    with ctx.phase("virtiofsd", f"cargo build ({spec.crates.value} crates{', static' if spec.static else ''})",
+                   timing="virtiofsd-build"):
+        if crates := crate_count(src):
+            ctx.report.expect_crates(crates)
+        with runner.session(inputs=[src], outputs=[ctx.ws.staging], caches=[cargo_home], network=online,
+                            work=ctx.ws.root):
+            status = build(spec, src, ctx.ws.cargo_target, cargo_home, ctx.ws.staged, runner, ctx.log,
+                           ctx.report.line)
+    if status != 0:
+        hint = "cargo could not fetch or compile a crate" if online else \
+            'the builder lacks a crate or a library; with crates = "debian" use the debian-trixie-crates builder'
+        ctx.fail("virtiofsd build", ["cargo", "build"], status, hint)
+    return builder_image_record(runner)
 
 
 def cargo_argv(spec: VirtiofsdSpec) -> list[str]:

@@ -12,6 +12,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from qemuprov.building.workspace import Workspace
 from qemuprov.infra import paths
 from qemuprov.infra.procs import signals_deferred
 from qemuprov.knowledge import firmware
@@ -33,9 +34,10 @@ exec "$(dirname "$(readlink -f "$0")")/../libexec/virtiofsd" "$@"
 """.replace("%s", RSEQ_TUNABLE)
 
 
-def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> tuple[VirtiofsdRecord, tuple[str, ...]]:
+def finish_tree(ws: Workspace, plan: Plan | None) -> tuple[VirtiofsdRecord, tuple[str, ...]]:
     """bin/virtiofsd on PATH (a wrapper where rseq must be off); the firmware directories QEMU needs.
     No plan: the recipe built the Rust daemon alone."""
+    staged = ws.staged
     bin_dir, daemon = staged / "bin", staged / "libexec" / "virtiofsd"
     virtiofsd = VirtiofsdRecord(plan.virtiofsd if plan else VirtiofsdFlavour.RUST)
     if daemon.exists():
@@ -44,18 +46,18 @@ def finish_tree(staged: Path, prefix: Path, plan: Plan | None) -> tuple[Virtiofs
             wrapper = bin_dir / "virtiofsd"
             wrapper.write_text(WRAPPER)
             wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | 0o644)
-            virtiofsd = dataclasses.replace(virtiofsd, wrapper=True, binary=str(prefix / "libexec" / "virtiofsd"))
+            virtiofsd = dataclasses.replace(virtiofsd, wrapper=True, binary=str(ws.final(daemon)))
         else:
             daemon.rename(bin_dir / "virtiofsd")
             with contextlib.suppress(OSError):  # libexec held only the daemon
                 daemon.parent.rmdir()
     if (bin_dir / "virtiofsd").exists():
-        write_vhost_user_descriptor(staged, prefix)
+        write_vhost_user_descriptor(ws)
     if plan is None:
         return virtiofsd, ()
     if plan.firmware == FirmwareSet.NEEDED:
         firmware.keep_needed(staged / "share" / "qemu", plan.arches)
-    directories = [str(prefix / "share" / "qemu")]
+    directories = [str(ws.final(staged / "share" / "qemu"))]
     if not plan.tree.has_blobs:
         directories += [d for d in DISTRO_FIRMWARE if Path(d).is_dir()]
     return virtiofsd, tuple(directories)
@@ -65,15 +67,15 @@ VHOST_USER_DIR = Path("share") / "qemu" / "vhost-user"
 DESCRIPTOR = "50-qemuprov-virtiofsd.json"
 
 
-def write_vhost_user_descriptor(staged: Path, prefix: Path) -> None:
+def write_vhost_user_descriptor(ws: Workspace) -> None:
     """share/qemu/vhost-user/ describes the install's own virtiofsd (docs/interop/vhost-user.json of QEMU: type
     fs, the binary's path), so libvirt and other readers of those directories find the binary at its final
     path. QEMU's own descriptor names the configure prefix, which exists on no machine: it goes."""
-    directory = staged / VHOST_USER_DIR
+    directory = ws.staged / VHOST_USER_DIR
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "50-qemu-virtiofsd.json").unlink(missing_ok=True)
-    descriptor = {"description": f"virtiofsd of the qemuprov install {prefix.name}", "type": "fs",
-                  "binary": str(prefix / "bin" / "virtiofsd")}
+    descriptor = {"description": f"virtiofsd of the qemuprov install {ws.prefix.name}", "type": "fs",
+                  "binary": str(ws.final(ws.staged / "bin" / "virtiofsd"))}
     (directory / DESCRIPTOR).write_text(json.dumps(descriptor, indent=2) + "\n")
 
 
@@ -101,8 +103,3 @@ def commit_prefix(staged: Path, prefix: Path) -> None:
             incoming.rename(prefix)
             incoming = old
     paths.remove_tree(incoming)
-
-
-def stale_staging_cleanup(prefix: Path) -> None:
-    """Remove what a killed build left beside the prefix (its pid ends the name and no longer runs)."""
-    paths.remove_dead_side_paths(prefix)

@@ -62,6 +62,19 @@ def configured(option: str | None) -> Settings | None:
                     tuple(Path(p).expanduser() for p in trusted if p), unsigned)
 
 
+HOST_BUILD = "a host build never comes from or goes to a binary cache (its libraries are the host's)"
+NOT_RELOCATABLE = ("a tree before QEMU 5.2 is not relocatable (its binaries find their data only at the prefix they "
+                   "were built for), so it never goes to a binary cache")
+
+
+def why_not_cacheable(host_build: bool, relocatable: bool | None = None) -> str | None:
+    """The one rule of what a binary cache holds: container builds of relocatable trees (None: not known yet,
+    or no QEMU tree). Why not, or None where it can."""
+    if host_build:
+        return HOST_BUILD
+    return NOT_RELOCATABLE if relocatable is False else None
+
+
 def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, virtiofsd: str | None,
         builder: list[dict[str, str]] | None) -> str | None:
     """What makes a build the same: the resolved commits, the recipe less what does not change the result
@@ -79,9 +92,10 @@ def key(recipe: dict[str, object], arches: tuple[str, ...], qemu: str | None, vi
 def push(prefix: Path, record: Manifest, settings: Settings) -> str:
     """Publish the install at prefix under its cache key, signed where a signing key is set; the tag."""
     if not record.cache_key:
-        raise UserError(f"{prefix} cannot go into a binary cache: it was built on the host (its libraries are "
-                        "the host's) or from a tree that is not relocatable (QEMU before 5.2)",
-                        hint="build it with --runner docker (or podman), then push")
+        why = why_not_cacheable(record.runner == "host", record.plan.relocatable if record.plan else None)
+        raise UserError(f"{prefix} cannot go into a binary cache: {why or 'it has no cache key'}",
+                        hint="build it with --runner docker (or podman), then push" if record.runner == "host"
+                        else "build a QEMU of 5.2 or later")
     if record.substituted:
         came_from = safe_text(record.substituted.cache)
         raise UserError(f"{prefix} was installed from the binary cache {came_from}, not built here: pushing it "

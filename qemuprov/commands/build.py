@@ -15,6 +15,7 @@ from qemuprov.commands.verify import render_outcomes
 from qemuprov.errors import UserError
 from qemuprov.infra import paths, render
 from qemuprov.infra.progress import notice
+from qemuprov.recipe import chosen_arches
 from qemuprov.records import installs
 from qemuprov.records.manifest import VerifyMode
 
@@ -30,7 +31,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from qemuprov.sources import trees
 
     recipe = book(args).load(args.recipe)
-    arches = pipeline.validate_arches(recipe, args.arch)
+    arches = chosen_arches(recipe, args.arch)
     if args.trace and not Path(args.trace).absolute().parent.is_dir():
         raise UserError(f"--trace {args.trace}: its directory does not exist", hint="name a file in a directory")
     if args.jobs is not None and args.jobs < 1:
@@ -54,8 +55,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"qemuprov: note: {notice}", file=sys.stderr)
     if settings is not None and runner.is_host:
         if args.push or args.cache_only:
-            raise UserError(f"{'--push' if args.push else '--cache-only'}: a host build never comes from or goes "
-                            "to a binary cache (its libraries are the host's)",
+            raise UserError(f"{'--push' if args.push else '--cache-only'}: {binary_cache.HOST_BUILD}",
                             hint="build with --runner docker (or podman)")
         print(f"qemuprov: note: the binary cache {settings.location} is not used: it holds container builds, and "
               "this is a host build", file=sys.stderr)

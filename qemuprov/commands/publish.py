@@ -6,17 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from qemuprov.building.workspace import timestamped_log
 from qemuprov.commands.base import Command
 from qemuprov.errors import UserError
-from qemuprov.infra import render
+from qemuprov.infra import paths, render
 from qemuprov.records import installs
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
     from qemuprov.ci import image
-    from qemuprov.infra import paths
 
     entry = installs.find_install(args.name).intact()
     if args.tag:
@@ -34,11 +32,8 @@ def cmd_image(args: argparse.Namespace) -> int:
                 render.print_json({"name": entry.name, "tar": str(tarball), "size": tarball.stat().st_size})
             return 0
     tag = args.tag or f"qemuprov/{entry.name}:latest"
-    logs = paths.work_dir(entry.name) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"image-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.log"
-    print(f"==> image {tag} from {entry.prefix} (log {log_path})", file=sys.stderr)
-    with log_path.open("w") as log:
+    with timestamped_log(paths.work_dir(entry.name), "image") as (log, log_path):
+        print(f"==> image {tag} from {entry.prefix} (log {log_path})", file=sys.stderr)
         image_id = image.build_runtime_image(entry, tag, args.base, log)
     if args.json:
         render.print_json({"name": entry.name, "tag": tag, "image_id": image_id, "log": str(log_path),

@@ -173,6 +173,10 @@ class PlanRecord:
     notes: tuple[str, ...]
     firmware: FirmwareSet = FirmwareSet.ALL  # what a plan recorded before qemuprov kept only the needed ones
 
+    @property
+    def relocatable(self) -> bool:
+        return self.configure_prefix == str(RELOCATABLE_PREFIX)
+
 
 def consumer_features(tree: Tree, system_slirp: bool) -> list[PlanArg]:
     """Features asked for outright, so a build without them fails at configure instead of at the user's run.py.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qemuprov.building.pipeline import check_expectations
+from qemuprov.building.expectations import check_expectations
 from qemuprov.errors import UserError
 from qemuprov.knowledge import osv, plan
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe

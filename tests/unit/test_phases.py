@@ -11,6 +11,7 @@ import pytest
 
 from qemuprov.building import qemu_steps
 from qemuprov.building.context import STEP_FILE_SCRIPTS, Context, Options
+from qemuprov.building.workspace import Workspace
 from qemuprov.errors import BuildError, UserError
 from qemuprov.infra.progress import Reporter
 from qemuprov.infra.runners import HostRunner
@@ -61,9 +62,10 @@ def _context(tmp_path: Path, runner: FakeRunner, meson: bool = False,
     opts = Options(arches=("x86_64",), prefix=tmp_path / "prefix", runner=runner, jobs=2,  # type: ignore[arg-type]
                    precompiled_header=precompiled_header)
     log_path = tmp_path / "build.log"
-    ctx = Context(recipe, opts, Reporter(io.StringIO()), tmp_path / "work")
-    ctx.begin(log_path.open("w"), log_path, tmp_path / "staging")
-    ctx.work.mkdir()
+    ws = Workspace(recipe.name, opts.prefix, tmp_path / "work", _log=(log_path.open("w"), log_path),
+                   _staging=tmp_path / "staging")
+    ctx = Context(recipe, opts, Reporter(io.StringIO()), ws)
+    ws.root.mkdir()
     return ctx, tree, the_plan
 
 
@@ -103,7 +105,7 @@ def test_compile_and_install_run_make_with_destdir(tmp_path: Path) -> None:
     configured = qemu_steps.configure(ctx, tree, the_plan, "abc123")
     qemu_steps.compile_targets(ctx, tree, the_plan, configured)
     qemu_steps.install(ctx, tree, configured)
-    assert runner.calls[-2:] == [["make", "-j2"], ["make", "install", f"DESTDIR={ctx.staging}"]]
+    assert runner.calls[-2:] == [["make", "-j2"], ["make", "install", f"DESTDIR={ctx.ws.staging}"]]
     assert {"build", "install"} <= set(ctx.timings)
 
 
@@ -113,7 +115,7 @@ def test_a_failed_step_shows_the_end_of_its_log_and_a_hint(tmp_path: Path) -> No
     with pytest.raises(BuildError) as failed:
         qemu_steps.compile_targets(ctx, tree, the_plan, configured)
     assert "build failed (exit status 2): make -j2" in failed.value.message
-    assert "make says hello" in failed.value.message and str(ctx.log_path) in failed.value.message
+    assert "make says hello" in failed.value.message and str(ctx.ws.log_path) in failed.value.message
     assert "previous install" in failed.value.hint
 
 

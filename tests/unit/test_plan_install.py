@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from qemuprov.building import ccache
-from qemuprov.building.pipeline import check_expectations, missing_dependency_hint
-from qemuprov.building.staging import commit_prefix, finish_tree, stale_staging_cleanup
+from qemuprov.building.context import missing_dependency_hint
+from qemuprov.building.expectations import check_expectations
+from qemuprov.building.staging import commit_prefix, finish_tree
+from qemuprov.building.workspace import Workspace
 from qemuprov.errors import UserError
 from qemuprov.infra.builder_images import BuilderImage
 from qemuprov.infra.engines import Engine
+from qemuprov.infra.paths import remove_dead_side_paths
 from qemuprov.infra.runners import ContainerRunner, HostRunner
 from qemuprov.knowledge import plan
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
@@ -140,11 +143,16 @@ def staged_prefix(tmp_path: Path, marker: str) -> Path:
     return staged
 
 
+def staged_at(staged: Path, prefix: Path) -> Workspace:
+    """A workspace whose staged tree is `staged` (as a tree configured for /NAME puts it), installing at prefix."""
+    return Workspace("r", prefix, staged.parent / "work", tree_prefix=Path("/" + staged.name), _staging=staged.parent)
+
+
 def test_finish_tree_writes_a_working_rseq_wrapper(tmp_path: Path) -> None:
     tree = plan.inspect(make_tree(tmp_path / "q", "5.2.0", ["virtiofsd"], virtiofsd=True, rseq=False))
     p = plan.make_plan(SHIPPED.load("qemu-5.2"), tree, tmp_path / "prefix", ("x86_64",))
     staged = staged_prefix(tmp_path, "a")
-    virtiofsd, _ = finish_tree(staged, tmp_path / "prefix", p)
+    virtiofsd, _ = finish_tree(staged_at(staged, tmp_path / "prefix"), p)
     assert virtiofsd.wrapper is True and virtiofsd.binary == str(tmp_path / "prefix" / "libexec" / "virtiofsd")
     out = subprocess.run([staged / "bin" / "virtiofsd", "--help"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "GLIBC_TUNABLES": "glibc.malloc.check=0"}).stdout
@@ -154,7 +162,7 @@ def test_finish_tree_writes_a_working_rseq_wrapper(tmp_path: Path) -> None:
 
 def test_finish_tree_of_the_daemon_alone_puts_it_on_path(tmp_path: Path) -> None:
     staged = staged_prefix(tmp_path, "d")
-    virtiofsd, firmware = finish_tree(staged, tmp_path / "prefix", None)
+    virtiofsd, firmware = finish_tree(staged_at(staged, tmp_path / "prefix"), None)
     assert (virtiofsd, firmware) == (VirtiofsdRecord(VirtiofsdFlavour.RUST), ())
     assert (staged / "bin" / "virtiofsd").is_file() and not (staged / "libexec").exists()
 
@@ -173,7 +181,7 @@ def test_stale_staging_of_a_dead_build_is_removed(tmp_path: Path) -> None:
     alive = tmp_path / f".qemuprov-stage-build-{__import__('os').getpid()}"
     dead.mkdir()
     alive.mkdir()
-    stale_staging_cleanup(prefix)
+    remove_dead_side_paths(prefix)
     assert not dead.exists() and alive.exists()
 
 
@@ -283,8 +291,6 @@ def test_stale_staging_cleanup_removes_only_what_a_dead_build_left(tmp_path: Pat
     stays, as does the leftover of a build still running."""
     import os
 
-    from qemuprov.building.staging import stale_staging_cleanup
-
     tmp_path = tmp_path / "tools"
     tmp_path.mkdir()
     prefix = tmp_path / "q"
@@ -292,5 +298,5 @@ def test_stale_staging_cleanup_removes_only_what_a_dead_build_left(tmp_path: Pat
     for name in (f".qemuprov-stage-q-{dead}", f".qemuprov-new-q-{alive}", ".qemuprov-notes-q-backup"):
         (tmp_path / name).mkdir()
     (tmp_path / f".qemuprov-stage-q-{dead}.layer.tar.gz").write_bytes(b"partial")
-    stale_staging_cleanup(prefix)
+    remove_dead_side_paths(prefix)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".qemuprov-new-q-" + str(alive), ".qemuprov-notes-q-backup"]
