@@ -25,6 +25,9 @@ class Arch:
     cross_prefix: str  # the cross tools' prefix, e.g. aarch64-linux-gnu-
     kvm_argv: tuple[str, ...]  # the KVM test guest's machine and firmware options, before `-bios IMAGE`
     kvm_exit: int  # QEMU's exit status when that guest finished
+    firmware: tuple[str, ...]  # the files of share/qemu its machines load (patterns); the rest of the blobs can go
+    pc: bool  # a PC: OSv's run.py boots it from the disk (bootindex), with an ISA serial console on stdio
+    run_py_machine: tuple[str, ...]  # what OSv's run.py adds for this arch's machine
 
     @property
     def qemu(self) -> str:
@@ -38,10 +41,16 @@ class Arch:
 # aarch64: firmware at 0 on `virt` asks PSCI (hvc) for SYSTEM_OFF, which QEMU answers by exiting with status 0.
 X86_64 = Arch("x86_64", "amd64", "ttyS0", None, None, "pc", True, True, "qemu-system-x86", "gcc-x86-64-linux-gnu",
               "x86_64-linux-gnu-", ("-machine", "pc", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"),
-              (0x21 << 1) | 1)
+              (0x21 << 1) | 1,
+              ("bios.bin", "bios-256k.bin", "bios-microvm.bin", "qboot.rom", "vgabios*.bin", "sgabios.bin",
+               "linuxboot.bin", "linuxboot_dma.bin", "multiboot.bin", "multiboot_dma.bin", "pvh.bin", "kvmvapic.bin"),
+              True, ())
 AARCH64 = Arch("aarch64", "arm64", "ttyAMA0", "virt", "max", "virt", False, False, "qemu-system-arm",
-               "gcc-aarch64-linux-gnu", "aarch64-linux-gnu-", ("-machine", "virt", "-cpu", "max"), 0)
+               "gcc-aarch64-linux-gnu", "aarch64-linux-gnu-", ("-machine", "virt", "-cpu", "max"), 0,
+               (),  # the virt machine boots -kernel with no firmware of its own
+               False, ("--nographic", "-machine", "gic-version=max", "-cpu", "cortex-a57", "-machine", "virt"))
 ARCHES: dict[str, Arch] = {a.name: a for a in (X86_64, AARCH64)}
+RUN_PY_DEFAULT = X86_64  # what OSv's run.py boots without --arch
 _HOST_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 

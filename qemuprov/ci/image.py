@@ -100,7 +100,7 @@ def _build_environment(entry: Install) -> Runner:
 def distribution_firmware(entry: Install) -> list[str]:
     """The files of the distribution's firmware directories the install's arches load (a tree without blobs
     uses them); with a recipe's firmware = "all", every file there."""
-    arches = tuple(str(p.arch) for p in entry.qemu_probes)
+    arches = tuple(p.arch for p in entry.qemu_probes)
     keep_all = entry.record.plan is not None and entry.record.plan.firmware == FirmwareSet.ALL
     return [str(f) for d in entry.firmware_dirs if not d.startswith(str(entry.prefix)) and Path(d).is_dir()
             for f in sorted(Path(d).iterdir()) if keep_all or firmware.needed(f.name, arches)]

@@ -37,7 +37,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     daemon = verify.checked_daemon(targets.virtiofsd, cache, "bench")
     every = [q for path in targets.qemus if (q := verify.checked_qemu(path, cache, None)) is not None]
     cache.save()
-    have = sorted(str(q.arch) for q in every)
+    have = sorted(q.arch for q in every)
     if wanted and (missing := [a for a in wanted if a not in have]):
         raise UserError(f"--arch: {', '.join(missing)} is not among the QEMUs given (have: {', '.join(have)})",
                         hint="build the arch into the install (recipe arches), or leave --arch out")
@@ -49,7 +49,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     asked = {qemu.path: bench_plan.asked_windows(qemu, args.window or []) for qemu in qemus}
     plans = []
     for qemu in qemus:
-        accel = verify.choose_accel(Path(qemu.path), str(qemu.arch), args.accel)
+        accel = verify.choose_accel(Path(qemu.path), qemu.target, args.accel)
         amounts = bench_plan.Amounts.for_accel(accel)
         windows = bench_plan.windows_for(qemu, asked[qemu.path], amounts)
         plans.append((qemu, accel, amounts, bench_plan.settings_for(qemu, daemon, windows,
@@ -57,7 +57,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reports = []
     report = Reporter()
     for qemu, accel, amounts, settings in plans:
-        arch = str(qemu.arch)
+        arch = qemu.target
         share = bench.bench_dir()
         try:
             kit = bench.prepare(qemu, guestkit.ensure_kit(arch, guestkit.GENERIC), share)

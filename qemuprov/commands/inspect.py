@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.commands.base import Command, book
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import render
@@ -180,7 +181,7 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     """Comment lines: OSv's scripts/run.py command line per arch of the install, to paste in an OSv checkout."""
     from qemuprov.knowledge import osv
 
-    qemus = {str(p.arch): entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
+    qemus = {p.arch: entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
     if not qemus:
         raise UserError(f"--osv: {entry.name} holds no QEMU of its own (it is {entry.summary()})",
                         hint=f"use `qemuprov env {args.name}` for PATH, and your own QEMU with run.py's --qemu-path")
@@ -202,16 +203,15 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
 
 def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
     """A domain XML for libvirt with the install's QEMU and virtiofsd, after a comment that says what to add."""
-    import platform
-
     from qemuprov.knowledge import kvm, osv
     from qemuprov.proving import libvirt
 
-    qemus = {str(p.arch): entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
+    qemus = {p.arch: entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
     if not qemus:
         raise UserError(f"--libvirt: {entry.name} holds no QEMU of its own (it is {entry.summary()})",
                         hint="put the QEMU you use in <emulator>, and this install's bin/virtiofsd in <binary path>")
-    arch = args.arch or (platform.machine() if platform.machine() in qemus else sorted(qemus)[-1])
+    host = arches.host()
+    arch = args.arch or (host.name if host and host.name in qemus else sorted(qemus)[-1])
     if arch not in qemus:
         raise UserError(f"--arch: {entry.name} has no QEMU for {arch} (it has: {', '.join(sorted(qemus))})")
     daemon = entry.virtiofsd_probe
@@ -227,10 +227,11 @@ def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
         dax_bytes = osv.dax_size_bytes(osv.DEFAULT_DAX_SIZE)
     share = Path(args.share).expanduser().absolute() if args.share else Path.home() / "libvirt-share"
     own = str(entry.prefix / "share" / "qemu")
-    on_kvm = arch == platform.machine() and kvm.device().accessible
+    target = arches.get(arch)
+    on_kvm = target is host and kvm.device().accessible
     # the install's own daemon, never a path its record names: a moved or planted prefix would name any binary,
     # which libvirt then runs as root
-    xml = libvirt.domain_xml(f"qemuprov-{entry.name}-{arch}", qemus[arch], arch, entry.prefix / "bin" / "virtiofsd",
+    xml = libvirt.domain_xml(f"qemuprov-{entry.name}-{arch}", qemus[arch], target, entry.prefix / "bin" / "virtiofsd",
                              share, tag,
                              dax_bytes, tuple(d for d in entry.firmware_dirs if d != own), on_kvm)
     descriptor = entry.prefix / "share" / "qemu" / "vhost-user" / "50-qemuprov-virtiofsd.json"

@@ -9,27 +9,23 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
+from qemuprov.arches import ARCHES
 from qemuprov.infra import paths
 
 # Where distributions put it, for QEMUs built from their source trees (which carry no blobs).
 DISTRO_FIRMWARE = ("/usr/share/seabios", "/usr/share/qemu", "/usr/lib/ipxe/qemu", "/usr/share/ipxe/qemu")
 COMMON = ("keymaps", "trace-events-all", "vhost-user", "efi-*.rom", "pxe-*.rom")
-BY_ARCH = {
-    "x86_64": ("bios.bin", "bios-256k.bin", "bios-microvm.bin", "qboot.rom", "vgabios*.bin", "sgabios.bin",
-               "linuxboot.bin", "linuxboot_dma.bin", "multiboot.bin", "multiboot_dma.bin", "pvh.bin", "kvmvapic.bin"),
-    "aarch64": (),  # the virt machine boots -kernel with no firmware of its own
-}
 
 
 def needed(name: str, arches: tuple[str, ...]) -> bool:
-    patterns = COMMON + tuple(p for arch in arches for p in BY_ARCH.get(arch, ()))
+    patterns = COMMON + tuple(p for arch in arches if arch in ARCHES for p in ARCHES[arch].firmware)
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def keep_needed(datadir: Path, arches: tuple[str, ...]) -> list[str]:
     """Remove from an installed share/qemu what these arches never load; the names removed. An arch this
     module does not know keeps everything."""
-    if not datadir.is_dir() or any(arch not in BY_ARCH for arch in arches):
+    if not datadir.is_dir() or any(arch not in ARCHES for arch in arches):
         return []
     removed = []
     for entry in sorted(datadir.iterdir()):

@@ -8,6 +8,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemuprov import arches
 from qemuprov.errors import UserError
 
 DEFAULT_TAG = "myfs"  # OSv's virtio-fs documentation uses this tag
@@ -52,7 +53,7 @@ class RunPyLine:
 
     def argv(self) -> list[str]:
         args = ["./scripts/run.py"]
-        if self.arch != "x86_64":
+        if arches.get(self.arch) is not arches.RUN_PY_DEFAULT:
             args += ["--arch", self.arch]
         args += [f"--qemu-path={self.qemu}", f"--virtio-fs-tag={self.tag}", f"--virtio-fs-dir={self.share}",
                  f"--mount-fs={MOUNT_FS}"]
@@ -109,10 +110,9 @@ def qemu_argv(qemu: str, arch: str, disk: Path, socket: Path, tag: str, dax_size
     fs_device = f"vhost-user-fs-pci,queue-size=1024,chardev=char0,tag={tag}"
     if dax_size:
         fs_device += f",cache-size={dax_size}"
-    disk_device = "virtio-blk-pci,id=blk0,drive=hd0" + (",bootindex=0" if arch == "x86_64" and boot_disk else "")
-    argv = [qemu, "-m", MEMORY, "-smp", VCPUS]
-    if arch == "aarch64":
-        argv += ["--nographic", "-machine", "gic-version=max", "-cpu", "cortex-a57", "-machine", "virt"]
+    machine = arches.get(arch)
+    disk_device = "virtio-blk-pci,id=blk0,drive=hd0" + (",bootindex=0" if machine.pc and boot_disk else "")
+    argv = [qemu, "-m", MEMORY, "-smp", VCPUS, *machine.run_py_machine]
     argv += ["-device", disk_device,
              "-drive", f"file={disk},if=none,id=hd0,cache=none,aio=native",
              "-chardev", f"socket,id=char0,path={socket}",
@@ -122,7 +122,7 @@ def qemu_argv(qemu: str, arch: str, disk: Path, socket: Path, tag: str, dax_size
              "-netdev", "user,id=un0,net=192.168.122.0/24,host=192.168.122.1",
              "-device", "virtio-net-pci,netdev=un0",
              "-device", "virtio-rng-pci"]
-    if arch == "x86_64":
+    if machine.pc:
         if accel == "kvm":
             argv += ["-enable-kvm", "-cpu", "host,+x2apic"]
         argv += ["-chardev", "stdio,mux=on,id=stdio,signal=off", "-mon", "chardev=stdio,mode=readline",

@@ -36,7 +36,7 @@ from qemuprov.knowledge.probe_parse import (
 from qemuprov.recipe import VirtiofsdFlavour
 
 PROBE_TIMEOUT = 15.0
-CACHE_VERSION = 8  # bump when what a probe records or concludes changes
+CACHE_VERSION = 9  # bump when what a probe records or concludes changes
 RSEQ_TUNABLE = "glibc.pthread.rseq=0"  # the one spelling of the workaround for pre-7.0 C virtiofsd's seccomp filter
 
 # Where distributions put virtiofsd instead of PATH.
@@ -54,10 +54,10 @@ class QemuProbe:
     """What one qemu-system binary can do, as it answered over QMP and on its command line."""
 
     path: str
+    arch: str  # QEMU's name of its target (query-target), else the binary's: qemu-system-ARCH
     kind: str = "qemu"
     version: str | None = None
     package: str = ""
-    arch: str | None = None
     vhost_user_fs: bool = False
     devices: dict[str, bool] = field(default_factory=dict)
     dax: bool = False
@@ -66,6 +66,11 @@ class QemuProbe:
     netdevs: list[str] | None = None  # -netdev backends (`user` is slirp); None: the binary lists none
     aio_native: bool | None = None  # -drive aio=native works (linux-aio); None: could not be tried here
     error: str | None = None
+
+    @property
+    def target(self) -> arches.Arch:
+        """What the arch means (console, machine, firmware...); a UserError for one qemuprov does not boot."""
+        return arches.get(self.arch)
 
     @property
     def user_networking(self) -> bool:
@@ -122,7 +127,7 @@ def sets_rseq_tunable(path: Path) -> bool:
 
 
 def probe_qemu(path: Path) -> QemuProbe:
-    result = QemuProbe(path=str(path))
+    result = QemuProbe(path=str(path), arch=arch_of_name(path))
     argv: list[str | Path] = [path, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
     commands = probe_commands(aio_probe_file())
     run = procs.run(argv, timeout=PROBE_TIMEOUT, input=qmp_script(commands))
@@ -138,11 +143,16 @@ def probe_qemu(path: Path) -> QemuProbe:
     result.netdevs = _netdevs(path)
     facts = qemu_facts_from_qmp(replies)
     result.aio_native = facts.aio_native
-    result.version, result.package, result.arch = facts.version, facts.package, facts.arch
+    result.version, result.package = facts.version, facts.package
+    result.arch = facts.arch or result.arch
     result.devices, result.dax = facts.devices, facts.dax
     result.accels, result.memory_backends = facts.accels, facts.memory_backends
     result.vhost_user_fs = facts.devices.get("vhost-user-fs-pci", False)
     return result
+
+
+def arch_of_name(path: Path) -> str:
+    return path.name.removeprefix("qemu-system-")
 
 
 def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) -> QemuProbe:
@@ -157,7 +167,6 @@ def _probe_qemu_from_help(path: Path, result: QemuProbe, qmp_run: procs.Result) 
         result.error = f"printed a QEMU version, but --version {version_run.why()}{_last_line(version_run)}"
         return result
     result.version, result.package = parsed
-    result.arch = path.name.removeprefix("qemu-system-")
     result.netdevs = _netdevs(path)
     devices = devices_from_help(procs.run([path, "-device", "help"], timeout=PROBE_TIMEOUT).stdout)
     result.devices = {dev: dev in devices for dev in PROBED_DEVICES}
@@ -295,7 +304,8 @@ def _from_dict(data: dict[str, Any], where: str) -> Probe | None:
 def probe_binary(path: Path, cache: ProbeCache | None = None) -> Probe:
     """Probe one file. A file that is missing, not executable or neither kind gets an error, not an exception."""
     kind = classify(path)
-    placeholder: Probe = VirtiofsdProbe(path=str(path)) if kind == "virtiofsd" else QemuProbe(path=str(path))
+    placeholder: Probe = (VirtiofsdProbe(path=str(path)) if kind == "virtiofsd"
+                          else QemuProbe(path=str(path), arch=arch_of_name(path)))
     try:
         st = path.stat()
     except OSError as exc:

@@ -235,7 +235,7 @@ def run(bench: Bench, settings: list[Setting], share: Path, report: Reporter) ->
                 result.qemu = argv
             logs.append(qemu_log := (work / "qemu.log").open("wb"))
             vm = procs.spawn(argv, qemu_log, stdin_pipe=True)
-            lines = _follow(vm, work / "qemu.log", boot, share, report, str(bench.qemu.arch))
+            lines = _follow(vm, work / "qemu.log", boot, share, report, bench.qemu.arch)
         finally:
             stop_group(vm)
             for daemon in daemons:
@@ -362,4 +362,4 @@ def measures_of(workloads: tuple[str, ...]) -> list[str]:
 
 
 def prepare(qemu: QemuProbe, kit: Kit, into: Path) -> Kit:
-    return bench_initrd(kit, fio.ensure_fio(str(qemu.arch)), into)
+    return bench_initrd(kit, fio.ensure_fio(qemu.target), into)

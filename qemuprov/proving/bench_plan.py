@@ -158,8 +158,8 @@ class GuestPlan:
     def tag(self, index: int) -> str:
         return NINE_P_TAG if self.settings[index].fs == "9p" else f"qp{index}"
 
-    def kernel_append(self, arch: str) -> str:
-        console = arches.get(arch).console
+    def kernel_append(self, arch: arches.Arch) -> str:
+        console = arch.console
         mounts = ",".join(f"{s.fs}:{self.tag(i)}:{'dax' if s.window else '-'}" for i, s in enumerate(self.settings))
         return (f"console={console} panic=-1 quiet qemuprov.mounts={mounts} "
                 f"qemuprov.jobs={','.join(self.workloads)} qemuprov.reps={self.repetitions} "
@@ -178,4 +178,4 @@ def qemu_argv(qemu: QemuProbe, kit: Kit, plan: GuestPlan, sockets: dict[int, Pat
             window = f",cache-size={setting.window_text}" if setting.window else ""
             devices += ["-chardev", f"socket,id=vfs{index},path={sockets[index]}",
                         "-device", f"vhost-user-fs-pci,chardev=vfs{index},tag={plan.tag(index)}{window}"]
-    return guest_argv(qemu, kit, plan.kernel_append(str(qemu.arch)), "stdio", accel, firmware, devices)
+    return guest_argv(qemu, kit, plan.kernel_append(qemu.target), "stdio", accel, firmware, devices)

@@ -40,15 +40,15 @@ cp fio /out/fio && chown "$OWNER" /out/fio
 """
 
 
-def _key(arch: str) -> str:
+def _key(arch: arches.Arch) -> str:
     return hashlib.sha256(f"{BUILD_SCRIPT}{VERSION}{IMAGE}{arch}".encode()).hexdigest()[:12]
 
 
-def cached(arch: str) -> Path:
+def cached(arch: arches.Arch) -> Path:
     return paths.cache_dir() / "guest" / f"fio-{VERSION}-{arch}-{_key(arch)}" / "fio"
 
 
-def ensure_fio(arch: str) -> Path:
+def ensure_fio(arch: arches.Arch) -> Path:
     """The static fio for arch, built here once (about a minute per arch) and kept in the cache."""
     binary = cached(arch)
     if binary.is_file():
@@ -62,7 +62,7 @@ def ensure_fio(arch: str) -> Path:
     except QemuprovError as exc:
         raise InfraError("the bench guest's fio is built in a container, and " + exc.message,
                          hint="start Docker or Podman once; the built fio is kept in the cache") from None
-    target = arches.get(arch)
+    target = arch
     native = arches.host() is target
     env = {"FIO_VERSION": VERSION, "OWNER": f"{os.getuid()}:{os.getgid()}",
            # libc6-dev-*-cross is only recommended by the cross compiler

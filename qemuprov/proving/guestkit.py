@@ -68,7 +68,7 @@ poweroff -f
 
 @dataclass(frozen=True)
 class Kit:
-    arch: str
+    arch: arches.Arch
     kernel: Path
     initrd: Path
     fuse_dax: bool | None = None  # the kernel's CONFIG_FUSE_DAX, where its config is known
@@ -163,12 +163,12 @@ KIT_FILES = ("vmlinuz", "initrd.cpio")
 LOCK_TIMEOUT = 1800.0  # another verify fetching the same kit: a slow mirror takes minutes for 100 MB
 
 
-def ensure_kit(arch: str, spec: KitSpec = CLOUD) -> Kit:
+def ensure_kit(arch: arches.Arch, spec: KitSpec = CLOUD) -> Kit:
     """The kit for arch, made once: fetched under a lock, built under a temporary name and renamed into place
     with the digests of its files, which every later use checks (a kit cut short, or changed since, is made
     again)."""
     # Keyed by what goes into it (the pinned packages, the init), so a moved pin never meets a stale kit.
-    deb_arch = arches.get(arch).deb_arch
+    deb_arch = arch.deb_arch
     pins = spec.pins[deb_arch]
     pinned = " ".join(f"{p.package}={p.version}@{p.sha256}" for p in pins)
     recipe = hashlib.sha256((INIT + " ".join(spec.modules) + pinned).encode()).hexdigest()[:12]
@@ -195,7 +195,7 @@ def _intact(home: Path) -> bool:
         return False
 
 
-def _make_kit(arch: str, spec: KitSpec, pins: tuple[Pin, ...], deb_arch: str, home: Path) -> None:
+def _make_kit(arch: arches.Arch, spec: KitSpec, pins: tuple[Pin, ...], deb_arch: str, home: Path) -> None:
     Reporter().step("guest kit", f"fetching Debian {SUITE}'s {spec.name} kernel and busybox for {arch} (pinned: "
                                  f"{pins[0].package} {pins[0].version}) into {home} (once)")
     with tempfile.TemporaryDirectory(prefix=".kit-", dir=home.parent) as tmp:

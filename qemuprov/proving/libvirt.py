@@ -47,7 +47,7 @@ class Boot:
     console: Path
 
 
-def domain_xml(name: str, qemu: Path, arch: str, virtiofsd: Path, share: Path, tag: str, dax_bytes: int | None,
+def domain_xml(name: str, qemu: Path, arch: arches.Arch, virtiofsd: Path, share: Path, tag: str, dax_bytes: int | None,
                firmware: Sequence[str] = (), kvm: bool = True, boot: Boot | None = None) -> str:
     """A whole domain: memfd shared memory (vhost-user needs it), the virtiofs filesystem with the install's own
     virtiofsd, and for a DAX build the override that sets cache-size. firmware: -L directories QEMU needs
@@ -67,12 +67,12 @@ def domain_xml(name: str, qemu: Path, arch: str, virtiofsd: Path, share: Path, t
     ET.SubElement(backing, "access", mode="shared")
     ET.SubElement(domain, "vcpu").text = "1"
     os_element = ET.SubElement(domain, "os")
-    ET.SubElement(os_element, "type", arch=arch, machine=arches.get(arch).libvirt_machine).text = "hvm"
+    ET.SubElement(os_element, "type", arch=arch.name, machine=arch.libvirt_machine).text = "hvm"
     if boot is not None:
         ET.SubElement(os_element, "kernel").text = str(boot.kernel)
         ET.SubElement(os_element, "initrd").text = str(boot.initrd)
         ET.SubElement(os_element, "cmdline").text = boot.cmdline
-    if arches.get(arch).libvirt_acpi:
+    if arch.libvirt_acpi:
         ET.SubElement(ET.SubElement(domain, "features"), "acpi")
     else:
         ET.SubElement(domain, "cpu", mode="maximum" if not kvm else "host-passthrough")
@@ -139,7 +139,7 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
     """Define a transient domain from the XML `env --libvirt` prints, plus the kit's kernel and a console file;
     read the guest's verdict from that file. Nothing stays defined or running."""
     start = time.monotonic()
-    outcome = BootResult(str(qemu.arch), False, 0.0, "kvm" if kvm else "tcg", mode=VerifyMode.LIBVIRT, kit=kit.record())
+    outcome = BootResult(qemu.arch, False, 0.0, "kvm" if kvm else "tcg", mode=VerifyMode.LIBVIRT, kit=kit.record())
     name = f"qemuprov-verify-{os.getpid()}-{qemu.arch}"
     with paths.scratch_dir("qemuprov-libvirt-") as work:
         work.chmod(0o755)  # libvirt's QEMU may run as another user
@@ -147,7 +147,7 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
         share.mkdir()
         (share / "from-host.txt").write_text(token + "\n")
         console = work / "console.log"
-        xml = domain_xml(name, Path(qemu.path), str(qemu.arch), Path(daemon.path), share, TAG,
+        xml = domain_xml(name, Path(qemu.path), qemu.target, Path(daemon.path), share, TAG,
                          window_bytes(qemu), firmware, kvm,
                          Boot(kit.kernel, kit.initrd, kernel_append(qemu), console))
         (work / "domain.xml").write_text(xml)

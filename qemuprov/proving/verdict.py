@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qemuprov import arches
 from qemuprov.infra import safefile
 from qemuprov.knowledge.probe import QemuProbe
 from qemuprov.proving.guestkit import TAG, Kit
@@ -17,7 +16,7 @@ DAX_WINDOW_MB = 64  # the window verify asks for: enough to map the test file, s
 
 
 def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
-    console = arches.get(str(qemu.arch)).console
+    console = qemu.target.console
     return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
 
 

@@ -73,7 +73,7 @@ def guest_argv(qemu: QemuProbe, kit: Kit, append: str, serial: str, accel: str, 
             "-serial", serial, "-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", append,
             "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on", "-numa", "node,memdev=mem",
             *share]
-    arch = arches.get(str(qemu.arch))
+    arch = qemu.target
     argv += ["-machine", arch.machine] if arch.machine else []
     argv += ["-cpu", arch.cpu] if arch.cpu else []
     for directory in firmware:
@@ -116,9 +116,9 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
     if disk is None:
         raise UserError("verify --osv: no directory here takes O_DIRECT (cache=none), which OSv's disk line needs",
                         hint="set XDG_CACHE_HOME (or QEMUPROV_CACHE) to a directory on a disk, not tmpfs")
-    argv = osv.qemu_argv(qemu.path, str(qemu.arch), disk, socket, osv.DEFAULT_TAG,
+    argv = osv.qemu_argv(qemu.path, qemu.arch, disk, socket, osv.DEFAULT_TAG,
                          DAX_WINDOW if qemu.dax else None, accel, boot_disk=False)
-    argv += ["-display", "none"] if arches.get(str(qemu.arch)).display_none else []
+    argv += ["-display", "none"] if qemu.target.display_none else []
     argv += ["-kernel", str(kit.kernel), "-initrd", str(kit.initrd), "-append", kernel_append(qemu, osv.DEFAULT_TAG)]
     if accel != "kvm":
         argv += ["-accel", accel]
@@ -156,7 +156,7 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
                accel: str, mode: str) -> BootResult:
     """Boot what make_launch(work dir) describes; the work dir holds share/ with the host's file in it."""
     start = time.monotonic()
-    outcome = BootResult(str(qemu.arch), False, 0.0, accel, mode=mode, kit=kit.record())
+    outcome = BootResult(qemu.arch, False, 0.0, accel, mode=mode, kit=kit.record())
     vfs: subprocess.Popen[bytes] | None = None
     vm: subprocess.Popen[bytes] | None = None
     launch: Launch | None = None
@@ -206,13 +206,13 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
     return outcome
 
 
-def choose_accel(qemu: Path, arch: str, requested: str, machine: str | None = None) -> str:
+def choose_accel(qemu: Path, arch: arches.Arch, requested: str, machine: str | None = None) -> str:
     """auto: KVM only for a guest of the host's own arch (machine: platform.machine() where None), and only where
     a bounded test guest of that arch runs under KVM with this very QEMU (the verdict is cached)."""
     if requested != "auto":
         return requested
     host = arches.host(machine)
-    if host is None or host.name != arch or not kvm.device().accessible:
+    if host is not arch or not kvm.device().accessible:
         return "tcg"
     if kvm.verdict(qemu, paths.cache_dir() / "kvm.json", host)["usable"]:
         return "kvm"
@@ -284,11 +284,11 @@ def verify_all(qemus: list[Path], daemon_path: Path, firmware: list[str], wanted
         if qemu is None:
             continue
         if not qemu.vhost_user_fs:
-            outcomes.append(BootResult(str(qemu.arch), False, 0.0, "-", failure="qemu",
+            outcomes.append(BootResult(qemu.arch, False, 0.0, "-", failure="qemu",
                                     message=f"{path} has no vhost-user-fs-pci device"))
             continue
-        kit = Kit(str(qemu.arch), *own_kit) if own_kit else guestkit.ensure_kit(str(qemu.arch))
-        chosen = choose_accel(Path(qemu.path), str(qemu.arch), accel)
+        kit = Kit(qemu.target, *own_kit) if own_kit else guestkit.ensure_kit(qemu.target)
+        chosen = choose_accel(Path(qemu.path), qemu.target, accel)
         if mode == VerifyMode.LIBVIRT:
             outcome = libvirt.boot(qemu, daemon, kit, chosen == "kvm", firmware, connect)
         else:

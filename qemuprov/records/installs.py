@@ -82,7 +82,7 @@ class Install:
             return f"damaged: {self.damaged}"
         qemus = self.qemu_probes
         version = qemus[0].version if qemus else "?"
-        arches = ",".join(sorted(str(p.arch) for p in qemus)) or "?"
+        arches = ",".join(sorted(p.arch for p in qemus)) or "?"
         vfs = self.virtiofsd_probe
         daemon = f"{'C' if vfs.flavour == VirtiofsdFlavour.C else 'Rust'} virtiofsd" if vfs else "no virtiofsd"
         if vfs and not qemus and self.manifest and self.manifest.source is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from qemuprov import arches
 from qemuprov.proving import guestkit
 from tests.integration.conftest import Env
 
@@ -43,7 +44,7 @@ def test_what_a_guest_leaves_in_the_share_is_not_followed_read_whole_or_waited_o
     secret = tmp_path / "root-only.txt"
     secret.write_text("THE-HOSTS-SECRET\n")
     secret.chmod(0o600)
-    kit = guestkit.ensure_kit("x86_64")
+    kit = guestkit.ensure_kit(arches.X86_64)
     init = HOSTILE_INIT.replace("MODULES", " ".join(guestkit.MODULES)).replace("SECRET", str(secret))
     initrd = tmp_path / "hostile.cpio"
     initrd.write_bytes(kit.initrd.read_bytes() + guestkit.cpio_newc([("init", 0o100755, init.encode())]))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from qemuprov import arches
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import guestkit, libvirt
 from qemuprov.recipe import VirtiofsdFlavour
@@ -116,7 +117,7 @@ def test_a_window_asked_of_a_qemu_without_one_is_one_clear_line(qenv: Env, uri: 
     daemon = VirtiofsdProbe(path=DEBIAN_VIRTIOFSD, flavour=VirtiofsdFlavour.C, version="7.2")
     monkeypatch.setenv("QEMUPROV_CACHE", qenv.vars["QEMUPROV_CACHE"])  # the kit the other tests fetched
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", uri)
-    outcome = libvirt.boot(qemu, daemon, guestkit.ensure_kit("x86_64"), False, (), None)
+    outcome = libvirt.boot(qemu, daemon, guestkit.ensure_kit(arches.X86_64), False, (), None)
     assert not outcome.ok and outcome.failure == "qemu"
     assert outcome.message.startswith(libvirt.NO_WINDOW), outcome.message + "\n".join(outcome.log)
     assert _virsh(uri, "list", "--all", "--name").stdout.strip() == ""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from qemuprov import arches
 from qemuprov.knowledge import probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import guestkit, verify
@@ -82,7 +83,7 @@ def test_captured_run_py_line_boots(request: pytest.FixtureRequest, shared_cache
     qemu = probe.probe_binary(built.prefix / "bin" / f"qemu-system-{arch}", cache)
     daemon = probe.probe_binary(built.prefix / "bin" / "virtiofsd", cache)
     assert isinstance(qemu, QemuProbe) and isinstance(daemon, VirtiofsdProbe)
-    kit = guestkit.ensure_kit(arch)
+    kit = guestkit.ensure_kit(arches.get(arch))
     firmware = list(built.manifest["firmware"])  # type: ignore[call-overload]
     outcome = verify.run_launch(
         qemu, daemon, kit, lambda work: _capture_launch(CAPTURE_BY_ARCH[arch], qemu, daemon, kit, firmware, work),
@@ -141,7 +142,7 @@ def test_guest_kits_say_whether_their_kernel_can_use_dax(shared_cache: None) -> 
     # The pinned kit is Debian 13's cloud kernel on both arches, which has FUSE_DAX (Debian 12's arm64 did not):
     # a DAX build is tried with -o dax on aarch64 too.
     for arch in ("x86_64", "aarch64"):
-        kit = guestkit.ensure_kit(arch)
+        kit = guestkit.ensure_kit(arches.get(arch))
         assert kit.fuse_dax is True and "deb13" in kit.record()["kernel"], kit.record()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from qemuprov import arches
 from tests.integration.conftest import Env
 
 DEBIAN_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -158,7 +159,7 @@ def test_a_pin_the_mirror_no_longer_carries_comes_from_the_snapshot_archive(
             monkeypatch.setenv("QEMUPROV_DEBIAN_MIRROR", mirror)
             monkeypatch.setenv("QEMUPROV_DEBIAN_SNAPSHOT", archive)
             monkeypatch.setenv("QEMUPROV_CACHE", str(tmp_path / f"cache-{lying}"))
-            kit = guestkit.ensure_kit("x86_64")
+            kit = guestkit.ensure_kit(arches.X86_64)
         assert kit.record()["kernel"] == "6.12.117+deb13-cloud-amd64" and kit.fuse_dax is True
         assert len(mirror_asked) == 2 and len(asked) == 2, (mirror_asked, asked)
         assert all(path.startswith(f"/archive/debian/{guestkit.SNAPSHOT_STAMP}/pool/main/") for path in asked)
@@ -166,7 +167,7 @@ def test_a_pin_the_mirror_no_longer_carries_comes_from_the_snapshot_archive(
     with _serving(snapshot) as (archive, asked):
         monkeypatch.setenv("QEMUPROV_DEBIAN_SNAPSHOT", archive)
         monkeypatch.setenv("QEMUPROV_DEBIAN_MIRROR", archive + "/nothing")
-        again = guestkit.ensure_kit("x86_64")
+        again = guestkit.ensure_kit(arches.X86_64)
     assert again.initrd.stat().st_size > 1_000_000 and len(asked) == 4  # fetched and made again
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from qemuprov import arches
 from qemuprov.errors import UserError
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.knowledge.probe_parse import properties_from_help, thread_pool_default, virtiofsd_facts
@@ -24,7 +25,7 @@ from tests.conftest import CAPTURES
 
 DAX = CAPTURES / "qemu-6.1-dev-dax"
 FIO = CAPTURES / "fio-3.33"
-KIT = Kit("x86_64", Path("/k/vmlinuz"), Path("/k/initrd"))
+KIT = Kit(arches.X86_64, Path("/k/vmlinuz"), Path("/k/initrd"))
 
 
 def _qemu(dax: bool, nine_p: bool = True, arch: str = "x86_64") -> QemuProbe:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from qemuprov import arches
 from qemuprov.building.expectations import check_expectations
 from qemuprov.errors import UserError
 from qemuprov.knowledge import osv, plan
@@ -187,14 +188,14 @@ def test_expectations_name_a_missing_netdev_and_aio() -> None:
     assert "lacks the netdev backend user" in problems and "aio=native (linux-aio): expected True" in problems
 
 
-KIT = Kit("aarch64", Path("vmlinuz"), Path("initrd"), fuse_dax=False)
+KIT = Kit(arches.AARCH64, Path("vmlinuz"), Path("initrd"), fuse_dax=False)
 DAX_QEMU = QemuProbe("q", arch="aarch64", dax=True)
 
 
 def test_dax_verdict_tells_the_three_cases_apart() -> None:
     window = "QEMUPROV: dax-window " + (DAX_CAPTURES / "guest-dmesg-dax.txt").read_text().strip()
     mounts = "QEMUPROV: dax-mount " + (DAX_CAPTURES / "guest-proc-mounts-dax.txt").read_text().strip()
-    assert dax_verdict(QemuProbe("q", dax=False), [], KIT)[1] == "-"
+    assert dax_verdict(QemuProbe("q", "x86_64", dax=False), [], KIT)[1] == "-"
     ok = ["QEMUPROV: read 1234", window, mounts, "QEMUPROV: dax-read 1234"]
     assert dax_verdict(DAX_QEMU, ok, KIT) == (True, "yes", "")
     dax, status, reason = dax_verdict(DAX_QEMU, ["QEMUPROV: read 1234", "QEMUPROV: dax-mount-failed x"], KIT)
@@ -219,10 +220,10 @@ def test_the_aarch64_kit_can_verify_dax_as_the_real_guest_did() -> None:
     assert guestkit.PINS["arm64"][0].package.endswith("-cloud-arm64") and "deb13" in guestkit.PINS["arm64"][0].package
     window = "QEMUPROV: dax-window " + (DAX_CAPTURES / "guest-dmesg-dax-aarch64.txt").read_text().strip()
     mounts = "QEMUPROV: dax-mount " + (DAX_CAPTURES / "guest-proc-mounts-dax-aarch64.txt").read_text().strip()
-    arm_kit = Kit("aarch64", Path("vmlinuz"), Path("initrd"), fuse_dax=True)
+    arm_kit = Kit(arches.AARCH64, Path("vmlinuz"), Path("initrd"), fuse_dax=True)
     lines = ["QEMUPROV: mounted", "QEMUPROV: read 1234", window, mounts, "QEMUPROV: dax-read 1234"]
     assert dax_verdict(DAX_QEMU, lines, arm_kit) == (True, "yes", "")
-    own = Kit("aarch64", Path("/home/me/Image"), Path("initrd"), fuse_dax=False)
+    own = Kit(arches.AARCH64, Path("/home/me/Image"), Path("initrd"), fuse_dax=False)
     dax, status, reason = dax_verdict(DAX_QEMU, ["QEMUPROV: mounted", "QEMUPROV: dax-mount-failed x"], own)
     assert (dax, status) == (None, "not tested") and "CONFIG_FUSE_DAX" in reason
 
@@ -230,7 +231,7 @@ def test_the_aarch64_kit_can_verify_dax_as_the_real_guest_did() -> None:
 def test_a_qemu_without_the_window_never_gets_a_dax_yes() -> None:
     window = "QEMUPROV: dax-window " + (DAX_CAPTURES / "guest-dmesg-dax-aarch64.txt").read_text().strip()
     no_window = QemuProbe("q", arch="aarch64", dax=False)
-    verdict = dax_verdict(no_window, ["QEMUPROV: mounted", window], Kit("aarch64", Path("k"), Path("i"), True))
+    verdict = dax_verdict(no_window, ["QEMUPROV: mounted", window], Kit(arches.AARCH64, Path("k"), Path("i"), True))
     assert verdict[1] == "-" and verdict[0] is not True
 
 

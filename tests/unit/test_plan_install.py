@@ -219,14 +219,14 @@ def test_plan_minimal_aarch64_devices_where_the_tree_offers_them(tmp_path: Path)
 def test_pairing_warnings_name_the_combinations_known_to_break() -> None:
     from qemuprov.knowledge.probe import pairing_warnings
 
-    dax_qemu = QemuProbe("/q", version="6.0.94", vhost_user_fs=True, dax=True)
+    dax_qemu = QemuProbe("/q", "x86_64", version="6.0.94", vhost_user_fs=True, dax=True)
     fork_daemon = VirtiofsdProbe("/v", flavour="c", version="6.0.94")
     rust = VirtiofsdProbe("/r", flavour="rust", version="1.13.2")
     assert pairing_warnings(dax_qemu, fork_daemon) == []
     assert "does not serve DAX mappings" in pairing_warnings(dax_qemu, rust)[0]
     assert "different trees" in pairing_warnings(dax_qemu, VirtiofsdProbe("/v", flavour="c", version="7.2.22"))[0]
     for version, warned in (("7.0.0", False), ("7.1.0", True), ("8.0.5", True), ("8.1.0", False)):
-        plain = QemuProbe("/q", version=version, vhost_user_fs=True)
+        plain = QemuProbe("/q", "x86_64", version=version, vhost_user_fs=True)
         assert any("--tag" in w for w in pairing_warnings(plain, rust)) is warned, version
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from qemuprov import arches
 from qemuprov.infra import safefile
 from qemuprov.sources import lockfiles
 
@@ -75,10 +76,10 @@ def test_an_aarch64_host_tests_kvm_with_its_own_qemu_and_arch(monkeypatch: pytes
     from qemuprov.proving import verify
 
     tested = _kvm_world(monkeypatch, usable=True)
-    assert verify.choose_accel(Path("/opt/q/bin/qemu-system-aarch64"), "aarch64", "auto", machine) == "kvm"
+    assert verify.choose_accel(Path("/opt/q/bin/qemu-system-aarch64"), arches.AARCH64, "auto", machine) == "kvm"
     assert tested == [("/opt/q/bin/qemu-system-aarch64", "aarch64")]
     # a guest of the other arch is emulated, and KVM is not even tested for it
-    assert verify.choose_accel(Path("/opt/q/bin/qemu-system-x86_64"), "x86_64", "auto", machine) == "tcg"
+    assert verify.choose_accel(Path("/opt/q/bin/qemu-system-x86_64"), arches.X86_64, "auto", machine) == "tcg"
     assert len(tested) == 1
 
 
@@ -87,10 +88,10 @@ def test_an_x86_64_host_with_broken_kvm_uses_tcg_and_an_explicit_accel_is_kept(
     from qemuprov.proving import verify
 
     tested = _kvm_world(monkeypatch, usable=False)
-    assert verify.choose_accel(Path("/usr/bin/qemu-system-x86_64"), "x86_64", "auto", "x86_64") == "tcg"
+    assert verify.choose_accel(Path("/usr/bin/qemu-system-x86_64"), arches.X86_64, "auto", "x86_64") == "tcg"
     assert tested == [("/usr/bin/qemu-system-x86_64", "x86_64")]
-    assert verify.choose_accel(Path("/usr/bin/qemu-system-aarch64"), "aarch64", "kvm", "x86_64") == "kvm"
-    assert verify.choose_accel(Path("/usr/bin/qemu-system-x86_64"), "x86_64", "auto", "riscv64") == "tcg"
+    assert verify.choose_accel(Path("/usr/bin/qemu-system-aarch64"), arches.AARCH64, "kvm", "x86_64") == "kvm"
+    assert verify.choose_accel(Path("/usr/bin/qemu-system-x86_64"), arches.X86_64, "auto", "riscv64") == "tcg"
 
 
 def test_the_aarch64_kvm_test_guest_runs_to_its_end_under_tcg_and_a_hang_is_caught(
