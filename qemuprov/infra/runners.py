@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 
 from packaging.version import InvalidVersion, Version
 
-from qemuprov.errors import InfraError, UserError
+from qemuprov.errors import InfraError, QemuprovError, UserError
 from qemuprov.infra import builder_images, engines, procs, transfer, unpack
 from qemuprov.infra.compilers import CCACHE_MASQUERADE, host_ccache, host_compilers
 from qemuprov.infra.engines import Engine
@@ -39,6 +39,8 @@ MODERN_MESON = Version("1.5")  # what QEMU 10 asks for (its pythondeps.toml)
 WORK_IN_CONTAINER = "/qemuprov/work"
 CREATE_TIMEOUT = 120.0  # a loaded machine's Podman has taken seconds to make a container, never minutes
 TRANSPORTS = ("auto", "bind", "copy")
+ONE_SHOT_LABEL = "org.qemuprov.one-shot"
+ONE_SHOT_OUTPUT_LINES = 200  # what a one-shot container's log is read of: its end
 
 
 def container_transport() -> str:
@@ -492,3 +494,34 @@ def get_runner(name: str, builder: str, base: str | None = None,
     else:
         engine = engines.require_engine("Podman" if name == "podman" else "any")
     return ContainerRunner(engine, builder_images.builder_image(builder, base)), None
+
+
+def one_shot(image: str, script: str, env: Mapping[str, str], out: Path, timeout: float,
+             doing: str) -> tuple[int, str]:
+    """A throwaway container of `image` runs `sh -c script` with `out` at /out (and the network): for work that
+    needs a Debian userland and nothing of a build (the bench guest's fio). Removed whatever happens; its exit
+    status and the end of its output. No engine, no image, or no end in time: an InfraError."""
+    try:
+        engine = engines.require_engine()
+    except QemuprovError as exc:
+        raise InfraError(f"{doing} runs in a container, and {exc.message}",
+                         hint="start Docker or Podman once; what it makes is kept in the cache") from None
+    try:
+        container = engines.client(engine).containers.run(
+            image, ["sh", "-c", script], detach=True, network_mode="host", environment=dict(env),
+            volumes={str(out): {"bind": "/out", "mode": "rw"}}, labels={ONE_SHOT_LABEL: doing[:60]})
+    except Exception as exc:  # the SDK's ImageNotFound, APIError: no image to run, or no engine
+        raise InfraError(f"could not start a {image} container for {doing}: {str(exc)[-300:]}",
+                         hint=f"`docker pull {image}` (the engine needs the network once)") from None
+    try:
+        status = container.wait(timeout=timeout)
+        said = container.logs(tail=ONE_SHOT_OUTPUT_LINES).decode(errors="replace").strip()
+    except Exception as exc:  # the SDK's read timeout, or an engine gone away
+        raise InfraError(f"{doing} in a {image} container did not finish: {str(exc)[-200:]}",
+                         hint=f"it is given {timeout:.0f} s; see `docker ps -a --filter label={ONE_SHOT_LABEL}`"
+                         ) from None
+    finally:
+        with contextlib.suppress(Exception):  # an engine gone away keeps it; the label finds it
+            container.remove(force=True)
+    code = status.get("StatusCode") if isinstance(status, dict) else None
+    return (code if isinstance(code, int) else -1), said

@@ -13,41 +13,32 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from qemuprov.errors import UserError
-from qemuprov.infra import paths, procs
+from qemuprov.infra import paths
 from qemuprov.infra.procs import stop_group
 from qemuprov.infra.progress import Reporter
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
-from qemuprov.proving import bench_plan, fio, guestkit
+from qemuprov.proving import bench_plan, boot, fio, guestkit
 from qemuprov.proving.bench_plan import WORKLOADS, Amounts, GuestPlan, Setting
 from qemuprov.proving.bench_results import MAX_RESULT_BYTES, MEASURES, FioOutputError, SettingResult, parse_fio
+from qemuprov.proving.boot import Console, Session
 from qemuprov.proving.guestkit import Kit
 from qemuprov.proving.verify import virtiofsd_argv
 
-SOCKET_TIMEOUT = 10.0
 BOOT_ALLOWANCE = 120.0  # a TCG boot of the kit takes 5 to 20 s
 JOB_ALLOWANCE = 180.0  # the longest the guest may stay silent: one repetition of every job
 MAX_LINES = 10_000  # of QEMUPROV: lines from one boot; the bench init prints a few per repetition
 
-BENCH_INIT = r"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mkdir -p /proc /sys /dev /mnt /tmp
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-for m in %(modules)s; do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko; done
-say() { echo "QEMUPROV: $*"; }
-arg() { sed -n "s/.*qemuprov\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-reps=$(arg reps)
+# bench's part of the guest init: fio's jobs against each setting's mount in turn, the host answering "wait N"
+BENCH_PART = r"""reps=$(arg reps)
 for job in $(arg jobs | tr , ' '); do cat /bench/$job.fio; done > /tmp/jobs.fio
 for kv in $(arg env | tr , ' '); do export "$kv"; done
 export DIR=/mnt
 dmesg | grep 'Cache len' | sed 's/^/QEMUPROV: dax-window /'
 i=0
 for m in $(arg mounts | tr , ' '); do
-  fs=${m%%%%:*}; rest=${m#*:}; tag=${rest%%%%:*}; opts=${rest#*:}
+  fs=${m%%:*}; rest=${m#*:}; tag=${rest%%:*}; opts=${rest#*:}
   say "wait $i"
   read -r reply
   if [ "$fs" = 9p ]; then
@@ -88,15 +79,13 @@ for m in $(arg mounts | tr , ' '); do
   umount /mnt
   i=$((i + 1))
 done
-say done
-poweroff -f
 """
 
 
 def bench_initrd(kit: Kit, fio_binary: Path, into: Path) -> Kit:
     """The kit's initramfs with a second archive after it: fio, the job files and the bench init, which
     replaces the kit's (the kernel unpacks both, the later file over the earlier)."""
-    init = BENCH_INIT % {"modules": " ".join(guestkit.GENERIC.modules)}
+    init = guestkit.init_script(BENCH_PART, guestkit.GENERIC.modules)
     entries = [("bench", 0o040755, b""), ("bin/fio", 0o100755, fio_binary.read_bytes()),
                ("init", 0o100755, init.encode()),
                *((f"bench/{w.name}.fio", 0o100644, w.job.encode()) for w in WORKLOADS)]
@@ -179,7 +168,7 @@ class Bench:
 
 
 @dataclass
-class Boot:
+class GuestRun:
     """One guest run: the settings that got a device, by their index in the guest, and how the host's cache was
     dropped."""
 
@@ -188,29 +177,21 @@ class Boot:
     host_cache: str = ""
 
 
-def _start_daemons(bench: Bench, results: list[SettingResult], share: Path, work: Path,
-                   logs: list[IO[bytes]]) -> tuple[list[subprocess.Popen[bytes]], dict[int, Path]]:
+def _start_daemons(bench: Bench, results: list[SettingResult], guest: Session) -> dict[int, Path]:
     """A virtiofsd per virtio-fs setting; one that makes no socket fails its setting, not the rest."""
-    daemons: list[subprocess.Popen[bytes]] = []
     sockets: dict[int, Path] = {}
     for number, result in enumerate(results):
         if result.setting.fs != "virtiofs":
             continue
-        socket = work / f"vfs{number}.sock"
-        result.daemon = virtiofsd_argv(bench.daemon, socket, share, result.setting.cache, result.setting.threads)
-        log = (work / f"virtiofsd{number}.log").open("wb")
-        logs.append(log)
-        daemon = procs.spawn(result.daemon, log)
-        daemons.append(daemon)
-        deadline = time.monotonic() + SOCKET_TIMEOUT
-        while not socket.exists() and daemon.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if socket.exists():
-            sockets[number] = socket
+        socket = guest.work / f"vfs{number}.sock"
+        result.daemon = virtiofsd_argv(bench.daemon, socket, guest.share, result.setting.cache,
+                                       result.setting.threads)
+        daemon = guest.start_daemon(result.daemon, socket, f"virtiofsd{number}")
+        if daemon.failure:
+            result.error = f"virtiofsd made no socket ({'; '.join(daemon.last_words(1)) or 'no output'})"
         else:
-            said = (work / f"virtiofsd{number}.log").read_text(errors="replace").strip().splitlines()[-1:]
-            result.error = f"virtiofsd made no socket ({'; '.join(said) or 'no output'})"
-    return daemons, sockets
+            sockets[number] = socket
+    return sockets
 
 
 def run(bench: Bench, settings: list[Setting], share: Path, report: Reporter) -> tuple[list[SettingResult], str]:
@@ -218,72 +199,51 @@ def run(bench: Bench, settings: list[Setting], share: Path, report: Reporter) ->
     settings, and how the host's page cache was dropped."""
     results = [SettingResult(s, bench.accel) for s in settings]
     paths.remove_tree(share / "results")
-    logs: list[IO[bytes]] = []
-    daemons: list[subprocess.Popen[bytes]] = []
-    vm: subprocess.Popen[bytes] | None = None
-    with paths.scratch_dir("qemuprov-bench-run-") as work:
-        try:
-            daemons, sockets = _start_daemons(bench, results, share, work, logs)
-            running = [n for n, r in enumerate(results) if r.setting.fs == "9p" or n in sockets]
-            plan = GuestPlan(tuple(results[n].setting for n in running), bench.workloads, bench.repetitions,
-                             bench.amounts)
-            boot = Boot(plan, {i: results[n] for i, n in enumerate(running)})
-            argv = bench_plan.qemu_argv(bench.qemu, bench.kit, plan,
-                                        {i: sockets[n] for i, n in enumerate(running) if n in sockets}, share,
-                                        bench.accel, bench.firmware)
-            for result in boot.results.values():
-                result.qemu = argv
-            logs.append(qemu_log := (work / "qemu.log").open("wb"))
-            vm = procs.spawn(argv, qemu_log, stdin_pipe=True)
-            lines = _follow(vm, work / "qemu.log", boot, share, report, bench.qemu.arch)
-        finally:
-            stop_group(vm)
-            for daemon in daemons:
-                stop_group(daemon)
-            for log in logs:
-                log.close()
-        qemu_said = [ln for ln in (work / "qemu.log").read_text(errors="replace").splitlines()
-                     if not ln.startswith("QEMUPROV:")]
-    for index, result in boot.results.items():
+    with boot.session("bench-run", share=share) as guest:
+        sockets = _start_daemons(bench, results, guest)
+        running = [n for n, r in enumerate(results) if r.setting.fs == "9p" or n in sockets]
+        plan = GuestPlan(tuple(results[n].setting for n in running), bench.workloads, bench.repetitions,
+                         bench.amounts)
+        run_ = GuestRun(plan, {i: results[n] for i, n in enumerate(running)})
+        argv = bench_plan.qemu_argv(bench.qemu, bench.kit, plan,
+                                    {i: sockets[n] for i, n in enumerate(running) if n in sockets}, share,
+                                    bench.accel, bench.firmware)
+        for result in run_.results.values():
+            result.qemu = argv
+        vm = guest.start_qemu(argv)
+        lines = _follow(vm, Console(guest.work / "qemu.log", MAX_LINES), run_, share, report, bench.qemu.arch)
+        stop_group(vm)
+        qemu_said = guest.qemu_said()
+    for index, result in run_.results.items():
         _judge(result, index, lines, qemu_said, share / "results", bench.workloads, bench.repetitions)
         result.summarize()
-    return results, boot.host_cache
+    return results, run_.host_cache
 
 
-def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path, report: Reporter,
+def _follow(vm: subprocess.Popen[bytes], console: Console, run_: GuestRun, share: Path, report: Reporter,
             arch: str) -> list[str]:
     """The guest's QEMUPROV: lines as they come: at each "wait N" the host drops its page cache and answers; a
     progress line per job. Until the guest powers off, or stays silent longer than a job may take."""
-    plan = boot.plan
+    plan = run_.plan
     total = plan.repetitions * len(measures_of(plan.workloads))
     deadline = time.monotonic() + BOOT_ALLOWANCE
     # However chatty the console, the whole boot is bounded: every setting's repetitions and its warm-up.
     last = deadline + JOB_ALLOWANCE * len(plan.settings) * (plan.repetitions + 1)
-    seen, done = 0, 0
-    lines: list[str] = []
+    done = 0
     started = time.monotonic()
     current: SettingResult | None = None
-    while vm.poll() is None and time.monotonic() < min(deadline, last) and len(lines) < MAX_LINES:
-        with console.open("rb") as handle:
-            handle.seek(seen)
-            chunk = handle.read(1 << 20)
-        complete = chunk[:chunk.rfind(b"\n") + 1]
-        seen += len(complete)
-        for raw in complete.decode(errors="replace").splitlines():
-            if not raw.startswith("QEMUPROV: "):
-                continue
-            line = raw.strip()
-            lines.append(line)
+    while vm.poll() is None and time.monotonic() < min(deadline, last) and not console.full:
+        for line in console.new_lines():
             deadline = time.monotonic() + JOB_ALLOWANCE
             words = [*line.split(), "", "", ""]
-            if words[1] == "wait" and wait_number(words[2]) in boot.results and vm.stdin is not None:
+            if words[1] == "wait" and wait_number(words[2]) in run_.results and vm.stdin is not None:
                 if current is not None:
                     report.progress(done, total)
                     current.seconds = round(time.monotonic() - started, 1)
-                current, started, done = boot.results[int(words[2])], time.monotonic(), 0
+                current, started, done = run_.results[int(words[2])], time.monotonic(), 0
                 report.step(f"bench {arch}", f"{current.setting.what} "
                             f"({int(words[2]) + 1}/{len(plan.settings)}, {current.accel})")
-                boot.host_cache = drop_host_cache(share)
+                run_.host_cache = drop_host_cache(share)
                 with contextlib.suppress(BrokenPipeError):  # QEMU gone: the loop ends at its next poll
                     vm.stdin.write(b"go\n")
                     vm.stdin.flush()
@@ -295,7 +255,7 @@ def _follow(vm: subprocess.Popen[bytes], console: Path, boot: Boot, share: Path,
     if current is not None:
         current.seconds = round(time.monotonic() - started, 1)
     report.finish_progress()
-    return lines
+    return console.lines
 
 
 def _judge(result: SettingResult, index: int, lines: list[str], qemu_said: list[str], results: Path,

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from qemuprov import arches
-from qemuprov.errors import InfraError, QemuprovError
-from qemuprov.infra import paths
+from qemuprov.errors import InfraError
+from qemuprov.infra import paths, runners
 from qemuprov.infra.progress import Reporter
 
 SUITE = "bookworm"
@@ -55,39 +55,17 @@ def ensure_fio(arch: arches.Arch) -> Path:
         return binary
     Reporter().step("fio", f"building Debian {SUITE}'s fio {VERSION} static for {arch} in a {IMAGE} container, "
                            f"into {binary.parent} (once)")
-    from qemuprov.infra import engines
-
-    try:
-        engine = engines.require_engine()
-    except QemuprovError as exc:
-        raise InfraError("the bench guest's fio is built in a container, and " + exc.message,
-                         hint="start Docker or Podman once; the built fio is kept in the cache") from None
-    target = arch
-    native = arches.host() is target
+    native = arches.host() is arch
     env = {"FIO_VERSION": VERSION, "OWNER": f"{os.getuid()}:{os.getgid()}",
            # libc6-dev-*-cross is only recommended by the cross compiler
-           "CROSS_PACKAGE": "" if native else f"{target.cross_package} libc6-dev-{target.deb_arch}-cross",
-           **({} if native else {"CC": f"{target.cross_prefix}gcc", "STRIP": f"{target.cross_prefix}strip"})}
+           "CROSS_PACKAGE": "" if native else f"{arch.cross_package} libc6-dev-{arch.deb_arch}-cross",
+           **({} if native else {"CC": f"{arch.cross_prefix}gcc", "STRIP": f"{arch.cross_prefix}strip"})}
     binary.parent.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qemuprov-fio-", dir=binary.parent.parent) as tmp:
-        try:
-            container = engines.client(engine).containers.run(
-                IMAGE, ["sh", "-c", BUILD_SCRIPT], detach=True, network_mode="host", environment=env,
-                volumes={tmp: {"bind": "/out", "mode": "rw"}})
-        except Exception as exc:  # the SDK's ImageNotFound, APIError: no image to build in, or no engine
-            raise InfraError(f"could not start a {IMAGE} container to build fio in: {str(exc)[-300:]}",
-                             hint=f"`docker pull {IMAGE}` (the engine needs the network once)") from None
-        try:
-            status = container.wait(timeout=BUILD_TIMEOUT)
-            said = container.logs().decode(errors="replace").strip()
-        except Exception as exc:  # the SDK's read timeout or an engine gone away: the same answer, no fio
-            raise InfraError(f"building fio in a {IMAGE} container did not finish: {str(exc)[-200:]}",
-                             hint=f"the build takes about a minute per arch; see `docker logs {container.id[:12]}`"
-                             ) from None
-        finally:
-            container.remove(force=True)
+        status, said = runners.one_shot(IMAGE, BUILD_SCRIPT, env, Path(tmp), BUILD_TIMEOUT,
+                                        f"building the bench guest's fio for {arch}")
         built = Path(tmp) / "fio"
-        if status.get("StatusCode") != 0 or not built.is_file():
+        if status != 0 or not built.is_file():
             raise InfraError(f"building fio {VERSION} for {arch} in a {IMAGE} container failed: "
                              f"{said[-600:] or 'no output'}",
                              hint="the container needs the network to fetch Debian's packages and fio's source")

@@ -27,16 +27,24 @@ MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_
 NINE_P_MODULES = ("netfs", "9pnet", "9pnet_virtio", "9p")  # in the generic kernel; the cloud kernel has no 9p
 TAG = "qemuprov"
 
-INIT = """#!/bin/busybox sh
+# The one guest init: every guest qemuprov boots starts the same way and ends by saying "done" and powering off;
+# what it does between is its part (verify's round trip here, bench's jobs in bench.py).
+INIT_START = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
-mkdir -p /proc /sys /dev /mnt
+mkdir -p /proc /sys /dev /mnt /tmp
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in %(modules)s; do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko; done
+for m in MODULES; do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko; done
 say() { echo "QEMUPROV: $*"; }
-tag=$(sed -n 's/.*qemuprov.tag=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
-tag=${tag:-%(tag)s}
+arg() { sed -n "s/.*qemuprov\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+"""
+INIT_END = """say done
+poweroff -f
+"""
+
+ROUND_TRIP = """tag=$(arg tag)
+tag=${tag:-DEFAULT_TAG}
 if mount -t virtiofs "$tag" /mnt; then
   say "mounted"
   say "read $(cat /mnt/from-host.txt)"
@@ -61,9 +69,16 @@ else
   say "mount-failed"
   dmesg | tail -n 15 | sed 's/^/QEMUPROV: dmesg /'
 fi
-say "done"
-poweroff -f
-"""
+""".replace("DEFAULT_TAG", TAG)
+
+
+def init_script(part: str, modules: tuple[str, ...]) -> str:
+    """The guest init: the common start (busybox, /proc, /sys, /dev, the modules, `say`, `arg NAME` for
+    qemuprov.NAME= of the kernel's command line), the caller's part, the common end."""
+    return INIT_START.replace("MODULES", " ".join(modules)) + part + INIT_END
+
+
+INIT = init_script(ROUND_TRIP, MODULES)
 
 
 @dataclass(frozen=True)
@@ -171,7 +186,7 @@ def ensure_kit(arch: arches.Arch, spec: KitSpec = CLOUD) -> Kit:
     deb_arch = arch.deb_arch
     pins = spec.pins[deb_arch]
     pinned = " ".join(f"{p.package}={p.version}@{p.sha256}" for p in pins)
-    recipe = hashlib.sha256((INIT + " ".join(spec.modules) + pinned).encode()).hexdigest()[:12]
+    recipe = hashlib.sha256((init_script(ROUND_TRIP, spec.modules) + pinned).encode()).hexdigest()[:12]
     guest = paths.cache_dir() / "guest"
     home = guest / (f"{arch}-{recipe}" if spec is CLOUD else f"{arch}-{spec.name}-{recipe}")
     guest.mkdir(parents=True, exist_ok=True)
@@ -217,7 +232,7 @@ def _make_kit(arch: arches.Arch, spec: KitSpec, pins: tuple[Pin, ...], deb_arch:
         entries: list[tuple[str, int, bytes]] = [
             ("bin", 0o040755, b""), ("lib", 0o040755, b""), ("lib/modules", 0o040755, b""),
             ("bin/busybox", 0o100755, busybox[0].read_bytes()),  # Debian 13 is usr-merged
-            ("init", 0o100755, (INIT % {"modules": " ".join(spec.modules), "tag": TAG}).encode()),
+            ("init", 0o100755, init_script(ROUND_TRIP, spec.modules).encode()),
         ]
         for module in spec.modules:
             found = sorted(root.glob(f"lib/modules/*/kernel/**/{module}.ko*")) or \

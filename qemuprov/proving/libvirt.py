@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -20,8 +19,9 @@ from pathlib import Path
 
 from qemuprov import arches
 from qemuprov.errors import InfraError, UserError
-from qemuprov.infra import paths, procs, render
+from qemuprov.infra import procs, render
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
+from qemuprov.proving.boot import Console, session
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append
 from qemuprov.records.manifest import BootResult, VerifyMode
@@ -32,13 +32,14 @@ QUEUE_SIZE = 1024  # what libvirt's own virtiofs guide uses
 MEMORY_MB = 512
 CREATE_TIMEOUT = 180.0  # the first start of an emulator: libvirt probes its capabilities (seconds under load)
 GUEST_TIMEOUT = 180.0
+MAX_LINES = 10_000  # of the guest's lines: its init says a dozen
 NO_WINDOW = "this QEMU has no DAX window (cache-size)"
 
 ET.register_namespace("qemu", QEMU_NS)
 
 
 @dataclass(frozen=True)
-class Boot:
+class DirectBoot:
     """What turns the domain into a test guest: direct kernel boot, console to a file."""
 
     kernel: Path
@@ -48,7 +49,7 @@ class Boot:
 
 
 def domain_xml(name: str, qemu: Path, arch: arches.Arch, virtiofsd: Path, share: Path, tag: str, dax_bytes: int | None,
-               firmware: Sequence[str] = (), kvm: bool = True, boot: Boot | None = None) -> str:
+               firmware: Sequence[str] = (), kvm: bool = True, boot: DirectBoot | None = None) -> str:
     """A whole domain: memfd shared memory (vhost-user needs it), the virtiofs filesystem with the install's own
     virtiofsd, and for a DAX build the override that sets cache-size. firmware: -L directories QEMU needs
     beyond its own (a build from a distribution's tree, which lacks the firmware blobs)."""
@@ -141,28 +142,23 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
     start = time.monotonic()
     outcome = BootResult(qemu.arch, False, 0.0, "kvm" if kvm else "tcg", mode=VerifyMode.LIBVIRT, kit=kit.record())
     name = f"qemuprov-verify-{os.getpid()}-{qemu.arch}"
-    with paths.scratch_dir("qemuprov-libvirt-") as work:
-        work.chmod(0o755)  # libvirt's QEMU may run as another user
-        share, token = work / "share", secrets.token_hex(8)
-        share.mkdir()
-        (share / "from-host.txt").write_text(token + "\n")
-        console = work / "console.log"
-        xml = domain_xml(name, Path(qemu.path), qemu.target, Path(daemon.path), share, TAG,
+    with session("libvirt", shared_with_others=True) as guest:  # libvirt's QEMU may run as another user
+        token = guest.host_token()
+        console = guest.work / "console.log"
+        xml = domain_xml(name, Path(qemu.path), qemu.target, Path(daemon.path), guest.share, TAG,
                          window_bytes(qemu), firmware, kvm,
-                         Boot(kit.kernel, kit.initrd, kernel_append(qemu), console))
-        (work / "domain.xml").write_text(xml)
-        try:
-            made = _virsh(connect, "create", str(work / "domain.xml"), timeout=CREATE_TIMEOUT)
-            if not made.ok:
-                outcome.failure, outcome.message = refusal(made.stderr or made.why(), qemu)
-                outcome.log = made.stderr.strip().splitlines()[-5:]
-                return outcome
-            _wait_for_guest(connect, name, console)
-            lines = console_lines(console)
-            outcome.log = lines
-            judge_round_trip(outcome, lines, share, token, qemu, kit, GUEST_TIMEOUT)
-        finally:
-            _virsh(connect, "destroy", name, timeout=60)
+                         DirectBoot(kit.kernel, kit.initrd, kernel_append(qemu), console))
+        (guest.work / "domain.xml").write_text(xml)
+        guest.on_end(lambda: _virsh(connect, "destroy", name, timeout=60))
+        made = _virsh(connect, "create", str(guest.work / "domain.xml"), timeout=CREATE_TIMEOUT)
+        if not made.ok:
+            outcome.failure, outcome.message = refusal(made.stderr or made.why(), qemu)
+            outcome.log = made.stderr.strip().splitlines()[-5:]
+            return outcome
+        waited = _wait_for_guest(connect, name, Console(console, MAX_LINES))
+        lines = console_lines(console)
+        outcome.log = lines
+        judge_round_trip(outcome, lines, guest.share, token, qemu, kit, waited)
     outcome.seconds = round(time.monotonic() - start, 2)
     return outcome
 
@@ -171,16 +167,17 @@ def window_bytes(qemu: QemuProbe) -> int | None:
     return DAX_WINDOW_MB << 20 if qemu.dax else None
 
 
-def _wait_for_guest(connect: str | None, name: str, console: Path) -> None:
+def _wait_for_guest(connect: str | None, name: str, console: Console) -> float:
     """Until the guest says it is done, or its domain is gone (a transient domain vanishes when the guest
-    powers off), or GUEST_TIMEOUT passes."""
-    deadline = time.monotonic() + GUEST_TIMEOUT
-    while time.monotonic() < deadline:
-        if console.exists() and "QEMUPROV: done" in console.read_text(errors="replace"):
-            return
+    powers off), or GUEST_TIMEOUT passes; the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() < start + GUEST_TIMEOUT and not console.full:
+        if "QEMUPROV: done" in console.new_lines():
+            break
         if not _virsh(connect, "domid", name, timeout=30).ok:
-            return
+            break
         time.sleep(0.5)
+    return time.monotonic() - start
 
 
 def refusal(error: str, qemu: QemuProbe) -> tuple[str, str]:

@@ -4,7 +4,6 @@ in time and stopped, and every temporary file removed, whatever happens."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -16,20 +15,18 @@ from pathlib import Path
 
 from qemuprov import arches
 from qemuprov.errors import UserError
-from qemuprov.infra import paths, procs
-from qemuprov.infra.procs import stop_group
+from qemuprov.infra import paths
 from qemuprov.infra.progress import notice
 from qemuprov.knowledge import kvm, osv, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
-from qemuprov.proving import guestkit, libvirt
+from qemuprov.proving import boot, guestkit, libvirt
 from qemuprov.proving.guestkit import TAG, Kit
-from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append, tail_text
+from qemuprov.proving.verdict import DAX_WINDOW_MB, console_lines, judge_round_trip, kernel_append
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs
 from qemuprov.records.manifest import BootResult, VerifyMode
 
 GUEST_TIMEOUT = 120.0
-SOCKET_TIMEOUT = 10.0
 MEMORY_MB = 512
 DAX_WINDOW = f"{DAX_WINDOW_MB}M"
 
@@ -130,22 +127,6 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
 LAUNCHERS = {VerifyMode.PLAIN: plain_launch, VerifyMode.OSV: osv_launch}
 
 
-def _wait_for_guest(vm: subprocess.Popen[bytes], vfs: subprocess.Popen[bytes]) -> float:
-    """Until the guest powers off, GUEST_TIMEOUT passes, or virtiofsd dies (the guest would only hang then); the
-    seconds it took."""
-    start = time.monotonic()
-    deadline = start + GUEST_TIMEOUT
-    while time.monotonic() < deadline:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            vm.wait(timeout=0.2)
-            break
-        if vfs.poll() is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                vm.wait(timeout=2)  # let the guest's last lines reach the serial file
-            break
-    return time.monotonic() - start
-
-
 def run(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, accel: str, firmware: list[str],
         mode: VerifyMode = VerifyMode.PLAIN) -> BootResult:
     return run_launch(qemu, daemon, kit, lambda work: LAUNCHERS[mode](qemu, daemon, kit, work, accel, firmware),
@@ -157,51 +138,32 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
     """Boot what make_launch(work dir) describes; the work dir holds share/ with the host's file in it."""
     start = time.monotonic()
     outcome = BootResult(qemu.arch, False, 0.0, accel, mode=mode, kit=kit.record())
-    vfs: subprocess.Popen[bytes] | None = None
-    vm: subprocess.Popen[bytes] | None = None
-    launch: Launch | None = None
-    with paths.scratch_dir("qemuprov-verify-") as work:  # the share is the guest's: any depth, any links
-        share = work / "share"
-        share.mkdir()
-        token = secrets.token_hex(8)
-        (share / "from-host.txt").write_text(token + "\n")
-        vfs_log = (work / "virtiofsd.log").open("wb")
-        qemu_log = (work / "qemu.log").open("wb")
-        try:
-            launch = make_launch(work)
-            socket = launch.socket
-            vfs = procs.spawn(launch.virtiofsd, vfs_log)
-            deadline = time.monotonic() + SOCKET_TIMEOUT
-            while not socket.exists() and vfs.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if not socket.exists():
-                outcome.failure = "virtiofsd"
-                outcome.message = _died(vfs, daemon) if vfs.poll() is not None else "virtiofsd made no socket in time"
-                outcome.log = (work / "virtiofsd.log").read_text(errors="replace").splitlines()[-10:]
-                return outcome
-            # stdin stays open and silent: run.py's line reads the console from stdio
-            vm = procs.spawn(launch.qemu, qemu_log, stdin_pipe=True)
-            waited = _wait_for_guest(vm, vfs)
-            lines = console_lines(launch.console)
-            outcome.log = lines
-            qemu_out = tail_text(work / "qemu.log")
-            qemu_said = [ln for ln in qemu_out.splitlines() if not ln.startswith("QEMUPROV:")]
-            if vfs.poll() is not None and vfs.returncode != 0:
-                outcome.failure, outcome.message = "virtiofsd", _died(vfs, daemon)
-                outcome.log = [*lines, *qemu_said[-5:]]
-            elif not lines and vm.returncode not in (0, None):
-                outcome.failure = "qemu"
-                outcome.message = f"QEMU refused to run: {qemu_said[-1:] or ['?']}"
-                outcome.log = qemu_said[-10:]
-            else:
-                judge_round_trip(outcome, lines, share, token, qemu, kit, waited, running=vm.poll() is None)
-        finally:
-            stop_group(vm)
-            stop_group(vfs)
-            vfs_log.close()
-            qemu_log.close()
-            if launch is not None and launch.disk is not None:
-                launch.disk.unlink(missing_ok=True)
+    with boot.session("verify") as guest:  # the share is the guest's: any depth, any links
+        token = guest.host_token()
+        launch = make_launch(guest.work)
+        if launch.disk is not None:
+            guest.on_end(lambda: launch.disk.unlink(missing_ok=True) if launch.disk else None)
+        vfs = guest.start_daemon(launch.virtiofsd, launch.socket)
+        if vfs.failure:
+            outcome.failure = "virtiofsd"
+            outcome.message = _died(vfs.process, daemon) if vfs.process.poll() is not None else \
+                "virtiofsd made no socket in time"
+            outcome.log = vfs.last_words()
+            return outcome
+        vm = guest.start_qemu(launch.qemu)
+        waited = guest.wait_for_guest(GUEST_TIMEOUT)
+        lines = console_lines(launch.console)
+        outcome.log = lines
+        qemu_said = guest.qemu_said()
+        if vfs.process.poll() is not None and vfs.process.returncode != 0:
+            outcome.failure, outcome.message = "virtiofsd", _died(vfs.process, daemon)
+            outcome.log = [*lines, *qemu_said[-5:]]
+        elif not lines and vm.returncode not in (0, None):
+            outcome.failure = "qemu"
+            outcome.message = f"QEMU refused to run: {qemu_said[-1:] or ['?']}"
+            outcome.log = qemu_said[-10:]
+        else:
+            judge_round_trip(outcome, lines, guest.share, token, qemu, kit, waited, running=vm.poll() is None)
     outcome.seconds = round(time.monotonic() - start, 2)
     return outcome
 
