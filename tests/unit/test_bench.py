@@ -15,7 +15,7 @@ from qemuprov import arches
 from qemuprov.errors import UserError
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.knowledge.probe_parse import properties_from_help, thread_pool_default, virtiofsd_facts
-from qemuprov.proving import bench, bench_plan
+from qemuprov.proving import bench, bench_plan, guestkit
 from qemuprov.proving.bench_plan import Amounts, GuestPlan, Setting
 from qemuprov.proving.bench_results import FioOutputError, SettingResult, add_ratios, parse_fio, reading
 from qemuprov.proving.guestkit import Kit
@@ -202,10 +202,12 @@ def test_a_guest_that_failed_to_mount_says_why(tmp_path: Path) -> None:
     assert not result.ok and result.error.endswith("No such device")
 
 
-def test_the_bench_init_is_valid_shell() -> None:
-    init = bench.BENCH_INIT % {"modules": "a b"}
-    assert "${m%%:*}" in init
-    assert subprocess.run(["sh", "-n"], input=init, text=True).returncode == 0
+def test_the_guest_inits_are_valid_shell_and_start_and_end_alike() -> None:
+    bench_init = guestkit.init_script(bench.BENCH_PART, ("a", "b"))
+    assert "${m%%:*}" in bench_init and "for m in a b;" in bench_init
+    for init in (bench_init, guestkit.INIT):
+        assert subprocess.run(["sh", "-n"], input=init, text=True).returncode == 0
+        assert init.startswith(guestkit.INIT_START.split("MODULES")[0]) and init.endswith(guestkit.INIT_END)
 
 
 def test_the_table_shows_each_row_its_accelerator_and_a_failure_with_its_reason() -> None:

@@ -43,7 +43,8 @@ def test_keys_of_a_newer_qemuprov_are_kept() -> None:
                                               ({"timings": {"x": "1"}}, "timings.x has the wrong type (str)"),
                                               ({"tools": {"python": "3.13"}}, "tools: qemuprov is missing"),
                                               ({"recipe": {"cc": ["any", 1]}}, None),
-                                              ({"probe": [{"path": "/q", "arch": "x86_64", "kind": "qemu", "dax": "yes"}]},
+                                              ({"probe": [{"path": "/q", "arch": "x86_64", "kind": "qemu",
+                                                           "dax": "yes"}]},
                                                "probe: dax has the wrong type (str)"),
                                               ({"firmware": [1]}, "firmware has the wrong type (int)")])
 def test_checks_on_read(changes: dict[str, object], why: str | None) -> None:
