@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from qemuprov.commands.base import Command
+from qemuprov.commands.verify import target_arguments, targets_of
 from qemuprov.errors import UserError
 from qemuprov.infra import paths, render
 from qemuprov.infra.progress import Reporter
-from qemuprov.proving import bench_picture
+from qemuprov.knowledge import probe
+from qemuprov.proving import bench, bench_picture, bench_plan, bench_results, fio, guestkit, verify
+from qemuprov.proving.bench import measures_of
+from qemuprov.proving.bench_results import MEASURES, Summary
 from qemuprov.recipe import split_arches
 
 MAX_REPETITIONS = 20
@@ -21,10 +25,6 @@ TCG_CAVEAT = "under TCG (no KVM) absolute figures mean little: read the ratios"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from qemuprov.commands.verify import targets_of
-    from qemuprov.knowledge import probe
-    from qemuprov.proving import bench, bench_plan, bench_results, fio, guestkit, verify
-
     if not 1 <= args.repetitions <= MAX_REPETITIONS:
         raise UserError(f"--repetitions: {args.repetitions} is not between 1 and {MAX_REPETITIONS}",
                         hint="3 or more give a spread worth reading")
@@ -100,8 +100,6 @@ def show_picture(report: dict[str, Any]) -> None:
 
 def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: list[Any], workloads: tuple[str, ...],
             repetitions: int, amounts: Any, host_cache: str) -> dict[str, Any]:
-    from qemuprov.knowledge import probe
-    from qemuprov.proving import bench_results
 
     return {
         "arch": qemu.arch, "accel": accel, "caveat": TCG_CAVEAT if accel == "tcg" else "",
@@ -124,9 +122,6 @@ def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: li
 
 
 def _text(report: dict[str, Any], workloads: tuple[str, ...]) -> str:
-    from qemuprov.proving.bench import measures_of
-    from qemuprov.proving.bench_results import MEASURES, Summary
-
     measures = measures_of(workloads)
     headers = ("SETTING", "ACCEL", *(MEASURES[m][2] for m in measures))
     rows = [(s["name"], s["accel"], *(Summary(**s["results"][m]).cell() if m in s["results"] else "-"
@@ -148,8 +143,6 @@ def _text(report: dict[str, Any], workloads: tuple[str, ...]) -> str:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    from qemuprov.commands.verify import target_arguments
-
     target_arguments(p)
     p.add_argument("--quick", action="store_true", help="only the sequential read, in every setting")
     p.add_argument("--window", action="append", metavar="SIZE",

@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from qemuprov.building import pipeline
+from qemuprov.ci import binary_cache, signing
 from qemuprov.commands import timereport
 from qemuprov.commands.base import Command, book
 from qemuprov.commands.verify import render_outcomes
 from qemuprov.errors import UserError
-from qemuprov.infra import paths, render
-from qemuprov.infra.progress import notice
+from qemuprov.infra import config, paths, render, unpack
+from qemuprov.infra.progress import Reporter, notice
+from qemuprov.infra.runners import get_runner
 from qemuprov.recipe import chosen_arches
 from qemuprov.records import installs
 from qemuprov.records.manifest import VerifyMode
+from qemuprov.sources import trees
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    import functools
-
-    from qemuprov.building import pipeline
-    from qemuprov.ci import binary_cache, signing
-    from qemuprov.infra import config, unpack
-    from qemuprov.infra.progress import Reporter
-    from qemuprov.infra.runners import get_runner
-    from qemuprov.sources import trees
-
     recipe = book(args).load(args.recipe)
     arches = chosen_arches(recipe, args.arch)
     if args.trace and not Path(args.trace).absolute().parent.is_dir():

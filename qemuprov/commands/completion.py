@@ -10,6 +10,7 @@ from typing import Any
 
 from qemuprov.commands.base import Command
 from qemuprov.recipe import RecipeBook, default_layers
+from qemuprov.records import installs
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -22,8 +23,6 @@ def recipe_names(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list
 
 
 def install_names(prefix: str, **_: Any) -> list[str]:
-    from qemuprov.records import installs
-
     with contextlib.suppress(Exception):
         return sorted({e.name for e in installs.list_installs() if e.name.startswith(prefix)})
     return []

@@ -6,12 +6,11 @@ import argparse
 from dataclasses import asdict
 
 from qemuprov.commands.base import Command
+from qemuprov.host import doctor
 from qemuprov.infra import render
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from qemuprov.host import doctor
-
     checks = doctor.run_checks()
     if args.json:
         render.print_json([asdict(c) for c in checks])

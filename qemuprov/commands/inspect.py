@@ -9,10 +9,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from qemuprov import arches
+from qemuprov.building import pipeline
 from qemuprov.commands.base import Command, book
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import render
-from qemuprov.knowledge import probe
+from qemuprov.knowledge import kvm, osv, probe
+from qemuprov.proving import libvirt
 from qemuprov.recipe import Recipe, VirtiofsdFlavour
 from qemuprov.records import installs
 
@@ -69,8 +71,6 @@ def _virtiofsd_line(recipe: Recipe) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from qemuprov.building import pipeline
-
     recipe = book(args).load(args.recipe)
     try:
         the_plan, problem = pipeline.known_plan(recipe), None
@@ -179,8 +179,6 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     """Comment lines: OSv's scripts/run.py command line per arch of the install, to paste in an OSv checkout."""
-    from qemuprov.knowledge import osv
-
     qemus = {p.arch: entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
     if not qemus:
         raise UserError(f"--osv: {entry.name} holds no QEMU of its own (it is {entry.summary()})",
@@ -203,9 +201,6 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
 
 def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
     """A domain XML for libvirt with the install's QEMU and virtiofsd, after a comment that says what to add."""
-    from qemuprov.knowledge import kvm, osv
-    from qemuprov.proving import libvirt
-
     qemus = {p.arch: entry.prefix / "bin" / Path(p.path).name for p in entry.qemu_probes}
     if not qemus:
         raise UserError(f"--libvirt: {entry.name} holds no QEMU of its own (it is {entry.summary()})",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from qemuprov.building.workspace import timestamped_log
+from qemuprov.ci import binary_cache, image
 from qemuprov.commands.base import Command
 from qemuprov.errors import UserError
 from qemuprov.infra import paths, render
@@ -14,8 +15,6 @@ from qemuprov.records import installs
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    from qemuprov.ci import image
-
     entry = installs.find_install(args.name).intact()
     if args.tag:
         image.check_tag(args.tag)
@@ -45,8 +44,6 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from qemuprov.ci import binary_cache
-
     entry = installs.find_install(args.name).intact()
     settings = binary_cache.configured(args.to)
     if settings is None:

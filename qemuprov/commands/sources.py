@@ -7,13 +7,12 @@ from dataclasses import asdict
 
 from qemuprov.commands.base import Command, book
 from qemuprov.infra import render
+from qemuprov.sources import lockfiles, outdated
 
 OUTDATED_EXIT = 3  # `outdated`: an upgrade is due (0: all current, 1: a remote did not answer, 2: bad input)
 
 
 def cmd_outdated(args: argparse.Namespace) -> int:
-    from qemuprov.sources import outdated
-
     found = book(args)
     recipes = [found.load(name) for name in (args.names or found.names())]  # a bad name: exit 2 before any lookup
     reports = [report for recipe in recipes for report in outdated.check(recipe)]
@@ -29,8 +28,6 @@ def cmd_outdated(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from qemuprov.sources import lockfiles
-
     recipe = book(args).load(args.recipe)
     locked = lockfiles.make(recipe)
     lockfiles.write(locked)

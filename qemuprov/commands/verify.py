@@ -10,14 +10,13 @@ from typing import Any
 from qemuprov.commands.base import Command
 from qemuprov.errors import UserError
 from qemuprov.infra import render
+from qemuprov.proving import verify
 from qemuprov.recipe import split_arches
 from qemuprov.records import installs
 from qemuprov.records.manifest import VerifyMode
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from qemuprov.proving import verify
-
     targets = targets_of(args, "verify")
     qemus, daemon_path, firmware = targets.qemus, targets.virtiofsd, targets.firmware
     wanted = split_arches(args.arch) if args.arch is not None else None
@@ -32,8 +31,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def targets_of(args: argparse.Namespace, command: str) -> Any:
     """The QEMUs and virtiofsd an install holds, or the ones given by path."""
-    from qemuprov.proving import verify
-
     if args.target and (args.qemu or args.virtiofsd):
         raise UserError(f"{command}: give an install (NAME|PREFIX) or --qemu with --virtiofsd, not both")
     if args.target:

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from qemuprov import arches
-from qemuprov.infra import paths
+from qemuprov.infra import engines, paths
 from qemuprov.infra.compilers import describe_host_compilers
 from qemuprov.knowledge import hostdeps, kvm, probe
 from qemuprov.knowledge.probe_parse import version_tuple
@@ -265,8 +265,6 @@ def check_shared_memory(ctx: Probing) -> Iterator[Check]:
 
 
 def check_container_engine(ctx: Probing) -> Iterator[Check]:
-    from qemuprov.infra import engines
-
     found = engines.find_engine()
     if found.reachable:
         yield Check("build", "a container engine is reachable", Verdict.PASS, found.detail)

@@ -12,7 +12,7 @@ from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import jsonfile, paths, safefile
 from qemuprov.infra.render import safe_text
 from qemuprov.knowledge.probe import Probe, QemuProbe, VirtiofsdProbe
-from qemuprov.recipe import VirtiofsdFlavour
+from qemuprov.recipe import RecipeBook, VirtiofsdFlavour, default_layers
 from qemuprov.records import manifest
 from qemuprov.records.manifest import Manifest, ManifestError
 from qemuprov.sources.revision import SourceRecord
@@ -230,8 +230,6 @@ def _install_at(prefix: Path) -> Install | None:
 
 def hint_for_missing(name: str) -> str:
     """Only what exists: the build of a recipe of that name, else where the installs and recipes are listed."""
-    from qemuprov.recipe import RecipeBook, default_layers
-
     try:
         recipe = name in RecipeBook(default_layers(())).names()
     except Exception:  # a broken recipe directory is no reason to fail the hint
