@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qemuprov.building import pipeline
+from qemuprov.building.workspace import Workspace
 from qemuprov.ci import binary_cache, signing
 from qemuprov.commands import timereport
 from qemuprov.commands.base import Command, book
@@ -86,7 +87,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         for line in timereport.lines(outcome.timings, cache):
             say(line)
         if args.trace:
-            _trace(recipe.name, Path(args.trace), say)
+            _trace(recipe.name, prefix, Path(args.trace), say)
     say(f'put it on PATH: eval "$(qemuprov env {shlex.quote(str(prefix) if args.prefix else recipe.name)})"')
     if args.push and settings is not None and outcome.manifest.substituted:
         say(f"not pushed: the binary cache {settings.location} already holds this build")
@@ -105,9 +106,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trace(recipe: str, dest: Path, say: Callable[..., None]) -> None:
+def _trace(recipe: str, prefix: Path, dest: Path, say: Callable[..., None]) -> None:
     """The compile units' times from the build tree's .ninja_log, as a trace for Perfetto or chrome://tracing."""
-    logs = sorted(paths.work_dir(recipe).glob("build*/.ninja_log"), key=lambda p: p.stat().st_mtime)
+    built = [d / ".ninja_log" for d in Workspace.of(recipe, prefix).build_dirs() if (d / ".ninja_log").is_file()]
+    logs = sorted(built, key=lambda p: p.stat().st_mtime)
     if not logs:
         notice(f"--trace: no .ninja_log of {recipe} on this machine (a build through a remote engine keeps its "
                "build tree in the engine's volume)")

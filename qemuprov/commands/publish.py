@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from qemuprov.building.workspace import timestamped_log
+from qemuprov.building.workspace import Workspace, timestamped_log
 from qemuprov.ci import binary_cache, image
 from qemuprov.commands.base import Command
 from qemuprov.errors import UserError
-from qemuprov.infra import paths, render
+from qemuprov.infra import render
 from qemuprov.records import installs
 
 
@@ -31,7 +31,7 @@ def cmd_image(args: argparse.Namespace) -> int:
                 render.print_json({"name": entry.name, "tar": str(tarball), "size": tarball.stat().st_size})
             return 0
     tag = args.tag or f"qemuprov/{entry.name}:latest"
-    with timestamped_log(paths.work_dir(entry.name), "image") as (log, log_path):
+    with timestamped_log(Workspace.of(entry.name, entry.prefix).root, "image") as (log, log_path):
         print(f"==> image {tag} from {entry.prefix} (log {log_path})", file=sys.stderr)
         image_id = image.build_runtime_image(entry, tag, args.base, log)
     if args.json:

@@ -51,3 +51,15 @@ def test_every_module_is_in_a_layer_or_the_vocabulary() -> None:
     package = REPO / "qemuprov"
     tops = {p.relative_to(package).parts[0].removesuffix(".py") for p in package.rglob("*.py")}
     assert tops <= set(LAYERS) | set(VOCABULARY), tops - set(LAYERS) - set(VOCABULARY)
+
+
+def test_only_the_workspace_makes_the_paths_of_a_build() -> None:
+    """A build's work dir, its logs and stamps, and what is made beside a prefix come from one room
+    (building/workspace.py, on infra/paths.py), so the cleanup of a killed build matches what was made."""
+    makers = ("paths.work_dir(", "make_side_dir(", '"logs"', ".stamp", "build.log")
+    allowed = {"qemuprov/building/workspace.py", "qemuprov/infra/paths.py"}
+    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+             for path in sorted((REPO / "qemuprov").rglob("*.py")) if str(path.relative_to(REPO)) not in allowed
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if any(maker in line for maker in makers) and not line.lstrip().startswith(("#", "def "))]
+    assert found == []
