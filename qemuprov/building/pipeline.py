@@ -97,11 +97,11 @@ class Build:
                               builder_image_record(opts.runner) if the_plan else vfs_image, vfs_image, virtiofsd,
                               firmware, ccache.stats(ws.ccache_log))
             relocatable = the_plan.tree.relocatable if the_plan else None
-            if binary_cache.why_not_cacheable(opts.runner.is_host, relocatable) is None:
-                record = manifests.make(ctx, resolved, probes, shipped, cache_key)
+            cacheable = binary_cache.why_not_cacheable(opts.runner.is_host, relocatable) is None
+            record = manifests.make(ctx, resolved, probes, shipped, cache_key if cacheable else None)
+            if relocatable is not False:
                 verified, record = _verify_and_install(ctx, record)
             else:  # its binaries find their data only at the prefix they were built for: verify them there
-                record = manifests.make(ctx, resolved, probes, shipped, None)
                 install(ctx, record)
                 verified, record = _verify_installed(ctx, record)
             pushed = _push(ctx, record)
