@@ -7,6 +7,7 @@ the file and the key, raised as a UserError (exit 2).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import tomllib
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 from qemuprov import arches
 from qemuprov.errors import UserError
-from qemuprov.infra import paths
+from qemuprov.infra import paths, safefile
 
 _T = TypeVar("_T")
 
@@ -62,8 +63,8 @@ SCHEMA: dict[str, Any] = {
     "description": str,
     "builder": str,
     "extends": str,
-    "qemu": {**_SOURCE_KEYS, "arches": list, "configure": list, "firmware": str},
-    "virtiofsd": {"source": str, **_SOURCE_KEYS, "builder": str, "static": bool, "crates": str},
+    "qemu": {**_SOURCE_KEYS, "arches": list, "configure": list, "firmware": str, "patches": list},
+    "virtiofsd": {"source": str, **_SOURCE_KEYS, "builder": str, "static": bool, "crates": str, "patches": list},
     "verify": {"osv": bool},
     "expect": {"dax": bool, "arches": list, "virtiofsd": str, "version": str, "netdevs": list, "aio_native": bool},
 }
@@ -75,6 +76,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _GIT_URL_RE = re.compile(r"^(https?|git|ssh|file)://\S+$|^\w[\w.-]*@[\w.-]+:\S+$")  # never an option (-u...)
 _TARBALL_URL_RE = re.compile(r"^(https?|file)://\S+$")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_PATCH_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*$")
+PATCH_CAP = 16 << 20  # a patch larger than this is no patch a recipe should carry
 
 
 @dataclass(frozen=True)
@@ -99,11 +102,23 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Patch:
+    """A patch a recipe applies to a tree after the fetch: its name as the recipe gives it, the file it was found
+    as (beside the recipe that names it, else among the shipped ones), and the sha256 of its bytes, which is what
+    a build's inputs and its binary cache key see."""
+
+    name: str
+    sha256: str
+    location: str
+
+
+@dataclass(frozen=True)
 class QemuSpec:
     source: Source
     arches: tuple[str, ...]
     configure: tuple[str, ...] = ()
     firmware: FirmwareSet = FirmwareSet.NEEDED  # all: keep edk2 and other targets' blobs too
+    patches: tuple[Patch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,7 @@ class VirtiofsdSpec:
     builder: str | None = None  # None: the recipe's builder
     static: bool = False  # a static binary runs on hosts older than its builder
     crates: Crates = Crates.REGISTRY
+    patches: tuple[Patch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,12 @@ class Recipe:
     def arches(self) -> tuple[str, ...]:
         return self.qemu.arches if self.qemu else ()
 
+    def patches(self, section: str) -> tuple[Patch, ...]:
+        """What the recipe applies to a section's tree after the fetch, in order."""
+        if section == "qemu":
+            return self.qemu.patches if self.qemu else ()
+        return self.virtiofsd.patches
+
     def sources(self) -> dict[str, Source]:
         """The trees this recipe builds, by section ("qemu", "virtiofsd"): the one list of them."""
         found = {"qemu": self.qemu.source} if self.qemu else {}
@@ -169,7 +191,12 @@ class Recipe:
         of_the_bytes, also what only names or checks it ([expect], [verify], its name and parent), which a
         binary cache key leaves out since they do not change a single byte of the install."""
         left_out = DESCRIPTIVE_KEYS + (PROMISE_KEYS if of_the_bytes else ())
-        return {k: v for k, v in self.to_dict().items() if k not in left_out}
+        inputs = {k: v for k, v in self.to_dict().items() if k not in left_out}
+        for section in ("qemu", "virtiofsd"):  # a patch by its bytes, wherever it was found
+            if inputs.get(section):
+                inputs[section]["patches"] = [{"name": p["name"], "sha256": p["sha256"]}
+                                              for p in inputs[section]["patches"]]
+        return inputs
 
 
 DESCRIPTIVE_KEYS = ("path", "origin", "chain", "description")
@@ -324,18 +351,45 @@ def _choice(path: Path, key: str, value: str, enum: type[StrEnum]) -> Any:
     return enum(value)
 
 
-def _qemu(path: Path, table: Mapping[str, Any]) -> QemuSpec:
+def _patches(path: Path, section: str, names: list[str], beside: Path) -> tuple[Patch, ...]:
+    """The patch files a section names: beside the recipe file that names them, else among the shipped ones."""
+    key = f"{section}.patches"
+    if len(set(names)) != len(names):
+        raise _fail(path, key, "names a patch twice")
+    found = []
+    for name in names:
+        if not _PATCH_NAME_RE.match(name) or ".." in name.split("/"):
+            raise _fail(path, key, f'"{name[:80]}" is not a patch file name (a relative path of letters, digits, '
+                        '".", "_", "+", "-"; no "..")')
+        places = [beside / name, paths.shipped_dir("patches") / name]
+        for place in places:
+            try:
+                data = safefile.read_bytes(place, PATCH_CAP)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _fail(path, key, f"{place}: cannot read it ({exc.strerror or exc})") from None
+            found.append(Patch(name, hashlib.sha256(data).hexdigest(), str(place)))
+            break
+        else:
+            raise _fail(path, key, f'no patch file "{name}" (looked in {places[0].parent} and {places[1].parent})',
+                        hint="put the patch beside the recipe, or fix its name")
+    return tuple(found)
+
+
+def _qemu(path: Path, table: Mapping[str, Any], patch_dir: Path) -> QemuSpec:
     if "arches" not in table or not table["arches"]:
         raise _fail(path, "qemu.arches", f"missing; list the arches to build, e.g. {list(ARCHES)}")
     return QemuSpec(source=_source(path, table, "qemu"), arches=_arches(path, "qemu.arches", table["arches"]),
                     configure=tuple(table.get("configure", ())),
-                    firmware=_choice(path, "qemu.firmware", table.get("firmware", "needed"), FirmwareSet))
+                    firmware=_choice(path, "qemu.firmware", table.get("firmware", "needed"), FirmwareSet),
+                    patches=_patches(path, "qemu", table.get("patches", []), patch_dir))
 
 
-def _virtiofsd(path: Path, table: Mapping[str, Any], known_builders: list[str]) -> VirtiofsdSpec:
+def _virtiofsd(path: Path, table: Mapping[str, Any], known_builders: list[str], patch_dir: Path) -> VirtiofsdSpec:
     source = _choice(path, "virtiofsd.source", table.get("source", "qemu"), VirtiofsdSource)
     if source is not VirtiofsdSource.RUST:
-        for stray in (*_SOURCE_KEYS, "builder", "static", "crates"):
+        for stray in (*_SOURCE_KEYS, "builder", "static", "crates", "patches"):
             if stray in table:
                 raise _fail(path, f"virtiofsd.{stray}", 'only for source = "rust"; remove it')
         return VirtiofsdSpec(source=source)
@@ -345,11 +399,12 @@ def _virtiofsd(path: Path, table: Mapping[str, Any], known_builders: list[str]) 
                     f"(available: {', '.join(known_builders)})")
     return VirtiofsdSpec(source=source, tree=_source(path, table, "virtiofsd"), builder=builder,
                          static=table.get("static", False),
-                         crates=_choice(path, "virtiofsd.crates", table.get("crates", "registry"), Crates))
+                         crates=_choice(path, "virtiofsd.crates", table.get("crates", "registry"), Crates),
+                         patches=_patches(path, "virtiofsd", table.get("patches", []), patch_dir))
 
 
 def recipe_from_table(path: Path, data: dict[str, Any], origin: str, chain: tuple[str, ...],
-                 builders: Iterable[str]) -> Recipe:
+                      builders: Iterable[str], patch_dirs: Mapping[str, Path] | None = None) -> Recipe:
     """Turn a merged, shape-checked table into a Recipe, checking what the values mean. Every section is checked,
     and all of their problems are reported together (one line), not only the first."""
     problems: list[str] = []
@@ -363,8 +418,10 @@ def recipe_from_table(path: Path, data: dict[str, Any], origin: str, chain: tupl
 
     known_builders = sorted(builders)
     builder = checked(lambda: _builder(path, data.get("builder"), known_builders))
-    qemu = checked(lambda: _qemu(path, data["qemu"])) if "qemu" in data else None
-    virtiofsd = checked(lambda: _virtiofsd(path, data.get("virtiofsd", {}), known_builders))
+    beside = dict(patch_dirs or {})
+    qemu = checked(lambda: _qemu(path, data["qemu"], beside.get("qemu", path.parent))) if "qemu" in data else None
+    virtiofsd = checked(lambda: _virtiofsd(path, data.get("virtiofsd", {}), known_builders,
+                                           beside.get("virtiofsd", path.parent)))
     if "qemu" not in data and virtiofsd is not None and virtiofsd.source is not VirtiofsdSource.RUST:
         problems.append('qemu: missing; add a [qemu] table with git + ref (or tarball + sha256), or, for the '
                         'daemon alone, set [virtiofsd] source = "rust" with its git + ref')
@@ -462,7 +519,7 @@ class RecipeBook:
                                  f"{paths.user_recipes_dir()} or pass --recipes DIR")
         layer, path = files[-1]
         data, chain = self._resolve(name, len(files) - 1, ())
-        return recipe_from_table(path, data, layer.origin, chain, self.builders)
+        return recipe_from_table(path, data, layer.origin, chain, self.builders, _patch_dirs(chain))
 
     def _resolve(self, name: str, index: int, seen: tuple[str, ...]) -> tuple[dict[str, Any], tuple[str, ...]]:
         files = self._files(name)
@@ -496,6 +553,18 @@ class RecipeBook:
             except UserError as exc:
                 errors.append(exc)
         return recipes, errors
+
+
+def _patch_dirs(chain: tuple[str, ...]) -> dict[str, Path]:
+    """Per section, the directory of the last file in an extends chain that names its patches (a child's list
+    replaces its parent's, and is looked up beside the child)."""
+    found: dict[str, Path] = {}
+    for file in chain:
+        data = read_recipe_file(Path(file))
+        for section in ("qemu", "virtiofsd"):
+            if "patches" in data.get(section, {}):
+                found[section] = Path(file).parent
+    return found
 
 
 def split_arches(requested: str) -> tuple[str, ...]:

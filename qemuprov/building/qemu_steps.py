@@ -35,7 +35,7 @@ class Configured:
 def build(ctx: Context, resolution: Resolution) -> tuple[plan.Plan, Configured]:
     assert ctx.recipe.qemu is not None
     with ctx.phase("fetch", str(ctx.ws.tree("qemu"))):
-        src = ctx.ws.fetch("qemu", ctx.recipe.qemu.source, resolution, ctx.report)
+        src = ctx.ws.fetch("qemu", ctx.recipe, resolution, ctx.report)
     tree = plan.inspect(src)
     if not ctx.runner.is_host:
         with ctx.phase("builder", ctx.runner.key):

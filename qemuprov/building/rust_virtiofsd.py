@@ -47,7 +47,7 @@ def build_with(ctx: Context, resolution: Resolution) -> BuilderImageRecord | Non
     spec = ctx.recipe.virtiofsd
     assert spec.tree is not None
     with ctx.phase("fetch", f"virtiofsd {spec.tree.describe()}", timing="virtiofsd-fetch"):
-        src = ctx.ws.fetch("virtiofsd", spec.tree, resolution, ctx.report)
+        src = ctx.ws.fetch("virtiofsd", ctx.recipe, resolution, ctx.report)
     runner = ctx.runner.for_builder(spec.builder or ctx.recipe.builder)
     if not runner.is_host:
         with ctx.phase("builder", f"virtiofsd: {runner.key}", timing="virtiofsd-builder"):

@@ -19,8 +19,8 @@ from qemuprov.errors import InfraError
 from qemuprov.infra import paths
 from qemuprov.infra.procs import RunningGroups
 from qemuprov.infra.progress import Reporter
-from qemuprov.recipe import Source
-from qemuprov.sources import trees
+from qemuprov.recipe import Recipe
+from qemuprov.sources import patching, trees
 from qemuprov.sources.revision import Resolution
 
 TREES = {"qemu": "src", "virtiofsd": "virtiofsd-src"}  # a recipe's source section -> its tree in the work dir
@@ -83,16 +83,20 @@ class Workspace:
     def stamp(self, section: str) -> Path:
         return self.root / f"{TREES[section]}.stamp"
 
-    def fetch(self, section: str, source: Source, resolution: Resolution, report: Reporter) -> Path:
-        """The section's tree at the resolved revision, fetched again only when the revision changed (the stamp
-        is written once the tree is whole)."""
+    def fetch(self, section: str, recipe: Recipe, resolution: Resolution, report: Reporter) -> Path:
+        """The section's tree at the resolved revision with the recipe's patches applied, fetched again only
+        when the revision or a patch changed (the stamp is written once the tree is whole and patched)."""
         src, stamp = self.tree(section), self.stamp(section)
-        revision = resolution.record.revision
-        if src.is_dir() and stamp.exists() and stamp.read_text() == revision:
+        patches = recipe.patches(section)
+        wanted = resolution.record.revision + patching.stamp(patches)
+        if src.is_dir() and stamp.exists() and stamp.read_text() == wanted:
             return src
         stamp.unlink(missing_ok=True)
-        trees.fetch(source, src, section, report=report, resolution=resolution)
-        stamp.write_text(revision)
+        trees.fetch(recipe.sources()[section], src, section, report=report, resolution=resolution)
+        if patches:
+            report.step("patch", f"{', '.join(p.name for p in patches)} onto {src}")
+            patching.apply(src, patches, recipe.path, section)
+        stamp.write_text(wanted)
         return src
 
     def build_dir(self, runner_name: str | None, builder: str) -> Path:

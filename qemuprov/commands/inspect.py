@@ -57,9 +57,12 @@ def describe_recipe(recipe: Recipe) -> list[tuple[str, str]]:
                  ("extra configure", " ".join(recipe.qemu.configure) or "-")]
     else:
         rows.append(("qemu source", "none: this recipe builds virtiofsd alone"))
+    rows.append(("virtiofsd", _virtiofsd_line(recipe)))
+    for section in ("qemu", "virtiofsd"):
+        for patch in recipe.patches(section):
+            rows.append((f"{section} patch", f"{patch.name} (sha256 {patch.sha256[:16]}…, {patch.location})"))
     verify = "with OSv's scripts/run.py command lines" if recipe.verify_osv else "plain guest boot"
-    return [*rows, ("virtiofsd", _virtiofsd_line(recipe)), ("expect", " ".join(promised)),
-            ("build --verify", verify)]
+    return [*rows, ("expect", " ".join(promised)), ("build --verify", verify)]
 
 
 def _virtiofsd_line(recipe: Recipe) -> str:

@@ -16,7 +16,8 @@ _PACKAGE = Path(__file__).resolve().parent.parent  # qemuprov/, above infra/
 
 
 def shipped_dir(kind: str) -> Path:
-    """`recipes` or `containers`: inside the wheel when installed, at the top of the checkout otherwise."""
+    """`recipes`, `containers` or `patches`: inside the wheel when installed, at the top of the checkout
+    otherwise."""
     inside = _PACKAGE / "_data" / kind
     return inside if inside.is_dir() else _PACKAGE.parent / kind
 

@@ -36,7 +36,7 @@ from qemuprov.knowledge.probe_parse import (
 from qemuprov.recipe import VirtiofsdFlavour
 
 PROBE_TIMEOUT = 15.0
-CACHE_VERSION = 9  # bump when what a probe records or concludes changes
+CACHE_VERSION = 10  # bump when what a probe records or concludes changes
 RSEQ_TUNABLE = "glibc.pthread.rseq=0"  # the one spelling of the workaround for pre-7.0 C virtiofsd's seccomp filter
 
 # Where distributions put virtiofsd instead of PATH.
@@ -60,7 +60,8 @@ class QemuProbe:
     package: str = ""
     vhost_user_fs: bool = False
     devices: dict[str, bool] = field(default_factory=dict)
-    dax: bool = False
+    dax: bool = False  # the virtio-fs fork's DAX window: cache-size on vhost-user-fs-pci
+    shmem_device: bool = False  # QEMU 11.1's generic vhost-user device, with shared memory a back-end maps into
     accels: list[str] = field(default_factory=list)
     memory_backends: list[str] = field(default_factory=list)
     netdevs: list[str] | None = None  # -netdev backends (`user` is slirp); None: the binary lists none
@@ -95,6 +96,7 @@ class VirtiofsdProbe:
     rseq_wrapper: bool = False  # a wrapper that sets GLIBC_TUNABLES=glibc.pthread.rseq=0
     rseq_risk: bool = False  # C virtiofsd < 7.0 without the wrapper, on glibc >= 2.35
     thread_pool_default: int | None = None  # --thread-pool-size's default (0: no pool), where --help says
+    dax_window: bool = False  # --dax-window: it maps files into a front-end's shared memory (qemuprov's patch)
     note: str = ""  # how the probe got its answer where the daemon would not answer this user
     error: str | None = None
 
@@ -145,7 +147,7 @@ def probe_qemu(path: Path) -> QemuProbe:
     result.aio_native = facts.aio_native
     result.version, result.package = facts.version, facts.package
     result.arch = facts.arch or result.arch
-    result.devices, result.dax = facts.devices, facts.dax
+    result.devices, result.dax, result.shmem_device = facts.devices, facts.dax, facts.shmem_device
     result.accels, result.memory_backends = facts.accels, facts.memory_backends
     result.vhost_user_fs = facts.devices.get("vhost-user-fs-pci", False)
     return result
@@ -240,6 +242,7 @@ def probe_virtiofsd(path: Path) -> VirtiofsdProbe:
     result.flavour, result.version = facts.flavour, facts.version
     result.source_option, result.sandboxes = facts.source_option, facts.sandboxes
     result.thread_pool_default = facts.thread_pool_default
+    result.dax_window = facts.dax_window
     result.needs_root = facts.flavour == VirtiofsdFlavour.C
     result.rseq_wrapper = sets_rseq_tunable(path)
     result.rseq_risk = (facts.flavour == VirtiofsdFlavour.C and c_virtiofsd_lacks_rseq(facts.version)

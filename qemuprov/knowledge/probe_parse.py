@@ -13,8 +13,12 @@ from qemuprov.recipe import VirtiofsdFlavour
 
 VIRTIO_FS_DEVICES = ("vhost-user-fs-pci", "vhost-user-fs-device")
 NINE_P_DEVICE = "virtio-9p-pci"  # 9p, the share most users know: bench's baseline where QEMU has it
-PROBED_DEVICES = (*VIRTIO_FS_DEVICES, NINE_P_DEVICE)
+GENERIC_DEVICE = "vhost-user-test-device-pci"  # QEMU's generic vhost-user device (its backend says what it is)
+PROBED_DEVICES = (*VIRTIO_FS_DEVICES, NINE_P_DEVICE, GENERIC_DEVICE)
 DAX_PROPERTY = "cache-size"
+# The QOM type behind a vhost-user back-end's SHMEM_MAP: a QEMU that has it maps what a back-end sends into a
+# device's shared memory region (QEMU 11.1 and later).
+SHMEM_MAPPING_TYPE = "virtio-shared-memory-mapping"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ PROBE_COMMANDS: dict[str, QmpCommand] = {
     "backends": QmpCommand("qom-list-types", {"implements": "memory-backend", "abstract": False}),
     "accels": QmpCommand("qom-list-types", {"implements": "accel", "abstract": False}),
     **{dev: QmpCommand("device-list-properties", {"typename": dev}) for dev in PROBED_DEVICES},
+    "shmem": QmpCommand("qom-list-properties", {"typename": SHMEM_MAPPING_TYPE}),
     "quit": QmpCommand("quit"),
 }
 
@@ -95,6 +100,7 @@ class QemuFacts:
     arch: str | None = None
     devices: dict[str, bool] = field(default_factory=dict)
     dax: bool = False
+    shmem_device: bool = False  # the generic vhost-user device, with shared memory regions a back-end maps into
     memory_backends: list[str] = field(default_factory=list)
     accels: list[str] = field(default_factory=list)
     aio_native: bool | None = None  # None: not tried, or the answer says nothing about linux-aio
@@ -123,6 +129,7 @@ def qemu_facts_from_qmp(replies: dict[str, dict[str, Any]]) -> QemuFacts:
         facts.devices[dev] = props is not None
         if dev == "vhost-user-fs-pci" and props:
             facts.dax = any(p.get("name") == DAX_PROPERTY for p in props)
+    facts.shmem_device = facts.devices[GENERIC_DEVICE] and _returned(replies, "shmem") is not None
     backends = _returned(replies, "backends") or []
     facts.memory_backends = sorted(t["name"] for t in backends if t["name"] != "memory-backend")
     accels = _returned(replies, "accels") or []
@@ -165,9 +172,11 @@ class VirtiofsdFacts:
     source_option: str | None = None  # how the shared directory is given
     sandboxes: list[str] = field(default_factory=list)
     caps_json: bool = False  # --print-capabilities (vhost-user.json)
+    dax_window: bool = False  # --dax-window: it offers a DAX window and serves mappings into it (qemuprov's patch)
     thread_pool_default: int | None = None  # --thread-pool-size's default, as --help states it
 
 
+DAX_WINDOW_OPTION = "--dax-window"
 _C_VERSION = re.compile(r"virtiofsd version (\d+\.\d+\.\d+)")
 _RUST_VERSION = re.compile(r"virtiofsd (?:backend )?v?(\d+\.\d+\.\d+)")
 
@@ -190,6 +199,7 @@ def virtiofsd_facts(help_text: str, version_text: str) -> VirtiofsdFacts:
         sandbox = re.search(r"-o sandbox=([\w|]+)", help_text)
         facts.sandboxes = sandbox.group(1).split("|") if sandbox else ["namespace"]
     facts.caps_json = "--print-capabilities" in help_text
+    facts.dax_window = DAX_WINDOW_OPTION in help_text
     facts.thread_pool_default = thread_pool_default(help_text)
     return facts
 

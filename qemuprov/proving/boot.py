@@ -6,7 +6,9 @@ happened. What the guest says is read by the caller; what it may leave in the sh
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,8 @@ from qemuprov.proving.verdict import tail_text
 
 SOCKET_TIMEOUT = 10.0  # a virtiofsd makes its socket in milliseconds; a loaded machine gets seconds
 HOST_FILE = "from-host.txt"  # what the host puts in the share for the guest to read
+DAX_PROBE = "dax-probe.bin"  # the same token at the start of one page: a file any DAX window can map whole
+DAX_PROBE_SIZE = 4096
 LINE_PREFIX = "QEMUPROV: "  # the guest init's lines on its console; anything else there is the kernel's
 FOLLOW_CHUNK = 1 << 20  # a console is read in bounded chunks, however much a guest prints
 
@@ -51,9 +55,31 @@ class Session:
     qemu_log: Path | None = None
 
     def host_token(self) -> str:
-        """A fresh token in the share's from-host.txt: the file the guest must read and write back."""
+        """A fresh token in the share's from-host.txt, the file the guest must read and write back, and at the
+        start of dax-probe.bin, the page-sized file it reads through a DAX window."""
         token = secrets.token_hex(8)
         (self.share / HOST_FILE).write_text(token + "\n")
+        (self.share / DAX_PROBE).write_bytes(token.encode().ljust(DAX_PROBE_SIZE, b"\n"))
+        return token
+
+    def change_dax_probe(self) -> str | None:
+        """Overwrite the probe's token in place, as another program on the host would, while the guest has it
+        mapped; the new token, or None where the guest left no regular file there (it is never followed)."""
+        token = secrets.token_hex(8)
+        try:
+            folder = os.open(self.share, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fd = os.open(DAX_PROBE, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+            finally:
+                os.close(folder)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            os.pwrite(fd, token.encode(), 0)
+        finally:
+            os.close(fd)
         return token
 
     def log(self, name: str) -> IO[bytes]:
@@ -87,12 +113,16 @@ class Session:
         """Something else to undo when the session ends (a disk image, a libvirt domain)."""
         self._stack.callback(callback)
 
-    def wait_for_guest(self, timeout: float) -> float:
+    def wait_for_guest(self, timeout: float, console: Console | None = None,
+                       on_line: Callable[[str], object] | None = None) -> float:
         """Until the guest's QEMU exits, timeout passes, or a virtiofsd dies (the guest would only hang then);
-        the seconds it took."""
+        on_line hears each of the guest's lines on the console as it comes. The seconds it took."""
         assert self.vm is not None, "no QEMU started"
         start = time.monotonic()
         while time.monotonic() < start + timeout:
+            if console is not None and on_line is not None:
+                for line in console.new_lines():
+                    on_line(line)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.vm.wait(timeout=0.2)
                 break

@@ -58,7 +58,17 @@ if mount -t virtiofs "$tag" /mnt; then
     dmesg | grep 'Cache len' | sed 's/^/QEMUPROV: dax-window /'
     if mount -t virtiofs -o dax "$tag" /mnt 2>/dax.err; then
       say "dax-mount $(grep ' /mnt ' /proc/mounts)"
-      say "dax-read $(cat /mnt/from-host.txt 2>&1)"
+      first=$(head -c 16 /mnt/dax-probe.bin 2>&1)
+      say "dax-read $first"
+      say "dax-wait-change"
+      i=0
+      while [ $i -lt 50 ]; do
+        now=$(head -c 16 /mnt/dax-probe.bin 2>&1)
+        [ "$now" != "$first" ] && break
+        sleep 0.1
+        i=$((i + 1))
+      done
+      say "dax-after-change $now"
       umount /mnt
     else
       say "dax-mount-failed $(cat /dax.err)"

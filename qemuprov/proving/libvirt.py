@@ -20,6 +20,7 @@ from pathlib import Path
 from qemuprov import arches
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import procs, render
+from qemuprov.knowledge import dax
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.boot import Console, session
 from qemuprov.proving.guestkit import TAG, Kit
@@ -34,6 +35,9 @@ CREATE_TIMEOUT = 180.0  # the first start of an emulator: libvirt probes its cap
 GUEST_TIMEOUT = 180.0
 MAX_LINES = 10_000  # of the guest's lines: its init says a dozen
 NO_WINDOW = "this QEMU has no DAX window (cache-size)"
+NO_GENERIC_DEVICE = (f"libvirt has no element for QEMU's generic vhost-user device ({dax.GENERIC_DEVICE}), which the "
+                     "DAX window of QEMU 11.1 needs, and starts virtiofsd only for <filesystem>: this domain shares "
+                     "without DAX; `qemuprov env --libvirt` shows the <qemu:commandline> way")
 
 ET.register_namespace("qemu", QEMU_NS)
 
@@ -158,7 +162,10 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
         waited = _wait_for_guest(connect, name, Console(console, MAX_LINES))
         lines = console_lines(console)
         outcome.log = lines
-        judge_round_trip(outcome, lines, guest.share, token, qemu, kit, waited)
+        route = dax.Route.CACHE_SIZE if qemu.dax else None
+        why_not = NO_GENERIC_DEVICE if route is None and dax.pairing(qemu, daemon).route is dax.Route.SHMEM else ""
+        judge_round_trip(outcome, lines, guest.share, token, qemu, kit, waited, daemon=daemon,
+                         offer=dax.Offer(route, why_not))
     outcome.seconds = round(time.monotonic() - start, 2)
     return outcome
 

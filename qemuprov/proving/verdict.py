@@ -8,25 +8,31 @@ import os
 from pathlib import Path
 
 from qemuprov.infra import safefile
-from qemuprov.knowledge.probe import QemuProbe
+from qemuprov.knowledge import dax
+from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import TAG, Kit
 from qemuprov.records.manifest import BootResult, VerifyMode
 
 DAX_WINDOW_MB = 64  # the window verify asks for: enough to map the test file, small enough for any guest
 
 
-def kernel_append(qemu: QemuProbe, tag: str = TAG) -> str:
+def kernel_append(qemu: QemuProbe, tag: str = TAG, window: bool | None = None) -> str:
+    """The kit's command line; window: a DAX window is offered (default: the fork's, where QEMU has it), so the
+    guest tries it."""
     console = qemu.target.console
-    return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if qemu.dax else "")
+    offered = qemu.dax if window is None else window
+    return f"console={console} panic=-1 quiet qemuprov.tag={tag}" + (" dax" if offered else "")
 
 
 GUEST_FILE_CAP = 4096  # the guest writes back a 16-character token
 
 
 def judge_round_trip(outcome: BootResult, lines: list[str], share: Path, token: str, qemu: QemuProbe,
-                     kit: Kit, waited: float, running: bool = True) -> None:
+                     kit: Kit, waited: float, running: bool = True, daemon: VirtiofsdProbe | None = None,
+                     offer: dax.Offer | None = None, changed_to: str | None = None) -> None:
     """The verdict of a guest that ran: mounted, read the host's token, wrote it back; then the DAX verdict.
-    waited: the seconds the guest had; running: whether it was still running then (else it stopped early)."""
+    waited: the seconds the guest had; running: whether it was still running then (else it stopped early);
+    changed_to: what the host wrote into the probe file while the guest had it mapped."""
     if "QEMUPROV: mounted" not in lines:
         outcome.failure = "guest"
         if lines:
@@ -49,7 +55,13 @@ def judge_round_trip(outcome: BootResult, lines: list[str], share: Path, token: 
         said: dict[str, str] = {VerifyMode.OSV: " (OSv's run.py command lines)",
                                 VerifyMode.LIBVIRT: " (started by libvirt)"}
         outcome.message = "the guest read the host's file and wrote one back" + said.get(outcome.mode, "")
-    outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit)
+    offer = offer or dax.Offer(dax.offered(qemu, daemon))
+    outcome.dax, outcome.dax_status, outcome.dax_reason = dax_verdict(qemu, lines, kit, daemon, offer)
+    outcome.dax_route = str(offer.route) if offer.route else None
+    after = next((ln.removeprefix("QEMUPROV: dax-after-change").strip() for ln in lines
+                  if ln.startswith("QEMUPROV: dax-after-change")), None)
+    if outcome.dax and changed_to is not None and after is not None:
+        outcome.dax_sees_host_changes = after == changed_to
 
 
 CONSOLE_CAP = 8 << 20  # a guest's console may say anything, for as long as it runs: its last 8 MiB are read
@@ -88,11 +100,19 @@ def _write_failed(error: str) -> str:
     return message
 
 
-def dax_verdict(qemu: QemuProbe, lines: list[str], kit: Kit) -> tuple[bool | None, str, str]:
+def dax_verdict(qemu: QemuProbe, lines: list[str], kit: Kit, daemon: VirtiofsdProbe | None = None,
+                offer: dax.Offer | None = None) -> tuple[bool | None, str, str]:
     """(dax, status, reason) from the guest's own report. Three ways to miss: the QEMU has no window, the guest
-    kernel cannot use one (it never reports the window), the daemon cannot map into it (mount or read fails)."""
-    if not qemu.dax:
-        return None, "-", "this QEMU has no DAX window (cache-size)"
+    kernel cannot use one (it never reports the window), the daemon cannot map into it (mount or read fails, or
+    the pair's route needs a daemon that offers a window, which this one does not)."""
+    pair = dax.pairing(qemu, daemon) if daemon is not None else None
+    offer = offer or dax.Offer(dax.offered(qemu, daemon))
+    if offer.route is None and offer.why_not:
+        return None, "-", offer.why_not
+    if offer.route is None:
+        if pair is not None and pair.side == "virtiofsd":
+            return False, "no", pair.missing
+        return None, "-", pair.missing if pair is not None else "this QEMU has no DAX window (cache-size)"
     window = any(ln.startswith("QEMUPROV: dax-window") for ln in lines)
     mounted = any("dax=always" in ln for ln in lines if ln.startswith("QEMUPROV: dax-mount "))
     read = next((ln.removeprefix("QEMUPROV: dax-read ").strip() for ln in lines
@@ -108,5 +128,7 @@ def dax_verdict(qemu: QemuProbe, lines: list[str], kit: Kit) -> tuple[bool | Non
                                     "boot a kernel built with CONFIG_FUSE_DAX with --kernel/--initrd")
     failed = next((ln for ln in lines if ln.startswith(("QEMUPROV: dax-mount-failed", "QEMUPROV: dmesg"))), "")
     what = f"reading through it failed ({read})" if mounted else f"mount -o dax failed ({failed.strip()})"
-    return False, "no", (f"the guest found the DAX window but {what}: the virtiofsd does not serve DAX mappings "
-                         "(FUSE_SETUPMAPPING); pair the virtio-fs-dev QEMU with its own C virtiofsd")
+    why = pair.missing if pair is not None and not pair.ok else (
+        "the virtiofsd does not serve DAX mappings (FUSE_SETUPMAPPING); pair the virtio-fs-dev QEMU with its own C "
+        "virtiofsd")
+    return False, "no", f"the guest found the DAX window but {what}: {why}"

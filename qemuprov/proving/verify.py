@@ -17,7 +17,7 @@ from qemuprov import arches
 from qemuprov.errors import UserError
 from qemuprov.infra import paths
 from qemuprov.infra.progress import notice
-from qemuprov.knowledge import kvm, osv, probe
+from qemuprov.knowledge import dax, kvm, osv, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import boot, guestkit, libvirt
 from qemuprov.proving.guestkit import TAG, Kit
@@ -27,6 +27,7 @@ from qemuprov.records import installs
 from qemuprov.records.manifest import BootResult, VerifyMode
 
 GUEST_TIMEOUT = 120.0
+MAX_CONSOLE_LINES = 10_000  # of the guest's lines followed while it runs: its init says a dozen
 MEMORY_MB = 512
 DAX_WINDOW = f"{DAX_WINDOW_MB}M"
 
@@ -39,27 +40,37 @@ class Launch:
     qemu: list[str]
     socket: Path
     console: Path
+    offer: dax.Offer
     disk: Path | None = None  # made for the run (OSv's line has a disk), removed after it
 
 
 def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path, cache: str | None = None,
-                   threads: int | None = None) -> list[str]:
+                   threads: int | None = None, window: str | None = None) -> list[str]:
     """cache: the daemon's own word (the C daemon's auto is given always; the Rust daemon's only when asked);
-    threads: --thread-pool-size, else the daemon's default."""
+    threads: --thread-pool-size, else the daemon's default; window: the DAX window the daemon offers on the
+    shared memory route (with the tag, which the generic device takes from the daemon)."""
     if daemon.flavour == VirtiofsdFlavour.RUST:
         sandbox = "namespace" if os.geteuid() == 0 else "none"
         argv = [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
         argv += ["--cache", cache] if cache else []
+        argv += ["--tag", TAG, "--dax-window", window] if window else []
         return argv + (["--thread-pool-size", str(threads)] if threads is not None else [])
     argv = [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", f"cache={cache or 'auto'}"]
     return argv + ([f"--thread-pool-size={threads}"] if threads is not None else [])
 
 
-def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str,
-              firmware: list[str]) -> list[str]:
-    device = f"vhost-user-fs-pci,chardev=vfs,tag={TAG}" + (f",cache-size={DAX_WINDOW}" if qemu.dax else "")
-    return guest_argv(qemu, kit, kernel_append(qemu), f"file:{serial}", accel, firmware,
-                      ["-chardev", f"socket,id=vfs,path={socket}", "-device", device])
+def share_device(route: dax.Route | None, chardev: str, window: str, tag: str = TAG) -> str:
+    """The device that carries the share: on the shared memory route the generic vhost-user device as
+    virtio-fs (the daemon gives the tag and the window), else vhost-user-fs-pci, with the fork's window."""
+    if route is dax.Route.SHMEM:
+        return f"{dax.GENERIC_DEVICE},chardev={chardev},{dax.GENERIC_FS_PROPERTIES}"
+    return f"vhost-user-fs-pci,chardev={chardev},tag={tag}" + (f",cache-size={window}" if route else "")
+
+
+def qemu_argv(qemu: QemuProbe, kit: Kit, socket: Path, serial: Path, accel: str, firmware: list[str],
+              route: dax.Route | None) -> list[str]:
+    return guest_argv(qemu, kit, kernel_append(qemu, window=route is not None), f"file:{serial}", accel, firmware,
+                      ["-chardev", f"socket,id=vfs,path={socket}", "-device", share_device(route, "vfs", DAX_WINDOW)])
 
 
 def guest_argv(qemu: QemuProbe, kit: Kit, append: str, serial: str, accel: str, firmware: list[str],
@@ -100,8 +111,10 @@ def _died(proc: subprocess.Popen[bytes], daemon: VirtiofsdProbe) -> str:
 def plain_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, accel: str,
                  firmware: list[str]) -> Launch:
     socket, serial = work / "vfs.sock", work / "serial.log"
-    return Launch(virtiofsd_argv(daemon, socket, work / "share"),
-                  qemu_argv(qemu, kit, socket, serial, accel, firmware), socket, serial)
+    route = dax.offered(qemu, daemon)
+    window = DAX_WINDOW if route is dax.Route.SHMEM else None
+    return Launch(virtiofsd_argv(daemon, socket, work / "share", window=window),
+                  qemu_argv(qemu, kit, socket, serial, accel, firmware, route), socket, serial, dax.Offer(route))
 
 
 def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, accel: str,
@@ -121,7 +134,10 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
         argv += ["-accel", accel]
     for directory in firmware:
         argv += ["-L", directory]
-    return Launch(osv.virtiofsd_argv(daemon.path, socket, work / "share"), argv, socket, work / "qemu.log", disk)
+    route = dax.Route.CACHE_SIZE if qemu.dax else None
+    why_not = dax.OSV_ON_SHMEM if route is None and dax.pairing(qemu, daemon).route is dax.Route.SHMEM else ""
+    return Launch(osv.virtiofsd_argv(daemon.path, socket, work / "share"), argv, socket, work / "qemu.log",
+                  dax.Offer(route, why_not), disk)
 
 
 LAUNCHERS = {VerifyMode.PLAIN: plain_launch, VerifyMode.OSV: osv_launch}
@@ -151,7 +167,13 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
             outcome.log = vfs.last_words()
             return outcome
         vm = guest.start_qemu(launch.qemu)
-        waited = guest.wait_for_guest(GUEST_TIMEOUT)
+        changed: list[str | None] = []
+
+        def heard(line: str) -> None:  # the guest has the probe mapped: change it, as another program would
+            if line == "QEMUPROV: dax-wait-change" and not changed:
+                changed.append(guest.change_dax_probe())
+
+        waited = guest.wait_for_guest(GUEST_TIMEOUT, boot.Console(launch.console, MAX_CONSOLE_LINES), heard)
         lines = console_lines(launch.console)
         outcome.log = lines
         qemu_said = guest.qemu_said()
@@ -163,7 +185,8 @@ def run_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, make_launch: C
             outcome.message = f"QEMU refused to run: {qemu_said[-1:] or ['?']}"
             outcome.log = qemu_said[-10:]
         else:
-            judge_round_trip(outcome, lines, guest.share, token, qemu, kit, waited, running=vm.poll() is None)
+            judge_round_trip(outcome, lines, guest.share, token, qemu, kit, waited, running=vm.poll() is None,
+                             daemon=daemon, offer=launch.offer, changed_to=changed[0] if changed else None)
     outcome.seconds = round(time.monotonic() - start, 2)
     return outcome
 

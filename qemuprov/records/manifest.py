@@ -103,6 +103,8 @@ class BootResult:
     dax_status: str = "-"  # "yes", "no", "not tested", "-" (no DAX window)
     dax_reason: str = ""  # why not "yes", and what to do
     kit: dict[str, str] = field(default_factory=dict)  # the guest that booted (Kit.record)
+    dax_route: str | None = None  # the window offered: "cache-size" (the fork) or "shmem" (QEMU 11.1+)
+    dax_sees_host_changes: bool | None = None  # a file the guest had mapped, changed on the host: seen at once?
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,11 @@ def fetch_timeout() -> float:
     return config.seconds(FETCH_ENV, FETCH_TIMEOUT)
 
 
-def run(args: Sequence[str | Path], timeout: float | None = None) -> procs.Result:
+def run(args: Sequence[str | Path], timeout: float | None = None,
+        extra_env: dict[str, str] | None = None) -> procs.Result:
     """`git ARGS` to completion, never raising for git's own failure (see Result.ok)."""
     limit = timeout if timeout is not None else short_timeout()
-    return procs.run(["git", *args], timeout=limit, env=env())
+    return procs.run(["git", *args], timeout=limit, env={**env(), **(extra_env or {})})
 
 
 def output(args: Sequence[str | Path], timeout: float | None = None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from qemuprov import arches
-from qemuprov.knowledge import probe
+from qemuprov.knowledge import dax, probe
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import guestkit, verify
 from tests.integration.conftest import Built, Env
@@ -71,7 +71,8 @@ def _capture_launch(capture: str, qemu: QemuProbe, daemon: VirtiofsdProbe, kit: 
     for directory in firmware:
         argv += ["-L", directory]
     daemon_words = [w.replace("/tmp/vhostqemu", str(socket)).replace("SHARE", str(share)) for w in daemon_argv[1:]]
-    return verify.Launch([daemon.path, *daemon_words], argv, socket, work / "qemu.log", disk)
+    offer = dax.Offer(dax.Route.CACHE_SIZE if qemu.dax else None)
+    return verify.Launch([daemon.path, *daemon_words], argv, socket, work / "qemu.log", offer, disk)
 
 
 @pytest.mark.parametrize("version", ["7.2", "5.2"])

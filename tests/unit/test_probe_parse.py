@@ -25,7 +25,9 @@ def test_qmp_debian_72_x86_64() -> None:
     assert facts.version == "7.2.22"
     assert facts.package.startswith("Debian")
     assert facts.arch == "x86_64"
-    assert facts.devices == {"vhost-user-fs-pci": True, "vhost-user-fs-device": True, "virtio-9p-pci": True}
+    assert facts.devices == {"vhost-user-fs-pci": True, "vhost-user-fs-device": True, "virtio-9p-pci": True,
+                             "vhost-user-test-device-pci": False}
+    assert facts.shmem_device is False
     assert facts.dax is False
     assert "memory-backend-memfd" in facts.memory_backends
     assert "kvm" in facts.accels and "tcg" in facts.accels
