@@ -10,7 +10,7 @@ from pathlib import Path
 from qemuprov.building.context import Context
 from qemuprov.errors import BuildError
 from qemuprov.infra.render import safe_text
-from qemuprov.knowledge import probe
+from qemuprov.knowledge import dax, probe
 from qemuprov.recipe import Recipe, VirtiofsdFlavour
 
 
@@ -48,8 +48,10 @@ def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[pr
     for q in qemus:
         if not q.vhost_user_fs:
             problems.append(f"qemu-system-{q.arch} has no vhost-user-fs-pci")
-        if expect.dax is not None and q.dax != expect.dax:
-            problems.append(f"qemu-system-{q.arch} DAX window (cache-size): expected {expect.dax}, got {q.dax}")
+        if expect.dax is not None and (got := _gives_dax(q, daemons)) != expect.dax:
+            why = f" ({dax.pairing(q, daemons[0]).missing})" if daemons and not got else ""
+            problems.append(f"qemu-system-{q.arch} DAX (a window the install's virtiofsd maps into): expected "
+                            f"{expect.dax}, got {got}{why}")
         if expect.version and not _version_matches(q.version, expect.version):
             problems.append(f"qemu-system-{q.arch} is QEMU {q.version}, expected {expect.version}")
         lacking = [n for n in expect.netdevs if n not in (q.netdevs or ())]
@@ -64,6 +66,14 @@ def check_expectations(recipe: Recipe, arches: tuple[str, ...], results: list[pr
         if expect.virtiofsd.value not in flavours:
             problems.append(f"virtiofsd: expected {expect.virtiofsd.value}, got {', '.join(map(str, flavours))}")
     return problems
+
+
+def _gives_dax(qemu: probe.QemuProbe, daemons: list[probe.VirtiofsdProbe]) -> bool:
+    """DAX as the install gives it: a route of this QEMU that its own virtiofsd maps into (a QEMU alone: a
+    route at all)."""
+    if daemons:
+        return dax.pairing(qemu, daemons[0]).ok
+    return bool(dax.qemu_routes(qemu))
 
 
 def _version_matches(actual: str | None, prefix: str) -> bool:

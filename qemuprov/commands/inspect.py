@@ -13,7 +13,7 @@ from qemuprov.building import pipeline
 from qemuprov.commands.base import Command, book
 from qemuprov.errors import InfraError, UserError
 from qemuprov.infra import render
-from qemuprov.knowledge import kvm, osv, probe
+from qemuprov.knowledge import dax, kvm, osv, probe
 from qemuprov.proving import libvirt
 from qemuprov.recipe import Recipe, VirtiofsdFlavour
 from qemuprov.records import installs
@@ -115,8 +115,9 @@ def probe_rows(probes: list[probe.Probe]) -> list[tuple[str, ...]]:
                                       else "file" if item.shared_memory else "none"),
                      f"netdev-user={render.yes_no(item.user_networking) if item.netdevs is not None else '?'}",
                      f"aio-native={render.yes_no(item.aio_native)}"]
+            routes = ",".join(dax.qemu_routes(item)) or "no"
             rows.append((item.path, "qemu", item.version or "?", item.arch or "?",
-                         render.yes_no(item.vhost_user_fs), render.yes_no(item.dax), " ".join(notes)))
+                         render.yes_no(item.vhost_user_fs), routes, " ".join(notes)))
         else:
             notes = [f"shared-dir={item.source_option}", f"sandbox={'|'.join(item.sandboxes)}",
                      "needs-root" if item.needs_root else "unprivileged-ok", *([item.note] if item.note else [])]
@@ -124,9 +125,22 @@ def probe_rows(probes: list[probe.Probe]) -> list[tuple[str, ...]]:
                 notes.append("rseq-wrapper")
             if item.rseq_risk:
                 notes.append(f"RSEQ-KILL-RISK (run with GLIBC_TUNABLES={probe.RSEQ_TUNABLE})")
-            rows.append((item.path, "virtiofsd", item.version or "?", item.flavour or "?", "-", "-",
-                         " ".join(notes)))
+            rows.append((item.path, "virtiofsd", item.version or "?", item.flavour or "?", "-",
+                         "window" if item.dax_window else "-", " ".join(notes)))
     return rows
+
+
+def dax_lines(results: list[probe.Probe]) -> list[str]:
+    """Per QEMU and virtiofsd probed together: the DAX route they take, or which side lacks what."""
+    qemus = [r for r in results if isinstance(r, probe.QemuProbe) and not r.error]
+    daemons = [r for r in results if isinstance(r, probe.VirtiofsdProbe) and not r.error]
+    lines = []
+    for qemu in qemus:
+        for daemon in daemons:
+            pair = dax.pairing(qemu, daemon)
+            said = f"yes, through {pair.route}" if pair.route else f"no: {pair.missing}"
+            lines.append(f"DAX with {Path(qemu.path).name} and {daemon.path}: {render.safe_text(said)}")
+    return lines
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -142,6 +156,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         print(render.table(("PATH", "KIND", "VERSION", "ARCH/FLAVOUR", "VHOST-USER-FS", "DAX", "NOTES"),
                            probe_rows(results)))
+        for line in dax_lines(results):
+            print(line)
     return 2 if any(r.error for r in results) else 0
 
 

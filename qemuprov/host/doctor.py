@@ -13,7 +13,7 @@ from pathlib import Path
 from qemuprov import arches
 from qemuprov.infra import engines, paths
 from qemuprov.infra.compilers import describe_host_compilers
-from qemuprov.knowledge import hostdeps, kvm, probe
+from qemuprov.knowledge import dax, hostdeps, kvm, probe
 from qemuprov.knowledge.probe_parse import version_tuple
 from qemuprov.recipe import VirtiofsdFlavour
 from qemuprov.records import installs, kept
@@ -132,18 +132,21 @@ def check_qemu(ctx: Probing) -> Iterator[Check]:
                         f"{found} has neither memory-backend-memfd nor memory-backend-file",
                         "virtio-fs needs shared guest memory; use another QEMU build")
             continue
-        dax = "DAX window (cache-size): yes" if result.dax else "no DAX window"
-        if result.dax:
-            dax_found.append(found)
+        routes = dax.qemu_routes(result)
+        window = f"DAX route: {', '.join(routes)}" if routes else "no DAX window"
+        if routes:
+            dax_found.append(f"{found} ({', '.join(routes)})")
         yield Check("QEMU", f"{name} has vhost-user-fs-pci", Verdict.PASS,
-                    f"{found}: QEMU {result.version}, {dax}")
+                    f"{found}: QEMU {result.version}, {window}")
         yield _check_osv_line(name, found, result)
     if dax_found:
         yield Check("QEMU", "a QEMU with the DAX window", Verdict.PASS, ", ".join(dax_found))
     else:
         yield Check("QEMU", "a QEMU with the DAX window", Verdict.WARN,
-                    "no QEMU here has cache-size on vhost-user-fs-pci (only the virtio-fs-dev fork does)",
-                    "only needed for -o dax: qemuprov build virtio-fs-dev")
+                    "no QEMU here has cache-size on vhost-user-fs-pci (the virtio-fs-dev fork) or "
+                    f"{dax.GENERIC_DEVICE} with shared memory regions (QEMU 11.1 and later)",
+                    f"only needed for -o dax: qemuprov build {dax.PATCHED_RECIPE} for a QEMU 11.1 you have, "
+                    f"else qemuprov build qemu-stable-dax, or {dax.FORK_RECIPE} (OSv)")
 
 
 def _check_osv_line(name: str, found: str, result: probe.QemuProbe) -> Check:
@@ -315,7 +318,7 @@ def _size(size: int) -> str:
 
 def check_pairing(ctx: Probing) -> Iterator[Check]:
     """The QEMU and virtiofsd a user would run together: the first of each on PATH."""
-    daemon_path = shutil.which("virtiofsd")
+    daemon_path = shutil.which("virtiofsd") or next((str(p) for p in probe.distro_virtiofsd()), None)
     qemus = probe.qemus_on_path()
     if daemon_path is None or not qemus:
         return
@@ -327,12 +330,25 @@ def check_pairing(ctx: Probing) -> Iterator[Check]:
         qemu = ctx.probe(path)
         if isinstance(qemu, probe.QemuProbe) and not qemu.error:
             warnings += [w for w in probe.pairing_warnings(qemu, daemon) if w not in warnings]
+            yield _dax_check(qemu, daemon)
     for warning in warnings:
         yield Check("virtiofsd", "QEMU and virtiofsd pair well", Verdict.WARN, warning,
                     "see the detail; `qemuprov build` installs matching pairs")
     if not warnings:
         yield Check("virtiofsd", "QEMU and virtiofsd pair well", Verdict.PASS,
                     f"{daemon_path} with {', '.join(map(str, qemus))}")
+
+
+def _dax_check(qemu: probe.QemuProbe, daemon: probe.VirtiofsdProbe) -> Check:
+    what = f"DAX with {Path(qemu.path).name} and {daemon.path}"
+    pair = dax.pairing(qemu, daemon)
+    if pair.ok:
+        return Check("virtiofsd", what, Verdict.PASS, f"through {pair.route}")
+    if not dax.qemu_routes(qemu):
+        return Check("virtiofsd", what, Verdict.PASS, "no DAX window in this QEMU (none is needed to share)")
+    hint = (f"qemuprov build {dax.PATCHED_RECIPE}, then start its virtiofsd with --dax-window 1G"
+            if dax.Route.SHMEM in dax.qemu_routes(qemu) else "only needed for -o dax; see the detail")
+    return Check("virtiofsd", what, Verdict.WARN, pair.missing, hint)
 
 
 CHECKS: tuple[Callable[[Probing], Iterator[Check]], ...] = (

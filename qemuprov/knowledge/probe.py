@@ -404,9 +404,9 @@ def pairing_warnings(qemu: QemuProbe, daemon: VirtiofsdProbe) -> list[str]:
     """Combinations of QEMU and virtiofsd known to break, in words a user can act on."""
     warnings = []
     if qemu.dax and daemon.flavour == VirtiofsdFlavour.RUST:
-        warnings.append(f"QEMU {qemu.version} has the DAX window, but the Rust virtiofsd does not serve DAX mappings "
-                        "(FUSE_SETUPMAPPING): mount -o dax fails; pair it with the C virtiofsd built from the same "
-                        "virtio-fs-dev tree")
+        warnings.append(f"QEMU {qemu.version} has the fork's DAX window (cache-size), but the Rust virtiofsd does not "
+                        "serve DAX mappings over the fork's messages: mount -o dax fails; pair it with the C virtiofsd "
+                        "built from the same virtio-fs-dev tree")
     elif qemu.dax and daemon.flavour == VirtiofsdFlavour.C and daemon.version != qemu.version:
         warnings.append(f"the DAX QEMU {qemu.version} and C virtiofsd {daemon.version} come from different trees: "
                         "only the virtio-fs-dev tree's own virtiofsd serves DAX mappings")

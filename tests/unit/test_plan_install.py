@@ -118,10 +118,25 @@ def test_expectations() -> None:
     good = [q("x86_64", True, "7.0.50"), q("aarch64", True, "7.0.50"), vfs]
     assert check_expectations(dev, ("x86_64", "aarch64"), good) == []
     problems = check_expectations(dev, ("x86_64", "aarch64"), [q("x86_64", False, "7.2.0")])
-    assert any("DAX window" in p for p in problems)
+    assert any("DAX (a window the install's virtiofsd maps into): expected True, got False" in p for p in problems)
     assert any("no working qemu-system-aarch64" in p for p in problems)
     assert any("virtiofsd: expected c, got none" in p for p in problems)
     assert any("expected 7.0" in p for p in problems)
+
+
+def test_dax_expectations_follow_the_pair_on_either_route() -> None:
+    """qemu-stable-dax promises DAX: QEMU 11.1's generic device and a daemon with --dax-window keep it; the same
+    QEMU with the unpatched daemon breaks it, naming the side and what to add; qemu-stable (dax = false) with a
+    QEMU that could take a window but an unpatched daemon is as promised."""
+    stable_dax, stable = SHIPPED.load("qemu-stable-dax"), SHIPPED.load("qemu-stable")
+    qemus = [QemuProbe(f"/p/bin/qemu-system-{a}", a, version="11.1.3", vhost_user_fs=True, shmem_device=True,
+                       netdevs=["user"], aio_native=True) for a in ("x86_64", "aarch64")]
+    patched = VirtiofsdProbe("/p/bin/virtiofsd", flavour="rust", version="1.14.0", dax_window=True)
+    plain = VirtiofsdProbe("/p/bin/virtiofsd", flavour="rust", version="1.14.0")
+    assert check_expectations(stable_dax, ("x86_64", "aarch64"), [*qemus, patched]) == []
+    broken = " ".join(check_expectations(stable_dax, ("x86_64", "aarch64"), [*qemus, plain]))
+    assert "expected True, got False" in broken and "virtiofsd-dax" in broken and "--dax-window" in broken
+    assert check_expectations(stable, ("x86_64", "aarch64"), [*qemus, plain]) == []
 
 
 def test_missing_dependency_hint() -> None:

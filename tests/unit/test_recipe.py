@@ -20,6 +20,9 @@ from tests.conftest import DATA
 BROKEN = DATA / "recipes" / "broken"
 GOOD = DATA / "recipes" / "good"
 
+SHIPPED_NAMES = ["qemu-5.2", "qemu-7.2", "qemu-stable", "qemu-stable-dax", "virtio-fs-dev", "virtiofsd",
+                 "virtiofsd-dax"]
+
 
 def expected_error(path: Path) -> str:
     first = path.read_text().splitlines()[0]
@@ -35,7 +38,7 @@ def test_shipped_recipes_load() -> None:
     recipes, errors = book_with().load_all()
     assert errors == []
     by_name = {r.name: r for r in recipes}
-    assert sorted(by_name) == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev", "virtiofsd"]
+    assert sorted(by_name) == SHIPPED_NAMES
     dev = by_name["virtio-fs-dev"]
     assert dev.expect.dax is True
     assert dev.qemu.source.ref == "virtio-fs-dev"
@@ -143,7 +146,7 @@ def test_cli_recipes_json_parses() -> None:
     result = run_cli("recipes", "--json")
     assert result.returncode == 0, result.stderr
     names = [entry["name"] for entry in json.loads(result.stdout)]
-    assert names == ["qemu-5.2", "qemu-7.2", "qemu-stable", "virtio-fs-dev", "virtiofsd"]
+    assert names == SHIPPED_NAMES
 
 
 def test_cli_show_virtio_fs_dev() -> None:
