@@ -46,12 +46,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for qemu in qemus:  # all the bad input first, before KVM is tried or anything is fetched
         if not qemu.vhost_user_fs:
             raise UserError(f"QEMU {qemu.path} has no vhost-user-fs-pci device: there is no virtio-fs to measure")
-    asked = {qemu.path: bench_plan.asked_windows(qemu, args.window or []) for qemu in qemus}
+    asked = {qemu.path: bench_plan.asked_windows(qemu, args.window or [], daemon) for qemu in qemus}
     plans = []
     for qemu in qemus:
         accel = verify.choose_accel(Path(qemu.path), qemu.target, args.accel)
         amounts = bench_plan.Amounts.for_accel(accel)
-        windows = bench_plan.windows_for(qemu, asked[qemu.path], amounts)
+        windows = bench_plan.windows_for(qemu, asked[qemu.path], amounts, daemon)
         plans.append((qemu, accel, amounts, bench_plan.settings_for(qemu, daemon, windows,
                                                                     daemon.thread_pool_default)))
     reports = []

@@ -18,6 +18,7 @@ from qemuprov.errors import UserError
 from qemuprov.infra import paths
 from qemuprov.infra.procs import stop_group
 from qemuprov.infra.progress import Reporter
+from qemuprov.knowledge import dax
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving import bench_plan, boot, fio, guestkit
 from qemuprov.proving.bench_plan import WORKLOADS, Amounts, GuestPlan, Setting
@@ -166,6 +167,11 @@ class Bench:
     repetitions: int
     amounts: Amounts
 
+    @property
+    def route(self) -> dax.Route | None:
+        """The window the DAX settings get: the fork's cache-size, or a daemon's on QEMU's shared memory."""
+        return dax.offered(self.qemu, self.daemon)
+
 
 @dataclass
 class GuestRun:
@@ -184,8 +190,9 @@ def _start_daemons(bench: Bench, results: list[SettingResult], guest: Session) -
         if result.setting.fs != "virtiofs":
             continue
         socket = guest.work / f"vfs{number}.sock"
+        window = result.setting.window_text if result.setting.window and bench.route is dax.Route.SHMEM else None
         result.daemon = virtiofsd_argv(bench.daemon, socket, guest.share, result.setting.cache,
-                                       result.setting.threads)
+                                       result.setting.threads, window, tag_of(number, result.setting))
         daemon = guest.start_daemon(result.daemon, socket, f"virtiofsd{number}")
         if daemon.failure:
             result.error = f"virtiofsd made no socket ({'; '.join(daemon.last_words(1)) or 'no output'})"
@@ -203,11 +210,11 @@ def run(bench: Bench, settings: list[Setting], share: Path, report: Reporter) ->
         sockets = _start_daemons(bench, results, guest)
         running = [n for n, r in enumerate(results) if r.setting.fs == "9p" or n in sockets]
         plan = GuestPlan(tuple(results[n].setting for n in running), bench.workloads, bench.repetitions,
-                         bench.amounts)
+                         bench.amounts, tuple(tag_of(n, results[n].setting) for n in running))
         run_ = GuestRun(plan, {i: results[n] for i, n in enumerate(running)})
         argv = bench_plan.qemu_argv(bench.qemu, bench.kit, plan,
                                     {i: sockets[n] for i, n in enumerate(running) if n in sockets}, share,
-                                    bench.accel, bench.firmware)
+                                    bench.accel, bench.firmware, bench.route)
         for result in run_.results.values():
             result.qemu = argv
         vm = guest.start_qemu(argv)
@@ -218,6 +225,11 @@ def run(bench: Bench, settings: list[Setting], share: Path, report: Reporter) ->
         _judge(result, index, lines, qemu_said, share / "results", bench.workloads, bench.repetitions)
         result.summarize()
     return results, run_.host_cache
+
+
+def tag_of(number: int, setting: Setting) -> str:
+    """A setting's tag, by its number among all settings (a virtiofsd on the shared memory route gives its own)."""
+    return bench_plan.NINE_P_TAG if setting.fs == "9p" else f"qp{number}"
 
 
 def _follow(vm: subprocess.Popen[bytes], console: Console, run_: GuestRun, share: Path, report: Reporter,

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from qemuprov import arches
 from qemuprov.errors import UserError
+from qemuprov.knowledge import dax
 from qemuprov.knowledge.osv import dax_size_bytes
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.proving.guestkit import Kit
-from qemuprov.proving.verify import guest_argv
+from qemuprov.proving.verify import guest_argv, share_device
 from qemuprov.recipe import VirtiofsdFlavour
 
 NINE_P_DEVICE = "virtio-9p-pci"
@@ -107,21 +108,23 @@ def _size_text(size: int) -> str:
 CACHE_WORDS = {VirtiofsdFlavour.C: ("auto", "none", "always"), VirtiofsdFlavour.RUST: ("auto", "never", "always")}
 
 
-def asked_windows(qemu: QemuProbe, asked: list[str]) -> list[int]:
-    """--window's sizes, checked: powers of two of 2M or more, and only for a QEMU with the window."""
-    if asked and not qemu.dax:
-        raise UserError(f"--window: {qemu.path} has no DAX window (no cache-size on vhost-user-fs-pci)",
-                        hint="only the virtio-fs fork's virtio-fs-dev branch has it (recipe virtio-fs-dev); "
-                             "leave --window out to compare the rest")
+def asked_windows(qemu: QemuProbe, asked: list[str], daemon: VirtiofsdProbe | None = None) -> list[int]:
+    """--window's sizes, checked: powers of two of 2M or more, and only for a pair that offers a window."""
+    if asked and dax.offered(qemu, daemon) is None:
+        pair = dax.pairing(qemu, daemon) if daemon is not None else None
+        raise UserError(f"--window: {pair.missing if pair else f'{qemu.path} has no DAX window'}",
+                        hint="leave --window out to compare the rest")
     sizes = [dax_size_bytes(text, "--window") for text in asked]
     if any(size < 2 * MIB for size in sizes):
         raise UserError("--window: a DAX window holds 2 MiB ranges: give 2M or more")
     return sorted(set(sizes))
 
 
-def windows_for(qemu: QemuProbe, sizes: list[int], amounts: Amounts) -> list[int]:
-    """The DAX windows to compare: the ones asked for, else one smaller than the data set and one well above it."""
-    if not qemu.dax:
+def windows_for(qemu: QemuProbe, sizes: list[int], amounts: Amounts,
+                daemon: VirtiofsdProbe | None = None) -> list[int]:
+    """The DAX windows to compare: the ones asked for, else one smaller than the data set and one well above it;
+    none where the pair offers no window."""
+    if dax.offered(qemu, daemon) is None:
         return []
     return sizes or [amounts.size // 2, amounts.size * 4]
 
@@ -154,8 +157,11 @@ class GuestPlan:
     workloads: tuple[str, ...]
     repetitions: int
     amounts: Amounts
+    tags: tuple[str, ...] = ()  # each setting's tag, where the caller named them (a daemon gives its own)
 
     def tag(self, index: int) -> str:
+        if self.tags:
+            return self.tags[index]
         return NINE_P_TAG if self.settings[index].fs == "9p" else f"qp{index}"
 
     def kernel_append(self, arch: arches.Arch) -> str:
@@ -167,7 +173,7 @@ class GuestPlan:
 
 
 def qemu_argv(qemu: QemuProbe, kit: Kit, plan: GuestPlan, sockets: dict[int, Path], share: Path, accel: str,
-              firmware: list[str]) -> list[str]:
+              firmware: list[str], route: dax.Route | None = None) -> list[str]:
     """The console on QEMU's stdio: the host answers the guest's "wait" on it, once its page cache is dropped."""
     devices = []
     for index, setting in enumerate(plan.settings):
@@ -175,7 +181,7 @@ def qemu_argv(qemu: QemuProbe, kit: Kit, plan: GuestPlan, sockets: dict[int, Pat
             devices += ["-fsdev", f"local,id=fs9p,path={share},security_model=none",
                         "-device", f"{NINE_P_DEVICE},fsdev=fs9p,mount_tag={NINE_P_TAG}"]
         else:
-            window = f",cache-size={setting.window_text}" if setting.window else ""
-            devices += ["-chardev", f"socket,id=vfs{index},path={sockets[index]}",
-                        "-device", f"vhost-user-fs-pci,chardev=vfs{index},tag={plan.tag(index)}{window}"]
+            device = share_device(route if setting.window else None, f"vfs{index}", setting.window_text,
+                                  plan.tag(index))
+            devices += ["-chardev", f"socket,id=vfs{index},path={sockets[index]}", "-device", device]
     return guest_argv(qemu, kit, plan.kernel_append(qemu.target), "stdio", accel, firmware, devices)

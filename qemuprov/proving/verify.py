@@ -45,7 +45,7 @@ class Launch:
 
 
 def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path, cache: str | None = None,
-                   threads: int | None = None, window: str | None = None) -> list[str]:
+                   threads: int | None = None, window: str | None = None, tag: str = TAG) -> list[str]:
     """cache: the daemon's own word (the C daemon's auto is given always; the Rust daemon's only when asked);
     threads: --thread-pool-size, else the daemon's default; window: the DAX window the daemon offers on the
     shared memory route (with the tag, which the generic device takes from the daemon)."""
@@ -53,7 +53,7 @@ def virtiofsd_argv(daemon: VirtiofsdProbe, socket: Path, share: Path, cache: str
         sandbox = "namespace" if os.geteuid() == 0 else "none"
         argv = [daemon.path, "--socket-path", str(socket), "--shared-dir", str(share), "--sandbox", sandbox]
         argv += ["--cache", cache] if cache else []
-        argv += ["--tag", TAG, "--dax-window", window] if window else []
+        argv += ["--tag", tag, "--dax-window", window] if window else []
         return argv + (["--thread-pool-size", str(threads)] if threads is not None else [])
     argv = [daemon.path, f"--socket-path={socket}", "-o", f"source={share}", "-o", f"cache={cache or 'auto'}"]
     return argv + ([f"--thread-pool-size={threads}"] if threads is not None else [])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+
 FIXTURES = Path(os.environ.get("QEMUPROV_TEST_FIXTURES", "/var/cache/qemuprov-test"))
 TREE = FIXTURES / "qemu-7.2"
 TREE_52 = FIXTURES / "qemu-5.2"
@@ -99,6 +101,7 @@ def built_52(qenv: Env, engine: str) -> Built:
 
 
 VIRTIOFSD_TREE = FIXTURES / "virtiofsd-1.13"
+VIRTIOFSD_14_TREE = FIXTURES / "virtiofsd-1.14"  # Debian sid's crate source: what qemuprov's DAX patch is made for
 
 
 @pytest.fixture(scope="session")
@@ -189,3 +192,20 @@ def engine() -> str:
         pytest.fail(f"no Docker engine at DOCKER_HOST={host!r}: run scripts/test, which starts one "
                     f"({probe.stderr.strip()[:200]})")
     return host
+
+
+@pytest.fixture(scope="session")
+def dax_daemon(qenv: Env, engine: str) -> Built:
+    """qemuprov's DAX patch on the Rust virtiofsd 1.14.0 (shipped virtiofsd-dax), built offline against Debian sid's
+    crates in the sid-crates builder: the daemon of the shared memory route."""
+    recipe = (f'extends = "virtiofsd-dax"\n[virtiofsd]\ngit = "file://{VIRTIOFSD_14_TREE}"\nref = "v1.14.0-debian"\n'
+              'builder = "debian-sid-crates"\ncrates = "debian"\n')
+    return qenv.build_fresh("fixture-virtiofsd-dax", "docker", recipe, (VIRTIOFSD_14_TREE,))
+
+
+def checkout_wheel(into: Path) -> Path:
+    """A wheel of this checkout, for a userland that installs qemuprov as users do."""
+    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(into), str(REPO)],
+                          capture_output=True, text=True, check=False)
+    assert made.returncode == 0, made.stderr
+    return next(into.glob("*.whl"))

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import FIXTURES, VIRTIOFSD_TREE, Built, Env
+from tests.integration.conftest import FIXTURES, VIRTIOFSD_TREE, Built, Env, checkout_wheel
 from tests.integration.standin import make_tree
 from tests.integration.test_binary_cache import _docker_config, _keypair
 
@@ -65,10 +64,7 @@ def entries(qenv: Env, engine: str, daemon_only: Built, tmp_path_factory: pytest
     assert built.returncode == 0, built.stdout + built.stderr
     pushed = qenv.run("push", str(daemon_only.prefix), urls["DAEMON_CACHE"], env=signed)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-    wheel = base / "wheel"
-    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheel),
-                           str(Path(__file__).parents[2])], capture_output=True, text=True, check=False)
-    assert made.returncode == 0, made.stderr
+    checkout_wheel(base / "wheel")
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
     return {"base": str(base), "trees": f"{base / 'tree'} {VIRTIOFSD_TREE}", "docker": docker, "pub": pub, **urls}
 

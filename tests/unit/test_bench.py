@@ -13,6 +13,7 @@ import pytest
 
 from qemuprov import arches
 from qemuprov.errors import UserError
+from qemuprov.knowledge import dax
 from qemuprov.knowledge.probe import QemuProbe, VirtiofsdProbe
 from qemuprov.knowledge.probe_parse import properties_from_help, thread_pool_default, virtiofsd_facts
 from qemuprov.proving import bench, bench_plan, guestkit
@@ -88,9 +89,17 @@ def test_the_command_lines_of_dax_and_9p(tmp_path: Path) -> None:
                 Setting("9p", "", fs="9p"))
     plan = GuestPlan(settings, ("seqread",), 3, Amounts.for_accel("tcg"))
     argv = bench_plan.qemu_argv(qemu, KIT, plan, {0: tmp_path / "a.sock", 1: tmp_path / "b.sock"}, tmp_path,
-                                "tcg", [])
+                                "tcg", [], dax.Route.CACHE_SIZE)
     assert "vhost-user-fs-pci,chardev=vfs0,tag=qp0" in argv
     assert "vhost-user-fs-pci,chardev=vfs1,tag=qp1,cache-size=32M" in argv
+    # QEMU 11.1's route: the DAX setting's device is the generic one, its tag and window the daemon's own
+    shmem = bench_plan.qemu_argv(qemu, KIT, plan, {0: tmp_path / "a.sock", 1: tmp_path / "b.sock"}, tmp_path,
+                                 "tcg", [], dax.Route.SHMEM)
+    assert "vhost-user-fs-pci,chardev=vfs0,tag=qp0" in shmem
+    assert f"vhost-user-test-device-pci,chardev=vfs1,{dax.GENERIC_FS_PROPERTIES}" in shmem
+    patched = VirtiofsdProbe("/v", flavour="rust", version="1.14.0", dax_window=True)
+    assert virtiofsd_argv(patched, tmp_path / "b.sock", tmp_path, "auto", None, "32M", "qp1")[-4:] == \
+        ["--tag", "qp1", "--dax-window", "32M"]
     assert f"socket,id=vfs1,path={tmp_path / 'b.sock'}" in argv
     assert f"local,id=fs9p,path={tmp_path},security_model=none" in argv
     append = argv[argv.index("-append") + 1]
