@@ -14,7 +14,7 @@ from qemuprov.commands.verify import target_arguments, targets_of
 from qemuprov.errors import UserError
 from qemuprov.infra import paths, render
 from qemuprov.infra.progress import Reporter
-from qemuprov.knowledge import probe
+from qemuprov.knowledge import dax, probe
 from qemuprov.proving import bench, bench_picture, bench_plan, bench_results, fio, guestkit, verify
 from qemuprov.proving.bench import measures_of
 from qemuprov.proving.bench_results import MEASURES, Summary
@@ -103,7 +103,8 @@ def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: li
 
     return {
         "arch": qemu.arch, "accel": accel, "caveat": TCG_CAVEAT if accel == "tcg" else "",
-        "qemu": {"path": qemu.path, "version": qemu.version, "dax": qemu.dax},
+        "qemu": {"path": qemu.path, "version": qemu.version, "dax": qemu.dax,
+                 "dax_route": str(route) if (route := dax.offered(qemu, daemon)) else None},
         "virtiofsd": {"path": daemon.path, "flavour": str(daemon.flavour), "version": daemon.version,
                       "thread_pool_default": daemon.thread_pool_default},
         "kit": kit, "workloads": list(workloads), "repetitions": repetitions, "amounts": asdict(amounts),
@@ -116,7 +117,7 @@ def _report(qemu: Any, daemon: Any, kit: dict[str, str], accel: str, results: li
                       "error": r.error, "mount": r.mount, "dax_window": r.window_seen, "seconds": r.seconds,
                       "virtiofsd_argv": r.daemon, "qemu_argv": r.qemu,
                       "results": {m: asdict(s) for m, s in r.summaries.items()}} for r in results],
-        "reading": bench_results.reading(results, qemu.dax, amounts),
+        "reading": bench_results.reading(results, route is not None, amounts),
         "warnings": probe.pairing_warnings(qemu, daemon),
     }
 

@@ -136,7 +136,7 @@ def reading(results: list[SettingResult], dax: bool, amounts: Amounts) -> str:
     said: list[str] = []
     windows = sorted((r for r in results if r.setting.window and r.ok), key=lambda r: r.setting.window or 0)
     if not dax:
-        said.append("this QEMU has no DAX window")
+        said.append("no DAX window here (this QEMU has none, or this virtiofsd cannot map into it)")
     elif not windows:
         said.append("no DAX setting ran (see the errors above)")
     else:
