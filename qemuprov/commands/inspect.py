@@ -214,8 +214,15 @@ def _osv_lines(entry: installs.Install, args: argparse.Namespace) -> list[str]:
     own = str(entry.prefix / "share" / "qemu")
     firmware = osv.check_pass_args_dirs(tuple(d for d in entry.firmware_dirs if d != own),
                                         str(entry.prefix / installs.MANIFEST))
-    return osv.env_lines(f"{entry.name}: {entry.summary()}", qemus, share, tag, dax_size, firmware,
-                         needs_root=daemon is not None and daemon.flavour == VirtiofsdFlavour.C)
+    lines = osv.env_lines(f"{entry.name}: {entry.summary()}", qemus, share, tag, dax_size, firmware,
+                          needs_root=daemon is not None and daemon.flavour == VirtiofsdFlavour.C)
+    return [*lines, dax.OSV_ON_SHMEM] if _shmem_route(entry) else lines
+
+
+def _shmem_route(entry: installs.Install) -> bool:
+    """The install's own pair takes the shared memory route, which neither OSv nor libvirt's elements can use."""
+    daemon = entry.virtiofsd_probe
+    return daemon is not None and any(dax.pairing(q, daemon).route is dax.Route.SHMEM for q in entry.qemu_probes)
 
 
 def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
@@ -257,6 +264,11 @@ def _libvirt_domain(entry: installs.Install, args: argparse.Namespace) -> str:
              "add a disk or <kernel> to <os>, then: virsh define THIS-FILE",
              f"without <binary path>, libvirt finds this virtiofsd once its descriptor is linked: ln -s {descriptor} "
              f"/etc/qemu/vhost-user/50-qemuprov-{entry.name}.json (qemuprov remove unlinks it)"]
+    if _shmem_route(entry):
+        notes.append(libvirt.NO_GENERIC_DEVICE + "; for DAX add to this domain <qemu:commandline> "
+                     f"-chardev socket,id=vfsdax,path=SOCKET -device {dax.GENERIC_DEVICE},chardev=vfsdax,"
+                     f"{dax.GENERIC_FS_PROPERTIES}, and start {entry.prefix / 'bin' / 'virtiofsd'} yourself with "
+                     "--socket-path SOCKET --shared-dir DIR --tag TAG --dax-window 1G")
     return "".join(f"<!-- {render.xml_comment(n)} -->\n" for n in notes) + xml
 
 

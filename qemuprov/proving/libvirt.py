@@ -37,7 +37,7 @@ MAX_LINES = 10_000  # of the guest's lines: its init says a dozen
 NO_WINDOW = "this QEMU has no DAX window (cache-size)"
 NO_GENERIC_DEVICE = (f"libvirt has no element for QEMU's generic vhost-user device ({dax.GENERIC_DEVICE}), which the "
                      "DAX window of QEMU 11.1 needs, and starts virtiofsd only for <filesystem>: this domain shares "
-                     "without DAX; `qemuprov env --libvirt` shows the <qemu:commandline> way")
+                     "without DAX")
 
 ET.register_namespace("qemu", QEMU_NS)
 
@@ -163,7 +163,8 @@ def boot(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, kvm: bool, firmware:
         lines = console_lines(console)
         outcome.log = lines
         route = dax.Route.CACHE_SIZE if qemu.dax else None
-        why_not = NO_GENERIC_DEVICE if route is None and dax.pairing(qemu, daemon).route is dax.Route.SHMEM else ""
+        why_not = (NO_GENERIC_DEVICE + "; `qemuprov env --libvirt` shows the <qemu:commandline> way"
+                   if route is None and dax.pairing(qemu, daemon).route is dax.Route.SHMEM else "")
         judge_round_trip(outcome, lines, guest.share, token, qemu, kit, waited, daemon=daemon,
                          offer=dax.Offer(route, why_not))
     outcome.seconds = round(time.monotonic() - start, 2)

@@ -136,8 +136,10 @@ def osv_launch(qemu: QemuProbe, daemon: VirtiofsdProbe, kit: Kit, work: Path, ac
         argv += ["-L", directory]
     route = dax.Route.CACHE_SIZE if qemu.dax else None
     why_not = dax.OSV_ON_SHMEM if route is None and dax.pairing(qemu, daemon).route is dax.Route.SHMEM else ""
-    return Launch(osv.virtiofsd_argv(daemon.path, socket, work / "share"), argv, socket, work / "qemu.log",
-                  dax.Offer(route, why_not), disk)
+    daemon_argv = osv.virtiofsd_argv(daemon.path, socket, work / "share")
+    if daemon.flavour == VirtiofsdFlavour.RUST and os.geteuid() != 0:
+        daemon_argv += ["--sandbox", "none"]  # run.py's line is about QEMU; a normal user has no namespaces here
+    return Launch(daemon_argv, argv, socket, work / "qemu.log", dax.Offer(route, why_not), disk)
 
 
 LAUNCHERS = {VerifyMode.PLAIN: plain_launch, VerifyMode.OSV: osv_launch}

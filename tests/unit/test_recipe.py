@@ -183,3 +183,38 @@ def test_a_recipe_that_is_not_utf8_is_named_and_the_others_still_list(tmp_path: 
     result = subprocess.run([sys.executable, "-m", "qemuprov", "--recipes", str(tmp_path), "show", "latin1"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_patches_are_found_beside_the_recipe_then_shipped_and_keyed_by_their_bytes(tmp_path: Path) -> None:
+    (tmp_path / "mine.patch").write_text("--- a/x\n+++ b/x\n")
+    (tmp_path / "dax-mine.toml").write_text('format = 1\nname = "dax-mine"\nextends = "virtiofsd-dax"\n'
+                                            '[virtiofsd]\npatches = ["virtiofsd-1.14.0-dax-window.patch", '
+                                            '"mine.patch"]\n')
+    recipe = book_with(tmp_path).load("dax-mine")
+    shipped, mine = recipe.patches("virtiofsd")
+    assert shipped.location.endswith("patches/virtiofsd-1.14.0-dax-window.patch")
+    assert mine.location == str(tmp_path / "mine.patch") and len(mine.sha256) == 64
+    inputs = recipe.build_inputs(of_the_bytes=True)["virtiofsd"]["patches"]
+    assert inputs == [{"name": p.name, "sha256": p.sha256} for p in (shipped, mine)]  # where it lies is no input
+    before = recipe.build_inputs(of_the_bytes=True)
+    (tmp_path / "mine.patch").write_text("--- a/x\n+++ b/x\n@@ changed @@\n")
+    assert book_with(tmp_path).load("dax-mine").build_inputs(of_the_bytes=True) != before
+
+
+@pytest.mark.parametrize(("patches", "why"), [('["../escape.patch"]', 'is not a patch file name'),
+                                              ('["/etc/passwd"]', 'is not a patch file name'),
+                                              ('["a.patch", "a.patch"]', "names a patch twice"),
+                                              ('["gone.patch"]', r'no patch file "gone.patch" \(looked in')])
+def test_bad_patch_lists_are_one_line(tmp_path: Path, patches: str, why: str) -> None:
+    (tmp_path / "a.patch").write_text("")
+    (tmp_path / "bad.toml").write_text(f'format = 1\nname = "bad"\nextends = "virtiofsd"\n[virtiofsd]\n'
+                                       f'patches = {patches}\n')
+    with pytest.raises(UserError, match=f"bad.toml: virtiofsd.patches: .*{why}"):
+        book_with(tmp_path).load("bad")
+
+
+def test_patches_only_for_a_tree_qemuprov_builds(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('format = 1\nname = "c"\nextends = "qemu-7.2"\n[virtiofsd]\n'
+                                     'source = "qemu"\npatches = ["x.patch"]\n')
+    with pytest.raises(UserError, match='virtiofsd.patches: only for source = "rust"'):
+        book_with(tmp_path).load("c")
