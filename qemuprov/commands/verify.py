@@ -61,8 +61,14 @@ def render_outcomes(outcomes: list[Any], as_json: bool) -> int:
         for o in outcomes:
             if not o.ok:
                 print("\n".join(f"    {o.arch}: {line}" for line in o.log))
-            if o.dax_status in ("no", "not tested"):
+            if o.dax_status in ("no", "not tested") or (o.dax_status == "-" and o.dax_reason and o.dax_route is None
+                                                         and "no DAX window" not in o.dax_reason):
                 print(f"DAX {o.dax_status} on {o.arch}: {o.dax_reason}")
+            elif o.dax:
+                seen = {True: "; a change made on the host while it was mapped was seen at once",
+                        False: "; a change made on the host while it was mapped was NOT seen",
+                        None: ""}[o.dax_sees_host_changes]
+                print(f"DAX yes on {o.arch}, through {o.dax_route}: the guest read a file through the window{seen}")
             for warning in o.warnings:
                 print(f"warning: {o.arch}: {warning}")
     return 0 if all(o.ok for o in outcomes) else 1
