@@ -60,3 +60,23 @@ def test_the_console_is_followed_by_complete_guest_lines_and_bounded(tmp_path: P
         out.write(b"d 1234\n" + b"QEMUPROV: x\n" * 100)
     assert console.new_lines() == ["QEMUPROV: read 1234", "QEMUPROV: x"]
     assert console.full and console.new_lines() == []
+
+
+def test_the_probe_the_guest_had_mapped_is_changed_in_place_and_never_through_its_link(tmp_path: Path) -> None:
+    with boot.session("unit") as guest:
+        token = guest.host_token()
+        probe = guest.share / boot.DAX_PROBE
+        assert probe.read_bytes().startswith(token.encode()) and probe.stat().st_size == boot.DAX_PROBE_SIZE
+        inode = probe.stat().st_ino
+        changed = guest.change_dax_probe()
+        assert changed and changed != token and probe.read_bytes().startswith(changed.encode())
+        assert probe.stat().st_ino == inode and probe.stat().st_size == boot.DAX_PROBE_SIZE  # in place, same size
+        # a guest that left a link (to a file of the host's) or a FIFO there gets nothing written through it
+        victim = tmp_path / "victim"
+        victim.write_text("the host's own file\n")
+        probe.unlink()
+        probe.symlink_to(victim)
+        assert guest.change_dax_probe() is None and victim.read_text() == "the host's own file\n"
+        probe.unlink()
+        os.mkfifo(probe)
+        assert guest.change_dax_probe() is None
