@@ -167,3 +167,15 @@ def test_bench_compares_the_window_above_and_below_the_data_on_qemu_11_1(
         assert any(arg.startswith("vhost-user-test-device-pci,") for arg in row["qemu_argv"]), row["qemu_argv"]
         assert "--dax-window" in row["virtiofsd_argv"], row["virtiofsd_argv"]
         assert row["results"]["seqread"]["median"] > 0
+
+
+def test_a_recipe_with_patches_locks_and_installs_as_before(qenv: Env, dax_daemon: Built) -> None:
+    """lock pins the sources, not the patches; the locked build is the same install (its inputs unchanged)."""
+    locked = qenv.run("lock", "fixture-virtiofsd-dax")
+    lock_file = qenv.recipes / "fixture-virtiofsd-dax.lock"
+    try:
+        assert locked.returncode == 0 and lock_file.is_file(), locked.stdout + locked.stderr
+        again = qenv.run("build", "fixture-virtiofsd-dax", "--runner", "docker")
+        assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr[-2000:]
+    finally:
+        lock_file.unlink(missing_ok=True)
