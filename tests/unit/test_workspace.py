@@ -65,3 +65,34 @@ def test_fetch_stamps_only_a_whole_tree(ws: Workspace) -> None:
     assert ws.build_dir(None, "bookworm").name == "build"
     assert ws.build_dir("docker", "bookworm").name == "build-docker-bookworm"
     assert paths.SIDE_KINDS == ("stage", "new", "old", "remove")
+
+
+def test_a_tree_is_patched_after_the_fetch_and_fetched_again_when_a_patch_changes(
+        ws: Workspace, tmp_path: Path) -> None:
+    import io
+    import subprocess
+
+    from qemuprov.infra.progress import Reporter
+    from qemuprov.recipe import Layer, RecipeBook
+    from qemuprov.sources import trees
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "hello.txt").write_text("hello\n")
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                                                 "commit", "-qm", "one"], ["tag", "v1"]):
+        subprocess.run(["git", "-C", str(origin), *argv], check=True)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    patch = recipes / "hi.patch"
+    patch.write_text("--- a/hello.txt\n+++ b/hello.txt\n@@ -1 +1 @@\n-hello\n+hi\n")
+    (recipes / "p.toml").write_text(f'format = 1\nname = "p"\nbuilder = "debian-trixie"\n[virtiofsd]\n'
+                                    f'source = "rust"\ngit = "file://{origin}"\nref = "v1"\npatches = ["hi.patch"]\n')
+    recipe = RecipeBook([Layer("t", recipes)]).load("p")
+    tree = recipe.sources()["virtiofsd"]
+    src = ws.fetch("virtiofsd", recipe, trees.resolve(tree, "virtiofsd"), Reporter(io.StringIO()))
+    assert (src / "hello.txt").read_text() == "hi\n"
+    patch.write_text("--- a/hello.txt\n+++ b/hello.txt\n@@ -1 +1 @@\n-hello\n+howdy\n")
+    recipe = RecipeBook([Layer("t", recipes)]).load("p")
+    src = ws.fetch("virtiofsd", recipe, trees.resolve(tree, "virtiofsd"), Reporter(io.StringIO()))
+    assert (src / "hello.txt").read_text() == "howdy\n"  # a fresh tree, not the first patch patched again
