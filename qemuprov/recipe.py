@@ -518,10 +518,13 @@ class RecipeBook:
                             hint="`qemuprov recipes` lists them; add your own to "
                                  f"{paths.user_recipes_dir()} or pass --recipes DIR")
         layer, path = files[-1]
-        data, chain = self._resolve(name, len(files) - 1, ())
-        return recipe_from_table(path, data, layer.origin, chain, self.builders, _patch_dirs(chain))
+        data, chain, patch_dirs = self._resolve(name, len(files) - 1, ())
+        return recipe_from_table(path, data, layer.origin, chain, self.builders, patch_dirs)
 
-    def _resolve(self, name: str, index: int, seen: tuple[str, ...]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    def _resolve(self, name: str, index: int, seen: tuple[str, ...]
+                 ) -> tuple[dict[str, Any], tuple[str, ...], dict[str, Path]]:
+        """The merged table, the files it came from (base first), and per section the directory of the last file
+        that names its patches (a child's list replaces its parent's, and is looked up beside the child)."""
         files = self._files(name)
         _, path = files[index]
         if str(path) in seen:
@@ -530,9 +533,11 @@ class RecipeBook:
             raise _fail(path, "extends", f"a chain of more than {MAX_EXTENDS} recipes; extend a recipe nearer the "
                         "bottom")
         data = read_recipe_file(path)
+        own_patches = {section: path.parent for section in ("qemu", "virtiofsd")
+                       if "patches" in data.get(section, {})}
         parent = data.get("extends")
         if parent is None:
-            return data, (str(path),)
+            return data, (str(path),), own_patches
         parent_files = self._files(parent)
         # `extends` naming the recipe itself means: the one this file hides, in a lower layer.
         parent_index = index - 1 if parent == name else len(parent_files) - 1
@@ -542,8 +547,8 @@ class RecipeBook:
         if parent_index < 0:
             raise _fail(path, "extends", f'no recipe named "{parent}" to extend'
                         f"{_did_you_mean(parent, self.names())}")
-        parent_data, chain = self._resolve(parent, parent_index, (*seen, str(path)))
-        return _merge(parent_data, data), (*chain, str(path))
+        parent_data, chain, patch_dirs = self._resolve(parent, parent_index, (*seen, str(path)))
+        return _merge(parent_data, data), (*chain, str(path)), {**patch_dirs, **own_patches}
 
     def load_all(self) -> tuple[list[Recipe], list[UserError]]:
         recipes, errors = [], []
@@ -553,18 +558,6 @@ class RecipeBook:
             except UserError as exc:
                 errors.append(exc)
         return recipes, errors
-
-
-def _patch_dirs(chain: tuple[str, ...]) -> dict[str, Path]:
-    """Per section, the directory of the last file in an extends chain that names its patches (a child's list
-    replaces its parent's, and is looked up beside the child)."""
-    found: dict[str, Path] = {}
-    for file in chain:
-        data = read_recipe_file(Path(file))
-        for section in ("qemu", "virtiofsd"):
-            if "patches" in data.get(section, {}):
-                found[section] = Path(file).parent
-    return found
 
 
 def split_arches(requested: str) -> tuple[str, ...]:

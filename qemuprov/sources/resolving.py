@@ -16,9 +16,6 @@ class Resolved:
     qemu: Resolution | None
     virtiofsd: Resolution | None
 
-    def of(self, section: str) -> Resolution | None:
-        return self.qemu if section == "qemu" else self.virtiofsd
-
     @property
     def revisions(self) -> tuple[str | None, str | None]:
         return (self.qemu.record.revision if self.qemu else None,
